@@ -1,0 +1,5 @@
+import sys
+
+from ilct.cli import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+"""diffusers' AutoencoderKL (e.g. stabilityai/sd-vae-ft-ema, the paper's VAE).
+
+Optional: `pip install ilct[diffusers]`. Latents are multiplied by the VAE's
+config scaling factor on encode and divided by it on decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+
+from ilct.autoencoders.base import Autoencoder
+from ilct.errors import IlctError
+
+
+class DiffusersVAE(Autoencoder):
+    def __init__(self, vae, source: str):
+        super().__init__()
+        self.vae = vae
+        self.source = source
+        cfg = vae.config
+        self.image_channels = int(cfg.in_channels)
+        self.latent_channels = int(cfg.latent_channels)
+        self.downsample = 2 ** (len(cfg.block_out_channels) - 1)
+        self.scaling_factor = float(getattr(cfg, "scaling_factor", 1.0) or 1.0)
+
+    @classmethod
+    def load(cls, id_or_path: str) -> "DiffusersVAE":
+        try:
+            from diffusers import AutoencoderKL
+        except ImportError:
+            raise IlctError("autoencoder.kind=diffusers needs diffusers: pip install 'ilct[diffusers]'") from None
+        try:
+            vae = AutoencoderKL.from_pretrained(id_or_path)
+        except Exception as e:  # hub and file errors come in many types
+            raise IlctError(f"cannot load diffusers AutoencoderKL from {id_or_path!r}: {str(e).splitlines()[0]}") from None
+        return cls(vae.eval().requires_grad_(False), id_or_path)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(x).latent_dist.mean * self.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z / self.scaling_factor).sample
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(json.dumps(dict(self.vae.config), sort_keys=True, default=str).encode())
+        for k, v in sorted(self.vae.state_dict().items())[:8]:
+            h.update(k.encode())
+            h.update(v.detach().cpu().float().contiguous().numpy().tobytes()[:4096])
+        return "diffusers-" + h.hexdigest()[:16]

@@ -1,0 +1,251 @@
+"""`ilct <subcommand>`: autoencoder, train, sample, schedule, demo.
+
+User errors print one line `ilct: error: ...` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ilct.errors import IlctError
+
+
+def _progress(args) -> bool:
+    return not getattr(args, "no_progress", False)
+
+
+# --------------------------------------------------------------------------- subcommands
+
+
+def cmd_autoencoder(args) -> int:
+    import torch
+
+    from ilct.autoencoders.kl import KLAutoencoderConfig
+    from ilct.autoencoders.training import AutoencoderTrainSettings, train_autoencoder
+    from ilct.data.fashion_mnist import load_fashion_mnist
+    from ilct.run import resolve_device
+
+    out = Path(args.out)
+    if (out / "model.safetensors").exists() and not args.force:
+        raise IlctError(f"{out} already holds an autoencoder: pass --force to replace it")
+    for name in ("steps", "batch_size", "latent_channels"):
+        if getattr(args, name) < 1:
+            raise IlctError(f"--{name.replace('_', '-')} must be >= 1")
+    if not args.lr > 0:
+        raise IlctError("--lr must be > 0")
+    train_set = load_fashion_mnist(args.data_dir, "train", 32)
+    test_set = load_fashion_mnist(args.data_dir, "test", 32)
+    device = str(resolve_device(args.device))
+    torch.set_num_threads(torch.get_num_threads())
+    settings = AutoencoderTrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device)
+    model, metrics = train_autoencoder(train_set, test_set, KLAutoencoderConfig(latent_channels=args.latent_channels),
+                                       settings, progress=_progress(args))
+    model.cpu().save(out, extra={"metrics": metrics})
+    print(f"autoencoder saved to {out}: test PSNR {metrics['test_psnr_db']:.2f} dB on {metrics['test_images']} images "
+          f"({metrics['train_seconds']:.0f} s)")
+    return 0
+
+
+def _train_config(args):
+    from ilct.config import load_config
+
+    overrides = list(args.set or [])
+    if args.autoencoder:
+        overrides.append(f"autoencoder.path={args.autoencoder}")
+    if args.data_dir:
+        overrides.append(f"data.root={args.data_dir}")
+    if args.config is None:
+        if not args.resume:
+            raise IlctError("--config is required unless --resume is given")
+        from ilct.config import config_from_yaml_file, merge_raw, parse_overrides, from_dict
+        from ilct.run import CONFIG_FILE
+
+        path = Path(args.out) / CONFIG_FILE
+        saved = config_from_yaml_file(path)
+        return from_dict(merge_raw(saved.to_dict(), parse_overrides(overrides)))
+    return load_config(args.config, overrides)
+
+
+def cmd_train(args) -> int:
+    from ilct.train import train
+
+    cfg = _train_config(args)
+    result = train(cfg, args.out, resume=args.resume, force=args.force, progress=_progress(args))
+    print(f"trained to step {result.step} in {result.seconds:.0f} s (last logged loss {result.last_loss:.4g}); "
+          f"run directory: {result.run_dir}")
+    return 0
+
+
+def _parse_tau(text: str | None, steps: int) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        taus = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise IlctError(f"--tau expects comma-separated numbers, got {text!r}") from None
+    if len(taus) != steps - 1:
+        raise IlctError(f"--tau needs {steps - 1} value(s) for --steps {steps}, got {len(taus)}")
+    return taus
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from ilct.grid import make_grid, save_npz, save_png
+    from ilct.run import open_run
+    from ilct.sampling import default_sigmas, generate
+
+    if args.steps < 1:
+        raise IlctError("--steps must be >= 1")
+    if args.n < 1:
+        raise IlctError("--n must be >= 1")
+    if args.batch_size < 1:
+        raise IlctError("--batch-size must be >= 1")
+    if not args.out.lower().endswith(".png"):
+        raise IlctError(f"--out must be a .png file, got {args.out}")
+    run = open_run(args.run, args.checkpoint, args.device)
+    c = run.cfg.consistency
+    taus = _parse_tau(args.tau, args.steps)
+    sigmas = [c.sigma_max] + taus if taus is not None else default_sigmas(args.steps, c.sigma_min, c.sigma_max, c.rho)
+    if any(not (c.sigma_min < s <= c.sigma_max) for s in sigmas) or any(b >= a for a, b in zip(sigmas, sigmas[1:])):
+        raise IlctError(f"--tau values must decrease and lie in ({c.sigma_min}, {c.sigma_max}), got {sigmas[1:]}")
+    with torch.inference_mode():
+        images = generate(run.model, run.autoencoder, run.stats, run.cfg, args.n, args.steps, args.seed,
+                          args.batch_size, sigmas, progress=_progress(args))
+    save_png(make_grid(images), args.out, scale=args.scale)
+    if args.npz:
+        save_npz(images, args.npz)
+    print(f"{args.n} samples, {len(sigmas)} step(s) at sigmas {[round(s, 4) for s in sigmas]}, "
+          f"from {run.checkpoint} (step {run.step}) -> {args.out}" + (f" and {args.npz}" if args.npz else ""))
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    from ilct.config import load_config
+    from ilct.consistency.schedule import curriculum
+
+    cfg = load_config(args.config, args.set)
+    if args.total_steps is not None:
+        if args.total_steps < 1:
+            raise IlctError("--total-steps must be >= 1")
+        cfg.train.total_steps = args.total_steps
+    if args.latent_shape:
+        try:
+            C, H, W = (int(v) for v in args.latent_shape.lower().split("x"))
+        except ValueError:
+            raise IlctError(f"--latent-shape expects CxHxW, e.g. 4x32x32, got {args.latent_shape!r}") from None
+        D = C * H * W
+    elif cfg.model.in_channels and cfg.model.input_size:
+        D = cfg.model.in_channels * cfg.model.input_size**2
+    else:
+        raise IlctError("this config leaves the latent shape to the data: pass --latent-shape CxHxW")
+    c = cfg.consistency
+    stages = curriculum(cfg.train.total_steps, c.s0, c.s1, D, cfg.method.adaptive_c, c.c_scale)
+    rows = [{"start_step": s.start_step, "end_step": s.end_step, "N": s.N, "c": s.c} for s in stages]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{cfg.train.total_steps} steps, D = {D}, s0 = {c.s0}, s1 = {c.s1}, "
+              f"c {'adaptive' if cfg.method.adaptive_c else 'fixed'}, metric {cfg.method.metric}")
+        print(f"{'start_step':>10} {'end_step':>10} {'N':>5} {'c':>10}")
+        for r in rows:
+            print(f"{r['start_step']:>10} {r['end_step']:>10} {r['N']:>5} {r['c']:>10.4g}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ilct.demo import run_demo
+
+    run_demo(Path(args.out), data_dir=args.data_dir, steps=args.steps, ae_steps=args.ae_steps,
+             progress=_progress(args))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ilct.config import preset_names
+
+    presets = ", ".join(preset_names())
+    p = argparse.ArgumentParser(prog="ilct", description="Improved latent consistency training (Dao et al., ICLR 2025).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    a = sub.add_parser("autoencoder", help="train the built-in KL autoencoder on Fashion-MNIST", formatter_class=fmt)
+    a.add_argument("--out", required=True, help="directory for model.safetensors and config.json")
+    a.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST IDX files")
+    a.add_argument("--steps", type=int, default=1000)
+    a.add_argument("--batch-size", type=int, default=64)
+    a.add_argument("--lr", type=float, default=2e-3)
+    a.add_argument("--latent-channels", type=int, default=4)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--device", default="auto")
+    a.add_argument("--force", action="store_true", help="replace an autoencoder already in --out")
+    a.add_argument("--no-progress", action="store_true")
+    a.set_defaults(func=cmd_autoencoder)
+
+    t = sub.add_parser("train", help="consistency training", formatter_class=fmt,
+                       description=f"Presets: {presets}. A run directory gets config.yaml, log.jsonl, checkpoints/ and samples/.")
+    t.add_argument("--config", help=f"preset name ({presets}) or YAML file")
+    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--autoencoder", help="shortcut for --set autoencoder.path=DIR")
+    t.add_argument("--data-dir", help="shortcut for --set data.root=DIR")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    t.add_argument("--force", action="store_true", help="discard a run already in --out and start over")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="1-step or multistep samples from a run's EMA weights", formatter_class=fmt)
+    s.add_argument("--run", required=True, help="run directory")
+    s.add_argument("--steps", type=int, default=1, help="network evaluations")
+    s.add_argument("--n", type=int, default=64, help="number of samples")
+    s.add_argument("--seed", type=int, default=0, help="sample j uses noise seeded by (seed, j)")
+    s.add_argument("--out", required=True, help="PNG grid")
+    s.add_argument("--npz", help="also write the samples as uint8 (N, H, W, C) under key 'images'")
+    s.add_argument("--tau", help="intermediate sigmas, comma-separated (default for 2 steps: index 22 of a 40-level Karras grid, ~1.39)")
+    s.add_argument("--checkpoint", help="a checkpoint directory (default: the run's latest)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--scale", type=int, default=2, help="nearest-neighbour upscaling of the grid PNG")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_sample)
+
+    c = sub.add_parser("schedule", help="print the curriculum stages (N and c) of a config", formatter_class=fmt)
+    c.add_argument("--config", required=True, help=f"preset name ({presets}) or YAML file")
+    c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    c.add_argument("--total-steps", type=int, help="K (default: the config's train.total_steps)")
+    c.add_argument("--latent-shape", help="CxHxW, when the config leaves it to the data")
+    c.add_argument("--json", action="store_true", help="JSON list of {start_step, end_step, N, c}")
+    c.set_defaults(func=cmd_schedule)
+
+    d = sub.add_parser("demo", help="autoencoder + latents + fmnist-ilct training + 1/2-step grids", formatter_class=fmt)
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    d.add_argument("--steps", type=int, default=None, help="consistency training steps (default: the preset's)")
+    d.add_argument("--ae-steps", type=int, default=1000, help="autoencoder training steps")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except IlctError as e:
+        print(f"ilct: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ilct: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""Typed run configuration: dataclasses, presets, YAML load/dump, validation.
+
+A run is described by one `Config`. Presets live in `ilct/presets/*.yaml`; a
+preset may name a `base:` preset and override only what differs, so the `ict`
+and `ilct` presets differ exactly in the `method:` section (the paper's five
+techniques, METHOD.md section 4). Every value is checked when loaded; an
+invalid one raises `IlctError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ilct.errors import IlctError
+
+
+@dataclass
+class DataConfig:
+    """Where the training images come from (they are encoded once and cached)."""
+
+    dataset: str = "fashion_mnist"  # fashion_mnist | image_folder
+    root: str = "/usr/share/datasets/fashion-mnist"
+    split: str = "train"  # train | test
+    resolution: int = 32  # image side after padding / cropping
+    cache_dir: str = ""  # latent cache; "" -> $ILCT_CACHE or ~/.cache/ilct
+
+
+@dataclass
+class AutoencoderConfig:
+    """The frozen autoencoder whose latent space the model is trained in."""
+
+    kind: str = "builtin"  # builtin | diffusers
+    path: str = ""  # a directory made by `ilct autoencoder`, or a diffusers id / folder
+
+
+@dataclass
+class ModelConfig:
+    """The backbone F of f = c_skip x + c_out F(c_in x, c_noise) (METHOD.md section 3)."""
+
+    arch: str = "DiT-T/2"  # a name from ilct.nets.dit.DIT_SIZES
+    in_channels: int | None = None  # latent channels; None -> taken from the data
+    input_size: int | None = None  # latent side; None -> taken from the data
+    dropout: float = 0.0
+    num_classes: int = 0  # 0 = unconditional
+    class_dropout: float = 0.1  # label dropout when num_classes > 0
+
+
+@dataclass
+class ConsistencyConfig:
+    """The iCT recipe (METHOD.md section 3); constants as in the paper."""
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    sigma_data: float = 0.5
+    rho: float = 7.0
+    s0: int = 10  # initial discretization steps of the curriculum
+    s1: int = 640  # final discretization steps (iCT used 1280)
+    p_mean: float = -1.1  # discretized log-normal level sampling
+    p_std: float = 2.0
+    c_scale: float = 0.00054  # fixed c = c_scale * sqrt(D), D = C*H*W
+
+
+@dataclass
+class MethodConfig:
+    """The paper's five techniques (METHOD.md section 4), one switch each.
+
+    All off (and metric pseudo_huber) is the iCT baseline; all on is the paper.
+    """
+
+    metric: str = "pseudo_huber"  # 1. cauchy | pseudo_huber | l2 | geman_mcclure
+    diffusion_loss: bool = False  # 2. early-timestep diffusion loss
+    diffusion_weight: float = 5.0  #    lambda_diff (code)
+    diffusion_fraction: float = 0.75  #    levels i >= floor(fraction * N)
+    ot_coupling: bool = False  # 3. exact minibatch optimal-transport pairing
+    adaptive_c: bool = False  # 4. c(N) = exp(-1.15 ln(N-1) - 0.85) after stage 1
+    nsln: bool = False  # 5. Non-scaling LayerNorm for the q/k norms
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, budget and run-time settings (METHOD.md section 3, Optimizer)."""
+
+    total_steps: int = 400_000
+    batch_size: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    adam_eps: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    ema_decay: float = 0.9999
+    precision: str = "fp32"  # fp32 | bf16 (autocast; the loss maths stay fp32)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    log_every: int = 100
+    sample_every: int = 5000
+    ckpt_every: int = 5000
+    keep_checkpoints: int = 3
+    num_sample_images: int = 64  # images in the periodic 1-step grids
+    max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Allowed values of the string fields that are choices.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.dataset": ("fashion_mnist", "image_folder"),
+    "data.split": ("train", "test"),
+    "autoencoder.kind": ("builtin", "diffusers"),
+    "method.metric": ("cauchy", "pseudo_huber", "l2", "geman_mcclure"),
+    "train.precision": ("fp32", "bf16"),
+}
+
+# Settings that may change when a run is resumed (they do not change the maths).
+RUNTIME_KEYS = frozenset(
+    {
+        "train.device",
+        "train.log_every",
+        "train.sample_every",
+        "train.ckpt_every",
+        "train.keep_checkpoints",
+        "train.num_sample_images",
+        "data.cache_dir",
+        "data.root",
+        "autoencoder.path",
+    }
+)
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def preset_names() -> list[str]:
+    files = resources.files("ilct") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise IlctError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise IlctError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _raw_preset_or_file(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The nested dict of a preset or YAML file, with `base:` chains merged."""
+    if name_or_path in seen:
+        raise IlctError(f"config: circular 'base:' chain {' -> '.join(seen + (name_or_path,))}")
+    path = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise IlctError(f"config file not found: {name_or_path}")
+        raw = _read_yaml(path.read_text(), str(path))
+    else:
+        if name_or_path not in preset_names():
+            raise IlctError(
+                f"unknown preset '{name_or_path}' (presets: {', '.join(preset_names())}; "
+                "or give a path to a .yaml file)"
+            )
+        text = (resources.files("ilct") / "presets" / f"{name_or_path}.yaml").read_text()
+        raw = _read_yaml(text, f"preset {name_or_path}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    merged = _raw_preset_or_file(str(base), seen + (name_or_path,))
+    for section, values in raw.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _coerce(value: Any, typ: Any, name: str) -> Any:
+    """Convert a YAML / command-line value to the field's declared type."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+            return None
+        return _coerce(value, args[0], name)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise IlctError(f"config: {name} must be true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise IlctError(f"config: {name} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise IlctError(f"config: {name} must be an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, bool):
+            raise IlctError(f"config: {name} must be a number, got {value!r}")
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise IlctError(f"config: {name} must be a number, got {value!r}") from None
+        if not math.isfinite(out):
+            raise IlctError(f"config: {name} must be finite, got {value!r}")
+        return out
+    if typ is str:
+        if isinstance(value, (dict, list)):
+            raise IlctError(f"config: {name} must be a string, got {value!r}")
+        return "" if value is None else str(value)
+    raise AssertionError(f"unhandled config type {typ} for {name}")
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build and validate a Config from nested dicts (unknown keys are errors)."""
+    cfg = Config()
+    section_types = _section_types(Config)
+    for section, values in raw.items():
+        if section not in section_types:
+            raise IlctError(f"config: unknown section '{section}' (sections: {', '.join(section_types)})")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise IlctError(f"config: section '{section}' must be a mapping, got {values!r}")
+        obj = getattr(cfg, section)
+        types = _section_types(type(obj))
+        for key, value in values.items():
+            if key not in types:
+                raise IlctError(f"config: unknown key '{section}.{key}' (keys: {', '.join(types)})")
+            setattr(obj, key, _coerce(value, types[key], f"{section}.{key}"))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Range and cross-field checks; raises IlctError naming the first bad field."""
+
+    def need(ok: bool, name: str, msg: str) -> None:
+        if not ok:
+            value = getattr(getattr(cfg, name.split(".")[0]), name.split(".")[1])
+            raise IlctError(f"config: {name} {msg}, got {value!r}")
+
+    for name, allowed in CHOICES.items():
+        section, key = name.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise IlctError(f"config: {name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    from ilct.nets.dit import DIT_SIZES  # late import: the registry lives with the network
+
+    if cfg.model.arch not in DIT_SIZES:
+        raise IlctError(f"config: model.arch must be one of {', '.join(DIT_SIZES)}, got {cfg.model.arch!r}")
+    c, m, t, d, me = cfg.consistency, cfg.model, cfg.train, cfg.data, cfg.method
+    need(d.resolution >= 8, "data.resolution", "must be at least 8")
+    need(m.in_channels is None or m.in_channels >= 1, "model.in_channels", "must be positive")
+    need(m.input_size is None or m.input_size >= 1, "model.input_size", "must be positive")
+    need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+    need(m.num_classes >= 0, "model.num_classes", "must be >= 0")
+    need(0.0 <= m.class_dropout < 1.0, "model.class_dropout", "must be in [0, 1)")
+    need(c.sigma_min > 0, "consistency.sigma_min", "must be > 0")
+    need(c.sigma_max > c.sigma_min, "consistency.sigma_max", "must be > consistency.sigma_min")
+    need(c.sigma_data > 0, "consistency.sigma_data", "must be > 0")
+    need(c.rho > 0, "consistency.rho", "must be > 0")
+    need(c.s0 >= 1, "consistency.s0", "must be >= 1")
+    need(c.s1 >= c.s0, "consistency.s1", f"must be >= consistency.s0 ({c.s0})")
+    need(c.p_std > 0, "consistency.p_std", "must be > 0")
+    need(c.c_scale > 0, "consistency.c_scale", "must be > 0")
+    need(me.diffusion_weight >= 0, "method.diffusion_weight", "must be >= 0")
+    need(0.0 <= me.diffusion_fraction <= 1.0, "method.diffusion_fraction", "must be in [0, 1]")
+    need(t.total_steps >= 1, "train.total_steps", "must be >= 1")
+    need(t.batch_size >= 1, "train.batch_size", "must be >= 1")
+    need(t.lr > 0, "train.lr", "must be > 0")
+    need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    need(t.adam_eps > 0, "train.adam_eps", "must be > 0")
+    need(0.0 <= t.beta1 < 1.0, "train.beta1", "must be in [0, 1)")
+    need(0.0 <= t.beta2 < 1.0, "train.beta2", "must be in [0, 1)")
+    need(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
+    need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
+    need(t.log_every >= 1, "train.log_every", "must be >= 1")
+    need(t.sample_every >= 0, "train.sample_every", "must be >= 0 (0 = off)")
+    need(t.ckpt_every >= 1, "train.ckpt_every", "must be >= 1")
+    need(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+    need(t.num_sample_images >= 1, "train.num_sample_images", "must be >= 1")
+    need(t.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1")
+    dev = t.device
+    need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "train.device",
+         "must be auto, cpu, cuda or cuda:N")
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """`["train.lr=3e-4", "method.ot_coupling=true"]` -> nested dict of raw values."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or key.count(".") != 1:
+            raise IlctError(f"--set expects section.key=value, got {item!r}")
+        section, name = key.strip().split(".")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            parsed = value
+        out.setdefault(section, {})[name] = parsed
+    return out
+
+
+def merge_raw(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, values in overrides.items():
+        current = merged.get(section)
+        merged[section] = {**(current if isinstance(current, dict) else {}), **values}
+    return merged
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config:
+    """A preset name or YAML path, plus `--set section.key=value` overrides, validated."""
+    raw = merge_raw(_raw_preset_or_file(name_or_path), parse_overrides(overrides))
+    return from_dict(raw)
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def config_from_yaml_file(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise IlctError(f"config file not found: {path}")
+    return from_dict(_read_yaml(path.read_text(), str(path)))
+
+
+def latent_dim(cfg: Config) -> int:
+    """D = C * H * W of the model's latents (needs the resolved shape)."""
+    if cfg.model.in_channels is None or cfg.model.input_size is None:
+        raise ValueError("latent shape not resolved yet (model.in_channels / model.input_size)")
+    return cfg.model.in_channels * cfg.model.input_size**2

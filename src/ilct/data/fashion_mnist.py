@@ -1,0 +1,65 @@
+"""Fashion-MNIST from the IDX gz files (Debian package dataset-fashion-mnist).
+
+28x28 grayscale images, zero-padded to 32x32 (or to `resolution`), labels kept.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ilct.data.images import ImageDataset
+from ilct.errors import IlctError
+
+DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
+INSTALL_HINT = "apt-get install dataset-fashion-mnist"
+FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse one (gzipped) IDX file of unsigned bytes."""
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise IlctError(f"cannot read {path}: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise IlctError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise IlctError(f"{path} is truncated")
+    dims = struct.unpack(">" + "I" * ndim, data[4:header])
+    count = int(np.prod(dims))
+    if len(data) - header != count:
+        raise IlctError(f"{path} is truncated or corrupt: expected {count} values, found {len(data) - header}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def load_fashion_mnist(root: str | Path = DEFAULT_ROOT, split: str = "train", resolution: int = 32) -> ImageDataset:
+    """Images as (N, resolution, resolution, 1) uint8, centred by zero padding."""
+    root = Path(root)
+    if split not in FILES:
+        raise IlctError(f"unknown Fashion-MNIST split {split!r} (train or test)")
+    if not root.is_dir():
+        raise IlctError(f"Fashion-MNIST directory not found: {root} (install it with: {INSTALL_HINT}, or pass --data-dir)")
+    img_file, lbl_file = (root / f for f in FILES[split])
+    for f in (img_file, lbl_file):
+        if not f.is_file():
+            raise IlctError(f"Fashion-MNIST file missing: {f} (install it with: {INSTALL_HINT}, or pass --data-dir)")
+    images, labels = read_idx(img_file), read_idx(lbl_file)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise IlctError(f"Fashion-MNIST files in {root} have unexpected shapes {images.shape} / {labels.shape}")
+    if resolution < images.shape[1]:
+        raise IlctError(f"resolution {resolution} is smaller than the 28x28 Fashion-MNIST images")
+    pad = resolution - images.shape[1]
+    lo, hi = pad // 2, pad - pad // 2
+    images = np.pad(images, ((0, 0), (lo, hi), (lo, hi)))[..., None]
+    return ImageDataset(images, labels.astype(np.int64), f"fashion_mnist/{split}@{resolution}")

@@ -1,0 +1,259 @@
+"""Diffusion Transformer backbone F with adaLN-Zero (Peebles & Xie 2023).
+
+The network sees c_in(sigma) x and c_noise(sigma) = 250 ln(sigma), never sigma
+(the parameterization lives in ilct.consistency.precond). Differences from the
+reference DiT: per-head query/key LayerNorm, which is a Non-scaling LayerNorm
+(METHOD.md section 4, technique 5) when `nsln=True`; dropout in attention and
+MLP; `F.scaled_dot_product_attention`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# --------------------------------------------------------------------------- size registry
+
+
+@dataclass(frozen=True)
+class DiTSize:
+    depth: int
+    hidden_size: int
+    num_heads: int
+    patch_size: int
+    mlp_ratio: float = 4.0
+
+
+def _registry() -> dict[str, DiTSize]:
+    # (depth, hidden, heads) of the DiT paper's Table 1, plus a tiny size for CPUs.
+    shapes = {"T": (6, 192, 3), "S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+    sizes = {}
+    for name, (depth, hidden, heads) in shapes.items():
+        for p in ((1, 2, 4) if name == "T" else (2, 4, 8)):
+            sizes[f"DiT-{name}/{p}"] = DiTSize(depth, hidden, heads, p)
+    return sizes
+
+
+DIT_SIZES: dict[str, DiTSize] = _registry()
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class NonScalingLayerNorm(nn.Module):
+    """(h - mean h) / sqrt(var h + eps) + beta: LayerNorm without a gain (METHOD.md section 4, 5).
+
+    Written as layer_norm without weight plus a bias parameter, so there is no
+    gain parameter at all (a frozen weight tensor breaks backward on torch 2.11).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(h, (self.dim,), weight=None, bias=None, eps=self.eps) + self.bias
+
+
+def make_norm(dim: int, nsln: bool) -> nn.Module:
+    """The per-head q/k norm: standard affine LayerNorm, or NsLN when nsln is on."""
+    return NonScalingLayerNorm(dim) if nsln else nn.LayerNorm(dim, eps=1e-6, elementwise_affine=True)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of the (scalar) time input, then an MLP."""
+
+    def __init__(self, hidden_size: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    @staticmethod
+    def sinusoid(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t.float()[:, None] * freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.sinusoid(t, self.freq_dim))
+
+
+class LabelEmbedder(nn.Module):
+    """Class labels -> vectors; index num_classes is the null class used by label dropout."""
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.table = nn.Embedding(num_classes + 1, hidden_size)
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+
+    def forward(self, labels: torch.Tensor, train: bool) -> torch.Tensor:
+        if train and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return self.table(labels)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, nsln: bool, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = make_norm(self.head_dim, nsln)
+        self.k_norm = make_norm(self.head_dim, nsln)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, T, head_dim)
+        q, k = self.q_norm(q), self.k_norm(k)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(x.transpose(1, 2).reshape(B, T, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x), approximate="tanh"))))
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero (block norms have no affine parameters)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, nsln: bool, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, num_heads, nsln, dropout)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+def sincos_pos_embed_2d(dim: int, grid: int) -> np.ndarray:
+    """Fixed 2D sin-cos position embedding, (grid*grid, dim), as in MAE / DiT."""
+    coords = np.arange(grid, dtype=np.float64)
+    gw, gh = np.meshgrid(coords, coords)  # w first, as in the reference
+
+    def one_axis(d: int, pos: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    return np.concatenate([one_axis(dim // 2, gw), one_axis(dim // 2, gh)], axis=1)
+
+
+# --------------------------------------------------------------------------- the network
+
+
+class DiT(nn.Module):
+    """F(x, t, y): latents (B, C, H, H), time input (B,), optional labels (B,) -> (B, C, H, H)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        in_channels: int,
+        size: DiTSize,
+        num_classes: int = 0,
+        class_dropout: float = 0.1,
+        dropout: float = 0.0,
+        nsln: bool = False,
+    ):
+        super().__init__()
+        if input_size % size.patch_size:
+            raise ValueError(f"latent side {input_size} is not divisible by patch size {size.patch_size}")
+        if size.hidden_size % size.num_heads or (size.hidden_size // size.num_heads) % 2:
+            raise ValueError("hidden size must split into heads of even width")
+        self.in_channels = in_channels
+        self.patch_size = p = size.patch_size
+        self.grid = input_size // p
+        D = size.hidden_size
+        self.x_embedder = nn.Conv2d(in_channels, D, kernel_size=p, stride=p)
+        self.t_embedder = TimestepEmbedder(D)
+        self.y_embedder = LabelEmbedder(num_classes, D, class_dropout) if num_classes > 0 else None
+        pos = torch.from_numpy(sincos_pos_embed_2d(D, self.grid)).float().unsqueeze(0)
+        self.register_buffer("pos_embed", pos, persistent=False)
+        self.blocks = nn.ModuleList(DiTBlock(D, size.num_heads, size.mlp_ratio, nsln, dropout) for _ in range(size.depth))
+        self.final_layer = FinalLayer(D, p, in_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        def basic(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+        self.apply(basic)
+        w = self.x_embedder.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.bias)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.table.weight, std=0.02)
+        for block in self.blocks:  # adaLN-Zero: every residual branch starts closed
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        B, p, g, C = x.shape[0], self.patch_size, self.grid, self.in_channels
+        x = x.reshape(B, g, g, p, p, C)  # (B, h, w, p, q, C)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(B, C, g * p, g * p)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, D)
+        c = self.t_embedder(t)  # (B, D)
+        if self.y_embedder is not None and y is not None:
+            c = c + self.y_embedder(y, self.training)
+        for block in self.blocks:
+            h = block(h, c)
+        return self.unpatchify(self.final_layer(h, c))  # (B, C, H, W)
+
+
+def build_dit(arch: str, input_size: int, in_channels: int, **kwargs) -> DiT:
+    if arch not in DIT_SIZES:
+        raise KeyError(f"unknown DiT size {arch!r}; sizes: {', '.join(DIT_SIZES)}")
+    return DiT(input_size, in_channels, DIT_SIZES[arch], **kwargs)

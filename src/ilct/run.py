@@ -1,0 +1,104 @@
+"""A run directory: building its pieces from the config, and opening it again.
+
+    RUN_DIR/config.yaml                the resolved config (latent shape filled in)
+    RUN_DIR/latent_stats.safetensors   m and s the run normalizes with
+    RUN_DIR/log.jsonl                  one JSON object per logged step
+    RUN_DIR/samples/                   periodic 1-step grids
+    RUN_DIR/checkpoints/               see ilct.checkpoint
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ilct.autoencoders import Autoencoder, load_autoencoder
+from ilct.checkpoint import latest_checkpoint, load_weights
+from ilct.config import Config, config_from_yaml_file
+from ilct.consistency.precond import ConsistencyModel
+from ilct.data.images import ImageDataset
+from ilct.data.latents import LatentStats
+from ilct.errors import IlctError
+from ilct.nets.dit import build_dit
+
+CONFIG_FILE = "config.yaml"
+STATS_FILE = "latent_stats.safetensors"
+LOG_FILE = "log.jsonl"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise IlctError(f"train.device={name} but CUDA is not available on this machine (use cpu or auto)")
+    return torch.device(name)
+
+
+def build_model(cfg: Config) -> ConsistencyModel:
+    """f(x, sigma) around a DiT sized by cfg.model (latent shape must be resolved)."""
+    m = cfg.model
+    if m.in_channels is None or m.input_size is None:
+        raise ValueError("model.in_channels / model.input_size are not resolved")
+    try:
+        net = build_dit(
+            m.arch, m.input_size, m.in_channels,
+            num_classes=m.num_classes, class_dropout=m.class_dropout, dropout=m.dropout, nsln=cfg.method.nsln,
+        )
+    except ValueError as e:
+        raise IlctError(f"config: model.arch {m.arch} does not fit {m.in_channels}x{m.input_size}x{m.input_size} latents: {e}") from None
+    return ConsistencyModel(net, cfg.consistency.sigma_data, cfg.consistency.sigma_min)
+
+
+def make_ema(model: nn.Module) -> nn.Module:
+    ema = copy.deepcopy(model).eval()
+    ema.requires_grad_(False)
+    return ema
+
+
+def load_dataset(cfg: Config) -> ImageDataset:
+    d = cfg.data
+    if d.dataset == "fashion_mnist":
+        from ilct.data.fashion_mnist import load_fashion_mnist
+
+        return load_fashion_mnist(d.root, d.split, d.resolution)
+    if d.dataset == "image_folder":
+        from ilct.data.folder import load_image_folder
+
+        return load_image_folder(d.root, d.resolution)
+    raise IlctError(f"unknown dataset {d.dataset!r}")
+
+
+@dataclass
+class OpenedRun:
+    cfg: Config
+    model: ConsistencyModel  # EMA weights, eval mode
+    autoencoder: Autoencoder
+    stats: LatentStats
+    checkpoint: Path
+    step: int
+
+
+def open_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto") -> OpenedRun:
+    """The EMA model, autoencoder and statistics of a run, for sampling."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise IlctError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+    cfg = config_from_yaml_file(run_dir / CONFIG_FILE)
+    ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise IlctError(f"{run_dir} has no checkpoint yet")
+    if not ckpt.is_dir():
+        raise IlctError(f"checkpoint not found: {ckpt}")
+    dev = resolve_device(device)
+    model = build_model(cfg)
+    load_weights(model, ckpt / "ema.safetensors", f"model {cfg.model.arch} of {run_dir}")
+    stats = LatentStats.load(run_dir / STATS_FILE)
+    ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path)
+    from ilct.checkpoint import read_json
+
+    step = int(read_json(ckpt / "state.json").get("step", 0))
+    return OpenedRun(cfg, model.to(dev).eval(), ae.to(dev).eval(), stats, ckpt, step)

@@ -1,0 +1,250 @@
+"""The training loop (`ilct train`): consistency training in latent space.
+
+Reads top to bottom: set up the run directory, get the latents, build the
+model, EMA and optimizer (or resume them), then loop: curriculum -> batch ->
+OT coupling -> levels -> loss -> update -> EMA -> log / sample / checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ilct import checkpoint as ckpt
+from ilct.autoencoders import load_autoencoder
+from ilct.config import RUNTIME_KEYS, Config, config_from_yaml_file, dump_config, latent_dim
+from ilct.consistency.coupling import ot_couple
+from ilct.consistency.objective import consistency_training_loss
+from ilct.consistency.schedule import karras_sigmas, level_probabilities, num_levels, sample_levels, scaling_c
+from ilct.data.latents import LatentStats, cached_latents
+from ilct.errors import IlctError
+from ilct.grid import make_grid, save_png
+from ilct.run import CONFIG_FILE, LOG_FILE, STATS_FILE, build_model, load_dataset, make_ema, resolve_device
+from ilct.sampling import generate
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    last_loss: float
+    seconds: float
+    nonfinite_steps: int
+
+
+def _changed_keys(a: Config, b: Config) -> list[str]:
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k]]
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool) -> tuple[Config, Path | None]:
+    """Refuse to clobber another run; on resume, take the run's own config."""
+    has_run = (run_dir / CONFIG_FILE).exists() or (run_dir / "checkpoints").exists()
+    if resume:
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise IlctError(f"--resume: {run_dir} holds no run (no {CONFIG_FILE})")
+        saved = config_from_yaml_file(run_dir / CONFIG_FILE)
+        # Settings the user gave now may differ only in run-time keys; the rest comes from the run.
+        wanted = replace(cfg, model=replace(cfg.model, in_channels=saved.model.in_channels, input_size=saved.model.input_size))
+        bad = [k for k in _changed_keys(saved, wanted) if k not in RUNTIME_KEYS]
+        if bad:
+            raise IlctError(f"--resume: the run was made with other settings ({', '.join(bad[:4])}); "
+                            "drop those --set values or start a new --out")
+        for key in RUNTIME_KEYS:
+            s, k = key.split(".")
+            setattr(getattr(saved, s), k, getattr(getattr(cfg, s), k))
+        return saved, ckpt.latest_checkpoint(run_dir)
+    if has_run and not force:
+        raise IlctError(f"{run_dir} already holds a run: use --resume to continue it or --force to start over")
+    if has_run and force:
+        for sub in ("checkpoints", "samples"):
+            shutil.rmtree(run_dir / sub, ignore_errors=True)
+        for f in (LOG_FILE, CONFIG_FILE, STATS_FILE):
+            (run_dir / f).unlink(missing_ok=True)
+    return cfg, None
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"torch_cpu": torch.get_rng_state(), "data": gen.get_state()}
+    if device.type == "cuda":
+        state["torch_cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], gen: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    gen.set_state(state["data"])
+    if device.type == "cuda" and "torch_cuda" in state:
+        torch.cuda.set_rng_state(state["torch_cuda"], device)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, with foreach ops."""
+    e = [p for p in ema.parameters()]
+    m = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(e, m, 1.0 - decay)
+
+
+def sample_grid(model, ae, stats: LatentStats, cfg: Config, n: int, steps: int, seed: int) -> np.ndarray:
+    """n decoded samples of `model` as one uint8 grid image."""
+    return make_grid(generate(model, ae, stats, cfg, n, steps, seed))
+
+
+def train(
+    cfg: Config,
+    run_dir: str | Path,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    run_dir = Path(run_dir)
+    cfg, resume_from = prepare_run_dir(cfg, run_dir, resume, force)
+    t, c, me = cfg.train, cfg.consistency, cfg.method
+    device = resolve_device(t.device)
+    torch.manual_seed(t.seed)
+    gen = torch.Generator().manual_seed(t.seed)  # batch indices and noise z
+
+    # ---- latents (encoded once per autoencoder and dataset, then cached)
+    ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path).to(device)
+    data = load_dataset(cfg)
+    latent_set = cached_latents(ae, data, cfg.data.cache_dir or None, device=device, progress=progress)
+    C, H, W = latent_set.shape
+    if H != W:
+        raise IlctError(f"latents must be square, got {C}x{H}x{W}")
+    for name, have, want in (("in_channels", C, cfg.model.in_channels), ("input_size", H, cfg.model.input_size)):
+        if want is not None and want != have:
+            raise IlctError(f"config: model.{name}={want} but the autoencoder gives {C}x{H}x{W} latents")
+    cfg.model.in_channels, cfg.model.input_size = C, H
+    if resume_from is not None or resume:
+        stats = LatentStats.load(run_dir / STATS_FILE)
+    else:
+        stats = latent_set.stats
+    D = latent_dim(cfg)
+    z_data = stats.normalize(latent_set.latents, c.sigma_data).to(device)  # (N, C, H, W), std sigma_d
+    labels = latent_set.labels.to(device) if cfg.model.num_classes > 0 else None
+
+    # ---- model, EMA, optimizer
+    model = build_model(cfg).to(device).train()
+    ema = make_ema(model)
+    opt = torch.optim.RAdam(
+        model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay
+    )
+    start_step, nonfinite_total = 0, 0
+    if resume_from is not None:
+        what = f"model {cfg.model.arch} of {run_dir}"
+        ckpt.load_weights(model, resume_from / "model.safetensors", what)
+        ckpt.load_weights(ema, resume_from / "ema.safetensors", what)
+        try:
+            opt.load_state_dict(ckpt.optimizer_from_files(
+                ckpt.read_tensors(resume_from / "optimizer.safetensors"), ckpt.read_json(resume_from / "optimizer.json")))
+        except (ValueError, KeyError) as e:
+            raise IlctError(f"optimizer state in {resume_from} does not match the model: {e}") from None
+        _set_rng_state(ckpt.read_tensors(resume_from / "rng.safetensors"), gen, device)
+        state = ckpt.read_json(resume_from / "state.json")
+        start_step, nonfinite_total = int(state["step"]), int(state.get("nonfinite_total", 0))
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        stats.save(run_dir / STATS_FILE)
+        dump_config(cfg, run_dir / CONFIG_FILE)
+    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+    log_file = open(run_dir / LOG_FILE, "a")
+    t_start = time.time()
+    bar = tqdm(total=t.total_steps, initial=start_step, desc="train", disable=not progress, dynamic_ncols=True)
+    cur_N, sigmas, probs, c_now = -1, None, None, 0.0
+    acc = torch.zeros(3, device=device)  # loss, consistency term, diffusion term
+    n_logged, consecutive_bad, last_loss = 0, 0, float("nan")
+    t_log = time.time()
+
+    def save(step: int) -> None:
+        ckpt.save_checkpoint(run_dir, step, model, ema, opt, _rng_state(gen, device),
+                             {"nonfinite_total": nonfinite_total, "arch": cfg.model.arch}, keep=t.keep_checkpoints)
+
+    def write_grid(step: int) -> None:
+        grid = sample_grid(ema, ae, stats, cfg, t.num_sample_images, 1, seed=0)
+        save_png(grid, run_dir / "samples" / f"step_{step:09d}.png", scale=2)
+
+    try:
+        for k in range(start_step, t.total_steps):
+            # -- curriculum (METHOD.md section 3) and the c schedule (technique 4)
+            N = num_levels(k, t.total_steps, c.s0, c.s1)
+            if N != cur_N:
+                cur_N = N
+                sigmas = karras_sigmas(N, c.sigma_min, c.sigma_max, c.rho).to(device, torch.float32)
+                probs = level_probabilities(sigmas.double().cpu(), c.p_mean, c.p_std).float()
+                c_now = scaling_c(N, D, c.s0, me.adaptive_c, c.c_scale)
+
+            # -- batch, noise, OT coupling (technique 3), levels
+            idx = torch.randint(0, z_data.shape[0], (t.batch_size,), generator=gen)
+            z = torch.randn((t.batch_size, C, H, W), generator=gen).to(device)
+            i = sample_levels(probs, t.batch_size, gen).to(device)
+            x = z_data[idx.to(device)]
+            y = labels[idx.to(device)] if labels is not None else None
+            if me.ot_coupling:
+                z = ot_couple(x, z)
+
+            # -- loss (techniques 1, 2; the teacher shares the student's dropout masks)
+            with torch.autocast(**autocast):
+                terms = consistency_training_loss(
+                    model, x, z, i, sigmas, N, c_now, me.metric, me.diffusion_loss,
+                    me.diffusion_weight, me.diffusion_fraction, c.sigma_data, y,
+                )
+            opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(terms.loss):
+                nonfinite_total += 1
+                consecutive_bad += 1
+                if consecutive_bad >= t.max_nonfinite:
+                    raise IlctError(f"the loss was not finite for {consecutive_bad} steps in a row (last at step {k}); "
+                                    "the last checkpoint is intact: lower train.lr or try train.grad_clip")
+                continue
+            consecutive_bad = 0
+            terms.loss.backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            opt.step()
+            ema_update(ema, model, t.ema_decay)
+
+            # -- bookkeeping: sums stay on the device until a log step
+            step = k + 1
+            acc += torch.stack([terms.loss.detach().float(), terms.consistency.float(), terms.diffusion.float()])
+            n_logged += 1
+            bar.update(1)
+            if step % t.log_every == 0 or step == t.total_steps:
+                now = time.time()
+                mean = (acc / n_logged).tolist()
+                record: dict[str, Any] = {
+                    "step": step, "N": N, "c": c_now,
+                    "loss": mean[0], "consistency": mean[1], "diffusion": mean[2],
+                    "nonfinite_total": nonfinite_total,
+                    "img_per_s": round(n_logged * t.batch_size / max(now - t_log, 1e-9), 1),
+                    "elapsed_s": round(now - t_start, 1),
+                }
+                last_loss = mean[0]
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                bar.set_postfix(N=N, c=f"{c_now:.3g}", loss=f"{last_loss:.4g}")
+                acc.zero_()
+                n_logged, t_log = 0, now
+            if t.sample_every and step % t.sample_every == 0 and step != t.total_steps:
+                write_grid(step)
+            if step % t.ckpt_every == 0 and step != t.total_steps:
+                save(step)
+    finally:
+        bar.close()
+        log_file.close()
+    end_step = max(start_step, t.total_steps)
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None or latest.name != f"step_{end_step:09d}":
+        save(end_step)
+        write_grid(end_step)
+    return TrainResult(run_dir, end_step, last_loss, time.time() - t_start, nonfinite_total)

@@ -1,0 +1,52 @@
+"""Shared fixtures: a small synthetic Fashion-MNIST-format dataset and a tiny trained autoencoder."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "taef2"
+REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_fake_fmnist(root: Path, n_train: int = 256, n_test: int = 64, seed: int = 0) -> Path:
+    """IDX gz files in the Fashion-MNIST layout: bright rectangles of class-dependent size."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n)
+        images = np.zeros((n, 28, 28), np.uint8)
+        for k, y in enumerate(labels):
+            h = 6 + 2 * int(y)
+            top = rng.integers(0, 28 - h + 1)
+            images[k, top : top + h, 6:22] = rng.integers(120, 255)
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_fmnist(tmp_path_factory) -> Path:
+    return make_fake_fmnist(tmp_path_factory.mktemp("fmnist"))
+
+
+@pytest.fixture(scope="session")
+def tiny_autoencoder(tmp_path_factory, fake_fmnist) -> Path:
+    """A built-in autoencoder trained for a few steps through the CLI."""
+    from ilct.cli import main
+
+    out = tmp_path_factory.mktemp("ae") / "ae"
+    rc = main(["autoencoder", "--out", str(out), "--data-dir", str(fake_fmnist), "--steps", "5",
+               "--batch-size", "16", "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    return out

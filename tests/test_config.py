@@ -1,0 +1,90 @@
+"""Typed configs: presets, YAML round trip, overrides, validation."""
+
+import pytest
+import yaml
+
+from ilct.config import Config, config_from_yaml_file, dump_config, from_dict, load_config, preset_names
+from ilct.errors import IlctError
+
+
+def test_presets_load():
+    assert {"ict", "ilct", "fmnist-ict", "fmnist-ilct"} <= set(preset_names())
+    for name in preset_names():
+        assert isinstance(load_config(name), Config)
+
+
+@pytest.mark.parametrize("base,full", [("ict", "ilct"), ("fmnist-ict", "fmnist-ilct")])
+def test_ict_and_ilct_differ_only_in_the_method_switches(base, full):
+    a, b = load_config(base).to_dict(), load_config(full).to_dict()
+    assert {s for s in a if a[s] != b[s]} == {"method"}
+    assert a["method"] == {"metric": "pseudo_huber", "diffusion_loss": False, "diffusion_weight": 5.0,
+                           "diffusion_fraction": 0.75, "ot_coupling": False, "adaptive_c": False, "nsln": False}
+    assert b["method"] == {"metric": "cauchy", "diffusion_loss": True, "diffusion_weight": 5.0,
+                           "diffusion_fraction": 0.75, "ot_coupling": True, "adaptive_c": True, "nsln": True}
+
+
+def test_paper_shape():
+    cfg = load_config("ilct")
+    assert (cfg.model.arch, cfg.model.in_channels, cfg.model.input_size) == ("DiT-B/2", 4, 32)
+    assert (cfg.train.batch_size, cfg.consistency.s0, cfg.consistency.s1) == (128, 10, 640)
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.adam_eps, cfg.train.ema_decay) == (1e-4, 1e-4, 1e-4, 0.9999)
+
+
+def test_overrides_are_typed():
+    cfg = load_config("fmnist-ict", ["train.lr=3e-4", "method.ot_coupling=true", "train.total_steps=1_000",
+                                     "model.in_channels=null"])
+    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.method.ot_coupling is True
+    assert cfg.train.total_steps == 1000
+    assert cfg.model.in_channels is None
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config("fmnist-ilct", ["train.seed=7"])
+    dump_config(cfg, tmp_path / "c.yaml")
+    assert config_from_yaml_file(tmp_path / "c.yaml") == cfg
+    # a YAML file can name a preset as its base
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({"base": "fmnist-ict", "train": {"batch_size": 32}}))
+    mine = load_config(str(tmp_path / "mine.yaml"))
+    assert mine.train.batch_size == 32 and mine.model.arch == "DiT-T/2"
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("train.lr=-1e-4", "train.lr"),
+        ("consistency.s1=5", "consistency.s1"),
+        ("method.metric=huber", "method.metric"),
+        ("train.batch_size=abc", "train.batch_size"),
+        ("train.ema_decay=1.0", "train.ema_decay"),
+        ("model.arch=DiT-Q/2", "model.arch"),
+        ("train.bogus=1", "train.bogus"),
+        ("nosuch.key=1", "nosuch"),
+        ("method.nsln=maybe", "method.nsln"),
+        ("consistency.sigma_max=0.001", "consistency.sigma_max"),
+        ("train.device=tpu", "train.device"),
+        ("train.lr=nan", "train.lr"),
+    ],
+)
+def test_invalid_values_name_the_field(override, needle):
+    with pytest.raises(IlctError, match=needle.replace(".", r"\.")):
+        load_config("fmnist-ilct", [override])
+
+
+def test_unknown_preset_and_bad_files(tmp_path):
+    with pytest.raises(IlctError, match="unknown preset"):
+        load_config("nope")
+    with pytest.raises(IlctError, match="not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(IlctError, match="not valid YAML"):
+        load_config(str(bad))
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"base: {loop}\n")
+    with pytest.raises(IlctError, match="circular"):
+        load_config(str(loop))
+    with pytest.raises(IlctError, match="section.key=value"):
+        load_config("ict", ["lr=1"])
+    with pytest.raises(IlctError):
+        from_dict({"train": 5})

@@ -1,0 +1,65 @@
+"""The DiT backbone: size registry, shapes, adaLN-Zero init, NsLN (technique 5)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ilct.nets.dit import DIT_SIZES, DiT, NonScalingLayerNorm, build_dit
+
+
+def test_registry_has_paper_sizes():
+    for name in ("DiT-S/2", "DiT-B/2", "DiT-L/4", "DiT-XL/8", "DiT-T/2"):
+        assert name in DIT_SIZES
+    b = DIT_SIZES["DiT-B/2"]
+    assert (b.depth, b.hidden_size, b.num_heads, b.patch_size) == (12, 768, 12, 2)
+    xl = DIT_SIZES["DiT-XL/2"]
+    assert (xl.depth, xl.hidden_size, xl.num_heads) == (28, 1152, 16)
+
+
+def test_nsln_has_no_gain_and_equals_layer_norm_plus_bias():
+    norm = NonScalingLayerNorm(16)
+    names = dict(norm.named_parameters())
+    assert list(names) == ["bias"]
+    with torch.no_grad():
+        norm.bias.copy_(torch.linspace(-1, 1, 16))
+    h = torch.randn(5, 7, 16) * 3 + 2
+    expect = F.layer_norm(h, (16,), eps=1e-6) + norm.bias
+    assert torch.allclose(norm(h), expect, atol=1e-6)
+    norm(h).sum().backward()  # trains (the frozen-weight variant fails on torch 2.11)
+    assert norm.bias.grad is not None
+
+
+def test_qk_norms_switch():
+    std = build_dit("DiT-T/4", 8, 4, nsln=False)
+    ns = build_dit("DiT-T/4", 8, 4, nsln=True)
+    std_names = {n for n, _ in std.named_parameters() if "q_norm" in n or "k_norm" in n}
+    ns_names = {n for n, _ in ns.named_parameters() if "q_norm" in n or "k_norm" in n}
+    assert any(n.endswith("q_norm.weight") for n in std_names)
+    assert not any(n.endswith("weight") for n in ns_names) and ns_names
+    assert all(isinstance(b.attn.q_norm, NonScalingLayerNorm) for b in ns.blocks)
+
+
+@pytest.mark.parametrize("arch,size,ch", [("DiT-T/1", 8, 4), ("DiT-T/2", 8, 4), ("DiT-T/4", 16, 32)])
+def test_shapes_and_zero_init(arch, size, ch):
+    net = build_dit(arch, size, ch)
+    x = torch.randn(2, ch, size, size)
+    out = net(x, torch.tensor([10.0, -100.0]))
+    assert out.shape == x.shape
+    assert torch.count_nonzero(out) == 0  # adaLN-Zero and a zero final layer
+
+
+def test_label_embedding_and_null_class():
+    net = build_dit("DiT-T/4", 8, 4, num_classes=10, class_dropout=0.5)
+    assert net.y_embedder.table.num_embeddings == 11
+    torch.nn.init.normal_(net.final_layer.linear.weight)
+    for b in net.blocks:
+        torch.nn.init.normal_(b.adaLN_modulation[-1].weight, std=0.02)
+    torch.nn.init.normal_(net.final_layer.adaLN_modulation[-1].weight, std=0.02)
+    net.eval()
+    x, t = torch.randn(2, 4, 8, 8), torch.zeros(2)
+    assert not torch.allclose(net(x, t, torch.tensor([1, 1])), net(x, t, torch.tensor([2, 2])))
+
+
+def test_bad_patch_size():
+    with pytest.raises(ValueError):
+        build_dit("DiT-T/4", 6, 4)

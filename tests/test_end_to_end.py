@@ -1,0 +1,162 @@
+"""A seconds-long run of the whole path through the CLI: train, checkpoint, resume, sample, decode."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from ilct.checkpoint import latest_checkpoint, list_checkpoints, read_tensors
+from ilct.cli import main
+
+
+def tiny_config(tmp: Path, **train) -> Path:
+    cfg = {
+        "base": "fmnist-ilct",
+        "model": {"arch": "DiT-T/4", "dropout": 0.1},
+        "train": {"total_steps": 6, "batch_size": 8, "ckpt_every": 3, "sample_every": 3, "log_every": 2,
+                  "num_sample_images": 4, "device": "cpu", **train},
+    }
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def train_args(cfg: Path, ae: Path, data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["train", "--config", str(cfg), "--autoencoder", str(ae), "--data-dir", str(data), "--out", str(out),
+            "--set", f"data.cache_dir={cache}", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_autoencoder, fake_fmnist):
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(tmp)
+    out = tmp / "run"
+    assert main(train_args(cfg, tiny_autoencoder, fake_fmnist, out, tmp / "cache")) == 0
+    return {"tmp": tmp, "cfg": cfg, "out": out, "ae": tiny_autoencoder, "data": fake_fmnist, "cache": tmp / "cache"}
+
+
+def test_run_directory_contents(trained_run):
+    out = trained_run["out"]
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"]["in_channels"] == 4 and cfg["model"]["input_size"] == 8  # resolved from the latents
+    assert cfg["method"]["metric"] == "cauchy"
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4, 6]
+    assert all(np.isfinite(r["loss"]) for r in log) and {"N", "c", "consistency", "diffusion"} <= set(log[0])
+    assert [p.name for p in list_checkpoints(out)] == ["step_000000003", "step_000000006"]
+    assert latest_checkpoint(out).name == "step_000000006"
+    files = {p.name for p in latest_checkpoint(out).iterdir()}
+    assert files == {"model.safetensors", "ema.safetensors", "optimizer.safetensors", "optimizer.json",
+                     "rng.safetensors", "state.json"}
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000000003.png", "step_000000006.png"]
+    assert (out / "latent_stats.safetensors").is_file()
+    ema, model = read_tensors(latest_checkpoint(out) / "ema.safetensors"), read_tensors(latest_checkpoint(out) / "model.safetensors")
+    assert any(not torch.equal(ema[k], model[k]) for k in model)  # the EMA is a separate model
+
+
+def test_resume_reproduces_the_straight_run(trained_run, tmp_path):
+    """6 steps straight == 3 steps + resume + 3 steps, bit for bit on the CPU."""
+    out = tmp_path / "resumed"
+    shutil.copytree(trained_run["out"], out)
+    shutil.rmtree(out / "checkpoints" / "step_000000006")
+    (out / "checkpoints" / "latest").write_text("step_000000003\n")
+    assert main(train_args(trained_run["cfg"], trained_run["ae"], trained_run["data"], out, trained_run["cache"], "--resume")) == 0
+    a = read_tensors(trained_run["out"] / "checkpoints" / "step_000000006" / "model.safetensors")
+    b = read_tensors(out / "checkpoints" / "step_000000006" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_without_config_flag(trained_run, tmp_path):
+    out = tmp_path / "again"
+    shutil.copytree(trained_run["out"], out)
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0  # already finished: no-op
+
+
+def test_sample_png_and_npz(trained_run, tmp_path, capsys):
+    png, npz = tmp_path / "s.png", tmp_path / "s.npz"
+    rc = main(["sample", "--run", str(trained_run["out"]), "--steps", "2", "--n", "5", "--seed", "3",
+               "--out", str(png), "--npz", str(npz), "--device", "cpu", "--no-progress", "--scale", "1"])
+    assert rc == 0
+    images = np.load(npz)["images"]
+    assert images.shape == (5, 32, 32, 1) and images.dtype == np.uint8
+    assert Image.open(png).size == (3 * 34 + 2, 2 * 34 + 2)
+    # the same seed gives the same images whatever the batch size
+    npz2 = tmp_path / "s2.npz"
+    main(["sample", "--run", str(trained_run["out"]), "--steps", "2", "--n", "5", "--seed", "3", "--batch-size", "2",
+          "--out", str(tmp_path / "s2.png"), "--npz", str(npz2), "--device", "cpu", "--no-progress"])
+    assert np.array_equal(np.load(npz2)["images"], images)
+    out = capsys.readouterr().out
+    assert "2 step(s)" in out
+
+
+def test_schedule_json(capsys):
+    assert main(["schedule", "--config", "ilct", "--total-steps", "700", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["N"] for r in rows] == [11, 21, 41, 81, 161, 321, 641]
+    assert set(rows[0]) == {"start_step", "end_step", "N", "c"}
+    assert rows[0]["c"] == pytest.approx(0.03456) and rows[1]["c"] == pytest.approx(0.0136353, rel=1e-5)
+    assert rows[-1]["end_step"] == 700
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def digest(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def expect_error(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ilct: error:"), err
+    assert needle in err[0], err[0]
+
+
+def test_bad_settings(capsys, tmp_path, trained_run):
+    base = ["train", "--config", "fmnist-ilct", "--out", str(tmp_path / "x"), "--autoencoder", str(trained_run["ae"])]
+    expect_error(capsys, base + ["--set", "train.lr=-1"], "train.lr")
+    expect_error(capsys, base + ["--set", "consistency.s1=5"], "consistency.s1")
+    expect_error(capsys, base + ["--set", "method.metric=huber"], "method.metric")
+    expect_error(capsys, ["train", "--config", "nope", "--out", str(tmp_path / "x")], "unknown preset")
+    expect_error(capsys, base + ["--data-dir", str(tmp_path / "missing")], "not found")
+    expect_error(capsys, ["schedule", "--config", "ict", "--total-steps", "0"], "total-steps")
+    assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_existing_run_is_never_overwritten(capsys, trained_run):
+    before = digest(trained_run["out"])
+    expect_error(capsys, train_args(trained_run["cfg"], trained_run["ae"], trained_run["data"], trained_run["out"],
+                                    trained_run["cache"]), "already holds a run")
+    expect_error(capsys, train_args(trained_run["cfg"], trained_run["ae"], trained_run["data"], trained_run["out"],
+                                    trained_run["cache"], "--resume", "--set", "train.lr=0.5"), "train.lr")
+    expect_error(capsys, ["autoencoder", "--out", str(trained_run["ae"]), "--data-dir", str(trained_run["data"])],
+                 "already holds an autoencoder")
+    assert digest(trained_run["out"]) == before
+
+
+def test_checkpoint_from_another_model_size(capsys, trained_run, tmp_path):
+    other = tmp_path / "other"
+    cfg = tiny_config(tmp_path, total_steps=2)
+    assert main(train_args(cfg, trained_run["ae"], trained_run["data"], other, trained_run["cache"],
+                           "--set", "model.arch=DiT-T/2")) == 0
+    png = tmp_path / "never.png"
+    expect_error(capsys, ["sample", "--run", str(trained_run["out"]), "--checkpoint", str(latest_checkpoint(other)),
+                          "--out", str(png), "--no-progress"], "does not match")
+    assert not png.exists()
+    # a damaged weights file is a clear error too
+    broken = tmp_path / "broken"
+    shutil.copytree(latest_checkpoint(trained_run["out"]), broken)
+    (broken / "ema.safetensors").write_bytes(b"not a safetensors file")
+    expect_error(capsys, ["sample", "--run", str(trained_run["out"]), "--checkpoint", str(broken),
+                          "--out", str(png), "--no-progress"], "cannot read")
+    expect_error(capsys, ["sample", "--run", str(tmp_path), "--out", str(png)], "not a run directory")
+    expect_error(capsys, ["sample", "--run", str(trained_run["out"]), "--steps", "2", "--tau", "90",
+                          "--out", str(png)], "--tau")
