@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ilct.nets.dit import DIT_SIZES, DiT, NonScalingLayerNorm, build_dit
+from ilct.nets.dit import DIT_SIZES, NonScalingLayerNorm, build_dit
 
 
 def test_registry_has_paper_sizes():

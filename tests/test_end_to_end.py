@@ -160,3 +160,24 @@ def test_checkpoint_from_another_model_size(capsys, trained_run, tmp_path):
     expect_error(capsys, ["sample", "--run", str(tmp_path), "--out", str(png)], "not a run directory")
     expect_error(capsys, ["sample", "--run", str(trained_run["out"]), "--steps", "2", "--tau", "90",
                           "--out", str(png)], "--tau")
+
+
+def test_bf16_autocast_runs_on_cpu(trained_run, tmp_path):
+    out = tmp_path / "bf16"
+    cfg = tiny_config(tmp_path, total_steps=2, precision="bf16")
+    assert main(train_args(cfg, trained_run["ae"], trained_run["data"], out, trained_run["cache"])) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert np.isfinite(log[-1]["loss"])
+
+
+def test_console_entry_point_exit_code(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ilct", "train", "--config", "fmnist-ilct", "--out", str(tmp_path / "r"),
+                           "--set", "train.lr=-1"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "ilct: error: config: train.lr must be > 0, got -1.0"
+    assert not (tmp_path / "r").exists()
+    help_ = subprocess.run([sys.executable, "-m", "ilct", "train", "--help"], capture_output=True, text=True)
+    assert help_.returncode == 0 and "--resume" in help_.stdout

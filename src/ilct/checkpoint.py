@@ -23,17 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ilct.errors import IlctError
+from ilct.files import read_json, read_tensors, save_tensors, write_text
+
+__all__ = ["latest_checkpoint", "list_checkpoints", "load_weights", "read_json", "read_tensors", "save_checkpoint"]
 
 STEP_DIR = re.compile(r"^step_(\d{9})$")
-
-
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -47,15 +44,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -102,21 +90,18 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        _save_tensors(model.state_dict(), tmp / "model.safetensors")
-        _save_tensors(ema.state_dict(), tmp / "ema.safetensors")
+        save_tensors(model.state_dict(), tmp / "model.safetensors")
+        save_tensors(ema.state_dict(), tmp / "ema.safetensors")
         opt_tensors, opt_meta = optimizer_to_files(opt)
-        _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
-        (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
-        _save_tensors(rng, tmp / "rng.safetensors")
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+        write_text(tmp / "optimizer.json", json.dumps(opt_meta))
+        save_tensors(rng, tmp / "rng.safetensors")
+        write_text(tmp / "state.json", json.dumps({"step": step, **state}, indent=2))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
-        _write_text_atomic(root / "latest", final.name + "\n")
+        write_text(root / "latest", final.name + "\n")
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise IlctError(f"cannot write checkpoint {final}: {e} (earlier checkpoints are intact)") from None
@@ -144,15 +129,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise IlctError(f"checkpoint file missing: {path}")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise IlctError(f"cannot read checkpoint file {path}: {e}") from None
-
-
 def load_weights(module: nn.Module, path: Path, what: str) -> None:
     """Load a safetensors state dict, with one clear line if it does not fit the model."""
     state = read_tensors(path)
@@ -166,12 +142,3 @@ def load_weights(module: nn.Module, path: Path, what: str) -> None:
         if tuple(v.shape) != tuple(own[k].shape):
             raise IlctError(f"{path} does not match {what}: '{k}' has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
     module.load_state_dict(state)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise IlctError(f"checkpoint file missing: {path}")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise IlctError(f"cannot read {path}: {e}") from None

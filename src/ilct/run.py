@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ilct.autoencoders import Autoencoder, load_autoencoder
-from ilct.checkpoint import latest_checkpoint, load_weights
+from ilct.checkpoint import latest_checkpoint, load_weights, read_json
 from ilct.config import Config, config_from_yaml_file
 from ilct.consistency.precond import ConsistencyModel
 from ilct.data.images import ImageDataset
@@ -98,7 +98,5 @@ def open_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     load_weights(model, ckpt / "ema.safetensors", f"model {cfg.model.arch} of {run_dir}")
     stats = LatentStats.load(run_dir / STATS_FILE)
     ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path)
-    from ilct.checkpoint import read_json
-
     step = int(read_json(ckpt / "state.json").get("step", 0))
     return OpenedRun(cfg, model.to(dev).eval(), ae.to(dev).eval(), stats, ckpt, step)

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ilct.autoencoders.base import Autoencoder
 from ilct.errors import IlctError
+from ilct.files import read_tensors, save_tensors, write_text
 
 
 @dataclass
@@ -94,12 +93,9 @@ class KLAutoencoder(Autoencoder):
     def save(self, directory: str | Path, extra: dict | None = None) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / "model.safetensors.tmp"
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        os.replace(tmp, directory / "model.safetensors")
+        save_tensors(self.state_dict(), directory / "model.safetensors")
         meta = {"kind": "builtin", "config": asdict(self.cfg), **(extra or {})}
-        (directory / "config.json.tmp").write_text(json.dumps(meta, indent=2))
-        os.replace(directory / "config.json.tmp", directory / "config.json")
+        write_text(directory / "config.json", json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, directory: str | Path) -> "KLAutoencoder":
@@ -117,10 +113,7 @@ class KLAutoencoder(Autoencoder):
         except (ValueError, KeyError, TypeError) as e:
             raise IlctError(f"{cfg_file} is not a built-in autoencoder config ({e})") from None
         model = cls(cfg)
-        try:
-            state = load_file(str(weights))
-        except Exception as e:  # safetensors raises several types for damaged files
-            raise IlctError(f"cannot read {weights}: {e}") from None
+        state = read_tensors(weights)
         try:
             model.load_state_dict(state)
         except RuntimeError as e:

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from ilct.autoencoders.base import Autoencoder
 from ilct.data.images import ImageDataset
 from ilct.errors import IlctError
+from ilct.files import read_tensors, save_tensors
 
 
 @dataclass
@@ -44,11 +45,11 @@ class LatentStats:
         return cls(latents.mean(0).float(), latents.std(0).clamp_min(1e-6).float())
 
     def save(self, path: str | Path) -> None:
-        _atomic_save({"mean": self.mean, "std": self.std}, Path(path))
+        save_tensors({"mean": self.mean, "std": self.std}, Path(path))
 
     @classmethod
     def load(cls, path: str | Path) -> "LatentStats":
-        t = _load(Path(path))
+        t = read_tensors(path)
         if "mean" not in t or "std" not in t:
             raise IlctError(f"{path} holds no latent statistics")
         return cls(t["mean"], t["std"])
@@ -64,22 +65,6 @@ class LatentSet:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.latents.shape[1:])  # type: ignore[return-value]
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
-def _load(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise IlctError(f"file not found: {path}")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise IlctError(f"cannot read {path}: {e}") from None
 
 
 def default_cache_dir() -> Path:
@@ -127,7 +112,7 @@ def cached_latents(
     labels = torch.from_numpy(data.labels).long()
     stats = LatentStats.of(latents)
     try:
-        _atomic_save(
+        save_tensors(
             {"latents": latents, "labels": labels, "mean": stats.mean, "std": stats.std},
             path,
             metadata={"autoencoder": ae.fingerprint(), "dataset": data.name},
