@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch 2.13.0 (on this project's machines it lies on local disk).
 TORCH_SPEC ?= torch==2.13.0
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+EMOJI_FONT ?= /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 STAMP := $(VENV)/.ilct-installed
 
 .PHONY: install data demo test clean
@@ -20,13 +21,17 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# Real data from Debian packages: Fashion-MNIST (demo and tests) and the Noto Color Emoji font (tests).
 data:
-	@if [ -f "$(FMNIST_DIR)/train-images-idx3-ubyte.gz" ] && [ -f "$(FMNIST_DIR)/t10k-images-idx3-ubyte.gz" ]; then :; \
+	@missing=""; \
+	[ -f "$(FMNIST_DIR)/train-images-idx3-ubyte.gz" ] && [ -f "$(FMNIST_DIR)/t10k-images-idx3-ubyte.gz" ] || missing="dataset-fashion-mnist"; \
+	[ -f "$(EMOJI_FONT)" ] || missing="$$missing fonts-noto-color-emoji"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist; \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	else \
-		echo "Fashion-MNIST is missing from $(FMNIST_DIR); install it with: sudo apt-get install dataset-fashion-mnist"; exit 1; \
+		echo "missing data; install it with: sudo apt-get install $$missing"; exit 1; \
 	fi
 
 demo: install data

@@ -9,7 +9,7 @@ import torch
 from conftest import REAL_FMNIST, write_idx
 from ilct.autoencoders.kl import KLAutoencoder, KLAutoencoderConfig
 from ilct.data.fashion_mnist import load_fashion_mnist, read_idx
-from ilct.data.images import ImageDataset, to_uint8
+from ilct.data.images import ArrayImages, to_uint8
 from ilct.data.latents import LatentStats, cache_key, cached_latents
 from ilct.errors import IlctError
 
@@ -64,16 +64,19 @@ def test_normalization_round_trip_and_moments():
 
 
 def test_cache_is_keyed_by_autoencoder_and_reused(tmp_path):
-    ds = ImageDataset(np.random.default_rng(0).integers(0, 255, (40, 32, 32, 1), dtype=np.uint8),
+    ds = ArrayImages(np.random.default_rng(0).integers(0, 255, (40, 32, 32, 1), dtype=np.uint8),
                       np.zeros(40, dtype=np.int64), "synthetic@32")
     torch.manual_seed(0)
     ae1, ae2 = KLAutoencoder(KLAutoencoderConfig()), KLAutoencoder(KLAutoencoderConfig())
     assert cache_key(ae1, ds) != cache_key(ae2, ds)
     first = cached_latents(ae1, ds, tmp_path, progress=False)
-    assert first.latents.shape == (40, 4, 8, 8) and first.path.is_file()
-    mtime = first.path.stat().st_mtime_ns
+    assert first.all().shape == (40, 4, 8, 8) and (first.path / "meta.json").is_file()
+    shard = first.path / "shard_00000.npy"
+    mtime = shard.stat().st_mtime_ns
     again = cached_latents(ae1, ds, tmp_path, progress=False)
-    assert again.path.stat().st_mtime_ns == mtime and torch.equal(again.latents, first.latents)
-    rgb = ImageDataset(np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64), "rgb@32")
+    assert shard.stat().st_mtime_ns == mtime and torch.equal(again.all(), first.all())
+    with torch.no_grad():
+        assert torch.allclose(first.all(), ae1.encode(ds.batch(0, 40)), atol=1e-5)
+    rgb = ArrayImages(np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64), "rgb@32")
     with pytest.raises(IlctError, match="channels"):
         cached_latents(ae1, rgb, tmp_path, progress=False)

@@ -156,6 +156,101 @@ def cmd_schedule(args) -> int:
     return 0
 
 
+def _autoencoder_spec(spec: str) -> tuple[str, str]:
+    kind, sep, path = spec.partition(":")
+    if not sep or kind not in ("builtin", "taesd", "diffusers") or not path:
+        raise IlctError(f"--autoencoder expects builtin:DIR, taesd:DIR or diffusers:ID_OR_DIR, got {spec!r}")
+    return kind, path
+
+
+def _data_spec(args) -> dict:
+    from ilct.data import DATASETS
+
+    name, _, root = args.data.partition(":")
+    if name not in DATASETS:
+        raise IlctError(f"--data expects one of {', '.join(DATASETS)} (optionally NAME:PATH), got {args.data!r}")
+    if args.resolution < 8:
+        raise IlctError("--resolution must be >= 8")
+    return {"dataset": name, "root": root, "split": args.split, "resolution": args.resolution, "rgb": args.rgb,
+            "labels_from_subfolders": args.labels_from_subfolders}
+
+
+def cmd_encode(args) -> int:
+    from ilct.autoencoders import load_autoencoder
+    from ilct.data import load_dataset
+    from ilct.data.images import Subset
+    from ilct.data.latents import encode_to_dir
+    from ilct.run import resolve_device
+
+    kind, path = _autoencoder_spec(args.autoencoder)
+    spec = _data_spec(args)
+    for name in ("batch_size", "shard_size"):
+        if getattr(args, name) < 1:
+            raise IlctError(f"--{name.replace('_', '-')} must be >= 1")
+    ae = load_autoencoder(kind, path)
+    data = load_dataset(**spec)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise IlctError("--limit must be >= 1")
+        data = Subset(data, args.limit)
+        spec["limit"] = args.limit
+    if data.skipped:
+        print(f"skipped {data.skipped} unreadable file(s)")
+    out = encode_to_dir(ae, data, args.out, autoencoder_name=args.autoencoder, data_spec=spec,
+                        shard_size=args.shard_size, batch_size=args.batch_size, flip=args.flip,
+                        device=resolve_device(args.device), progress=_progress(args))
+    print(f"{out.count} latents of shape {'x'.join(map(str, out.shape))} in {out.path} "
+          f"({len(out.meta['shards'])} shard(s); {data.name})")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    import numpy as np
+
+    from ilct.analysis import box_plot, channel_report, td_residuals, write_report
+    from ilct.data import load_dataset
+    from ilct.data.images import Subset
+    from ilct.data.latents import LatentDir
+
+    lat = LatentDir(args.latents)
+    n = min(args.n, len(lat))
+    rng = np.random.default_rng(args.seed)
+    idx = np.sort(rng.choice(len(lat), n, replace=False))
+    latents = lat.gather(idx)
+    arrays = {"latents": latents.numpy()}
+    report: dict = {"latents": str(lat.path), "autoencoder": lat.meta.get("autoencoder"), "dataset": lat.meta["dataset"],
+                    "n": n, "latent": channel_report(arrays["latents"])}
+    spec = dict(lat.meta.get("data") or {})
+    if spec and not args.no_pixels:
+        limit = spec.pop("limit", None)
+        data = load_dataset(**spec)
+        data = Subset(data, limit) if limit else data
+        pix_idx = idx[idx < len(data)]  # flipped copies map past the end
+        arrays["pixels"] = data.batch_indices(pix_idx).numpy()
+        report["pixel"] = channel_report(arrays["pixels"])
+    if args.run:
+        from ilct.run import open_run
+
+        run = open_run(args.run, device=args.device)
+        lat_run = LatentDir(run.cfg.data.latents) if run.cfg.data.latents else lat
+        report["td"] = [td_residuals(run, lat_run.gather(idx), N, n=min(512, n), seed=args.seed) for N in args.levels]
+    out = Path(args.out)
+    name = args.name or lat.path.name
+    write_report(report, out / f"{name}.json")
+    box_plot({f"{k} ({name})": v for k, v in (("pixels", arrays.get("pixels")), ("latents", arrays["latents"])) if v is not None},
+             out / f"{name}_boxplot.png", title=f"{lat.meta.get('autoencoder', '')} on {lat.meta['dataset']}")
+    for key in ("pixel", "latent"):
+        if key in report:
+            a = report[key]["all"]
+            print(f"{key:>6}: beyond outer fences {a['beyond_outer']:.4%}, inner {a['beyond_inner']:.3%}, "
+                  f"excess kurtosis {a['excess_kurtosis']:.2f}, max |z| {a['max_abs_in_std']:.1f} std")
+    for td in report.get("td", []):
+        a = td["residual"]
+        print(f"TD residuals at N={td['N']}: beyond outer fences {a['beyond_outer']:.4%}, excess kurtosis {a['excess_kurtosis']:.2f}")
+    print(f"report: {out / f'{name}.json'}, figure: {out / f'{name}_boxplot.png'}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from ilct.demo import run_demo
 
@@ -223,6 +318,34 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--latent-shape", help="CxHxW, when the config leaves it to the data")
     c.add_argument("--json", action="store_true", help="JSON list of {start_step, end_step, N, c}")
     c.set_defaults(func=cmd_schedule)
+
+    e = sub.add_parser("encode", help="encode a dataset into a latent directory (sharded, resumable)", formatter_class=fmt)
+    e.add_argument("--data", required=True, help="fashion_mnist[:DIR], image_folder:DIR or emoji[:FONT]")
+    e.add_argument("--autoencoder", required=True, help="builtin:DIR, taesd:DIR or diffusers:ID_OR_DIR")
+    e.add_argument("--out", required=True, help="latent directory")
+    e.add_argument("--resolution", type=int, default=32, help="image side fed to the encoder")
+    e.add_argument("--rgb", action="store_true", help="render grayscale data as RGB")
+    e.add_argument("--split", default="train", choices=["train", "test"], help="Fashion-MNIST split")
+    e.add_argument("--labels-from-subfolders", action="store_true", help="image_folder: sub-folders are classes")
+    e.add_argument("--flip", action="store_true", help="also encode horizontally flipped copies")
+    e.add_argument("--limit", type=int, help="encode only the first N images")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--shard-size", type=int, default=8192)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=cmd_encode)
+
+    z = sub.add_parser("analyze", help="latent outlier statistics and box plots (the paper's Figure 1)", formatter_class=fmt)
+    z.add_argument("--latents", required=True, help="latent directory from `ilct encode`")
+    z.add_argument("--out", default="analysis", help="folder for NAME.json and NAME_boxplot.png")
+    z.add_argument("--name", help="file name stem (default: the latent directory's name)")
+    z.add_argument("--n", type=int, default=5000, help="samples to analyze")
+    z.add_argument("--seed", type=int, default=0)
+    z.add_argument("--no-pixels", action="store_true", help="skip the pixel statistics")
+    z.add_argument("--run", help="a trained run: also analyze its temporal-difference residuals")
+    z.add_argument("--levels", type=int, nargs="+", default=[11, 161, 641], help="N for the TD residuals")
+    z.add_argument("--device", default="auto")
+    z.set_defaults(func=cmd_analyze)
 
     d = sub.add_parser("demo", help="autoencoder + latents + fmnist-ilct training + 1/2-step grids", formatter_class=fmt)
     d.add_argument("--out", default="runs/demo")

@@ -26,10 +26,13 @@ from ilct.errors import IlctError
 class DataConfig:
     """Where the training images come from (they are encoded once and cached)."""
 
-    dataset: str = "fashion_mnist"  # fashion_mnist | image_folder
-    root: str = "/usr/share/datasets/fashion-mnist"
-    split: str = "train"  # train | test
-    resolution: int = 32  # image side after padding / cropping
+    dataset: str = "fashion_mnist"  # fashion_mnist | image_folder | emoji
+    root: str = "/usr/share/datasets/fashion-mnist"  # data directory, image folder or emoji font
+    split: str = "train"  # train | test (Fashion-MNIST)
+    resolution: int = 32  # image side (Fashion-MNIST: 28x28 padded to 32, then resized)
+    rgb: bool = False  # render grayscale data as RGB (for RGB autoencoders such as TAEF2)
+    labels_from_subfolders: bool = False  # image_folder: first-level sub-folders are classes
+    latents: str = ""  # a latent directory from `ilct encode`; "" -> encode via the cache
     cache_dir: str = ""  # latent cache; "" -> $ILCT_CACHE or ~/.cache/ilct
 
 
@@ -37,8 +40,8 @@ class DataConfig:
 class AutoencoderConfig:
     """The frozen autoencoder whose latent space the model is trained in."""
 
-    kind: str = "builtin"  # builtin | diffusers
-    path: str = ""  # a directory made by `ilct autoencoder`, or a diffusers id / folder
+    kind: str = "builtin"  # builtin | taesd | diffusers
+    path: str = ""  # `ilct autoencoder` output, a TAESD-family weights folder, or a diffusers id / folder
 
 
 @dataclass
@@ -123,9 +126,9 @@ class Config:
 
 # Allowed values of the string fields that are choices.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.dataset": ("fashion_mnist", "image_folder"),
+    "data.dataset": ("fashion_mnist", "image_folder", "emoji"),
     "data.split": ("train", "test"),
-    "autoencoder.kind": ("builtin", "diffusers"),
+    "autoencoder.kind": ("builtin", "taesd", "diffusers"),
     "method.metric": ("cauchy", "pseudo_huber", "l2", "geman_mcclure"),
     "train.precision": ("fp32", "bf16"),
 }
@@ -141,6 +144,7 @@ RUNTIME_KEYS = frozenset(
         "train.num_sample_images",
         "data.cache_dir",
         "data.root",
+        "data.latents",
         "autoencoder.path",
     }
 )

@@ -21,7 +21,7 @@ from ilct.checkpoint import latest_checkpoint, load_weights, read_json
 from ilct.config import Config, config_from_yaml_file
 from ilct.consistency.precond import ConsistencyModel
 from ilct.data.images import ImageDataset
-from ilct.data.latents import LatentStats
+from ilct.data.latents import LatentDir, LatentStats, cached_latents
 from ilct.errors import IlctError
 from ilct.nets.dit import build_dit
 
@@ -60,16 +60,19 @@ def make_ema(model: nn.Module) -> nn.Module:
 
 
 def load_dataset(cfg: Config) -> ImageDataset:
+    from ilct.data import load_dataset as load
+
     d = cfg.data
-    if d.dataset == "fashion_mnist":
-        from ilct.data.fashion_mnist import load_fashion_mnist
+    return load(d.dataset, d.root, d.split, d.resolution, d.rgb, d.labels_from_subfolders)
 
-        return load_fashion_mnist(d.root, d.split, d.resolution)
-    if d.dataset == "image_folder":
-        from ilct.data.folder import load_image_folder
 
-        return load_image_folder(d.root, d.resolution)
-    raise IlctError(f"unknown dataset {d.dataset!r}")
+def load_latents(cfg: Config, ae: Autoencoder, device: torch.device, progress: bool) -> LatentDir:
+    """The run's latents: a given latent directory, or the cache (encoding on first use)."""
+    if cfg.data.latents:
+        latents = LatentDir(cfg.data.latents)
+        latents.check_autoencoder(ae)
+        return latents
+    return cached_latents(ae, load_dataset(cfg), cfg.data.cache_dir or None, device=device, progress=progress)
 
 
 @dataclass

@@ -24,10 +24,10 @@ from ilct.config import RUNTIME_KEYS, Config, config_from_yaml_file, dump_config
 from ilct.consistency.coupling import ot_couple
 from ilct.consistency.objective import consistency_training_loss
 from ilct.consistency.schedule import karras_sigmas, level_probabilities, num_levels, sample_levels, scaling_c
-from ilct.data.latents import LatentStats, cached_latents
+from ilct.data.latents import LatentStats
 from ilct.errors import IlctError
 from ilct.grid import make_grid, save_png
-from ilct.run import CONFIG_FILE, LOG_FILE, STATS_FILE, build_model, load_dataset, make_ema, resolve_device
+from ilct.run import CONFIG_FILE, LOG_FILE, STATS_FILE, build_model, load_latents, make_ema, resolve_device
 from ilct.sampling import generate
 
 
@@ -115,8 +115,7 @@ def train(
 
     # ---- latents (encoded once per autoencoder and dataset, then cached)
     ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path).to(device)
-    data = load_dataset(cfg)
-    latent_set = cached_latents(ae, data, cfg.data.cache_dir or None, device=device, progress=progress)
+    latent_set = load_latents(cfg, ae, device, progress)
     C, H, W = latent_set.shape
     if H != W:
         raise IlctError(f"latents must be square, got {C}x{H}x{W}")
@@ -129,7 +128,7 @@ def train(
     else:
         stats = latent_set.stats
     D = latent_dim(cfg)
-    z_data = stats.normalize(latent_set.latents, c.sigma_data).to(device)  # (N, C, H, W), std sigma_d
+    z_data = stats.normalize(latent_set.all(), c.sigma_data).to(device)  # (N, C, H, W), std sigma_d
     labels = latent_set.labels.to(device) if cfg.model.num_classes > 0 else None
 
     # ---- model, EMA, optimizer

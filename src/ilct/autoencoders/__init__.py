@@ -11,9 +11,13 @@ def load_autoencoder(kind: str, path: str) -> Autoencoder:
     """The frozen autoencoder a config names (`autoencoder.kind`, `autoencoder.path`)."""
     if not path:
         raise IlctError("autoencoder.path is empty: train one with `ilct autoencoder --out DIR` "
-                        "and pass --set autoencoder.path=DIR")
+                        "and pass --autoencoder DIR (or --set autoencoder.path=...)")
     if kind == "builtin":
         return KLAutoencoder.load(path)
+    if kind == "taesd":
+        from ilct.autoencoders.taesd import TAESD
+
+        return TAESD.load(path)
     if kind == "diffusers":
         from ilct.autoencoders.diffusers_vae import DiffusersVAE
 

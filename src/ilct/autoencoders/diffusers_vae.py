@@ -33,7 +33,7 @@ class DiffusersVAE(Autoencoder):
         except ImportError:
             raise IlctError("autoencoder.kind=diffusers needs diffusers: pip install 'ilct[diffusers]'") from None
         try:
-            vae = AutoencoderKL.from_pretrained(id_or_path)
+            vae = AutoencoderKL.from_pretrained(id_or_path, low_cpu_mem_usage=False)
         except Exception as e:  # hub and file errors come in many types
             raise IlctError(f"cannot load diffusers AutoencoderKL from {id_or_path!r}: {str(e).splitlines()[0]}") from None
         return cls(vae.eval().requires_grad_(False), id_or_path)

@@ -53,7 +53,7 @@ def train_autoencoder(
     model.train()
     for step in bar:
         idx = torch.randint(0, len(train), (settings.batch_size,), generator=gen)
-        x = torch.from_numpy(train.images[idx.numpy()]).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        x = train.batch_indices(idx.numpy())
         loss, mse = model.loss(x.to(settings.device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ilct.data.images import ImageDataset
+from ilct.data.images import ArrayImages
 from ilct.errors import IlctError
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -43,7 +43,7 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def load_fashion_mnist(root: str | Path = DEFAULT_ROOT, split: str = "train", resolution: int = 32) -> ImageDataset:
+def load_fashion_mnist(root: str | Path = DEFAULT_ROOT, split: str = "train", resolution: int = 32) -> ArrayImages:
     """Images as (N, resolution, resolution, 1) uint8, centred by zero padding."""
     root = Path(root)
     if split not in FILES:
@@ -62,4 +62,4 @@ def load_fashion_mnist(root: str | Path = DEFAULT_ROOT, split: str = "train", re
     pad = resolution - images.shape[1]
     lo, hi = pad // 2, pad - pad // 2
     images = np.pad(images, ((0, 0), (lo, hi), (lo, hi)))[..., None]
-    return ImageDataset(images, labels.astype(np.int64), f"fashion_mnist/{split}@{resolution}")
+    return ArrayImages(images, labels.astype(np.int64), f"fashion_mnist/{split}@{resolution}")

@@ -1,32 +1,81 @@
-"""An in-memory image dataset: uint8 images plus labels, converted to [-1, 1] per batch."""
+"""Image datasets: uint8 images by index, converted to float [-1, 1] NCHW per batch.
+
+`ArrayImages` holds its images in memory (Fashion-MNIST, emoji); `FolderImages`
+(ilct.data.folder) reads files on demand, so a large folder is never held in
+memory; `ResizedImages` renders another dataset at another size and/or as RGB.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
+from PIL import Image
 
 
-@dataclass
 class ImageDataset:
-    images: np.ndarray  # (N, H, W, C) uint8
-    labels: np.ndarray  # (N,) int64; -1 where unlabelled
     name: str  # identifies the data for the latent cache, e.g. "fashion_mnist/train@32"
+    labels: np.ndarray  # (N,) int64; -1 where unlabelled
+    shape: tuple[int, int, int]  # (C, H, W) of one image
+    skipped: int = 0  # unreadable files passed over
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.labels)
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one image."""
-        n, h, w, c = self.images.shape
-        return (c, h, w)
+    def images_at(self, idx: np.ndarray) -> np.ndarray:
+        """uint8 (n, H, W, C) images at the given indices."""
+        raise NotImplementedError
+
+    def batch_indices(self, idx: np.ndarray) -> torch.Tensor:
+        """float32 NCHW in [-1, 1]."""
+        x = torch.from_numpy(np.ascontiguousarray(self.images_at(np.asarray(idx))))
+        return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
     def batch(self, start: int, stop: int) -> torch.Tensor:
-        """Images start:stop as float32 NCHW in [-1, 1]."""
-        x = torch.from_numpy(np.ascontiguousarray(self.images[start:stop])).permute(0, 3, 1, 2).float()
-        return x / 127.5 - 1.0
+        return self.batch_indices(np.arange(start, min(stop, len(self))))
+
+
+class ArrayImages(ImageDataset):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, name: str, skipped: int = 0):
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"expected uint8 (N, H, W, C) images, got {images.dtype} {images.shape}")
+        self.images, self.labels, self.name, self.skipped = images, labels, name, skipped
+        self.shape = (images.shape[3], images.shape[1], images.shape[2])
+
+    def images_at(self, idx: np.ndarray) -> np.ndarray:
+        return self.images[idx]
+
+
+class ResizedImages(ImageDataset):
+    """Another dataset rendered at `resolution` (bicubic) and, with rgb=True, as three channels."""
+
+    def __init__(self, base: ImageDataset, resolution: int, rgb: bool):
+        self.base, self.resolution, self.rgb = base, resolution, rgb
+        self.labels, self.skipped = base.labels, base.skipped
+        self.shape = (3 if rgb else base.shape[0], resolution, resolution)
+        self.name = f"{base.name}->{resolution}{'rgb' if rgb else ''}"
+
+    def images_at(self, idx: np.ndarray) -> np.ndarray:
+        out = []
+        for img in self.base.images_at(idx):
+            im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+            im = im.resize((self.resolution, self.resolution), Image.BICUBIC)
+            im = im.convert("RGB") if self.rgb else im
+            a = np.asarray(im)
+            out.append(a[..., None] if a.ndim == 2 else a)
+        return np.stack(out)
+
+
+class Subset(ImageDataset):
+    """The first n images of another dataset."""
+
+    def __init__(self, base: ImageDataset, n: int):
+        self.base = base
+        self.labels = base.labels[: min(n, len(base))]
+        self.shape, self.skipped = base.shape, base.skipped
+        self.name = f"{base.name}[:{len(self.labels)}]"
+
+    def images_at(self, idx: np.ndarray) -> np.ndarray:
+        return self.base.images_at(idx)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -1,29 +1,39 @@
-"""The latent cache and the latent normalization of METHOD.md section 3.
+"""Encoded datasets on disk (latent directories), their statistics, and the latent cache.
 
-A dataset is encoded once per (autoencoder, dataset) pair and cached as one
-safetensors file keyed by both; runs copy the statistics they were trained
-with into their run directory so they never depend on the cache afterwards.
+    LATENT_DIR/meta.json            autoencoder fingerprint, dataset name, count, shape, shards
+    LATENT_DIR/shard_00000.npy      raw latents, float32 (n, C, H, W), memory-mappable
+    LATENT_DIR/labels_00000.npy     int64 (n,)
+    LATENT_DIR/stats.safetensors    per-element mean m and std s (C, H, W)
 
-Normalization (authors' code): per-element mean m and std s over the training
-set (tensors of shape C x H x W), z = sigma_d (latent - m) / s.
+Encoding streams the images through the encoder one batch at a time, writes a
+shard at a time (atomically), and resumes by skipping finished shards. The
+statistics are accumulated in float64 from the shards.
+
+Normalization (METHOD.md section 3, authors' code): z = sigma_d (latent - m) / s.
+The latent cache used by `ilct train` is a latent directory under
+`$ILCT_CACHE/latents/<key>`, the key naming the autoencoder and the dataset.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from ilct.autoencoders.base import Autoencoder
 from ilct.data.images import ImageDataset
 from ilct.errors import IlctError
-from ilct.files import read_tensors, save_tensors
+from ilct.files import read_tensors, save_tensors, write_text
+
+META_FILE = "meta.json"
+STATS_FILE = "stats.safetensors"
+FORMAT = "ilct-latents-1"
 
 
 @dataclass
@@ -55,16 +65,149 @@ class LatentStats:
         return cls(t["mean"], t["std"])
 
 
-@dataclass
-class LatentSet:
-    latents: torch.Tensor  # raw latents (N, C, H, W) float32
-    labels: torch.Tensor  # (N,) int64
-    stats: LatentStats
-    path: Path | None = None
+class LatentDir:
+    """A finished latent directory, read by memory mapping."""
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.latents.shape[1:])  # type: ignore[return-value]
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_path = self.path / META_FILE
+        if not meta_path.is_file():
+            raise IlctError(f"{self.path} is not a latent directory (no {META_FILE}; make one with `ilct encode`)")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except ValueError as e:
+            raise IlctError(f"cannot read {meta_path}: {e}") from None
+        if self.meta.get("format") != FORMAT:
+            raise IlctError(f"{meta_path} is not an {FORMAT} latent directory")
+        if not self.meta.get("complete"):
+            raise IlctError(f"{self.path} is incomplete: run the same `ilct encode` again to finish it")
+        self.shape: tuple[int, int, int] = tuple(self.meta["shape"])  # type: ignore[assignment]
+        self.count: int = int(self.meta["count"])
+        self.fingerprint: str = self.meta["autoencoder_fingerprint"]
+        self.stats = LatentStats.load(self.path / STATS_FILE)
+        self._shards = [np.load(self.path / s["file"], mmap_mode="r") for s in self.meta["shards"]]
+        self.labels = torch.from_numpy(np.concatenate([np.load(self.path / s["labels"]) for s in self.meta["shards"]]))
+        self._starts = np.cumsum([0] + [len(s) for s in self._shards])
+
+    def __len__(self) -> int:
+        return self.count
+
+    def gather(self, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Raw latents at the given global indices (float32, (len(idx), C, H, W))."""
+        idx = np.asarray(idx, dtype=np.int64)
+        out = np.empty((len(idx), *self.shape), np.float32)
+        shard = np.searchsorted(self._starts, idx, side="right") - 1
+        for s in np.unique(shard):
+            sel = shard == s
+            out[sel] = self._shards[s][idx[sel] - self._starts[s]]
+        return torch.from_numpy(out)
+
+    def all(self) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate([np.asarray(s) for s in self._shards]))
+
+    def check_autoencoder(self, ae: Autoencoder) -> None:
+        if ae.fingerprint() != self.fingerprint:
+            raise IlctError(
+                f"{self.path} was encoded by another autoencoder ({self.meta.get('autoencoder', '?')}, "
+                f"fingerprint {self.fingerprint}; this one is {ae.fingerprint()})"
+            )
+
+
+@torch.no_grad()
+def encode_to_dir(
+    ae: Autoencoder,
+    data: ImageDataset,
+    out: str | Path,
+    autoencoder_name: str = "",
+    data_spec: dict | None = None,
+    shard_size: int = 8192,
+    batch_size: int = 64,
+    flip: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> LatentDir:
+    """Encode `data` (and, with flip, its horizontal mirror images) into a latent directory.
+
+    Safe to re-run: a finished directory is returned as it is, finished shards
+    are skipped; a directory made by another autoencoder or dataset is refused.
+    """
+    out = Path(out)
+    if len(data) == 0:
+        raise IlctError(f"dataset {data.name} is empty")
+    if data.shape[0] != ae.image_channels:
+        raise IlctError(f"dataset {data.name} has {data.shape[0]} channels, the autoencoder expects {ae.image_channels}")
+    n_images = len(data)
+    count = n_images * (2 if flip else 1)
+    shape = ae.latent_shape(data.shape[1])
+    shards = [
+        {"file": f"shard_{k:05d}.npy", "labels": f"labels_{k:05d}.npy", "start": s, "stop": min(s + shard_size, count)}
+        for k, s in enumerate(range(0, count, shard_size))
+    ]
+    meta = {
+        "format": FORMAT, "complete": False, "autoencoder": autoencoder_name, "autoencoder_fingerprint": ae.fingerprint(),
+        "dataset": data.name, "data": data_spec or {}, "flip": flip, "count": count, "shape": list(shape), "shards": shards,
+    }
+    meta_path = out / META_FILE
+    if meta_path.is_file():
+        try:
+            old = json.loads(meta_path.read_text())
+        except ValueError:
+            old = {}
+        same = all(old.get(k) == meta[k] for k in ("format", "autoencoder_fingerprint", "dataset", "flip", "count", "shape", "shards"))
+        if not same:
+            raise IlctError(f"{out} already holds other latents ({old.get('autoencoder', '?')} on {old.get('dataset', '?')}); "
+                            "choose another --out")
+        if old.get("complete"):
+            return LatentDir(out)
+    elif out.exists() and any(out.iterdir()):
+        raise IlctError(f"{out} exists and is not a latent directory; choose another --out")
+    write_text(meta_path, json.dumps(meta, indent=1))
+    ae = ae.to(device).eval()
+    bar = tqdm(total=count, desc="encode", disable=not progress, dynamic_ncols=True, unit="img")
+    for shard in shards:
+        path = out / shard["file"]
+        n = shard["stop"] - shard["start"]
+        if path.is_file() and (out / shard["labels"]).is_file():
+            try:
+                if np.load(path, mmap_mode="r").shape == (n, *shape):
+                    bar.update(n)
+                    continue
+            except (ValueError, OSError):
+                pass  # damaged: encode again
+        lat = np.empty((n, *shape), np.float32)
+        labels = np.empty(n, np.int64)
+        for b in range(shard["start"], shard["stop"], batch_size):
+            e = min(b + batch_size, shard["stop"])
+            src = np.arange(b, e) % n_images
+            x = data.batch_indices(src).to(device)
+            if flip:
+                mirrored = torch.from_numpy(np.arange(b, e) >= n_images).to(device)
+                x = torch.where(mirrored.view(-1, 1, 1, 1), x.flip(-1), x)
+            lat[b - shard["start"] : e - shard["start"]] = ae.encode(x).float().cpu().numpy()
+            labels[b - shard["start"] : e - shard["start"]] = data.labels[src]
+            bar.update(e - b)
+        _save_npy(out / shard["labels"], labels)
+        _save_npy(path, lat)
+    bar.close()
+    # per-element statistics in float64, read back shard by shard
+    s1 = np.zeros(shape, np.float64)
+    s2 = np.zeros(shape, np.float64)
+    for shard in shards:
+        a = np.load(out / shard["file"], mmap_mode="r").astype(np.float64)
+        s1 += a.sum(0)
+        s2 += (a * a).sum(0)
+    mean = s1 / count
+    var = np.maximum(s2 / count - mean**2, 0.0) * count / max(count - 1, 1)
+    LatentStats(torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float().clamp_min(1e-6)).save(out / STATS_FILE)
+    meta["complete"] = True
+    write_text(meta_path, json.dumps(meta, indent=1))
+    return LatentDir(out)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
 
 
 def default_cache_dir() -> Path:
@@ -76,47 +219,13 @@ def cache_key(ae: Autoencoder, data: ImageDataset) -> str:
     return h.hexdigest()[:20]
 
 
-@torch.no_grad()
-def encode_dataset(
-    ae: Autoencoder, data: ImageDataset, batch_size: int = 256, device: str | torch.device = "cpu", progress: bool = True
-) -> torch.Tensor:
-    """All images through the encoder, in batches, with a progress bar."""
-    if len(data) == 0:
-        raise IlctError(f"dataset {data.name} is empty")
-    if data.shape[0] != ae.image_channels:
-        raise IlctError(f"dataset {data.name} has {data.shape[0]} channels, the autoencoder expects {ae.image_channels}")
-    ae = ae.to(device).eval()
-    out = []
-    for s in tqdm(range(0, len(data), batch_size), desc="encode", disable=not progress, dynamic_ncols=True):
-        out.append(ae.encode(data.batch(s, s + batch_size).to(device)).float().cpu())
-    return torch.cat(out)
-
-
 def cached_latents(
     ae: Autoencoder,
     data: ImageDataset,
     cache_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
-) -> LatentSet:
-    """The encoded dataset from the cache, encoding and caching it on first use."""
+) -> LatentDir:
+    """The encoded dataset from the cache, encoding it on first use (and finishing an interrupted encode)."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    path = cache_dir / "latents" / f"{cache_key(ae, data)}.safetensors"
-    if path.is_file():
-        try:
-            t = load_file(str(path))
-            return LatentSet(t["latents"], t["labels"], LatentStats(t["mean"], t["std"]), path)
-        except (SafetensorError, OSError, KeyError):
-            pass  # a damaged cache entry is simply rebuilt
-    latents = encode_dataset(ae, data, device=device, progress=progress)
-    labels = torch.from_numpy(data.labels).long()
-    stats = LatentStats.of(latents)
-    try:
-        save_tensors(
-            {"latents": latents, "labels": labels, "mean": stats.mean, "std": stats.std},
-            path,
-            metadata={"autoencoder": ae.fingerprint(), "dataset": data.name},
-        )
-    except OSError as e:
-        raise IlctError(f"cannot write the latent cache {path}: {e}") from None
-    return LatentSet(latents, labels, stats, path)
+    return encode_to_dir(ae, data, cache_dir / "latents" / cache_key(ae, data), device=device, progress=progress)

@@ -1,0 +1,124 @@
+"""Latent outlier analysis (the paper's Figure 1 and METHOD.md section 2).
+
+Statistics of a set of values: the fractions beyond Tukey's inner fences
+(Q1 - 1.5 IQR, Q3 + 1.5 IQR) and outer fences (3 IQR), the excess kurtosis
+(0 for a Gaussian), and the largest value in standard deviations. They are
+computed per channel and for all channels pooled, after the per-element
+normalization the training uses, so pixels and latents are compared on the
+same footing. Also: the temporal-difference residuals of a trained run at a
+chosen number of levels N.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ilct.errors import IlctError
+
+
+def tukey_fractions(values: np.ndarray) -> dict[str, float]:
+    """Fractions of values beyond the inner (1.5 IQR) and outer (3 IQR) fences."""
+    v = np.asarray(values, np.float64).ravel()
+    q1, q3 = np.percentile(v, [25, 75])
+    iqr = q3 - q1
+    inner = np.mean((v < q1 - 1.5 * iqr) | (v > q3 + 1.5 * iqr))
+    outer = np.mean((v < q1 - 3.0 * iqr) | (v > q3 + 3.0 * iqr))
+    return {"q1": float(q1), "q3": float(q3), "beyond_inner": float(inner), "beyond_outer": float(outer)}
+
+
+def excess_kurtosis(values: np.ndarray) -> float:
+    """E[(x - mu)^4] / sigma^4 - 3 (0 for a Gaussian, 3 for a Laplace distribution)."""
+    v = np.asarray(values, np.float64).ravel()
+    d = v - v.mean()
+    var = np.mean(d * d)
+    if var == 0:
+        return 0.0
+    return float(np.mean(d**4) / var**2 - 3.0)
+
+
+def summarize(values: np.ndarray) -> dict[str, float]:
+    v = np.asarray(values, np.float64).ravel()
+    std = v.std()
+    return {
+        **tukey_fractions(v),
+        "excess_kurtosis": excess_kurtosis(v),
+        "max_abs_in_std": float(np.abs(v - v.mean()).max() / std) if std > 0 else 0.0,
+        "count": int(v.size),
+    }
+
+
+def normalize_per_element(x: np.ndarray) -> np.ndarray:
+    """(x - mean) / std over the sample axis, element by element (as latents are normalized)."""
+    x = np.asarray(x, np.float64)
+    std = x.std(0)
+    return (x - x.mean(0)) / np.where(std > 0, std, 1.0)
+
+
+def channel_report(x: np.ndarray) -> dict:
+    """x: (N, C, H, W). Statistics per channel and pooled, after per-element normalization."""
+    z = normalize_per_element(x)
+    return {
+        "shape": list(x.shape[1:]),
+        "all": summarize(z),
+        "channels": [summarize(z[:, c]) for c in range(z.shape[1])],
+    }
+
+
+def box_plot(reports: dict[str, np.ndarray], path: str | Path, title: str = "") -> None:
+    """Per-channel box plots (whiskers at 1.5 IQR, outliers drawn), one panel per named array."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise IlctError("figures need matplotlib: pip install 'ilct[analysis]'") from None
+    fig, axes = plt.subplots(1, len(reports), figsize=(5 * len(reports), 3.6), squeeze=False)
+    for ax, (name, x) in zip(axes[0], reports.items()):
+        z = normalize_per_element(x)
+        C = z.shape[1]
+        sel = np.linspace(0, C - 1, min(C, 16)).round().astype(int)  # at most 16 boxes per panel
+        data = [z[:, c].ravel()[:: max(1, z[:, c].size // 20000)] for c in sel]
+        ax.boxplot(data, whis=1.5, flierprops={"markersize": 1.5, "alpha": 0.3})
+        ax.set_xticks(range(1, len(sel) + 1), [str(c) for c in sel], fontsize=7)
+        ax.set_xlabel("channel")
+        ax.set_ylabel("normalized value (std units)")
+        ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def td_residuals(run, latents: torch.Tensor, N: int, n: int = 512, seed: int = 0) -> dict:
+    """Temporal-difference residuals f(x + sigma_i z, sigma_i) - f(x + sigma_{i+1} z, sigma_{i+1})
+    of a run's EMA model at N levels, levels drawn as in training."""
+    from ilct.consistency.schedule import karras_sigmas, level_probabilities, sample_levels
+
+    c = run.cfg.consistency
+    g = torch.Generator().manual_seed(seed)
+    device = next(run.model.parameters()).device
+    idx = torch.randint(0, latents.shape[0], (n,), generator=g)
+    x = run.stats.normalize(latents[idx], c.sigma_data).to(device)
+    z = torch.randn(x.shape, generator=g).to(device)
+    sigmas = karras_sigmas(N, c.sigma_min, c.sigma_max, c.rho)
+    i = sample_levels(level_probabilities(sigmas, c.p_mean, c.p_std).float(), n, g)
+    s = sigmas.float().to(device)
+    si, sn = s[i], s[i + 1]
+    view = (-1, 1, 1, 1)
+    d = run.model(x + si.view(view) * z, si) - run.model(x + sn.view(view) * z, sn)
+    r = d.pow(2).flatten(1).mean(1)
+    return {"N": N, "samples": n, "residual": summarize(d.cpu().numpy()),
+            "r_per_sample": summarize(r.cpu().numpy())}
+
+
+def write_report(report: dict, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2))

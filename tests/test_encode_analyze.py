@@ -1,0 +1,146 @@
+"""`ilct encode` (sharded, resumable latent directories), image folders, emoji, `ilct analyze`."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ilct.analysis import excess_kurtosis, tukey_fractions
+from ilct.cli import main
+from ilct.data.folder import load_image_folder
+from ilct.data.latents import LatentDir
+from ilct.errors import IlctError
+
+
+def run_cli(capsys, argv):
+    rc = main(argv)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def test_encode_shards_resume_and_flip(tmp_path, capsys, tiny_autoencoder, fake_fmnist):
+    out = tmp_path / "lat"
+    argv = ["encode", "--data", f"fashion_mnist:{fake_fmnist}", "--autoencoder", f"builtin:{tiny_autoencoder}",
+            "--out", str(out), "--shard-size", "100", "--batch-size", "32", "--flip", "--device", "cpu", "--no-progress"]
+    rc, stdout, _ = run_cli(capsys, argv)
+    assert rc == 0 and "512 latents of shape 4x8x8" in stdout
+    lat = LatentDir(out)
+    assert len(lat.meta["shards"]) == 6 and lat.count == 512
+    from ilct.autoencoders import load_autoencoder
+    from ilct.data import load_dataset
+
+    ae = load_autoencoder("builtin", str(tiny_autoencoder))
+    ds = load_dataset("fashion_mnist", str(fake_fmnist))
+    with torch.no_grad():
+        plain = ae.encode(ds.batch_indices(np.array([3, 200])))
+        mirrored = ae.encode(ds.batch_indices(np.array([3])).flip(-1))
+    got = lat.gather(np.array([3, 200, 256 + 3]))
+    assert torch.allclose(got[:2], plain, atol=1e-5) and torch.allclose(got[2:], mirrored, atol=1e-5)
+    assert torch.equal(lat.labels[:256], lat.labels[256:])
+    # statistics match a direct computation
+    all_ = lat.all().double()
+    assert torch.allclose(lat.stats.mean.double(), all_.mean(0), atol=1e-5)
+    assert torch.allclose(lat.stats.std.double(), all_.std(0), atol=1e-4)
+    # resume: a missing shard is re-encoded, finished ones are left alone
+    (out / "shard_00002.npy").unlink()
+    meta = json.loads((out / "meta.json").read_text())
+    meta["complete"] = False
+    (out / "meta.json").write_text(json.dumps(meta))
+    before = (out / "shard_00000.npy").stat().st_mtime_ns
+    rc, _, _ = run_cli(capsys, argv)
+    assert rc == 0 and (out / "shard_00002.npy").is_file()
+    assert (out / "shard_00000.npy").stat().st_mtime_ns == before
+    assert torch.allclose(LatentDir(out).all(), all_.float(), atol=1e-6)
+
+
+def test_train_from_latent_dir_of_another_autoencoder(tmp_path, capsys, tiny_autoencoder, fake_fmnist):
+    lat = tmp_path / "lat"
+    assert main(["encode", "--data", f"fashion_mnist:{fake_fmnist}", "--autoencoder", f"builtin:{tiny_autoencoder}",
+                 "--out", str(lat), "--no-progress", "--device", "cpu"]) == 0
+    other = tmp_path / "other_ae"
+    assert main(["autoencoder", "--out", str(other), "--data-dir", str(fake_fmnist), "--steps", "1", "--seed", "5",
+                 "--no-progress", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    rc, _, err = run_cli(capsys, ["train", "--config", "fmnist-ilct", "--autoencoder", str(other), "--out", str(tmp_path / "r"),
+                                  "--set", f"data.latents={lat}", "--no-progress"])
+    assert rc == 2 and "encoded by another autoencoder" in err and len(err.strip().splitlines()) == 1
+    # the right autoencoder trains from the latent directory
+    rc, _, _ = run_cli(capsys, ["train", "--config", "fmnist-ilct", "--autoencoder", str(tiny_autoencoder),
+                                "--out", str(tmp_path / "ok"), "--set", f"data.latents={lat}", "--set", "train.total_steps=2",
+                                "--set", "train.batch_size=4", "--set", "model.arch=DiT-T/4", "--set", "train.device=cpu",
+                                "--set", "train.num_sample_images=2", "--no-progress"])
+    assert rc == 0
+    # encoding into a directory that holds other latents is refused
+    rc, _, err = run_cli(capsys, ["encode", "--data", f"fashion_mnist:{fake_fmnist}", "--autoencoder", f"builtin:{other}",
+                                  "--out", str(lat), "--no-progress"])
+    assert rc == 2 and "already holds other latents" in err
+
+
+def write_folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (root / cls).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(root / cls / f"{k}.png")
+    Image.fromarray(rng.integers(0, 255, (50, 50, 3), dtype=np.uint8)).save(root / "dogs" / "x.webp")
+    Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8)).save(root / "gray.jpg")
+    (root / "cats" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "notes.txt").write_text("ignored")
+    return root
+
+
+def test_image_folder(tmp_path):
+    ds = load_image_folder(write_folder(tmp_path / "imgs"), 16, labels_from_subfolders=True)
+    assert len(ds) == 8 and ds.skipped == 1 and ds.shape == (3, 16, 16)
+    assert sorted(ds.labels.tolist()) == [-1, 0, 0, 0, 1, 1, 1, 1]
+    x = ds.batch(0, 8)
+    assert x.shape == (8, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IlctError, match="no readable images"):
+        load_image_folder(tmp_path / "empty", 16)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for k in range(3):
+        (bad / f"{k}.jpg").write_bytes(b"nope")
+    with pytest.raises(IlctError, match="3 unreadable"):
+        load_image_folder(bad, 16)
+
+
+def test_encode_bad_inputs(tmp_path, capsys, tiny_autoencoder):
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["--data", f"image_folder:{tmp_path / 'empty'}", "--autoencoder", f"builtin:{tiny_autoencoder}"], "no readable images"),
+        (["--data", "fashion_mnist", "--autoencoder", f"taesd:{tmp_path / 'nowhere'}"], "not found"),
+        (["--data", "mnist", "--autoencoder", f"builtin:{tiny_autoencoder}"], "--data"),
+        (["--data", "fashion_mnist", "--autoencoder", "vqgan:x"], "--autoencoder"),
+    ]
+    for args, needle in cases:
+        rc, _, err = run_cli(capsys, ["encode", *args, "--out", str(tmp_path / "o"), "--no-progress"])
+        assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_tukey_and_kurtosis_on_constructed_data():
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal(400_000)
+    t = tukey_fractions(g)
+    assert t["beyond_inner"] == pytest.approx(0.00698, abs=0.001)  # Gaussian: 0.70% beyond 1.5 IQR
+    assert t["beyond_outer"] < 5e-5  # and about 2 per million beyond 3 IQR
+    assert excess_kurtosis(g) == pytest.approx(0.0, abs=0.05)
+    assert excess_kurtosis(rng.laplace(size=400_000)) == pytest.approx(3.0, abs=0.15)
+    spiky = np.concatenate([np.zeros(990), np.full(10, 100.0)])
+    assert tukey_fractions(spiky)["beyond_outer"] == pytest.approx(0.01)
+
+
+def test_analyze_writes_report_and_figure(tmp_path, capsys, tiny_autoencoder, fake_fmnist):
+    pytest.importorskip("matplotlib")
+    lat = tmp_path / "lat"
+    assert main(["encode", "--data", f"fashion_mnist:{fake_fmnist}", "--autoencoder", f"builtin:{tiny_autoencoder}",
+                 "--out", str(lat), "--no-progress", "--device", "cpu"]) == 0
+    rc, stdout, _ = run_cli(capsys, ["analyze", "--latents", str(lat), "--out", str(tmp_path / "a"), "--n", "200"])
+    assert rc == 0 and "beyond outer fences" in stdout
+    report = json.loads((tmp_path / "a" / "lat.json").read_text())
+    assert len(report["latent"]["channels"]) == 4 and report["pixel"]["shape"] == [1, 32, 32]
+    assert Image.open(tmp_path / "a" / "lat_boxplot.png").size[0] > 100
