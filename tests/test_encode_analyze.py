@@ -144,3 +144,26 @@ def test_analyze_writes_report_and_figure(tmp_path, capsys, tiny_autoencoder, fa
     report = json.loads((tmp_path / "a" / "lat.json").read_text())
     assert len(report["latent"]["channels"]) == 4 and report["pixel"]["shape"] == [1, 32, 32]
     assert Image.open(tmp_path / "a" / "lat_boxplot.png").size[0] > 100
+
+
+def test_emoji_taef2_end_to_end(tmp_path, capsys):
+    """Real weights, real data: a few emoji through TAEF2, the full method for 2 steps, decoded samples."""
+    from conftest import SHARED_WEIGHTS
+
+    pytest.importorskip("fontTools")
+    font = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+    if not SHARED_WEIGHTS.is_dir() or not font.is_file():
+        pytest.skip("TAEF2 weights or the emoji font are absent")
+    lat = tmp_path / "lat"
+    assert main(["encode", "--data", "emoji", "--resolution", "64", "--autoencoder", f"taesd:{SHARED_WEIGHTS}",
+                 "--out", str(lat), "--limit", "12", "--no-progress", "--device", "cpu"]) == 0
+    assert LatentDir(lat).shape == (32, 8, 8)
+    run = tmp_path / "run"
+    assert main(["train", "--config", "emoji-ilct", "--autoencoder", str(SHARED_WEIGHTS), "--out", str(run),
+                 "--set", f"data.latents={lat}", "--set", "train.total_steps=2", "--set", "train.batch_size=4",
+                 "--set", "model.arch=DiT-T/4", "--set", "train.device=cpu", "--set", "train.num_sample_images=2",
+                 "--no-progress"]) == 0
+    npz = tmp_path / "s.npz"
+    assert main(["sample", "--run", str(run), "--steps", "1", "--n", "3", "--out", str(tmp_path / "s.png"),
+                 "--npz", str(npz), "--no-progress", "--device", "cpu"]) == 0
+    assert np.load(npz)["images"].shape == (3, 64, 64, 3)
