@@ -181,3 +181,26 @@ def test_console_entry_point_exit_code(tmp_path):
     assert not (tmp_path / "r").exists()
     help_ = subprocess.run([sys.executable, "-m", "ilct", "train", "--help"], capture_output=True, text=True)
     assert help_.returncode == 0 and "--resume" in help_.stdout
+
+
+def test_sigterm_checkpoints_and_exits_zero(trained_run, tmp_path):
+    """Preemption: SIGTERM finishes the current step, writes a checkpoint at that step and exits 0."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "pre"
+    cfg = tiny_config(tmp_path, total_steps=100000, log_every=1, ckpt_every=100000, sample_every=0)
+    cmd = [sys.executable, "-m", "ilct", *train_args(cfg, trained_run["ae"], trained_run["data"], out, trained_run["cache"])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "log.jsonl").is_file() and (out / "log.jsonl").read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "stopped by signal" in stdout
+    ckpt = latest_checkpoint(out)
+    step = json.loads((ckpt / "state.json").read_text())["step"]
+    assert 2 <= step < 100000

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +40,28 @@ class TrainResult:
     last_loss: float
     seconds: float
     nonfinite_steps: int
+    preempted: bool = False  # stopped by SIGTERM / SIGINT after checkpointing
+
+
+class _StopFlag:
+    """Turns SIGTERM and SIGINT into a request to stop after the current step."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _changed_keys(a: Config, b: Config) -> list[str]:
@@ -173,74 +197,82 @@ def train(
         grid = sample_grid(ema, ae, stats, cfg, t.num_sample_images, 1, seed=0)
         save_png(grid, run_dir / "samples" / f"step_{step:09d}.png", scale=2)
 
-    try:
-        for k in range(start_step, t.total_steps):
-            # -- curriculum (METHOD.md section 3) and the c schedule (technique 4)
-            N = num_levels(k, t.total_steps, c.s0, c.s1)
-            if N != cur_N:
-                cur_N = N
-                sigmas = karras_sigmas(N, c.sigma_min, c.sigma_max, c.rho).to(device, torch.float32)
-                probs = level_probabilities(sigmas.double().cpu(), c.p_mean, c.p_std).float()
-                c_now = scaling_c(N, D, c.s0, me.adaptive_c, c.c_scale)
+    with _StopFlag() as stop:
+        try:
+            for k in range(start_step, t.total_steps):
+                # -- curriculum (METHOD.md section 3) and the c schedule (technique 4)
+                N = num_levels(k, t.total_steps, c.s0, c.s1)
+                if N != cur_N:
+                    cur_N = N
+                    sigmas = karras_sigmas(N, c.sigma_min, c.sigma_max, c.rho).to(device, torch.float32)
+                    probs = level_probabilities(sigmas.double().cpu(), c.p_mean, c.p_std).float()
+                    c_now = scaling_c(N, D, c.s0, me.adaptive_c, c.c_scale)
 
-            # -- batch, noise, OT coupling (technique 3), levels
-            idx = torch.randint(0, z_data.shape[0], (t.batch_size,), generator=gen)
-            z = torch.randn((t.batch_size, C, H, W), generator=gen).to(device)
-            i = sample_levels(probs, t.batch_size, gen).to(device)
-            x = z_data[idx.to(device)]
-            y = labels[idx.to(device)] if labels is not None else None
-            if me.ot_coupling:
-                z = ot_couple(x, z)
+                # -- batch, noise, OT coupling (technique 3), levels
+                idx = torch.randint(0, z_data.shape[0], (t.batch_size,), generator=gen)
+                z = torch.randn((t.batch_size, C, H, W), generator=gen).to(device)
+                i = sample_levels(probs, t.batch_size, gen).to(device)
+                x = z_data[idx.to(device)]
+                y = labels[idx.to(device)] if labels is not None else None
+                if me.ot_coupling:
+                    z = ot_couple(x, z)
 
-            # -- loss (techniques 1, 2; the teacher shares the student's dropout masks)
-            with torch.autocast(**autocast):
-                terms = consistency_training_loss(
-                    model, x, z, i, sigmas, N, c_now, me.metric, me.diffusion_loss,
-                    me.diffusion_weight, me.diffusion_fraction, c.sigma_data, y,
-                )
-            opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(terms.loss):
-                nonfinite_total += 1
-                consecutive_bad += 1
-                if consecutive_bad >= t.max_nonfinite:
-                    raise IlctError(f"the loss was not finite for {consecutive_bad} steps in a row (last at step {k}); "
-                                    "the last checkpoint is intact: lower train.lr or try train.grad_clip")
-                continue
-            consecutive_bad = 0
-            terms.loss.backward()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            opt.step()
-            ema_update(ema, model, t.ema_decay)
+                # -- loss (techniques 1, 2; the teacher shares the student's dropout masks)
+                with torch.autocast(**autocast):
+                    terms = consistency_training_loss(
+                        model, x, z, i, sigmas, N, c_now, me.metric, me.diffusion_loss,
+                        me.diffusion_weight, me.diffusion_fraction, c.sigma_data, y,
+                    )
+                opt.zero_grad(set_to_none=True)
+                if not torch.isfinite(terms.loss):
+                    nonfinite_total += 1
+                    consecutive_bad += 1
+                    if consecutive_bad >= t.max_nonfinite:
+                        raise IlctError(f"the loss was not finite for {consecutive_bad} steps in a row (last at step {k}); "
+                                        "the last checkpoint is intact: lower train.lr or try train.grad_clip")
+                    continue
+                consecutive_bad = 0
+                terms.loss.backward()
+                if t.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                opt.step()
+                ema_update(ema, model, t.ema_decay)
 
-            # -- bookkeeping: sums stay on the device until a log step
-            step = k + 1
-            acc += torch.stack([terms.loss.detach().float(), terms.consistency.float(), terms.diffusion.float()])
-            n_logged += 1
-            bar.update(1)
-            if step % t.log_every == 0 or step == t.total_steps:
-                now = time.time()
-                mean = (acc / n_logged).tolist()
-                record: dict[str, Any] = {
-                    "step": step, "N": N, "c": c_now,
-                    "loss": mean[0], "consistency": mean[1], "diffusion": mean[2],
-                    "nonfinite_total": nonfinite_total,
-                    "img_per_s": round(n_logged * t.batch_size / max(now - t_log, 1e-9), 1),
-                    "elapsed_s": round(now - t_start, 1),
-                }
-                last_loss = mean[0]
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-                bar.set_postfix(N=N, c=f"{c_now:.3g}", loss=f"{last_loss:.4g}")
-                acc.zero_()
-                n_logged, t_log = 0, now
-            if t.sample_every and step % t.sample_every == 0 and step != t.total_steps:
-                write_grid(step)
-            if step % t.ckpt_every == 0 and step != t.total_steps:
-                save(step)
-    finally:
-        bar.close()
-        log_file.close()
+                # -- bookkeeping: sums stay on the device until a log step
+                step = k + 1
+                acc += torch.stack([terms.loss.detach().float(), terms.consistency.float(), terms.diffusion.float()])
+                n_logged += 1
+                bar.update(1)
+                if step % t.log_every == 0 or step == t.total_steps:
+                    now = time.time()
+                    mean = (acc / n_logged).tolist()
+                    record: dict[str, Any] = {
+                        "step": step, "N": N, "c": c_now,
+                        "loss": mean[0], "consistency": mean[1], "diffusion": mean[2],
+                        "nonfinite_total": nonfinite_total,
+                        "img_per_s": round(n_logged * t.batch_size / max(now - t_log, 1e-9), 1),
+                        "elapsed_s": round(now - t_start, 1),
+                    }
+                    last_loss = mean[0]
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                    bar.set_postfix(N=N, c=f"{c_now:.3g}", loss=f"{last_loss:.4g}")
+                    acc.zero_()
+                    n_logged, t_log = 0, now
+                if t.sample_every and step % t.sample_every == 0 and step != t.total_steps:
+                    write_grid(step)
+                if step % t.ckpt_every == 0 and step != t.total_steps:
+                    save(step)
+                if stop.signal is not None and step != t.total_steps:
+                    if step % t.ckpt_every:
+                        save(step)
+                    bar.close()
+                    print(f"stopped by signal {stop.signal} after step {step}; checkpoint saved, "
+                          f"continue with: ilct train --out {run_dir} --resume")
+                    return TrainResult(run_dir, step, last_loss, time.time() - t_start, nonfinite_total, preempted=True)
+        finally:
+            bar.close()
+            log_file.close()
     end_step = max(start_step, t.total_steps)
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None or latest.name != f"step_{end_step:09d}":
