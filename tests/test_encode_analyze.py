@@ -142,7 +142,8 @@ def test_analyze_writes_report_and_figure(tmp_path, capsys, tiny_autoencoder, fa
     rc, stdout, _ = run_cli(capsys, ["analyze", "--latents", str(lat), "--out", str(tmp_path / "a"), "--n", "200"])
     assert rc == 0 and "beyond outer fences" in stdout
     report = json.loads((tmp_path / "a" / "lat.json").read_text())
-    assert len(report["latent"]["channels"]) == 4 and report["pixel"]["shape"] == [1, 32, 32]
+    assert len(report["latent"]["per_element"]["channels"]) == 4 and report["pixel"]["shape"] == [1, 32, 32]
+    assert set(report["latent"]) == {"shape", "per_channel", "per_element"}
     assert Image.open(tmp_path / "a" / "lat_boxplot.png").size[0] > 100
 
 

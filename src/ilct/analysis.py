@@ -3,9 +3,13 @@
 Statistics of a set of values: the fractions beyond Tukey's inner fences
 (Q1 - 1.5 IQR, Q3 + 1.5 IQR) and outer fences (3 IQR), the excess kurtosis
 (0 for a Gaussian), and the largest value in standard deviations. They are
-computed per channel and for all channels pooled, after the per-element
-normalization the training uses, so pixels and latents are compared on the
-same footing. Also: the temporal-difference residuals of a trained run at a
+computed per channel and for all channels pooled, under two normalizations:
+per channel (a global affine map per channel, which is how a pixel-space model
+sees pixels; the paper's Figure 1 box plots) and per element (C x H x W, the
+normalization ilct's training applies to latents). Per-element normalization
+of pixels is dominated by near-constant background pixels (a rare non-zero
+value at a border position becomes dozens of standard deviations), so compare
+pixels per channel. Also: the temporal-difference residuals of a trained run at a
 chosen number of levels N.
 """
 
@@ -51,25 +55,27 @@ def summarize(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def normalize_per_element(x: np.ndarray) -> np.ndarray:
-    """(x - mean) / std over the sample axis, element by element (as latents are normalized)."""
+def normalize(x: np.ndarray, mode: str) -> np.ndarray:
+    """(x - mean) / std with statistics per element (over samples, as ilct normalizes latents)
+    or per channel (over samples and positions)."""
     x = np.asarray(x, np.float64)
-    std = x.std(0)
-    return (x - x.mean(0)) / np.where(std > 0, std, 1.0)
+    axes = (0,) if mode == "element" else (0, 2, 3)
+    std = x.std(axes, keepdims=True)
+    return (x - x.mean(axes, keepdims=True)) / np.where(std > 0, std, 1.0)
 
 
 def channel_report(x: np.ndarray) -> dict:
-    """x: (N, C, H, W). Statistics per channel and pooled, after per-element normalization."""
-    z = normalize_per_element(x)
-    return {
-        "shape": list(x.shape[1:]),
-        "all": summarize(z),
-        "channels": [summarize(z[:, c]) for c in range(z.shape[1])],
-    }
+    """x: (N, C, H, W). Statistics pooled and per channel, under both normalizations."""
+    out: dict = {"shape": list(x.shape[1:])}
+    for mode in ("channel", "element"):
+        z = normalize(x, mode)
+        out[f"per_{mode}"] = {"all": summarize(z), "channels": [summarize(z[:, c]) for c in range(z.shape[1])]}
+    return out
 
 
 def box_plot(reports: dict[str, np.ndarray], path: str | Path, title: str = "") -> None:
-    """Per-channel box plots (whiskers at 1.5 IQR, outliers drawn), one panel per named array."""
+    """Per-channel box plots after per-channel normalization (whiskers at 1.5 IQR, outliers drawn),
+    one panel per named array."""
     try:
         import matplotlib
 
@@ -79,7 +85,7 @@ def box_plot(reports: dict[str, np.ndarray], path: str | Path, title: str = "") 
         raise IlctError("figures need matplotlib: pip install 'ilct[analysis]'") from None
     fig, axes = plt.subplots(1, len(reports), figsize=(5 * len(reports), 3.6), squeeze=False)
     for ax, (name, x) in zip(axes[0], reports.items()):
-        z = normalize_per_element(x)
+        z = normalize(x, "channel")
         C = z.shape[1]
         sel = np.linspace(0, C - 1, min(C, 16)).round().astype(int)  # at most 16 boxes per panel
         data = [z[:, c].ravel()[:: max(1, z[:, c].size // 20000)] for c in sel]

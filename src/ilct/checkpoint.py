@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ilct import faults
 from ilct.errors import IlctError
 from ilct.files import read_json, read_tensors, save_tensors, write_text
 
@@ -85,18 +86,22 @@ def save_checkpoint(
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:09d}"
+    for stale in root.glob(".tmp_step_*"):  # left by a crash mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp_step_{step:09d}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        save_tensors(model.state_dict(), tmp / "model.safetensors")
-        save_tensors(ema.state_dict(), tmp / "ema.safetensors")
         opt_tensors, opt_meta = optimizer_to_files(opt)
-        save_tensors(opt_tensors, tmp / "optimizer.safetensors")
-        write_text(tmp / "optimizer.json", json.dumps(opt_meta))
-        save_tensors(rng, tmp / "rng.safetensors")
-        write_text(tmp / "state.json", json.dumps({"step": step, **state}, indent=2))
+        for write in (
+            lambda: save_tensors(model.state_dict(), tmp / "model.safetensors"),
+            lambda: save_tensors(ema.state_dict(), tmp / "ema.safetensors"),
+            lambda: save_tensors(opt_tensors, tmp / "optimizer.safetensors"),
+            lambda: write_text(tmp / "optimizer.json", json.dumps(opt_meta)),
+            lambda: save_tensors(rng, tmp / "rng.safetensors"),
+            lambda: write_text(tmp / "state.json", json.dumps({"step": step, **state}, indent=2)),
+        ):
+            write()
+            faults.checkpoint_file_written()
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -240,10 +240,12 @@ def cmd_analyze(args) -> int:
     box_plot({f"{k} ({name})": v for k, v in (("pixels", arrays.get("pixels")), ("latents", arrays["latents"])) if v is not None},
              out / f"{name}_boxplot.png", title=f"{lat.meta.get('autoencoder', '')} on {lat.meta['dataset']}")
     for key in ("pixel", "latent"):
-        if key in report:
-            a = report[key]["all"]
-            print(f"{key:>6}: beyond outer fences {a['beyond_outer']:.4%}, inner {a['beyond_inner']:.3%}, "
-                  f"excess kurtosis {a['excess_kurtosis']:.2f}, max |z| {a['max_abs_in_std']:.1f} std")
+        for mode in ("channel", "element"):
+            if key in report:
+                a = report[key][f"per_{mode}"]["all"]
+                print(f"{key:>6} (per-{mode} normalized): beyond outer fences {a['beyond_outer']:.4%}, "
+                      f"inner {a['beyond_inner']:.3%}, excess kurtosis {a['excess_kurtosis']:.2f}, "
+                      f"max |z| {a['max_abs_in_std']:.1f} std")
     for td in report.get("td", []):
         a = td["residual"]
         print(f"TD residuals at N={td['N']}: beyond outer fences {a['beyond_outer']:.4%}, excess kurtosis {a['excess_kurtosis']:.2f}")

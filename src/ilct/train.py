@@ -8,6 +8,8 @@ OT coupling -> levels -> loss -> update -> EMA -> log / sample / checkpoint.
 from __future__ import annotations
 
 import json
+import os
+import random
 import shutil
 import signal
 import threading
@@ -21,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ilct import checkpoint as ckpt
+from ilct import faults
 from ilct.autoencoders import load_autoencoder
 from ilct.config import RUNTIME_KEYS, Config, config_from_yaml_file, dump_config, latent_dim
 from ilct.consistency.coupling import ot_couple
@@ -64,6 +67,18 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def _open_log(path: Path):
+    """Append to the JSONL log; a line cut short by a crash is ended first."""
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        if torn:
+            with open(path, "a") as f:
+                f.write("\n")
+    return open(path, "a")
+
+
 def _changed_keys(a: Config, b: Config) -> list[str]:
     da, db = a.to_dict(), b.to_dict()
     return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k]]
@@ -96,18 +111,29 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool) -> tu
     return cfg, None
 
 
-def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"torch_cpu": torch.get_rng_state(), "data": gen.get_state()}
+def _rng_state(gen: torch.Generator, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every RNG the run touches: tensors for safetensors, the rest for JSON."""
+    np_state = np.random.get_state()
+    tensors = {"torch_cpu": torch.get_rng_state(), "data": gen.get_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
     if device.type == "cuda":
-        state["torch_cuda"] = torch.cuda.get_rng_state(device)
-    return state
+        tensors["torch_cuda"] = torch.cuda.get_rng_state(device)
+    py = random.getstate()
+    scalars = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+               "python": [py[0], list(py[1]), py[2]]}
+    return tensors, scalars
 
 
-def _set_rng_state(state: dict[str, torch.Tensor], gen: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(state["torch_cpu"])
-    gen.set_state(state["data"])
-    if device.type == "cuda" and "torch_cuda" in state:
-        torch.cuda.set_rng_state(state["torch_cuda"], device)
+def _set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    gen.set_state(tensors["data"])
+    if device.type == "cuda" and "torch_cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["torch_cuda"], device)
+    if "numpy_keys" in tensors and "numpy" in scalars:
+        name, pos, has_gauss, cached = scalars["numpy"]
+        np.random.set_state((name, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "python" in scalars:
+        version, internal, gauss = scalars["python"]
+        random.setstate((version, tuple(internal), gauss))
 
 
 @torch.no_grad()
@@ -161,19 +187,26 @@ def train(
     opt = torch.optim.RAdam(
         model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay
     )
-    start_step, nonfinite_total = 0, 0
-    if resume_from is not None:
-        what = f"model {cfg.model.arch} of {run_dir}"
-        ckpt.load_weights(model, resume_from / "model.safetensors", what)
-        ckpt.load_weights(ema, resume_from / "ema.safetensors", what)
+    what = f"model {cfg.model.arch} of {run_dir}"
+
+    def restore(path: Path) -> dict[str, Any]:
+        """Model, EMA, optimizer and RNG states from a checkpoint; returns its state.json."""
+        ckpt.load_weights(model, path / "model.safetensors", what)
+        ckpt.load_weights(ema, path / "ema.safetensors", what)
         try:
             opt.load_state_dict(ckpt.optimizer_from_files(
-                ckpt.read_tensors(resume_from / "optimizer.safetensors"), ckpt.read_json(resume_from / "optimizer.json")))
+                ckpt.read_tensors(path / "optimizer.safetensors"), ckpt.read_json(path / "optimizer.json")))
         except (ValueError, KeyError) as e:
-            raise IlctError(f"optimizer state in {resume_from} does not match the model: {e}") from None
-        _set_rng_state(ckpt.read_tensors(resume_from / "rng.safetensors"), gen, device)
-        state = ckpt.read_json(resume_from / "state.json")
+            raise IlctError(f"optimizer state in {path} does not match the model: {e}") from None
+        state = ckpt.read_json(path / "state.json")
+        _set_rng_state(ckpt.read_tensors(path / "rng.safetensors"), state.get("rng", {}), gen, device)
+        return state
+
+    start_step, nonfinite_total, lr_halved = 0, 0, False
+    if resume_from is not None:
+        state = restore(resume_from)
         start_step, nonfinite_total = int(state["step"]), int(state.get("nonfinite_total", 0))
+        lr_halved = bool(state.get("lr_halved", False))
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         stats.save(run_dir / STATS_FILE)
@@ -181,7 +214,7 @@ def train(
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
 
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
-    log_file = open(run_dir / LOG_FILE, "a")
+    log_file = _open_log(run_dir / LOG_FILE)
     t_start = time.time()
     bar = tqdm(total=t.total_steps, initial=start_step, desc="train", disable=not progress, dynamic_ncols=True)
     cur_N, sigmas, probs, c_now = -1, None, None, 0.0
@@ -189,9 +222,15 @@ def train(
     n_logged, consecutive_bad, last_loss = 0, 0, float("nan")
     t_log = time.time()
 
+    def log(record: dict[str, Any]) -> None:
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+
     def save(step: int) -> None:
-        ckpt.save_checkpoint(run_dir, step, model, ema, opt, _rng_state(gen, device),
-                             {"nonfinite_total": nonfinite_total, "arch": cfg.model.arch}, keep=t.keep_checkpoints)
+        rng_tensors, rng_scalars = _rng_state(gen, device)
+        ckpt.save_checkpoint(run_dir, step, model, ema, opt, rng_tensors,
+                             {"nonfinite_total": nonfinite_total, "lr_halved": lr_halved, "arch": cfg.model.arch,
+                              "rng": rng_scalars}, keep=t.keep_checkpoints)
 
     def write_grid(step: int) -> None:
         grid = sample_grid(ema, ae, stats, cfg, t.num_sample_images, 1, seed=0)
@@ -199,7 +238,8 @@ def train(
 
     with _StopFlag() as stop:
         try:
-            for k in range(start_step, t.total_steps):
+            k = start_step
+            while k < t.total_steps:
                 # -- curriculum (METHOD.md section 3) and the c schedule (technique 4)
                 N = num_levels(k, t.total_steps, c.s0, c.s1)
                 if N != cur_N:
@@ -223,39 +263,62 @@ def train(
                         model, x, z, i, sigmas, N, c_now, me.metric, me.diffusion_loss,
                         me.diffusion_weight, me.diffusion_fraction, c.sigma_data, y,
                     )
+                loss = faults.corrupt_loss(k, terms.loss)
                 opt.zero_grad(set_to_none=True)
-                if not torch.isfinite(terms.loss):
+                if torch.isfinite(loss):
+                    loss.backward()
+                    grads = [p.grad for p in model.parameters() if p.grad is not None]
+                    if t.grad_clip > 0:
+                        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                    else:
+                        grad_norm = torch.nn.utils.get_total_norm(grads)
+                    finite = bool(torch.isfinite(grad_norm))
+                else:
+                    finite = False
+
+                # -- numerical policy: skip, count; K in a row -> roll back and halve lr once; again -> stop
+                if not finite:
                     nonfinite_total += 1
                     consecutive_bad += 1
+                    log({"step": k + 1, "event": "nonfinite", "nonfinite_total": nonfinite_total})
                     if consecutive_bad >= t.max_nonfinite:
-                        raise IlctError(f"the loss was not finite for {consecutive_bad} steps in a row (last at step {k}); "
-                                        "the last checkpoint is intact: lower train.lr or try train.grad_clip")
+                        latest = ckpt.latest_checkpoint(run_dir)
+                        if lr_halved or latest is None:
+                            raise IlctError(
+                                f"the loss or gradient was not finite for {consecutive_bad} steps in a row, up to step {k + 1}"
+                                + (" after the learning rate was already halved" if lr_halved else " before any checkpoint")
+                                + "; the last checkpoint is intact: lower train.lr or set train.grad_clip")
+                        k = int(restore(latest)["step"])
+                        lr_halved, consecutive_bad = True, 0
+                        for group in opt.param_groups:
+                            group["lr"] *= 0.5
+                        log({"step": k, "event": "rollback", "checkpoint": latest.name, "lr": opt.param_groups[0]["lr"]})
+                        bar.reset(total=t.total_steps)
+                        bar.update(k)
+                        continue
+                    k += 1
                     continue
                 consecutive_bad = 0
-                terms.loss.backward()
-                if t.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
                 opt.step()
                 ema_update(ema, model, t.ema_decay)
 
                 # -- bookkeeping: sums stay on the device until a log step
-                step = k + 1
+                k += 1
+                step = k
                 acc += torch.stack([terms.loss.detach().float(), terms.consistency.float(), terms.diffusion.float()])
                 n_logged += 1
                 bar.update(1)
                 if step % t.log_every == 0 or step == t.total_steps:
                     now = time.time()
-                    mean = (acc / n_logged).tolist()
-                    record: dict[str, Any] = {
+                    mean = (acc / max(n_logged, 1)).tolist()
+                    last_loss = mean[0]
+                    log({
                         "step": step, "N": N, "c": c_now,
                         "loss": mean[0], "consistency": mean[1], "diffusion": mean[2],
                         "nonfinite_total": nonfinite_total,
                         "img_per_s": round(n_logged * t.batch_size / max(now - t_log, 1e-9), 1),
                         "elapsed_s": round(now - t_start, 1),
-                    }
-                    last_loss = mean[0]
-                    log_file.write(json.dumps(record) + "\n")
-                    log_file.flush()
+                    })
                     bar.set_postfix(N=N, c=f"{c_now:.3g}", loss=f"{last_loss:.4g}")
                     acc.zero_()
                     n_logged, t_log = 0, now
