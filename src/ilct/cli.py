@@ -232,8 +232,10 @@ def cmd_analyze(args) -> int:
         from ilct.run import open_run
 
         run = open_run(args.run, device=args.device)
-        lat_run = LatentDir(run.cfg.data.latents) if run.cfg.data.latents else lat
-        report["td"] = [td_residuals(run, lat_run.gather(idx), N, n=min(512, n), seed=args.seed) for N in args.levels]
+        lat.check_autoencoder(run.autoencoder)
+        if any(N < 2 for N in args.levels):
+            raise IlctError("--levels must be >= 2")
+        report["td"] = [td_residuals(run, latents, N, n=min(512, n), seed=args.seed) for N in args.levels]
     out = Path(args.out)
     name = args.name or lat.path.name
     write_report(report, out / f"{name}.json")

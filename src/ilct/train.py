@@ -67,6 +67,14 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def _absolute_paths(cfg: Config) -> None:
+    """Local paths in the config become absolute, so a run directory works from any folder."""
+    for section, key in (("autoencoder", "path"), ("data", "root"), ("data", "latents"), ("data", "cache_dir")):
+        value = getattr(getattr(cfg, section), key)
+        if value and Path(value).exists():
+            setattr(getattr(cfg, section), key, str(Path(value).resolve()))
+
+
 def _open_log(path: Path):
     """Append to the JSONL log; a line cut short by a crash is ended first."""
     if path.is_file() and path.stat().st_size:
@@ -158,6 +166,7 @@ def train(
 ) -> TrainResult:
     run_dir = Path(run_dir)
     cfg, resume_from = prepare_run_dir(cfg, run_dir, resume, force)
+    _absolute_paths(cfg)
     t, c, me = cfg.train, cfg.consistency, cfg.method
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)
