@@ -48,8 +48,8 @@ def write_report():
         "  checkpoint must load completely and `--resume` must continue from it; a final `--resume` finishes the run.\n"
         "- **NaN injection**: a test hook makes chosen steps' losses NaN. Isolated NaN steps are skipped and counted;\n"
         "  `train.max_nonfinite` in a row roll the run back to the last checkpoint with half the learning rate;\n"
-        "  NaN that persists after that stops the run with one line naming the step, the checkpoint intact
-  (`nan_persistent_*`: it is meant to stop, so it is not counted in `nan_survived`).\n"
+        "  NaN that persists after that stops the run with one line naming the step, the checkpoint intact\n"
+        "  (`nan_persistent_*`: it is meant to stop, so it is not counted in `nan_survived`).\n"
         "- **bad input**: each case must exit with status 2, print exactly one line, and leave an existing run\n"
         "  byte-for-byte unchanged.\n\nBad-input cases:\n\n" + cases + "\n"
     )

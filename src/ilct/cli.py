@@ -255,6 +255,32 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from ilct.metrics.evaluate import evaluate_run
+
+    try:
+        steps = [int(v) for v in args.steps.split(",") if v.strip()]
+    except ValueError:
+        raise IlctError(f"--steps expects comma-separated integers, got {args.steps!r}") from None
+    if not steps or min(steps) < 1:
+        raise IlctError("--steps needs step counts >= 1")
+    if args.n < 10:
+        raise IlctError("--n must be >= 10")
+    result = evaluate_run(args.run, steps, args.n, args.seed, args.features, args.inception_weights,
+                          Path(args.cache_dir) if args.cache_dir else None, args.batch_size, args.device, _progress(args))
+    print(f"features: {result['features']}")
+    for s in steps:
+        k = str(s)
+        print(f"{s} step(s): FID {result['fid'][k]:.3f}  precision {result['precision'][k]:.3f}  "
+              f"recall {result['recall'][k]:.3f}  (n = {args.n})")
+    if args.json:
+        from ilct.files import write_text
+
+        write_text(args.json, json.dumps(result, indent=2))
+        print(f"written to {args.json}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from ilct.demo import run_demo
 
@@ -350,6 +376,22 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--levels", type=int, nargs="+", default=[11, 161, 641], help="N for the TD residuals")
     z.add_argument("--device", default="auto")
     z.set_defaults(func=cmd_analyze)
+
+    v = sub.add_parser("eval", help="FID and precision/recall of a run's EMA samples", formatter_class=fmt,
+                       description="Default features: a Fashion-MNIST classifier trained here (FID in its features, "
+                                   "not Inception FID). --features inception needs a local TorchScript file.")
+    v.add_argument("--run", required=True)
+    v.add_argument("--steps", default="1,2", help="comma-separated step counts")
+    v.add_argument("--n", type=int, default=10000, help="generated samples per step count")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--json", help="write the results here")
+    v.add_argument("--features", default="fmnist", choices=["fmnist", "inception"])
+    v.add_argument("--inception-weights", help="TorchScript feature network for --features inception")
+    v.add_argument("--cache-dir", help="where the classifier and reference features are cached (default $ILCT_CACHE)")
+    v.add_argument("--batch-size", type=int, default=256)
+    v.add_argument("--device", default="auto")
+    v.add_argument("--no-progress", action="store_true")
+    v.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="autoencoder + latents + fmnist-ilct training + 1/2-step grids", formatter_class=fmt)
     d.add_argument("--out", default="runs/demo")

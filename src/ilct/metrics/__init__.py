@@ -1,0 +1,1 @@
+"""Evaluation: feature extractors, Frechet distance, precision/recall, and `ilct eval`."""

@@ -1,0 +1,166 @@
+"""Feature extractors for FID and precision/recall.
+
+- `fmnist`: a small CNN classifier trained here on the Fashion-MNIST training
+  labels (no Inception weights can be downloaded offline). Its 256-d
+  penultimate layer (before the ReLU) gives the features. Numbers computed with
+  it are FID in Fashion-MNIST-classifier features, **not Inception FID**, and
+  are comparable only with each other.
+- `inception`: a TorchScript feature network from a local file (for example
+  the standard FID Inception exported to TorchScript), called on float images
+  in [0, 255], N x 3 x 299 x 299, returning (N, D) features. Nothing here can
+  download it; without a file the command fails with a clear message.
+
+Extractors take uint8 (N, H, W, C) images of any size and channel count and
+convert them to what they need (grayscale 32x32 for `fmnist`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ilct.errors import IlctError
+from ilct.files import read_tensors, save_tensors, write_text
+
+
+class FashionClassifier(nn.Module):
+    """conv-conv-pool x 2, a 256-d feature layer, 10 logits; input 1x32x32 in [-1, 1]."""
+
+    feature_dim = 256
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 8 * 8, self.feature_dim),
+        )
+        self.head = nn.Sequential(nn.ReLU(), nn.Dropout(0.3), nn.Linear(self.feature_dim, 10))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def to_gray32(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float (N, 1, 32, 32) in [-1, 1]: channel mean, then area/bilinear resize."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().permute(0, 3, 1, 2).mean(1, keepdim=True)
+    if x.shape[-1] != 32 or x.shape[-2] != 32:
+        mode = "area" if x.shape[-1] > 32 else "bilinear"
+        x = F.interpolate(x, size=(32, 32), mode=mode, **({} if mode == "area" else {"align_corners": False}))
+    return x / 127.5 - 1.0
+
+
+class FashionFeatures:
+    name = "fmnist-classifier-256 (Fashion-MNIST classifier features; not Inception FID)"
+
+    def __init__(self, model: FashionClassifier, meta: dict):
+        self.model = model.eval()
+        self.meta = meta
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+        out = [self.model.features(to_gray32(images[s : s + batch_size])).double().numpy()
+               for s in range(0, len(images), batch_size)]
+        return np.concatenate(out)
+
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+
+def train_fashion_classifier(root: str, out: Path, epochs: int = 4, seed: int = 0, progress: bool = True) -> FashionFeatures:
+    """Adam, batch 128, light augmentation (random shifts and flips); saves weights + accuracy."""
+    from ilct.data.fashion_mnist import load_fashion_mnist
+
+    train, test = load_fashion_mnist(root, "train"), load_fashion_mnist(root, "test")
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    model = FashionClassifier()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    steps = epochs * math.ceil(len(train) / 128)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    labels = torch.from_numpy(train.labels)
+    bar = tqdm(total=steps, desc="classifier", disable=not progress, dynamic_ncols=True)
+    for _ in range(epochs):
+        perm = torch.randperm(len(train), generator=g)
+        for s in range(0, len(train), 128):
+            idx = perm[s : s + 128]
+            x = train.batch_indices(idx.numpy())
+            flip = torch.rand(len(x), generator=g) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
+            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+            loss = F.cross_entropy(model(x), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    model.eval()
+    with torch.no_grad():
+        correct = sum(int((model(test.batch(s, s + 1000)).argmax(1) == torch.from_numpy(test.labels[s : s + 1000])).sum())
+                      for s in range(0, len(test), 1000))
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.numpy().tobytes())
+    meta = {"test_accuracy": correct / len(test), "epochs": epochs, "seed": seed, "feature_dim": FashionClassifier.feature_dim,
+            "fingerprint": "fmnist-cls-" + h.hexdigest()[:16]}
+    save_tensors(model.state_dict(), out / "model.safetensors")
+    write_text(out / "config.json", json.dumps(meta, indent=2))
+    return FashionFeatures(model, meta)
+
+
+def load_fashion_features(cache_dir: Path, data_root: str, progress: bool = True) -> FashionFeatures:
+    """The cached classifier, trained on first use (a few CPU minutes)."""
+    out = cache_dir / "fmnist_classifier"
+    if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
+        model = FashionClassifier()
+        model.load_state_dict(read_tensors(out / "model.safetensors"))
+        return FashionFeatures(model, json.loads((out / "config.json").read_text()))
+    print(f"training the Fashion-MNIST feature classifier (cached in {out})")
+    return train_fashion_classifier(data_root, out, progress=progress)
+
+
+class TorchScriptFeatures:
+    """A TorchScript feature network from a local file: float [0, 255] N x 3 x 299 x 299 -> (N, D)."""
+
+    def __init__(self, path: str | Path, size: int = 299):
+        path = Path(path)
+        if not path.is_file():
+            raise IlctError(f"Inception weights file not found: {path} (nothing can be downloaded here; "
+                            "give the TorchScript FID Inception file with --inception-weights)")
+        try:
+            self.net = torch.jit.load(str(path), map_location="cpu").eval()
+        except Exception as e:  # torch raises several types for non-TorchScript files
+            raise IlctError(f"{path} is not a TorchScript feature network: {str(e).splitlines()[0]}") from None
+        self.size = size
+        self.name = f"torchscript:{path.name}"
+        self._fp = "ts-" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray, batch_size: int = 100) -> np.ndarray:
+        out = []
+        for s in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[s : s + batch_size])).float().permute(0, 3, 1, 2)
+            if x.shape[1] == 1:
+                x = x.repeat(1, 3, 1, 1)
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+            f = self.net(x)
+            out.append(f.reshape(len(x), -1).double().numpy())
+        return np.concatenate(out)
+
+    def fingerprint(self) -> str:
+        return self._fp
