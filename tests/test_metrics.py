@@ -54,7 +54,7 @@ def test_precision_recall_constructed():
     assert p > 0.9 and r < 0.25
     # k-th neighbour radii on a line with unit spacing
     line = torch.arange(10, dtype=torch.float64).view(-1, 1)
-    assert knn_radii(line, k=3).tolist() == [3, 2, 2, 3, 3, 3, 3, 2, 2, 3]
+    assert knn_radii(line, k=3).tolist() == [3, 2, 2, 2, 2, 2, 2, 2, 2, 3]  # ends: 1, 2, 3; inside: 1, 1, 2
 
 
 def test_fashion_features_shape_and_gray_conversion():
