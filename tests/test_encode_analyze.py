@@ -168,3 +168,44 @@ def test_emoji_taef2_end_to_end(tmp_path, capsys):
     assert main(["sample", "--run", str(run), "--steps", "1", "--n", "3", "--out", str(tmp_path / "s.png"),
                  "--npz", str(npz), "--no-progress", "--device", "cpu"]) == 0
     assert np.load(npz)["images"].shape == (3, 64, 64, 3)
+
+
+def test_large_latent_sets_are_gathered_from_the_memory_map(tmp_path, capsys, monkeypatch, tiny_autoencoder, fake_fmnist):
+    """The same run, with the in-memory limit at 0 bytes, trains bit-identically from the memory map."""
+    import ilct.train as train_module
+    from ilct.checkpoint import latest_checkpoint, read_tensors
+
+    lat = tmp_path / "lat"
+    assert main(["encode", "--data", f"fashion_mnist:{fake_fmnist}", "--autoencoder", f"builtin:{tiny_autoencoder}",
+                 "--out", str(lat), "--shard-size", "50", "--no-progress", "--device", "cpu"]) == 0
+    argv = lambda out: ["train", "--config", "fmnist-ilct", "--autoencoder", str(tiny_autoencoder), "--out", str(out),  # noqa: E731
+                        "--set", f"data.latents={lat}", "--set", "train.total_steps=3", "--set", "train.batch_size=8",
+                        "--set", "model.arch=DiT-T/4", "--set", "train.device=cpu", "--set", "train.num_sample_images=2",
+                        "--no-progress"]
+    assert main(argv(tmp_path / "mem")) == 0
+    monkeypatch.setattr(train_module, "IN_MEMORY_BYTES", 0)
+    assert main(argv(tmp_path / "mmap")) == 0
+    a = read_tensors(latest_checkpoint(tmp_path / "mem") / "model.safetensors")
+    b = read_tensors(latest_checkpoint(tmp_path / "mmap") / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_emoji_captions_travel_with_the_latents(tmp_path):
+    pytest.importorskip("fontTools")
+    font = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+    if not font.is_file():
+        pytest.skip("fonts-noto-color-emoji is not installed")
+    from ilct.autoencoders.kl import KLAutoencoder, KLAutoencoderConfig
+    from ilct.data import load_dataset
+    from ilct.data.images import Subset
+    from ilct.data.latents import encode_to_dir
+
+    ds = Subset(load_dataset("emoji", str(font), resolution=32), 6)
+    assert all(isinstance(c, str) and c for c in ds.captions)
+    ae = KLAutoencoder(KLAutoencoderConfig(image_channels=3))
+    lat = encode_to_dir(ae, ds, tmp_path / "lat", flip=True, progress=False)
+    assert lat.captions == ds.captions * 2
+    from ilct.data.emoji import caption
+
+    assert caption((0x1F600,)) == "grinning face"
+    assert caption((0x1F44D, 0x1F3FD)) == "thumbs up sign, medium skin tone"

@@ -36,6 +36,9 @@ from ilct.run import CONFIG_FILE, LOG_FILE, STATS_FILE, build_model, load_latent
 from ilct.sampling import generate
 
 
+IN_MEMORY_BYTES = 4 << 30  # latent sets up to 4 GiB are loaded whole
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -187,7 +190,10 @@ def train(
     else:
         stats = latent_set.stats
     D = latent_dim(cfg)
-    z_data = stats.normalize(latent_set.all(), c.sigma_data).to(device)  # (N, C, H, W), std sigma_d
+    # Small latent sets live in memory (on the device); larger ones are gathered per batch from the memory map.
+    in_memory = latent_set.nbytes <= IN_MEMORY_BYTES
+    z_data = stats.normalize(latent_set.all(), c.sigma_data).to(device) if in_memory else None  # std sigma_d
+    n_data = len(latent_set)
     labels = latent_set.labels.to(device) if cfg.model.num_classes > 0 else None
 
     # ---- model, EMA, optimizer
@@ -258,10 +264,13 @@ def train(
                     c_now = scaling_c(N, D, c.s0, me.adaptive_c, c.c_scale)
 
                 # -- batch, noise, OT coupling (technique 3), levels
-                idx = torch.randint(0, z_data.shape[0], (t.batch_size,), generator=gen)
+                idx = torch.randint(0, n_data, (t.batch_size,), generator=gen)
                 z = torch.randn((t.batch_size, C, H, W), generator=gen).to(device)
                 i = sample_levels(probs, t.batch_size, gen).to(device)
-                x = z_data[idx.to(device)]
+                if in_memory:
+                    x = z_data[idx.to(device)]
+                else:
+                    x = stats.normalize(latent_set.gather(idx.numpy()), c.sigma_data).to(device)
                 y = labels[idx.to(device)] if labels is not None else None
                 if me.ot_coupling:
                     z = ot_couple(x, z)

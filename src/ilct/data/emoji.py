@@ -96,4 +96,6 @@ def load_emoji(font_path: str | Path = DEFAULT_FONT, resolution: int = 64) -> tu
         captions.append(caption(seqs.get(name, ())) or name)
     if not images:
         raise IlctError(f"{font_path} holds no colour bitmaps")
-    return ArrayImages(np.stack(images), np.full(len(images), -1, np.int64), f"emoji:{font_path.name}@{resolution}"), captions
+    ds = ArrayImages(np.stack(images), np.full(len(images), -1, np.int64), f"emoji:{font_path.name}@{resolution}")
+    ds.captions = captions
+    return ds, captions

@@ -17,6 +17,7 @@ class ImageDataset:
     labels: np.ndarray  # (N,) int64; -1 where unlabelled
     shape: tuple[int, int, int]  # (C, H, W) of one image
     skipped: int = 0  # unreadable files passed over
+    captions: list[str] | None = None  # one text per image where the dataset has them (emoji names)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -50,7 +51,7 @@ class ResizedImages(ImageDataset):
 
     def __init__(self, base: ImageDataset, resolution: int, rgb: bool):
         self.base, self.resolution, self.rgb = base, resolution, rgb
-        self.labels, self.skipped = base.labels, base.skipped
+        self.labels, self.skipped, self.captions = base.labels, base.skipped, base.captions
         self.shape = (3 if rgb else base.shape[0], resolution, resolution)
         self.name = f"{base.name}->{resolution}{'rgb' if rgb else ''}"
 
@@ -72,6 +73,7 @@ class Subset(ImageDataset):
         self.base = base
         self.labels = base.labels[: min(n, len(base))]
         self.shape, self.skipped = base.shape, base.skipped
+        self.captions = base.captions[: len(self.labels)] if base.captions else None
         self.name = f"{base.name}[:{len(self.labels)}]"
 
     def images_at(self, idx: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@
     LATENT_DIR/shard_00000.npy      raw latents, float32 (n, C, H, W), memory-mappable
     LATENT_DIR/labels_00000.npy     int64 (n,)
     LATENT_DIR/stats.safetensors    per-element mean m and std s (C, H, W)
+    LATENT_DIR/captions.json        one caption per latent, where the dataset has captions (emoji)
 
 Encoding streams the images through the encoder one batch at a time, writes a
 shard at a time (atomically), and resumes by skipping finished shards. The
@@ -33,6 +34,7 @@ from ilct.files import read_tensors, save_tensors, write_text
 
 META_FILE = "meta.json"
 STATS_FILE = "stats.safetensors"
+CAPTIONS_FILE = "captions.json"
 FORMAT = "ilct-latents-1"
 
 
@@ -88,6 +90,8 @@ class LatentDir:
         self._shards = [np.load(self.path / s["file"], mmap_mode="r") for s in self.meta["shards"]]
         self.labels = torch.from_numpy(np.concatenate([np.load(self.path / s["labels"]) for s in self.meta["shards"]]))
         self._starts = np.cumsum([0] + [len(s) for s in self._shards])
+        cap = self.path / CAPTIONS_FILE
+        self.captions: list[str] | None = json.loads(cap.read_text()) if cap.is_file() else None
 
     def __len__(self) -> int:
         return self.count
@@ -101,6 +105,10 @@ class LatentDir:
             sel = shard == s
             out[sel] = self._shards[s][idx[sel] - self._starts[s]]
         return torch.from_numpy(out)
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * int(np.prod(self.shape)) * 4
 
     def all(self) -> torch.Tensor:
         return torch.from_numpy(np.concatenate([np.asarray(s) for s in self._shards]))
@@ -199,6 +207,8 @@ def encode_to_dir(
     mean = s1 / count
     var = np.maximum(s2 / count - mean**2, 0.0) * count / max(count - 1, 1)
     LatentStats(torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float().clamp_min(1e-6)).save(out / STATS_FILE)
+    if data.captions:  # aligned with the latents (flipped copies repeat their image's caption)
+        write_text(out / CAPTIONS_FILE, json.dumps([data.captions[j % n_images] for j in range(count)]))
     meta["complete"] = True
     write_text(meta_path, json.dumps(meta, indent=1))
     return LatentDir(out)
