@@ -118,8 +118,10 @@ def cmd_sample(args) -> int:
     save_png(make_grid(images), args.out, scale=args.scale)
     if args.npz:
         save_npz(images, args.npz)
-    print(f"{args.n} samples, {len(sigmas)} step(s) at sigmas {[round(s, 4) for s in sigmas]}, "
-          f"from {run.checkpoint} (step {run.step}) -> {args.out}" + (f" and {args.npz}" if args.npz else ""))
+    how = (f"{args.steps} Heun step(s) ({2 * args.steps - 1} evaluations)" if run.cfg.train.objective == "edm"
+           else f"{len(sigmas)} step(s) at sigmas {[round(s, 4) for s in sigmas]}")
+    print(f"{args.n} samples, {how}, from {run.checkpoint} (step {run.step}) -> {args.out}"
+          + (f" and {args.npz}" if args.npz else ""))
     return 0
 
 

@@ -91,6 +91,7 @@ class MethodConfig:
 class TrainConfig:
     """Optimizer, budget and run-time settings (METHOD.md section 3, Optimizer)."""
 
+    objective: str = "consistency"  # consistency | edm (an EDM diffusion reference, sampled with Heun)
     total_steps: int = 400_000
     batch_size: int = 128
     lr: float = 1e-4
@@ -131,6 +132,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "autoencoder.kind": ("builtin", "taesd", "diffusers"),
     "method.metric": ("cauchy", "pseudo_huber", "l2", "geman_mcclure"),
     "train.precision": ("fp32", "bf16"),
+    "train.objective": ("consistency", "edm"),
 }
 
 # Settings that may change when a run is resumed (they do not change the maths).

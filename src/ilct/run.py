@@ -38,8 +38,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(cfg: Config) -> ConsistencyModel:
-    """f(x, sigma) around a DiT sized by cfg.model (latent shape must be resolved)."""
+def build_model(cfg: Config) -> nn.Module:
+    """f(x, sigma) around a DiT sized by cfg.model (latent shape must be resolved); an EDM denoiser
+    D(x, sigma) instead when train.objective is edm."""
     m = cfg.model
     if m.in_channels is None or m.input_size is None:
         raise ValueError("model.in_channels / model.input_size are not resolved")
@@ -50,6 +51,10 @@ def build_model(cfg: Config) -> ConsistencyModel:
         )
     except ValueError as e:
         raise IlctError(f"config: model.arch {m.arch} does not fit {m.in_channels}x{m.input_size}x{m.input_size} latents: {e}") from None
+    if cfg.train.objective == "edm":
+        from ilct.edm import EDMDenoiser
+
+        return EDMDenoiser(net, cfg.consistency.sigma_data)
     return ConsistencyModel(net, cfg.consistency.sigma_data, cfg.consistency.sigma_min)
 
 
@@ -78,7 +83,7 @@ def load_latents(cfg: Config, ae: Autoencoder, device: torch.device, progress: b
 @dataclass
 class OpenedRun:
     cfg: Config
-    model: ConsistencyModel  # EMA weights, eval mode
+    model: nn.Module  # EMA weights, eval mode
     autoencoder: Autoencoder
     stats: LatentStats
     checkpoint: Path

@@ -88,12 +88,18 @@ def generate(
     from ilct.data.images import to_uint8
 
     c = cfg.consistency
+    edm = cfg.train.objective == "edm"  # then `steps` counts Heun steps (2 steps - 1 evaluations)
     sigmas = sigmas or default_sigmas(steps, c.sigma_min, c.sigma_max, c.rho)
     shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
     device = next(model.parameters()).device
     out = []
-    for start in tqdm(range(0, n, batch_size), desc=f"sample {len(sigmas)}-step", disable=not progress, dynamic_ncols=True):
+    for start in tqdm(range(0, n, batch_size), desc=f"sample {steps}-step", disable=not progress, dynamic_ncols=True):
         idx = range(start, min(start + batch_size, n))
-        z = consistency_sample(model, per_sample_noise(seed, idx, shape, len(sigmas)), sigmas, c.sigma_min)
+        if edm:
+            from ilct.edm import heun_sample
+
+            z = heun_sample(model, per_sample_noise(seed, idx, shape, 1)[0], steps, c.sigma_min, c.sigma_max, c.rho)
+        else:
+            z = consistency_sample(model, per_sample_noise(seed, idx, shape, len(sigmas)), sigmas, c.sigma_min)
         out.append(to_uint8(autoencoder.decode(stats.denormalize(z, c.sigma_data).to(device))))
     return np.concatenate(out)

@@ -27,7 +27,8 @@ from ilct import faults
 from ilct.autoencoders import load_autoencoder
 from ilct.config import RUNTIME_KEYS, Config, config_from_yaml_file, dump_config, latent_dim
 from ilct.consistency.coupling import ot_couple
-from ilct.consistency.objective import consistency_training_loss
+from ilct.consistency.objective import LossTerms, consistency_training_loss
+from ilct.edm import edm_loss
 from ilct.consistency.schedule import karras_sigmas, level_probabilities, num_levels, sample_levels, scaling_c
 from ilct.data.latents import LatentStats
 from ilct.errors import IlctError
@@ -228,6 +229,7 @@ def train(
         dump_config(cfg, run_dir / CONFIG_FILE)
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
 
+    edm = t.objective == "edm"
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
     log_file = _open_log(run_dir / LOG_FILE)
     t_start = time.time()
@@ -248,7 +250,7 @@ def train(
                               "rng": rng_scalars}, keep=t.keep_checkpoints)
 
     def write_grid(step: int) -> None:
-        grid = sample_grid(ema, ae, stats, cfg, t.num_sample_images, 1, seed=0)
+        grid = sample_grid(ema, ae, stats, cfg, t.num_sample_images, 18 if edm else 1, seed=0)
         save_png(grid, run_dir / "samples" / f"step_{step:09d}.png", scale=2)
 
     with _StopFlag() as stop:
@@ -272,15 +274,20 @@ def train(
                 else:
                     x = stats.normalize(latent_set.gather(idx.numpy()), c.sigma_data).to(device)
                 y = labels[idx.to(device)] if labels is not None else None
-                if me.ot_coupling:
+                if me.ot_coupling and not edm:
                     z = ot_couple(x, z)
 
                 # -- loss (techniques 1, 2; the teacher shares the student's dropout masks)
                 with torch.autocast(**autocast):
-                    terms = consistency_training_loss(
-                        model, x, z, i, sigmas, N, c_now, me.metric, me.diffusion_loss,
-                        me.diffusion_weight, me.diffusion_fraction, c.sigma_data, y,
-                    )
+                    if edm:  # the EDM diffusion reference: z is its noise, u its log-normal sigma draw
+                        u = torch.randn((t.batch_size,), generator=gen).to(device)
+                        diffusion = edm_loss(model, x, z, u, y)
+                        terms = LossTerms(diffusion, diffusion.detach(), torch.zeros((), device=device))
+                    else:
+                        terms = consistency_training_loss(
+                            model, x, z, i, sigmas, N, c_now, me.metric, me.diffusion_loss,
+                            me.diffusion_weight, me.diffusion_fraction, c.sigma_data, y,
+                        )
                 loss = faults.corrupt_loss(k, terms.loss)
                 opt.zero_grad(set_to_none=True)
                 if torch.isfinite(loss):
