@@ -8,7 +8,7 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 EMOJI_FONT ?= /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 STAMP := $(VENV)/.ilct-installed
 
-.PHONY: install data demo test clean
+.PHONY: install data demo test ablation clean
 
 $(PY):
 	@$(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): on Debian/Ubuntu run: apt-get install python3-venv"; exit 1; }
@@ -39,6 +39,13 @@ demo: install data
 
 test: install data
 	$(PY) -m pytest
+
+# The paper's ablation on Fashion-MNIST latents (hours on a CPU): see benchmarks/ablation.py.
+LATENTS ?= builtin
+BUDGET ?= cpu
+AUTOENCODER ?= runs/demo/autoencoder
+ablation: install data
+	$(PY) benchmarks/ablation.py --latents $(LATENTS) --budget $(BUDGET) --autoencoder $(AUTOENCODER)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,44 @@
+"""The ablation benchmark's row definitions (the runs themselves are hours long: docs/results)."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ilct.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_ablation():
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rows_are_cumulative_and_end_at_the_full_method():
+    ab = load_ablation()
+    assert ab.row_overrides("ict-baseline") == []
+    assert ab.row_overrides("+cauchy") == ["method.metric=cauchy"]
+    assert ab.row_overrides("+ot") == ["method.metric=cauchy", "method.diffusion_loss=true", "method.ot_coupling=true"]
+    full = load_config("fmnist-ict", ab.row_overrides("ilct-full"))
+    assert full.method == load_config("fmnist-ilct").method  # the last row is exactly the ilct preset
+    assert ab.row_overrides("edm-diffusion") == ["train.objective=edm"]
+    with pytest.raises(ValueError):
+        ab.row_overrides("+magic")
+    jobs = ab.jobs(ab.ROWS, [0])
+    assert len(jobs) == 9 and ("ict-baseline", 1) in jobs and ("ilct-full", 1) in jobs
+
+
+def test_dry_run_lists_the_commands(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--latents", "taef2",
+                           "--autoencoder", "weights", "--work", str(tmp_path), "--dry-run", "--steps", "10"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("9 runs of 10 steps")
+    assert sum(" train " in line for line in lines) == 9
+    assert any("--rgb" in line and "taesd:weights" in line for line in lines)
