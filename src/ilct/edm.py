@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ilct.consistency.precond import c_in, sigma_per_sample
 from ilct.consistency.schedule import karras_sigmas
 
 P_MEAN, P_STD = -1.2, 1.2
@@ -26,15 +27,11 @@ class EDMDenoiser(nn.Module):
         self.sigma_data = sigma_data
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        sigma = sigma.to(torch.float32).reshape(-1)
-        if sigma.numel() == 1 and x.shape[0] != 1:
-            sigma = sigma.expand(x.shape[0])
-        s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        sigma, s = sigma_per_sample(sigma, x)
         sd2 = self.sigma_data**2
         c_skip = sd2 / (s**2 + sd2)
         c_out = s * self.sigma_data / torch.sqrt(s**2 + sd2)
-        c_in = 1.0 / torch.sqrt(s**2 + sd2)
-        F = self.net(c_in * x, torch.log(sigma) / 4, class_labels).to(torch.float32)
+        F = self.net(c_in(s, self.sigma_data) * x, torch.log(sigma) / 4, class_labels).to(torch.float32)
         return c_skip * x + c_out * F
 
 

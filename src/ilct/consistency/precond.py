@@ -31,8 +31,12 @@ def c_noise(sigma: torch.Tensor) -> torch.Tensor:
     return 250.0 * torch.log(sigma)
 
 
-def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
+def sigma_per_sample(sigma: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sigma as (B,) float32 (a scalar is repeated) and as (B, 1, 1, 1) to multiply x with."""
+    sigma = sigma.to(torch.float32).reshape(-1)
+    if sigma.numel() == 1 and x.shape[0] != 1:
+        sigma = sigma.expand(x.shape[0])
+    return sigma, sigma.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 class ConsistencyModel(nn.Module):
@@ -45,10 +49,7 @@ class ConsistencyModel(nn.Module):
         self.sigma_min = sigma_min
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        sigma = sigma.to(torch.float32).reshape(-1)
-        if sigma.numel() == 1 and x.shape[0] != 1:
-            sigma = sigma.expand(x.shape[0])
-        s = _bcast(sigma, x)
+        sigma, s = sigma_per_sample(sigma, x)
         F = self.net(c_in(s, self.sigma_data) * x, c_noise(sigma), class_labels)
         F = F.to(torch.float32)  # the output maths stay in fp32 under autocast
         return c_skip(s, self.sigma_data, self.sigma_min) * x + c_out(s, self.sigma_data, self.sigma_min) * F
