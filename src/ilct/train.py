@@ -156,11 +156,6 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     torch._foreach_lerp_(e, m, 1.0 - decay)
 
 
-def sample_grid(model, ae, stats: LatentStats, cfg: Config, n: int, steps: int, seed: int) -> np.ndarray:
-    """n decoded samples of `model` as one uint8 grid image."""
-    return make_grid(generate(model, ae, stats, cfg, n, steps, seed))
-
-
 def train(
     cfg: Config,
     run_dir: str | Path,
@@ -250,7 +245,7 @@ def train(
                               "rng": rng_scalars}, keep=t.keep_checkpoints)
 
     def write_grid(step: int) -> None:
-        grid = sample_grid(ema, ae, stats, cfg, t.num_sample_images, 18 if edm else 1, seed=0)
+        grid = make_grid(generate(ema, ae, stats, cfg, t.num_sample_images, 18 if edm else 1, seed=0))
         save_png(grid, run_dir / "samples" / f"step_{step:09d}.png", scale=2)
 
     with _StopFlag() as stop:
