@@ -21,8 +21,6 @@ def _progress(args) -> bool:
 
 
 def cmd_autoencoder(args) -> int:
-    import torch
-
     from ilct.autoencoders.kl import KLAutoencoderConfig
     from ilct.autoencoders.training import AutoencoderTrainSettings, train_autoencoder
     from ilct.data.fashion_mnist import load_fashion_mnist
@@ -39,7 +37,6 @@ def cmd_autoencoder(args) -> int:
     train_set = load_fashion_mnist(args.data_dir, "train", 32)
     test_set = load_fashion_mnist(args.data_dir, "test", 32)
     device = str(resolve_device(args.device))
-    torch.set_num_threads(torch.get_num_threads())
     settings = AutoencoderTrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device)
     model, metrics = train_autoencoder(train_set, test_set, KLAutoencoderConfig(latent_channels=args.latent_channels),
                                        settings, progress=_progress(args))
