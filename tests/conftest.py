@@ -50,3 +50,21 @@ def tiny_autoencoder(tmp_path_factory, fake_fmnist) -> Path:
                "--batch-size", "16", "--no-progress", "--device", "cpu"])
     assert rc == 0
     return out
+
+
+def encode_fake(out: Path, autoencoder: Path, data: Path, *extra: str) -> Path:
+    """`ilct encode` of the fake Fashion-MNIST files with a built-in autoencoder, on the CPU."""
+    from ilct.cli import main
+
+    assert main(["encode", "--data", f"fashion_mnist:{data}", "--autoencoder", f"builtin:{autoencoder}",
+                 "--out", str(out), "--no-progress", "--device", "cpu", *extra]) == 0
+    return out
+
+
+def second_autoencoder(out: Path, data: Path, seed: int) -> Path:
+    """Another built-in autoencoder (1 step, another seed): different weights, same architecture."""
+    from ilct.cli import main
+
+    assert main(["autoencoder", "--out", str(out), "--data-dir", str(data), "--steps", "1", "--seed", str(seed),
+                 "--no-progress", "--device", "cpu"]) == 0
+    return out

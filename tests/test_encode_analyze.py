@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import encode_fake, second_autoencoder
 from ilct.analysis import excess_kurtosis, tukey_fractions
 from ilct.cli import main
 from ilct.data.folder import load_image_folder
@@ -58,11 +59,9 @@ def test_encode_shards_resume_and_flip(tmp_path, capsys, tiny_autoencoder, fake_
 
 def test_train_from_latent_dir_of_another_autoencoder(tmp_path, capsys, tiny_autoencoder, fake_fmnist):
     lat = tmp_path / "lat"
-    assert main(["encode", "--data", f"fashion_mnist:{fake_fmnist}", "--autoencoder", f"builtin:{tiny_autoencoder}",
-                 "--out", str(lat), "--no-progress", "--device", "cpu"]) == 0
+    encode_fake(lat, tiny_autoencoder, fake_fmnist)
     other = tmp_path / "other_ae"
-    assert main(["autoencoder", "--out", str(other), "--data-dir", str(fake_fmnist), "--steps", "1", "--seed", "5",
-                 "--no-progress", "--device", "cpu"]) == 0
+    second_autoencoder(other, fake_fmnist, seed=5)
     capsys.readouterr()
     rc, _, err = run_cli(capsys, ["train", "--config", "fmnist-ilct", "--autoencoder", str(other), "--out", str(tmp_path / "r"),
                                   "--set", f"data.latents={lat}", "--no-progress"])
@@ -137,8 +136,7 @@ def test_tukey_and_kurtosis_on_constructed_data():
 def test_analyze_writes_report_and_figure(tmp_path, capsys, tiny_autoencoder, fake_fmnist):
     pytest.importorskip("matplotlib")
     lat = tmp_path / "lat"
-    assert main(["encode", "--data", f"fashion_mnist:{fake_fmnist}", "--autoencoder", f"builtin:{tiny_autoencoder}",
-                 "--out", str(lat), "--no-progress", "--device", "cpu"]) == 0
+    encode_fake(lat, tiny_autoencoder, fake_fmnist)
     rc, stdout, _ = run_cli(capsys, ["analyze", "--latents", str(lat), "--out", str(tmp_path / "a"), "--n", "200"])
     assert rc == 0 and "beyond outer fences" in stdout
     report = json.loads((tmp_path / "a" / "lat.json").read_text())
@@ -176,8 +174,7 @@ def test_large_latent_sets_are_gathered_from_the_memory_map(tmp_path, capsys, mo
     from ilct.checkpoint import latest_checkpoint, read_tensors
 
     lat = tmp_path / "lat"
-    assert main(["encode", "--data", f"fashion_mnist:{fake_fmnist}", "--autoencoder", f"builtin:{tiny_autoencoder}",
-                 "--out", str(lat), "--shard-size", "50", "--no-progress", "--device", "cpu"]) == 0
+    encode_fake(lat, tiny_autoencoder, fake_fmnist, "--shard-size", "50")
     argv = lambda out: ["train", "--config", "fmnist-ilct", "--autoencoder", str(tiny_autoencoder), "--out", str(out),  # noqa: E731
                         "--set", f"data.latents={lat}", "--set", "train.total_steps=3", "--set", "train.batch_size=8",
                         "--set", "model.arch=DiT-T/4", "--set", "train.device=cpu", "--set", "train.num_sample_images=2",

@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import encode_fake, second_autoencoder
 from ilct import faults
 from ilct.checkpoint import latest_checkpoint, read_json, read_tensors
 from ilct.cli import main
@@ -185,11 +186,9 @@ def test_bad_inputs_exit_2_and_change_nothing(tmp_path, capsys, monkeypatch, tin
     other = tmp_path / "other"
     assert main(base_args(cfg, tiny_autoencoder, fake_fmnist, other, cache) + ["--set", "model.arch=DiT-T/2"]) == 0
     lat = tmp_path / "lat"
-    assert main(["encode", "--data", f"fashion_mnist:{fake_fmnist}", "--autoencoder", f"builtin:{tiny_autoencoder}",
-                 "--out", str(lat), "--no-progress", "--device", "cpu"]) == 0
+    encode_fake(lat, tiny_autoencoder, fake_fmnist)
     other_ae = tmp_path / "other_ae"
-    assert main(["autoencoder", "--out", str(other_ae), "--data-dir", str(fake_fmnist), "--steps", "1", "--seed", "9",
-                 "--no-progress", "--device", "cpu"]) == 0
+    second_autoencoder(other_ae, fake_fmnist, seed=9)
     (tmp_path / "empty").mkdir()
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
