@@ -102,6 +102,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     ema_decay: float = 0.9999
     precision: str = "fp32"  # fp32 | bf16 (autocast; the loss maths stay fp32)
+    compile: bool = False  # torch.compile each transformer block (ilct.accel)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     log_every: int = 100
@@ -139,6 +140,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 RUNTIME_KEYS = frozenset(
     {
         "train.device",
+        "train.compile",
         "train.log_every",
         "train.sample_every",
         "train.ckpt_every",

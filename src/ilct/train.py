@@ -1,8 +1,10 @@
 """The training loop (`ilct train`): consistency training in latent space.
 
 Reads top to bottom: set up the run directory, get the latents, build the
-model, EMA and optimizer (or resume them), then loop: curriculum -> batch ->
-OT coupling -> levels -> loss -> update -> EMA -> log / sample / checkpoint.
+model, EMA and optimizer (or resume them), then loop: curriculum ->
+batch (drawn ahead with its OT coupling, ilct.batches) -> loss -> update -> EMA, with no host
+synchronization inside a step; log / sample / checkpoint at check points. The same loop runs
+one process or several under `torchrun` (ilct.distributed).
 """
 
 from __future__ import annotations
@@ -22,17 +24,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from torch.nn.parallel import DistributedDataParallel as DDP
+
 from ilct import checkpoint as ckpt
-from ilct import faults
+from ilct import distributed, faults
+from ilct.accel import compile_blocks, setup_backends
 from ilct.autoencoders import load_autoencoder
+from ilct.batches import Batch, BatchMaker, Prefetcher, step_seed
 from ilct.config import RUNTIME_KEYS, Config, config_from_yaml_file, dump_config, latent_dim
-from ilct.consistency.coupling import ot_couple
 from ilct.consistency.objective import LossTerms, consistency_training_loss
-from ilct.edm import edm_loss
-from ilct.consistency.schedule import karras_sigmas, level_probabilities, num_levels, sample_levels, scaling_c
+from ilct.consistency.schedule import karras_sigmas, num_levels, scaling_c
 from ilct.data.latents import LatentStats
+from ilct.edm import edm_loss
 from ilct.errors import IlctError
 from ilct.grid import make_grid, save_png
+from ilct.optim import RAdam
 from ilct.run import CONFIG_FILE, LOG_FILE, STATS_FILE, build_model, load_latents, make_ema, resolve_device
 from ilct.sampling import generate
 
@@ -123,10 +129,11 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool) -> tu
     return cfg, None
 
 
-def _rng_state(gen: torch.Generator, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Every RNG the run touches: tensors for safetensors, the rest for JSON."""
+def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The global RNG states, recorded with each checkpoint for inspection. A resumed run does not
+    need them: every draw of step k is seeded by (train.seed, k) (ilct.batches.step_seed)."""
     np_state = np.random.get_state()
-    tensors = {"torch_cpu": torch.get_rng_state(), "data": gen.get_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
+    tensors = {"torch_cpu": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
     if device.type == "cuda":
         tensors["torch_cuda"] = torch.cuda.get_rng_state(device)
     py = random.getstate()
@@ -135,25 +142,57 @@ def _rng_state(gen: torch.Generator, device: torch.device) -> tuple[dict[str, to
     return tensors, scalars
 
 
-def _set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(tensors["torch_cpu"])
-    gen.set_state(tensors["data"])
-    if device.type == "cuda" and "torch_cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["torch_cuda"], device)
-    if "numpy_keys" in tensors and "numpy" in scalars:
-        name, pos, has_gauss, cached = scalars["numpy"]
-        np.random.set_state((name, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "python" in scalars:
-        version, internal, gauss = scalars["python"]
-        random.setstate((version, tuple(internal), gauss))
-
-
 @torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, with foreach ops."""
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, keep: torch.Tensor | None = None) -> None:
+    """ema <- ema + (1 - decay) keep (model - ema), with foreach ops; keep = 0 (a skipped step) changes nothing."""
     e = [p for p in ema.parameters()]
     m = [p.detach() for p in model.parameters()]
-    torch._foreach_lerp_(e, m, 1.0 - decay)
+    if keep is None:
+        torch._foreach_lerp_(e, m, 1.0 - decay)
+    else:
+        torch._foreach_lerp_(e, m, [(1.0 - decay) * keep] * len(e))
+
+
+def training_step(
+    model: torch.nn.Module,  # the student (DDP-wrapped and/or compiled as configured)
+    ema: torch.nn.Module,
+    opt: RAdam,
+    batch: Batch,
+    sigmas: torch.Tensor,
+    N: int,
+    c_now: float,
+    cfg: Config,
+    k: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update, without a host synchronization: returns (loss, consistency, diffusion) and a 0/1
+    tensor `bad` (the loss or gradient was not finite: the update was skipped on the device)."""
+    t, me = cfg.train, cfg.method
+    with torch.autocast(device_type=batch.x.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
+        if t.objective == "edm":  # the EDM diffusion reference: z is its noise, u its log-normal sigma draw
+            diffusion = edm_loss(model, batch.x, batch.z, batch.u, batch.y)
+            terms = LossTerms(diffusion, diffusion.detach(), torch.zeros((), device=batch.x.device))
+        else:  # techniques 1, 2; the teacher shares the student's dropout masks
+            terms = consistency_training_loss(
+                model, batch.x, batch.z, batch.i, sigmas, N, c_now, me.metric, me.diffusion_loss,
+                me.diffusion_weight, me.diffusion_fraction, cfg.consistency.sigma_data, batch.y,
+            )
+    loss = faults.corrupt_loss(k, terms.loss)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    if t.grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    bad = (~(torch.isfinite(grad_norm) & torch.isfinite(loss.detach()))).float()
+    opt.step(found_inf=bad)
+    ema_update(ema, _unwrap(model), t.ema_decay, keep=1.0 - bad)
+    values = torch.stack([terms.loss.detach().float(), terms.consistency.float(), terms.diffusion.float()])
+    return torch.where(bad > 0, torch.zeros_like(values), values), bad
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DDP) else model
 
 
 def train(
@@ -164,16 +203,33 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     run_dir = Path(run_dir)
-    cfg, resume_from = prepare_run_dir(cfg, run_dir, resume, force)
+    dist, device = distributed.init(resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, run_dir, resume, force, progress, dist, device)
+    finally:
+        distributed.shutdown(dist)
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool,
+           dist: distributed.Dist, device: torch.device) -> TrainResult:
+    main = dist.main
+    if main:
+        cfg, resume_from = prepare_run_dir(cfg, run_dir, resume, force)
+    distributed.barrier(dist)
+    if not main:  # the other ranks read what rank 0 decided
+        cfg, resume_from = prepare_run_dir(cfg, run_dir, True, False) if resume else (cfg, None)
     _absolute_paths(cfg)
     t, c, me = cfg.train, cfg.consistency, cfg.method
-    device = resolve_device(t.device)
-    torch.manual_seed(t.seed)
-    gen = torch.Generator().manual_seed(t.seed)  # batch indices and noise z
+    setup_backends(device)
+    edm = t.objective == "edm"
 
-    # ---- latents (encoded once per autoencoder and dataset, then cached)
+    # ---- latents (encoded once per autoencoder and dataset, then cached; rank 0 encodes first)
     ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path).to(device)
-    latent_set = load_latents(cfg, ae, device, progress)
+    if not main:
+        distributed.barrier(dist)
+    latent_set = load_latents(cfg, ae, device, progress and main)
+    if main:
+        distributed.barrier(dist)
     C, H, W = latent_set.shape
     if H != W:
         raise IlctError(f"latents must be square, got {C}x{H}x{W}")
@@ -181,27 +237,31 @@ def train(
         if want is not None and want != have:
             raise IlctError(f"config: model.{name}={want} but the autoencoder gives {C}x{H}x{W} latents")
     cfg.model.in_channels, cfg.model.input_size = C, H
-    if resume_from is not None or resume:
-        stats = LatentStats.load(run_dir / STATS_FILE)
-    else:
-        stats = latent_set.stats
+    stats = LatentStats.load(run_dir / STATS_FILE) if (resume_from is not None or resume) else latent_set.stats
     D = latent_dim(cfg)
-    # Small latent sets live in memory (on the device); larger ones are gathered per batch from the memory map.
-    in_memory = latent_set.nbytes <= IN_MEMORY_BYTES
-    z_data = stats.normalize(latent_set.all(), c.sigma_data).to(device) if in_memory else None  # std sigma_d
-    n_data = len(latent_set)
-    labels = latent_set.labels.to(device) if cfg.model.num_classes > 0 else None
+    # Small latent sets live in (host) memory; larger ones are gathered per batch from the memory map.
+    if latent_set.nbytes <= IN_MEMORY_BYTES:
+        z_data = stats.normalize(latent_set.all(), c.sigma_data)  # std sigma_d
+        gather = z_data.__getitem__
+    else:
+        gather = lambda idx: stats.normalize(latent_set.gather(idx.numpy()), c.sigma_data)  # noqa: E731
+    labels = latent_set.labels if cfg.model.num_classes > 0 else None
+    try:
+        maker = BatchMaker(gather, len(latent_set), (C, H, W), labels, t.batch_size, t.seed, t.total_steps, edm,
+                           me.ot_coupling, c.s0, c.s1, c.sigma_min, c.sigma_max, c.rho, c.p_mean, c.p_std,
+                           dist.rank, dist.world)
+    except ValueError as e:
+        raise IlctError(f"config: {e}") from None
 
-    # ---- model, EMA, optimizer
+    # ---- model, EMA, optimizer (RAdam that skips non-finite steps on the device)
+    torch.manual_seed(t.seed)  # the initial weights, equal on every rank
     model = build_model(cfg).to(device).train()
     ema = make_ema(model)
-    opt = torch.optim.RAdam(
-        model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay
-    )
+    opt = RAdam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
     what = f"model {cfg.model.arch} of {run_dir}"
 
     def restore(path: Path) -> dict[str, Any]:
-        """Model, EMA, optimizer and RNG states from a checkpoint; returns its state.json."""
+        """Model, EMA and optimizer states from a checkpoint; returns its state.json."""
         ckpt.load_weights(model, path / "model.safetensors", what)
         ckpt.load_weights(ema, path / "ema.safetensors", what)
         try:
@@ -209,45 +269,57 @@ def train(
                 ckpt.read_tensors(path / "optimizer.safetensors"), ckpt.read_json(path / "optimizer.json")))
         except (ValueError, KeyError) as e:
             raise IlctError(f"optimizer state in {path} does not match the model: {e}") from None
-        state = ckpt.read_json(path / "state.json")
-        _set_rng_state(ckpt.read_tensors(path / "rng.safetensors"), state.get("rng", {}), gen, device)
-        return state
+        return ckpt.read_json(path / "state.json")
 
     start_step, nonfinite_total, lr_halved = 0, 0, False
     if resume_from is not None:
         state = restore(resume_from)
         start_step, nonfinite_total = int(state["step"]), int(state.get("nonfinite_total", 0))
         lr_halved = bool(state.get("lr_halved", False))
-    else:
+    elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
         stats.save(run_dir / STATS_FILE)
         dump_config(cfg, run_dir / CONFIG_FILE)
-    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    if main:
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    distributed.barrier(dist)
 
-    edm = t.objective == "edm"
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
-    log_file = _open_log(run_dir / LOG_FILE)
+    student: torch.nn.Module = model
+    if t.compile:
+        compile_blocks(model)
+    if dist.active:
+        student = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+
+    log_file = _open_log(run_dir / LOG_FILE) if main else None
     t_start = time.time()
-    bar = tqdm(total=t.total_steps, initial=start_step, desc="train", disable=not progress, dynamic_ncols=True)
-    cur_N, sigmas, probs, c_now = -1, None, None, 0.0
-    acc = torch.zeros(3, device=device)  # loss, consistency term, diffusion term
-    n_logged, consecutive_bad, last_loss = 0, 0, float("nan")
-    t_log = time.time()
+    bar = tqdm(total=t.total_steps, initial=start_step, desc="train", disable=not (progress and main), dynamic_ncols=True)
+    cur_N, sigmas, c_now = -1, None, 0.0
+    # running sums on the device, read only at check points: loss terms, good steps, bad steps,
+    # the current run of bad steps and the longest run since the last check
+    acc = torch.zeros(3, device=device)
+    n_good, n_bad = torch.zeros((), device=device), torch.zeros((), device=device)
+    run_bad, run_max = torch.zeros((), device=device), torch.zeros((), device=device)
+    n_steps_logged, last_loss, t_log = 0, float("nan"), time.time()
 
     def log(record: dict[str, Any]) -> None:
-        log_file.write(json.dumps(record) + "\n")
-        log_file.flush()
+        if log_file is not None:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
 
     def save(step: int) -> None:
-        rng_tensors, rng_scalars = _rng_state(gen, device)
-        ckpt.save_checkpoint(run_dir, step, model, ema, opt, rng_tensors,
-                             {"nonfinite_total": nonfinite_total, "lr_halved": lr_halved, "arch": cfg.model.arch,
-                              "rng": rng_scalars}, keep=t.keep_checkpoints)
+        if main:
+            rng_tensors, rng_scalars = _rng_state(device)
+            ckpt.save_checkpoint(run_dir, step, model, ema, opt, rng_tensors,
+                                 {"nonfinite_total": nonfinite_total, "lr_halved": lr_halved, "arch": cfg.model.arch,
+                                  "world_size": dist.world, "rng": rng_scalars}, keep=t.keep_checkpoints)
+        distributed.barrier(dist)
 
     def write_grid(step: int) -> None:
-        grid = make_grid(generate(ema, ae, stats, cfg, t.num_sample_images, 18 if edm else 1, seed=0))
-        save_png(grid, run_dir / "samples" / f"step_{step:09d}.png", scale=2)
+        if main:
+            grid = make_grid(generate(ema, ae, stats, cfg, t.num_sample_images, 18 if edm else 1, seed=0))
+            save_png(grid, run_dir / "samples" / f"step_{step:09d}.png", scale=2)
 
+    prefetch = Prefetcher(maker, start_step, t.total_steps, device)
     with _StopFlag() as stop:
         try:
             k = start_step
@@ -257,105 +329,87 @@ def train(
                 if N != cur_N:
                     cur_N = N
                     sigmas = karras_sigmas(N, c.sigma_min, c.sigma_max, c.rho).to(device, torch.float32)
-                    probs = level_probabilities(sigmas.double().cpu(), c.p_mean, c.p_std).float()
                     c_now = scaling_c(N, D, c.s0, me.adaptive_c, c.c_scale)
-
-                # -- batch, noise, OT coupling (technique 3), levels
-                idx = torch.randint(0, n_data, (t.batch_size,), generator=gen)
-                z = torch.randn((t.batch_size, C, H, W), generator=gen).to(device)
-                i = sample_levels(probs, t.batch_size, gen).to(device)
-                if in_memory:
-                    x = z_data[idx.to(device)]
-                else:
-                    x = stats.normalize(latent_set.gather(idx.numpy()), c.sigma_data).to(device)
-                y = labels[idx.to(device)] if labels is not None else None
-                if me.ot_coupling and not edm:
-                    z = ot_couple(x, z)
-
-                # -- loss (techniques 1, 2; the teacher shares the student's dropout masks)
-                with torch.autocast(**autocast):
-                    if edm:  # the EDM diffusion reference: z is its noise, u its log-normal sigma draw
-                        u = torch.randn((t.batch_size,), generator=gen).to(device)
-                        diffusion = edm_loss(model, x, z, u, y)
-                        terms = LossTerms(diffusion, diffusion.detach(), torch.zeros((), device=device))
-                    else:
-                        terms = consistency_training_loss(
-                            model, x, z, i, sigmas, N, c_now, me.metric, me.diffusion_loss,
-                            me.diffusion_weight, me.diffusion_fraction, c.sigma_data, y,
-                        )
-                loss = faults.corrupt_loss(k, terms.loss)
-                opt.zero_grad(set_to_none=True)
-                if torch.isfinite(loss):
-                    loss.backward()
-                    grads = [p.grad for p in model.parameters() if p.grad is not None]
-                    if t.grad_clip > 0:
-                        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                    else:
-                        grad_norm = torch.nn.utils.get_total_norm(grads)
-                    finite = bool(torch.isfinite(grad_norm))
-                else:
-                    finite = False
-
-                # -- numerical policy: skip, count; K in a row -> roll back and halve lr once; again -> stop
-                if not finite:
-                    nonfinite_total += 1
-                    consecutive_bad += 1
-                    log({"step": k + 1, "event": "nonfinite", "nonfinite_total": nonfinite_total})
-                    if consecutive_bad >= t.max_nonfinite:
-                        latest = ckpt.latest_checkpoint(run_dir)
-                        if lr_halved or latest is None:
-                            raise IlctError(
-                                f"the loss or gradient was not finite for {consecutive_bad} steps in a row, up to step {k + 1}"
-                                + (" after the learning rate was already halved" if lr_halved else " before any checkpoint")
-                                + "; the last checkpoint is intact: lower train.lr or set train.grad_clip")
-                        k = int(restore(latest)["step"])
-                        lr_halved, consecutive_bad = True, 0
-                        for group in opt.param_groups:
-                            group["lr"] *= 0.5
-                        log({"step": k, "event": "rollback", "checkpoint": latest.name, "lr": opt.param_groups[0]["lr"]})
-                        bar.reset(total=t.total_steps)
-                        bar.update(k)
-                        continue
-                    k += 1
-                    continue
-                consecutive_bad = 0
-                opt.step()
-                ema_update(ema, model, t.ema_decay)
-
-                # -- bookkeeping: sums stay on the device until a log step
+                # -- batch (drawn and OT-coupled ahead, in a thread), dropout randomness of this step
+                batch = prefetch.get(k)
+                torch.manual_seed(step_seed(t.seed, k, 1 + dist.rank))
+                values, bad = training_step(student, ema, opt, batch, sigmas, N, c_now, cfg, k)
+                acc += values
+                n_good += 1 - bad
+                n_bad += bad
+                run_bad = (run_bad + 1) * bad
+                run_max = torch.maximum(run_max, run_bad)
                 k += 1
                 step = k
-                acc += torch.stack([terms.loss.detach().float(), terms.consistency.float(), terms.diffusion.float()])
-                n_logged += 1
                 bar.update(1)
-                if step % t.log_every == 0 or step == t.total_steps:
+                n_steps_logged += 1
+
+                # -- check point: the only host synchronization (log, checkpoint, end, signal)
+                stopping = distributed.any_rank(dist, stop.signal is not None, device) if (
+                    not dist.active or step % t.log_every == 0) else False
+                is_log = step % t.log_every == 0 or step == t.total_steps
+                is_ckpt = step % t.ckpt_every == 0 and step != t.total_steps
+                if not (is_log or is_ckpt or stopping):
+                    continue
+                bad_now, longest = int(n_bad.item()), int(run_max.item())
+                if bad_now:
+                    nonfinite_total += bad_now
+                    log({"step": step, "event": "nonfinite", "count": bad_now, "nonfinite_total": nonfinite_total})
+                n_bad.zero_()
+                run_max.copy_(run_bad)
+                # numerical policy: skipped and counted; max_nonfinite in a row -> roll back and halve lr once
+                if longest >= t.max_nonfinite:
+                    latest = ckpt.latest_checkpoint(run_dir)
+                    if lr_halved or latest is None:
+                        raise IlctError(
+                            f"the loss or gradient was not finite for {longest} steps in a row, up to step {step}"
+                            + (" after the learning rate was already halved" if lr_halved else " before any checkpoint")
+                            + "; the last checkpoint is intact: lower train.lr or set train.grad_clip")
+                    k = int(restore(latest)["step"])
+                    lr_halved = True
+                    for group in opt.param_groups:
+                        group["lr"] *= 0.5
+                    run_bad.zero_()
+                    run_max.zero_()
+                    log({"step": k, "event": "rollback", "checkpoint": latest.name, "lr": opt.param_groups[0]["lr"]})
+                    prefetch.close()
+                    prefetch = Prefetcher(maker, k, t.total_steps, device)
+                    bar.reset(total=t.total_steps)
+                    bar.update(k)
+                    continue
+                if is_log:
                     now = time.time()
-                    mean = (acc / max(n_logged, 1)).tolist()
+                    good = max(float(n_good.item()), 1.0)
+                    mean = (acc / good).tolist()
                     last_loss = mean[0]
                     log({
                         "step": step, "N": N, "c": c_now,
                         "loss": mean[0], "consistency": mean[1], "diffusion": mean[2],
                         "nonfinite_total": nonfinite_total,
-                        "img_per_s": round(n_logged * t.batch_size / max(now - t_log, 1e-9), 1),
+                        "img_per_s": round(n_steps_logged * t.batch_size / max(now - t_log, 1e-9), 1),
                         "elapsed_s": round(now - t_start, 1),
                     })
                     bar.set_postfix(N=N, c=f"{c_now:.3g}", loss=f"{last_loss:.4g}")
                     acc.zero_()
-                    n_logged, t_log = 0, now
+                    n_good.zero_()
+                    n_steps_logged, t_log = 0, now
                 if t.sample_every and step % t.sample_every == 0 and step != t.total_steps:
                     write_grid(step)
-                if step % t.ckpt_every == 0 and step != t.total_steps:
+                if is_ckpt:
                     save(step)
-                if stop.signal is not None and step != t.total_steps:
+                if stopping and step != t.total_steps:
                     if step % t.ckpt_every:
                         save(step)
                     bar.close()
-                    print(f"stopped by signal {stop.signal} after step {step}; checkpoint saved, "
-                          f"continue with: ilct train --out {run_dir} --resume")
+                    if main:
+                        print(f"stopped by signal {stop.signal} after step {step}; checkpoint saved, "
+                              f"continue with: ilct train --out {run_dir} --resume")
                     return TrainResult(run_dir, step, last_loss, time.time() - t_start, nonfinite_total, preempted=True)
         finally:
+            prefetch.close()
             bar.close()
-            log_file.close()
+            if log_file is not None:
+                log_file.close()
     end_step = max(start_step, t.total_steps)
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None or latest.name != f"step_{end_step:09d}":

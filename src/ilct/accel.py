@@ -1,0 +1,38 @@
+"""Speed switches that do not change the maths: backends and torch.compile.
+
+`train.precision=bf16` (autocast, in train.py) and `train.compile=true` are the
+two switches; the loss maths stay in fp32 either way (ilct.consistency.losses
+casts to fp32). Compilation is regional: each transformer block is compiled
+on its own, so the compiled code is shared by all blocks of a network and the
+compile time does not grow with depth.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def setup_backends(device: torch.device) -> None:
+    """TF32 for fp32 matrix products on GPUs (cuDNN already uses it), flash/efficient SDPA kernels."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def compile_blocks(model: nn.Module) -> nn.Module:
+    """torch.compile every transformer block of the model in place (state-dict keys do not change).
+
+    With dropout, Inductor's own random numbers would differ from eager ones and
+    between the student's and the teacher's graphs; `fallback_random` keeps
+    eager's, so both passes still share their masks (METHOD.md section 3).
+    """
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fallback_random = True
+    blocks = [m for m in model.modules() if type(m).__name__ == "DiTBlock"]
+    if not blocks:
+        raise ValueError("compile: no DiT blocks found in the model")
+    for block in blocks:
+        block.compile()
+    return model

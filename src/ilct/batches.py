@@ -1,0 +1,158 @@
+"""What one training step consumes, drawn ahead of time off the critical path.
+
+Every random draw of step k comes from its own generator, seeded by (seed, k):
+the data indices, the noise z, the levels i (consistency) or the log-normal
+draws u (EDM). So any step's batch can be made anywhere and in advance, a
+resumed run draws exactly what an uninterrupted one would, and the ranks of a
+`torchrun` job draw the same global batch and each keep their slice of it.
+
+The exact OT coupling (METHOD.md section 4, technique 3) runs here too, on the
+host, on each rank's local batch: with several ranks the assignment is solved
+per rank (B / world samples), not over the global batch.
+
+`Prefetcher` makes the batches of the next steps in a background thread, in
+pinned memory, while the device works on the current step; `get(k)` copies
+batch k to the device without blocking.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ilct.consistency.coupling import ot_couple
+from ilct.consistency.schedule import karras_sigmas, level_probabilities, num_levels, sample_levels
+
+_MIX = 0x9E3779B97F4A7C15  # odd constant (2^64 / golden ratio) that spreads (seed, step) over 63 bits
+
+
+def step_seed(seed: int, step: int, stream: int = 0) -> int:
+    """A 63-bit seed for step `step` of a run seeded `seed` (stream 0: batches, 1: dropout)."""
+    h = (seed * _MIX + step * 0xBF58476D1CE4E5B9 + stream * 0x94D049BB133111EB) & (2**64 - 1)
+    h ^= h >> 31
+    h = (h * 0xD6E8FEB86659FD93) & (2**64 - 1)
+    h ^= h >> 32
+    return h & (2**63 - 1)
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # (b, C, H, W) normalized data latents
+    z: torch.Tensor  # (b, C, H, W) noise, reordered by the OT coupling when it is on
+    i: torch.Tensor | None  # (b,) level indices (consistency objective)
+    u: torch.Tensor | None  # (b,) standard normal draws for the EDM sigma
+    y: torch.Tensor | None  # (b,) class labels, when the model is conditional
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+        mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(mv(self.x), mv(self.z), mv(self.i), mv(self.u), mv(self.y))
+
+    def pin_memory(self) -> "Batch":
+        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+        return Batch(pin(self.x), pin(self.z), pin(self.i), pin(self.u), pin(self.y))
+
+
+class BatchMaker:
+    """make(k) -> this rank's Batch of step k (CPU tensors)."""
+
+    def __init__(
+        self,
+        gather: Callable[[torch.Tensor], torch.Tensor],  # indices -> normalized latents (CPU)
+        n_data: int,
+        shape: tuple[int, int, int],
+        labels: torch.Tensor | None,
+        batch_size: int,  # global
+        seed: int,
+        total_steps: int,
+        edm: bool,
+        ot: bool,
+        s0: int,
+        s1: int,
+        sigma_min: float,
+        sigma_max: float,
+        rho: float,
+        p_mean: float,
+        p_std: float,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        if batch_size % world:
+            raise ValueError(f"train.batch_size={batch_size} does not split over {world} ranks")
+        self.gather, self.n_data, self.shape, self.labels = gather, n_data, shape, labels
+        self.B, self.seed, self.total_steps, self.edm, self.ot = batch_size, seed, total_steps, edm, ot
+        self.curriculum = (s0, s1)
+        self.karras = (sigma_min, sigma_max, rho)
+        self.lognormal = (p_mean, p_std)
+        self.lo, self.hi = rank * batch_size // world, (rank + 1) * batch_size // world
+        self._probs: dict[int, torch.Tensor] = {}
+
+    def probs(self, N: int) -> torch.Tensor:
+        if N not in self._probs:
+            self._probs[N] = level_probabilities(karras_sigmas(N, *self.karras).double(), *self.lognormal).float()
+        return self._probs[N]
+
+    def make(self, k: int) -> Batch:
+        g = torch.Generator().manual_seed(step_seed(self.seed, k))
+        idx = torch.randint(0, self.n_data, (self.B,), generator=g)[self.lo:self.hi]
+        z = torch.randn((self.B, *self.shape), generator=g)[self.lo:self.hi]
+        i = u = None
+        if self.edm:
+            u = torch.randn((self.B,), generator=g)[self.lo:self.hi]
+        else:
+            N = num_levels(k, self.total_steps, *self.curriculum)
+            i = sample_levels(self.probs(N), self.B, g)[self.lo:self.hi]
+        x = self.gather(idx)
+        if self.ot and not self.edm:
+            z = ot_couple(x, z)
+        y = self.labels[idx] if self.labels is not None else None
+        return Batch(x.contiguous(), z.contiguous(), i, u, y)
+
+
+class Prefetcher:
+    """Batches of steps start, start+1, ... made `depth` steps ahead in a thread."""
+
+    def __init__(self, maker: BatchMaker, start: int, stop: int, device: torch.device, depth: int = 3):
+        self.maker, self.device, self.next = maker, device, start
+        self.pin = device.type == "cuda"
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(start, stop), daemon=True)
+        self._thread.start()
+
+    def _work(self, start: int, stop: int) -> None:
+        for k in range(start, stop):
+            try:
+                b = self.maker.make(k)
+                item = (k, b.pin_memory() if self.pin else b)
+            except BaseException as e:  # handed to the consumer, which raises it
+                item = (k, e)
+            while not self._stop.is_set():
+                try:
+                    self._q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if self._stop.is_set() or isinstance(item[1], BaseException):
+                return
+
+    def get(self, k: int) -> Batch:
+        if k != self.next:
+            raise RuntimeError(f"prefetcher expected step {self.next}, asked for {k}")
+        step, b = self._q.get()
+        if isinstance(b, BaseException):
+            raise b
+        self.next = k + 1
+        return b.to(self.device, non_blocking=self.pin)
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                pass
+            self._thread.join(timeout=0.05)

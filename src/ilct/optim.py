@@ -1,0 +1,82 @@
+"""RAdam (METHOD.md section 3, Optimizer) that skips a step on the device, without a host sync.
+
+torch.optim.RAdam computes the same update, but skipping a step whose gradient
+is not finite needs `bool(torch.isfinite(norm))`, a host synchronization every
+step. Here the decision stays a tensor: `found_inf` (0 or 1, on the device)
+multiplies every change to the parameters and the moments, so a bad step leaves
+them bit-for-bit unchanged and the step counter does not advance. The update
+is torch.optim.RAdam's (L2 weight decay added to the gradient, eps outside the
+square root), written with foreach ops over all parameters at once:
+
+    g   = grad + wd * theta
+    m   = beta1 m + (1 - beta1) g               v = beta2 v + (1 - beta2) g^2
+    t   = t + 1                                  rho_inf = 2 / (1 - beta2) - 1
+    rho = rho_inf - 2 t beta2^t / (1 - beta2^t)
+    theta -= lr m / (1 - beta1^t) * (r_t sqrt(1 - beta2^t) / (sqrt(v) + eps)   if rho > 5
+                                    1                                           otherwise)
+    r_t = sqrt((rho - 4)(rho - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho))
+
+The state keys (`step`, `exp_avg`, `exp_avg_sq`) are torch.optim.RAdam's, so
+checkpoints of either load into the other.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class RAdam(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-4,
+                 weight_decay: float = 0.0):
+        if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"invalid RAdam settings lr={lr} betas={betas} eps={eps} weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, found_inf: torch.Tensor | None = None) -> None:  # type: ignore[override]
+        """One update; with `found_inf` (a 0/1 tensor) nonzero, nothing changes."""
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            dev = params[0].device
+            beta1, beta2 = group["betas"]
+            for p in params:
+                st = self.state[p]
+                if not st:
+                    st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                elif st["step"].device != p.device:  # loaded from a torch.optim.RAdam checkpoint (CPU step)
+                    st["step"] = st["step"].to(p.device, torch.float32)
+            steps = [self.state[p]["step"] for p in params]
+            m = [self.state[p]["exp_avg"] for p in params]
+            v = [self.state[p]["exp_avg_sq"] for p in params]
+            grads = [p.grad for p in params]
+            keep = torch.ones((), device=dev) if found_inf is None else 1.0 - found_inf.to(dev, torch.float32)
+            keep64 = keep.double()
+            if found_inf is not None:  # a non-finite gradient must not reach the moments, even times 0
+                for g in grads:
+                    torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            # moments: lerp with weight (1 - beta) * keep; keep = 0 leaves them exactly as they were
+            torch._foreach_lerp_(m, grads, [(1 - beta1) * keep] * len(m))
+            torch._foreach_lerp_(v, torch._foreach_mul(grads, grads), [(1 - beta2) * keep] * len(v))
+            torch._foreach_add_(steps, [keep] * len(steps))
+            t = steps[0].double()  # all parameters of a group share the count; the schedule in float64
+            bc1 = 1 - beta1**t
+            bc2 = 1 - beta2**t
+            rho_inf = 2 / (1 - beta2) - 1
+            rho = rho_inf - 2 * t * beta2**t / bc2
+            rect = ((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)).clamp_min(0).sqrt()
+            adaptive = (rho > 5).float()
+            lr = group["lr"]
+            # theta -= keep * lr / bc1 * m * (adaptive * rect * sqrt(bc2) / (sqrt(v) + eps) + (1 - adaptive))
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_add_(denom, group["eps"])
+            ratio = torch._foreach_div(m, denom)
+            torch._foreach_mul_(ratio, -keep64 * lr / bc1 * adaptive * rect * bc2.sqrt())
+            torch._foreach_add_(params, ratio)
+            plain = torch._foreach_mul(m, -keep64 * lr / bc1 * (1 - adaptive))
+            torch._foreach_add_(params, plain)
