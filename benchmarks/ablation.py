@@ -69,22 +69,57 @@ def run(cmd: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
+def pool(cmds: list[tuple[str, list[str], Path]], parallel: int, dry_run: bool, deadline: float = 0) -> dict[str, float]:
+    """Run (key, command, log) jobs, `parallel` at a time; returns seconds per key. A job that fails
+    stops the benchmark; past `deadline` (time.time()), the running jobs are stopped with SIGTERM
+    (training checkpoints and exits) and no new one starts."""
+    pending, active, seconds = list(cmds), [], {}
+    while pending or active:
+        while pending and len(active) < parallel and not (deadline and time.time() > deadline):
+            key, cmd, log = pending.pop(0)
+            if dry_run:
+                print(" ".join(cmd))
+                continue
+            active.append((run(cmd, log), key, log, time.time()))
+        if deadline and time.time() > deadline:
+            for proc, key, log, _ in active:
+                proc.terminate()
+            pending.clear()
+        for item in list(active):
+            proc, key, log, started = item
+            if proc.poll() is not None:
+                if proc.returncode != 0:
+                    raise SystemExit(f"{key} failed; see {log}")
+                seconds[key] = round(time.time() - started, 1)
+                active.remove(item)
+        time.sleep(0.5)
+    return seconds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--latents", choices=["builtin", "taef2"], required=True)
-    p.add_argument("--autoencoder", required=True, help="built-in autoencoder directory, or the TAEF2 weights folder")
+    p.add_argument("--latents", required=True, help="builtin, taef2, or both: builtin,taef2")
+    p.add_argument("--autoencoder", required=True, help="per latent space (comma-separated): the built-in "
+                   "autoencoder directory, or the TAEF2 weights folder")
     p.add_argument("--budget", choices=list(BUDGETS), default="cpu")
     p.add_argument("--steps", type=int, help="override the budget's steps per row")
+    p.add_argument("--train-seconds", type=float, help="instead of --steps: time all rows for 200 steps at "
+                   "once, then give each row as many steps as fit in this many seconds")
+    p.add_argument("--probe", type=int, default=200, help="steps of the timing run of --train-seconds")
     p.add_argument("--n", type=int, help="override the budget's samples per FID")
+    p.add_argument("--curve", type=int, default=4, help="checkpoints per row evaluated for FID versus step")
+    p.add_argument("--curve-n", type=int, default=2000, help="samples per FID-versus-step point")
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--seeds", default="0")
     p.add_argument("--parallel", type=int, default=1, help="rows trained at once (GPU: all of them)")
     p.add_argument("--limit", type=int, help="encode only the first N training images (TAEF2 on a CPU is slow)")
     p.add_argument("--work", default="runs/ablation", help="latents, runs and logs")
     p.add_argument("--out", default="docs/results")
+    p.add_argument("--eval-deadline", type=float, default=0, help="seconds from the start after which no new evaluation starts")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = p.parse_args()
 
+    t0 = time.time()
     budget = dict(BUDGETS[args.budget])
     budget["steps"] = args.steps or budget["steps"]
     budget["n"] = args.n or budget["n"]
@@ -92,98 +127,152 @@ def main() -> None:
     for r in rows:
         row_overrides(r)
     seeds = [int(s) for s in args.seeds.split(",")]
-    work = Path(args.work) / args.latents
+    spaces = [x.strip() for x in args.latents.split(",")]
+    aes = [x.strip() for x in args.autoencoder.split(",")]
+    if len(spaces) != len(aes) or not set(spaces) <= {"builtin", "taef2"}:
+        raise SystemExit("--latents is builtin, taef2 or builtin,taef2, with one --autoencoder per latent space")
+    work = Path(args.work)
     ilct = [sys.executable, "-m", "ilct"]
 
-    # 1. latents, encoded once
-    lat = work / "latents"
-    if args.latents == "builtin":
-        encode = ilct + ["encode", "--data", "fashion_mnist", "--autoencoder", f"builtin:{args.autoencoder}", "--out", str(lat)]
-        preset_base, ae_set = "fmnist", ["--autoencoder", args.autoencoder]
-    else:
-        encode = ilct + ["encode", "--data", "fashion_mnist", "--resolution", "64", "--rgb",
-                         "--autoencoder", f"taesd:{args.autoencoder}", "--out", str(lat)]
-        preset_base, ae_set = "fmnist", ["--autoencoder", args.autoencoder, "--set", "autoencoder.kind=taesd",
-                                         "--set", "model.in_channels=32", "--set", "data.rgb=true",
-                                         "--set", "data.resolution=64"]
-    if args.limit:
-        encode += ["--limit", str(args.limit)]
-    todo = jobs(rows, seeds)
-    print(f"{len(todo)} runs of {budget['steps']} steps; FID on {budget['n']} samples; latents {args.latents}")
-    if args.dry_run:
-        print(" ".join(encode))
-    else:
-        subprocess.run(encode + ["--no-progress"], check=True)
+    # 1. latents, encoded once per space
+    ae_sets: dict[str, list[str]] = {}
+    for space, ae in zip(spaces, aes):
+        lat = work / space / "latents"
+        if space == "builtin":
+            encode = ilct + ["encode", "--data", "fashion_mnist", "--autoencoder", f"builtin:{ae}", "--out", str(lat)]
+            ae_sets[space] = ["--autoencoder", ae]
+        else:
+            encode = ilct + ["encode", "--data", "fashion_mnist", "--resolution", "64", "--rgb",
+                             "--autoencoder", f"taesd:{ae}", "--out", str(lat)]
+            ae_sets[space] = ["--autoencoder", ae, "--set", "autoencoder.kind=taesd", "--set", "model.in_channels=32",
+                              "--set", "data.rgb=true", "--set", "data.resolution=64"]
+        if args.limit:
+            encode += ["--limit", str(args.limit)]
+        if args.dry_run:
+            print(" ".join(encode))
+        elif not (lat / "meta.json").is_file():
+            subprocess.run(encode + ["--no-progress"], check=True)
+    todo = [(space, row, seed) for space in spaces for row, seed in jobs(rows, seeds)]
 
-    # 2. training, `parallel` runs at a time
-    def train_cmd(row: str, seed: int) -> list[str]:
-        preset = f"{preset_base}-ict"
-        sets = [f"data.latents={lat}", f"train.total_steps={budget['steps']}", f"train.seed={seed}",
-                "train.sample_every=0", f"train.ckpt_every={budget['steps']}"] + row_overrides(row)
-        cmd = ilct + ["train", "--config", preset, "--out", str(work / "runs" / f"{row}_s{seed}"), "--no-progress"] + ae_set
+    def run_dir(space: str, row: str, seed: int, root: str = "runs") -> Path:
+        return work / space / root / f"{row}_s{seed}"
+
+    def train_cmd(space: str, row: str, seed: int, steps: int, root: str = "runs") -> list[str]:
+        every = max(1, steps // max(args.curve, 1))
+        sets = [f"data.latents={work / space / 'latents'}", f"train.total_steps={steps}", f"train.seed={seed}",
+                "train.sample_every=0", f"train.ckpt_every={every}", f"train.keep_checkpoints={args.curve + 1}",
+                f"train.log_every={min(50, max(1, steps // 4))}"] + row_overrides(row)
+        out = run_dir(space, row, seed, root)
+        cmd = ilct + ["train", "--config", "fmnist-ict", "--out", str(out), "--no-progress"] + ae_sets[space]
         for s in sets:
             cmd += ["--set", s]
-        if (work / "runs" / f"{row}_s{seed}" / "config.yaml").exists():
-            cmd.append("--resume")
+        if (out / "config.yaml").exists():
+            cmd.append("--force" if root == "calibration" else "--resume")
         return cmd
 
-    t0 = time.time()
-    pending = list(todo)
-    active: list[tuple[subprocess.Popen, str, int, float]] = []
-    seconds: dict[tuple[str, int], float] = {}
-    while pending or active:
-        while pending and len(active) < args.parallel:
-            row, seed = pending.pop(0)
-            cmd = train_cmd(row, seed)
-            if args.dry_run:
-                print(" ".join(cmd))
-                continue
-            active.append((run(cmd, work / "logs" / f"{row}_s{seed}.train.log"), row, seed, time.time()))
-        for item in list(active):
-            proc, row, seed, started = item
-            if proc.poll() is not None:
-                if proc.returncode != 0:
-                    raise SystemExit(f"{row} seed {seed} failed; see {work / 'logs'}")
-                seconds[(row, seed)] = round(time.time() - started, 1)
-                active.remove(item)
-        time.sleep(1)
+    # 2. the step budget: fixed, or measured with every row running at once
+    steps = budget["steps"]
+    if args.train_seconds and not args.dry_run:
+        probe = args.probe
+        pool([(f"{s}/{r}/{d}", train_cmd(s, r, d, probe, "calibration"), work / "logs" / f"calib_{s}_{r}_s{d}.log")
+              for s, r, d in todo], len(todo), False)
+        rates = []
+        for s, r, d in todo:
+            log = [json.loads(x) for x in (run_dir(s, r, d, "calibration") / "log.jsonl").read_text().splitlines()]
+            rates.append(min(x["img_per_s"] for x in log[1:] if "img_per_s" in x) / 64)  # steps/s, batch 64
+        steps = max(probe, int(min(rates) * args.train_seconds * 0.9) // 100 * 100)
+        print(f"calibration: slowest row {min(rates):.1f} steps/s with {len(todo)} at once -> {steps} steps per row", flush=True)
+    print(f"{len(todo)} runs of {steps} steps; FID on {budget['n']} samples; latents {args.latents}", flush=True)
+
+    # 3. training, `parallel` runs at a time
+    seconds = pool([(f"{s}/{r}/{d}", train_cmd(s, r, d, steps), work / "logs" / f"{s}_{r}_s{d}.train.log")
+                    for s, r, d in todo], args.parallel, args.dry_run)
     if args.dry_run:
         return
+    t_train = time.time() - t0
 
-    # 3. evaluation
-    results = []
-    for row, seed in todo:
-        out_json = work / "eval" / f"{row}_s{seed}.json"
-        steps = str(HEUN_STEPS) if row == "edm-diffusion" else "1,2"
-        subprocess.run(ilct + ["eval", "--run", str(work / "runs" / f"{row}_s{seed}"), "--steps", steps,
-                               "--n", str(budget["n"]), "--seed", "0", "--json", str(out_json), "--no-progress"], check=True)
-        m = json.loads(out_json.read_text())
-        nfe = {k: (str(2 * int(k) - 1) if row == "edm-diffusion" else k) for k in m["fid"]}
-        results.append({"name": row, "latents": args.latents, "seed": seed,
-                        "fid": {nfe[k]: v for k, v in m["fid"].items()},
-                        "recall": {nfe[k]: v for k, v in m["recall"].items()},
-                        "precision": {nfe[k]: v for k, v in m["precision"].items()},
-                        "steps": budget["steps"], "train_seconds": seconds.get((row, seed))})
-    report = {
-        "command": "python " + " ".join(sys.argv),
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs; budget {args.budget}",
-        "features": m["features"],
-        "wall_seconds": round(time.time() - t0, 1),
-        "rows": results,
-    }
+    # 4. evaluation: the final checkpoint at n samples, earlier ones at curve_n for FID versus step
+    def eval_cmd(space: str, row: str, seed: int, ckpt: Path, n: int, out_json: Path) -> list[str]:
+        nfe = str(HEUN_STEPS) if row == "edm-diffusion" else "1,2"
+        return ilct + ["eval", "--run", str(run_dir(space, row, seed)), "--checkpoint", str(ckpt), "--steps", nfe,
+                       "--n", str(n), "--seed", "0", "--json", str(out_json), "--no-progress"]
+
+    finals, points = [], []  # every final checkpoint first: the curve points are what a deadline may drop
+    for s, r, d in todo:
+        ckpts = sorted((run_dir(s, r, d) / "checkpoints").glob("step_*"))
+        for ck in ckpts:
+            final = ck == ckpts[-1]
+            out_json = work / s / "eval" / f"{r}_s{d}_{ck.name}.json"
+            if not out_json.is_file():
+                (finals if final else points).append(
+                    (f"eval {s}/{r}/{d}/{ck.name}", eval_cmd(s, r, d, ck, budget["n"] if final else args.curve_n, out_json),
+                     work / "logs" / f"{s}_{r}_s{d}_{ck.name}.eval.log"))
+    evals = finals + points
+    if evals:  # the first one alone: it computes the cached reference features the others read
+        pool(evals[:1], 1, False)
+        pool(evals[1:], args.parallel, False, deadline=t0 + args.eval_deadline if args.eval_deadline else 0)
+
+    def nfe_of(row: str, k: str) -> str:
+        return str(2 * int(k) - 1) if row == "edm-diffusion" else k
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"ablation_{args.latents}.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"| row | seed | FID 1 NFE | FID 2 NFE | recall 1 | recall 2 |", "|---|---|---|---|---|---|"]
+    for space in spaces:
+        results, features = [], ""
+        for s, r, d in todo:
+            if s != space:
+                continue
+            ckpts = sorted((run_dir(s, r, d) / "checkpoints").glob("step_*"))
+            curve, final = [], None
+            for ck in ckpts:
+                f = work / s / "eval" / f"{r}_s{d}_{ck.name}.json"
+                if not f.is_file():
+                    continue
+                m = json.loads(f.read_text())
+                features = m["features"]
+                point = {"step": m["step"], "n": m["n"], "fid": {nfe_of(r, k): v for k, v in m["fid"].items()},
+                         "recall": {nfe_of(r, k): v for k, v in m["recall"].items()},
+                         "precision": {nfe_of(r, k): v for k, v in m["precision"].items()}}
+                curve.append(point)
+                if ck == ckpts[-1]:
+                    final = point
+            if final is None:
+                continue
+            results.append({"name": r, "latents": s, "seed": d, "fid": final["fid"], "recall": final["recall"],
+                            "precision": final["precision"], "n": final["n"], "steps": final["step"],
+                            "train_seconds": seconds.get(f"{s}/{r}/{d}"), "curve": curve})
+        report = {
+            "command": "python " + " ".join(sys.argv),
+            "machine": f"{machine()}; budget {args.budget}" + (f", --train-seconds {args.train_seconds:g}" if args.train_seconds else ""),
+            "features": features,
+            "steps_per_row": steps,
+            "train_wall_seconds": round(t_train, 1),
+            "wall_seconds": round(time.time() - t0, 1),
+            "rows": results,
+        }
+        (out / f"ablation_{space}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / f"ablation_{space}.md").write_text(
+            f"Command: `{report['command']}`\n\nMachine: {report['machine']}\n\n{steps} steps per row\n\n" + table(results) + "\n")
+        print(f"latents {space}:\n" + table(results), flush=True)
+
+
+def machine() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    return f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| row | seed | FID 1 NFE | FID 2 NFE | recall 1 | recall 2 |", "|---|---|---|---|---|---|"]
     for r in results:
         f, rc = r["fid"], r["recall"]
         if r["name"] == "edm-diffusion":
             lines.append(f"| {r['name']} (35 NFE) | {r['seed']} | {f['35']:.2f} | | {rc['35']:.3f} | |")
         else:
             lines.append(f"| {r['name']} | {r['seed']} | {f['1']:.2f} | {f['2']:.2f} | {rc['1']:.3f} | {rc['2']:.3f} |")
-    (out / f"ablation_{args.latents}.md").write_text(
-        f"Command: `{report['command']}`\n\nMachine: {report['machine']}\n\n" + "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ def cmd_eval(args) -> int:
     if args.n < 10:
         raise IlctError("--n must be >= 10")
     result = evaluate_run(args.run, steps, args.n, args.seed, args.features, args.inception_weights,
-                          Path(args.cache_dir) if args.cache_dir else None, args.batch_size, args.device, _progress(args))
+                          Path(args.cache_dir) if args.cache_dir else None, args.batch_size, args.device, _progress(args), args.checkpoint)
     print(f"features: {result['features']}")
     for s in steps:
         k = str(s)
@@ -380,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Default features: a Fashion-MNIST classifier trained here (FID in its features, "
                                    "not Inception FID). --features inception needs a local TorchScript file.")
     v.add_argument("--run", required=True)
+    v.add_argument("--checkpoint", help="a checkpoint directory (default: the run's latest)")
     v.add_argument("--steps", default="1,2", help="comma-separated step counts")
     v.add_argument("--n", type=int, default=10000, help="generated samples per step count")
     v.add_argument("--seed", type=int, default=0)

@@ -57,6 +57,15 @@ def any_rank(d: Dist, flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def gather_strings(d: Dist, value: str) -> list[str]:
+    """Every rank's `value`, in rank order (a collective)."""
+    if not d.active:
+        return [value]
+    out: list = [None] * d.world
+    dist.all_gather_object(out, value)
+    return out
+
+
 def shutdown(d: Dist) -> None:
     if d.active and dist.is_initialized():
         dist.destroy_process_group()

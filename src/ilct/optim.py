@@ -53,7 +53,8 @@ class RAdam(torch.optim.Optimizer):
             m = [self.state[p]["exp_avg"] for p in params]
             v = [self.state[p]["exp_avg_sq"] for p in params]
             grads = [p.grad for p in params]
-            keep = torch.ones((), device=dev) if found_inf is None else 1.0 - found_inf.to(dev, torch.float32)
+            dtype = params[0].dtype
+            keep = torch.ones((), device=dev, dtype=dtype) if found_inf is None else 1.0 - found_inf.to(dev, dtype)
             keep64 = keep.double()
             if found_inf is not None:  # a non-finite gradient must not reach the moments, even times 0
                 for g in grads:
@@ -76,7 +77,7 @@ class RAdam(torch.optim.Optimizer):
             denom = torch._foreach_sqrt(v)
             torch._foreach_add_(denom, group["eps"])
             ratio = torch._foreach_div(m, denom)
-            torch._foreach_mul_(ratio, -keep64 * lr / bc1 * adaptive * rect * bc2.sqrt())
+            torch._foreach_mul_(ratio, (-keep64 * lr / bc1 * adaptive * rect * bc2.sqrt()).to(dtype))
             torch._foreach_add_(params, ratio)
-            plain = torch._foreach_mul(m, -keep64 * lr / bc1 * (1 - adaptive))
+            plain = torch._foreach_mul(m, (-keep64 * lr / bc1 * (1 - adaptive)).to(dtype))
             torch._foreach_add_(params, plain)

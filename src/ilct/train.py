@@ -9,6 +9,7 @@ one process or several under `torchrun` (ilct.distributed).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -191,6 +192,13 @@ def training_step(
     return torch.where(bad > 0, torch.zeros_like(values), values), bad
 
 
+def _weights_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DDP) else model
 
@@ -306,12 +314,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
 
-    def save(step: int) -> None:
+    def save(step: int, **extra: Any) -> None:
         if main:
             rng_tensors, rng_scalars = _rng_state(device)
             ckpt.save_checkpoint(run_dir, step, model, ema, opt, rng_tensors,
                                  {"nonfinite_total": nonfinite_total, "lr_halved": lr_halved, "arch": cfg.model.arch,
-                                  "world_size": dist.world, "rng": rng_scalars}, keep=t.keep_checkpoints)
+                                  "world_size": dist.world, "rng": rng_scalars, **extra}, keep=t.keep_checkpoints)
         distributed.barrier(dist)
 
     def write_grid(step: int) -> None:
@@ -411,8 +419,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
             if log_file is not None:
                 log_file.close()
     end_step = max(start_step, t.total_steps)
+    # the replicas of a torchrun job must agree: each rank's weight digest goes into the last checkpoint
+    digests = distributed.gather_strings(dist, _weights_digest(model))
+    if len(set(digests)) > 1:
+        raise IlctError(f"the {dist.world} ranks ended with different weights; the last checkpoint is rank 0's")
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None or latest.name != f"step_{end_step:09d}":
-        save(end_step)
+        save(end_step, replica_digests=digests)
         write_grid(end_step)
     return TrainResult(run_dir, end_step, last_loss, time.time() - t_start, nonfinite_total)

@@ -8,6 +8,7 @@ precision/recall a seeded random subset of n of them.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ def reference_features(extract, data: ImageDataset, cache_dir: Path, progress: b
             return f["features"].astype(np.float64)
     feats = dataset_features(extract, data, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # concurrent evaluations do not collide
     mu, sigma = feature_stats(feats)
     np.savez(tmp, features=feats.astype(np.float32), mu=mu, sigma=sigma)
     tmp.replace(path)
@@ -78,6 +79,7 @@ def evaluate_run(
     batch_size: int = 256,
     device: str = "auto",
     progress: bool = True,
+    checkpoint: str | None = None,
 ) -> dict:
     from ilct.data import load_dataset
     from ilct.data.fashion_mnist import DEFAULT_ROOT
@@ -86,7 +88,7 @@ def evaluate_run(
     from ilct.sampling import generate
 
     cache_dir = cache_dir or default_cache_dir()
-    run = open_run(run_dir, device=device)
+    run = open_run(run_dir, checkpoint, device=device)
     d = run.cfg.data
     fm_root = d.root if d.dataset == "fashion_mnist" else DEFAULT_ROOT
     extract = make_extractor(features, cache_dir, fm_root, inception_weights, progress)

@@ -68,12 +68,13 @@ class FashionFeatures:
     name = "fmnist-classifier-256 (Fashion-MNIST classifier features; not Inception FID)"
 
     def __init__(self, model: FashionClassifier, meta: dict):
-        self.model = model.eval()
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.eval().to(self.device)
         self.meta = meta
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-        out = [self.model.features(to_gray32(images[s : s + batch_size])).double().numpy()
+        out = [self.model.features(to_gray32(images[s : s + batch_size]).to(self.device)).double().cpu().numpy()
                for s in range(0, len(images), batch_size)]
         return np.concatenate(out)
 

@@ -1,0 +1,293 @@
+"""Training and sampling throughput: the authors' loop (`reference`) against ilct's (`ilct`).
+
+One training step = student forward and backward plus the teacher's no-grad
+forward (plus OT, optimizer, EMA), on 32x32x4 latents (the paper's 256x256
+images through the SD VAE), with the `ilct` preset's method (all five
+techniques on, OT coupling included). Two modes, measured in the same process:
+
+    reference  fp32 matrix products in TF32, eager, torch.optim.RAdam, the OT
+               assignment on the main thread (cost matrix on the device, Hungarian
+               on the host), the loss read back every step (.item()): the authors' loop
+    ilct       ilct.train.training_step as `ilct train` runs it: bf16 autocast (loss
+               maths in fp32), every block torch.compile'd, batches drawn and
+               OT-coupled ahead in a thread, the device-side skipping RAdam, no host
+               synchronization inside the step
+
+FLOPs per step are counted with torch.utils.flop_counter on the eager model
+(at a small batch, scaled linearly); the peak is a large bf16 matrix product
+timed in the same run; MFU = achieved FLOP/s / that peak. Also 1-step sampling
+throughput, with and without the decode by a TAESD-architecture decoder (4
+latent channels, random weights: its speed does not depend on them).
+
+    python benchmarks/throughput.py                      # all sizes, batches 128 and 256
+    python benchmarks/throughput.py --models DiT-B/2 --batches 128 --steps 10
+    python benchmarks/throughput.py --device cpu --models DiT-T/2 --batches 4 --steps 2 --latent 8 --no-compile
+
+Writes docs/performance.json and docs/performance.md (--out), after every row,
+so a run stopped by its deadline keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ilct.accel import compile_blocks, setup_backends
+from ilct.batches import Batch, BatchMaker, Prefetcher
+from ilct.config import load_config, latent_dim
+from ilct.consistency.coupling import ot_cost
+from ilct.consistency.objective import consistency_training_loss
+from ilct.consistency.schedule import karras_sigmas, num_levels, scaling_c
+from ilct.optim import RAdam
+from ilct.run import build_model, make_ema
+from ilct.train import ema_update, training_step
+
+N_DATA = 2048  # synthetic latents the batches are drawn from
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_peak(device: torch.device, n: int = 8192, reps: int = 20) -> float:
+    """TFLOP/s of an n x n x n bf16 matrix product (the best of `reps` after warm-up)."""
+    if device.type != "cuda":
+        n, reps = 1024, 3
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e12
+
+
+def make_cfg(arch: str, batch: int, latent: int, mode: str, compile_: bool):
+    cfg = load_config("ilct", [f"model.arch={arch}", f"train.batch_size={batch}",
+                               "train.precision=" + ("bf16" if mode == "ilct" else "fp32"),
+                               f"train.compile={'true' if (compile_ and mode == 'ilct') else 'false'}"])
+    cfg.model.in_channels, cfg.model.input_size = 4, latent
+    return cfg
+
+
+def count_flops(cfg, device: torch.device, latent: int, probe: int = 8) -> float:
+    """FLOPs of one step (student fwd + bwd, teacher fwd) at batch cfg.train.batch_size."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(cfg).to(device).train()
+    x = torch.randn(probe, 4, latent, latent, device=device)
+    z = torch.randn_like(x)
+    N = 11
+    sigmas = karras_sigmas(N).to(device, torch.float32)
+    i = torch.randint(0, N - 1, (probe,), device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        terms = consistency_training_loss(model, x, z, i, sigmas, N, 0.01, "cauchy", True)
+        terms.loss.backward()
+    return counter.get_total_flops() * cfg.train.batch_size / probe
+
+
+def reference_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: int) -> float:
+    """The authors' loop: returns seconds per step."""
+    model = build_model(cfg).to(device).train()
+    ema = make_ema(model)
+    t, c, me = cfg.train, cfg.consistency, cfg.method
+    opt = torch.optim.RAdam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
+    g = torch.Generator().manual_seed(0)
+    D = latent_dim(cfg)
+    N = num_levels(0, t.total_steps, c.s0, c.s1)
+    sigmas = karras_sigmas(N).to(device, torch.float32)
+    c_now = scaling_c(N, D, c.s0, me.adaptive_c, c.c_scale)
+    data = latents.to(device)
+    from scipy.optimize import linear_sum_assignment
+
+    def step() -> float:
+        idx = torch.randint(0, len(data), (t.batch_size,), generator=g).to(device)
+        x = data[idx]
+        z = torch.randn(x.shape, generator=g).to(device)
+        i = torch.randint(0, N - 1, (t.batch_size,), generator=g).to(device)
+        rows, cols = linear_sum_assignment(ot_cost(x, z).cpu().double().numpy())  # host sync
+        z = z[torch.as_tensor(cols, device=device)]
+        terms = consistency_training_loss(model, x, z, i, sigmas, N, c_now, me.metric, me.diffusion_loss,
+                                          me.diffusion_weight, me.diffusion_fraction, c.sigma_data)
+        opt.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        if bool(torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]))):
+            opt.step()
+            ema_update(ema, model, t.ema_decay)
+        return terms.loss.item()  # host sync, as the authors' loop logs every step
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n_steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - t0) / n_steps
+
+
+def ilct_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: int):
+    """ilct.train.training_step with the prefetcher; returns (seconds per step, the EMA model)."""
+    model = build_model(cfg).to(device).train()
+    ema = make_ema(model)
+    t, c, me = cfg.train, cfg.consistency, cfg.method
+    opt = RAdam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
+    if t.compile:
+        compile_blocks(model)
+    maker = BatchMaker(latents.__getitem__, len(latents), tuple(latents.shape[1:]), None, t.batch_size, 0,
+                       t.total_steps, False, me.ot_coupling, c.s0, c.s1, c.sigma_min, c.sigma_max, c.rho,
+                       c.p_mean, c.p_std)
+    D = latent_dim(cfg)
+    N = num_levels(0, t.total_steps, c.s0, c.s1)
+    sigmas = karras_sigmas(N).to(device, torch.float32)
+    c_now = scaling_c(N, D, c.s0, me.adaptive_c, c.c_scale)
+    prefetch = Prefetcher(maker, 0, warmup + n_steps, device)
+    try:
+        for k in range(warmup):
+            training_step(model, ema, opt, prefetch.get(k), sigmas, N, c_now, cfg, k)
+        sync(device)
+        t0 = time.perf_counter()
+        acc = torch.zeros(3, device=device)
+        for k in range(warmup, warmup + n_steps):
+            values, _ = training_step(model, ema, opt, prefetch.get(k), sigmas, N, c_now, cfg, k)
+            acc += values
+        sync(device)
+        seconds = (time.perf_counter() - t0) / n_steps
+    finally:
+        prefetch.close()
+    if not torch.isfinite(acc).all():
+        raise RuntimeError("non-finite loss in the ilct mode")
+    return seconds, ema, model
+
+
+@torch.no_grad()
+def sampling_rate(model, cfg, device, latent: int, batch: int, decode: bool, reps: int = 10) -> float:
+    """Images per second of 1-step sampling (f at sigma_max on noise), optionally decoded."""
+    from ilct.autoencoders.taesd import TAESD
+
+    decoder = TAESD(4).to(device).eval() if decode else None
+    bf16 = cfg.train.precision == "bf16"
+
+    def once():
+        z = torch.randn(batch, 4, latent, latent, device=device) * cfg.consistency.sigma_max
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            x = model(z, torch.full((batch,), cfg.consistency.sigma_max, device=device))
+            if decoder is not None:
+                x = decoder.decode(x)
+        return x
+
+    for _ in range(2):
+        once()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        once()
+    sync(device)
+    return batch * reps / (time.perf_counter() - t0)
+
+
+def write(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "performance.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = ["| model | batch | mode | img/s | ms/step | TFLOP/s | MFU |", "|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['error']} | | | |")
+        else:
+            lines.append(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['img_per_s']:.0f} | {r['ms_per_step']:.1f} "
+                         f"| {r['tflops']:.0f} | {r['mfu']:.3f} |")
+    speed = []
+    for r in report["rows"]:
+        if r["mode"] == "ilct" and "error" not in r:
+            ref = [q for q in report["rows"] if q["mode"] == "reference" and q["model"] == r["model"]
+                   and q["batch"] == r["batch"] and "error" not in q]
+            if ref:
+                speed.append(f"| {r['model']} | {r['batch']} | {r['img_per_s'] / ref[0]['img_per_s']:.2f}x |")
+    samp = ["| model | batch | decode | img/s |", "|---|---|---|---|"] + [
+        f"| {s['model']} | {s['batch']} | {s['decode']} | {s['img_per_s']:.0f} |" for s in report.get("sampling", [])]
+    (out / "performance.md").write_text(
+        "# Performance\n\n"
+        f"Device: {report['device']}; torch {report['torch']}; measured bf16 matrix-product peak "
+        f"{report['peak_tflops']:.3g} TFLOP/s.\n\nCommand: `{report['command']}`\n\n"
+        f"Training step: {report['step']}.\n\n" + "\n".join(lines) + "\n\n"
+        "Speed-up of `ilct` over `reference` (same run, same device):\n\n| model | batch | ilct / reference |\n|---|---|---|\n"
+        + "\n".join(speed) + "\n\n1-step sampling (ilct settings):\n\n" + "\n".join(samp) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="DiT-B/2,DiT-S/2,DiT-L/2,DiT-XL/2", help="first ones first: the deadline may stop the rest")
+    p.add_argument("--batches", default="128,256")
+    p.add_argument("--modes", default="reference,ilct")
+    p.add_argument("--steps", type=int, default=15, help="timed steps per row")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
+    p.add_argument("--latent", type=int, default=32, help="latent side (channels are 4)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--deadline", type=float, default=0, help="seconds; start no new row after this")
+    p.add_argument("--out", default="docs")
+    args = p.parse_args()
+
+    t_begin = time.time()
+    device = torch.device(args.device)
+    setup_backends(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
+    peak = measure_peak(device)
+    print(f"{name}: bf16 matmul peak {peak:.3g} TFLOP/s", flush=True)
+    report = {"device": name, "torch": torch.__version__, "command": "python " + " ".join(sys.argv),
+              "peak_tflops": peak, "latent": f"{args.latent}x{args.latent}x4",
+              "step": "student forward + backward and teacher forward (FLOPs counted), OT coupling, RAdam, EMA",
+              "rows": [], "sampling": []}
+    torch.manual_seed(0)
+    latents = torch.randn(N_DATA, 4, args.latent, args.latent) * 0.5
+    out = Path(args.out)
+    for arch in args.models.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            for mode in args.modes.split(","):
+                if args.deadline and time.time() - t_begin > args.deadline:
+                    print(f"deadline reached: {arch} batch {batch} {mode} not measured", flush=True)
+                    continue
+                cfg = make_cfg(arch, batch, args.latent, mode, not args.no_compile)
+                row = {"model": arch, "batch": batch, "mode": mode}
+                t0 = time.time()
+                try:
+                    flops = count_flops(cfg, device, args.latent)
+                    if mode == "reference":
+                        seconds = reference_steps(cfg, device, latents, args.steps, args.warmup)
+                        model = None
+                    else:
+                        seconds, model, student = ilct_steps(cfg, device, latents, args.steps, args.warmup)
+                    tflops = flops / seconds / 1e12
+                    row.update(img_per_s=batch / seconds, ms_per_step=seconds * 1e3, tflops=tflops, mfu=tflops / peak,
+                               tflop_per_step=flops / 1e12, wall_s=round(time.time() - t0, 1))
+                    if mode == "ilct" and batch == max(int(b) for b in args.batches.split(",")):
+                        for decode in (False, True):
+                            report["sampling"].append({"model": arch, "batch": batch, "decode": decode,
+                                                       "img_per_s": sampling_rate(model, cfg, device, args.latent, batch, decode)})
+                    del model
+                except torch.OutOfMemoryError:
+                    row["error"] = "out of memory"
+                print(json.dumps(row), flush=True)
+                report["rows"].append(row)
+                report["wall_s"] = round(time.time() - t_begin, 1)
+                write(report, out)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

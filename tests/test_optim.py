@@ -1,0 +1,85 @@
+"""The device-side skipping RAdam: torch.optim.RAdam's update, and a skipped step changes nothing."""
+
+import copy
+
+import pytest
+import torch
+
+from ilct.optim import RAdam
+
+
+def net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.GELU(), torch.nn.Linear(7, 3))
+
+
+def grad_step(model: torch.nn.Module, x: torch.Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    model(x).square().mean().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matches_torch_radam_through_the_rectification_switch(dtype):
+    a = net().to(dtype)
+    b = copy.deepcopy(a)
+    oa = torch.optim.RAdam(a.parameters(), lr=1e-2, eps=1e-4, weight_decay=1e-4)
+    ob = RAdam(b.parameters(), lr=1e-2, eps=1e-4, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(12):  # rho_t > 5 from step 6 on: both branches are exercised
+        x = torch.randn(4, 5, generator=g, dtype=dtype)
+        grad_step(a, x)
+        grad_step(b, x)
+        oa.step()
+        ob.step(torch.zeros(()))
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(q, p, atol=tol, rtol=tol)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(ob.state[q]["exp_avg_sq"], oa.state[p]["exp_avg_sq"], atol=tol, rtol=tol)
+
+
+def test_a_skipped_step_changes_nothing_even_with_nan_gradients():
+    model = net()
+    opt = RAdam(model.parameters(), lr=1e-2, weight_decay=1e-4)
+    x = torch.randn(4, 5)
+    for _ in range(3):
+        grad_step(model, x)
+        opt.step(torch.zeros(()))
+    before = copy.deepcopy(model.state_dict())
+    state = copy.deepcopy(opt.state_dict())
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    opt.step(torch.ones(()))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    after = opt.state_dict()
+    for i, st in state["state"].items():
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(after["state"][i][key], st[key]), key
+    grad_step(model, x)  # and the next good step is a normal one
+    opt.step(torch.zeros(()))
+    assert opt.state_dict()["state"][0]["step"].item() == 4
+
+
+def test_loads_a_torch_radam_checkpoint():
+    a = net()
+    oa = torch.optim.RAdam(a.parameters(), lr=1e-3)
+    x = torch.randn(4, 5)
+    grad_step(a, x)
+    oa.step()
+    b = copy.deepcopy(a)
+    ob = RAdam(b.parameters(), lr=1e-3)
+    ob.load_state_dict(oa.state_dict())
+    grad_step(a, x)
+    grad_step(b, x)
+    oa.step()
+    ob.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(q, p, atol=1e-7, rtol=1e-6)
+
+
+def test_rejects_bad_settings():
+    with pytest.raises(ValueError):
+        RAdam(net().parameters(), lr=-1.0)
+    with pytest.raises(ValueError):
+        RAdam(net().parameters(), betas=(0.9, 1.0))

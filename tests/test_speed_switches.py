@@ -1,0 +1,45 @@
+"""The speed switches do not change training: the same losses with compile on and off (fp32 on the CPU),
+and within bf16 tolerance with bf16 autocast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ilct.cli import main
+
+
+def run(tmp: Path, name: str, ae, data, **train) -> list[float]:
+    cfg = {
+        "base": "fmnist-ilct",
+        "model": {"arch": "DiT-T/4", "dropout": 0.1},
+        "train": {"total_steps": 4, "batch_size": 8, "ckpt_every": 100, "sample_every": 0, "log_every": 1,
+                  "num_sample_images": 2, "device": "cpu", **train},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp / name
+    assert main(["train", "--config", str(path), "--autoencoder", str(ae), "--data-dir", str(data), "--out", str(out),
+                 "--set", f"data.cache_dir={tmp / 'cache'}", "--no-progress"]) == 0
+    return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_compile_gives_the_same_losses(tmp_path, tiny_autoencoder, fake_fmnist):
+    eager = run(tmp_path, "eager", tiny_autoencoder, fake_fmnist)
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    compiled = run(tmp_path, "compiled", tiny_autoencoder, fake_fmnist, compile=True)
+    assert counters["stats"]["unique_graphs"] >= 2  # the blocks were compiled: a training and a no-grad graph
+    assert len(eager) == 4
+    assert compiled == pytest.approx(eager, rel=1e-4)  # fp32 kernels fused differently: rounding only
+
+
+def test_bf16_stays_within_bf16_tolerance(tmp_path, tiny_autoencoder, fake_fmnist):
+    fp32 = run(tmp_path, "fp32", tiny_autoencoder, fake_fmnist)
+    bf16 = run(tmp_path, "bf16", tiny_autoencoder, fake_fmnist, precision="bf16")
+    assert bf16 == pytest.approx(fp32, rel=5e-2)
+    assert bf16 != fp32  # autocast really ran in bf16
