@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -69,22 +70,28 @@ def run(cmd: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
-def pool(cmds: list[tuple[str, list[str], Path]], parallel: int, dry_run: bool, deadline: float = 0) -> dict[str, float]:
+def pool(cmds: list[tuple[str, list[str], Path]], parallel: int, dry_run: bool, deadline: float = 0,
+         stop_running: bool = False) -> dict[str, float]:
     """Run (key, command, log) jobs, `parallel` at a time; returns seconds per key. A job that fails
-    stops the benchmark; past `deadline` (time.time()), the running jobs are stopped with SIGTERM
-    (training checkpoints and exits) and no new one starts."""
-    pending, active, seconds = list(cmds), [], {}
+    stops the benchmark. Past `deadline` (a time.time()) no new job starts, and with `stop_running`
+    the running ones get SIGTERM (training checkpoints and exits 0; the table records its step)."""
+    pending, active, seconds, stopped = list(cmds), [], {}, False
     while pending or active:
-        while pending and len(active) < parallel and not (deadline and time.time() > deadline):
+        late = bool(deadline) and time.time() > deadline
+        while pending and len(active) < parallel and not late:
             key, cmd, log = pending.pop(0)
             if dry_run:
                 print(" ".join(cmd))
                 continue
             active.append((run(cmd, log), key, log, time.time()))
-        if deadline and time.time() > deadline:
-            for proc, key, log, _ in active:
-                proc.terminate()
-            pending.clear()
+        if late:
+            if pending:
+                print(f"deadline: {len(pending)} jobs not started", flush=True)
+                pending.clear()
+            if stop_running and not stopped:
+                for proc, *_ in active:
+                    proc.terminate()
+                stopped = True
         for item in list(active):
             proc, key, log, started = item
             if proc.poll() is not None:
@@ -115,6 +122,8 @@ def main() -> None:
     p.add_argument("--limit", type=int, help="encode only the first N training images (TAEF2 on a CPU is slow)")
     p.add_argument("--work", default="runs/ablation", help="latents, runs and logs")
     p.add_argument("--out", default="docs/results")
+    p.add_argument("--train-deadline", type=float, default=0, help="seconds from the start after which training "
+                   "runs are stopped (SIGTERM: they checkpoint; the table records the steps they reached)")
     p.add_argument("--eval-deadline", type=float, default=0, help="seconds from the start after which no new evaluation starts")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = p.parse_args()
@@ -186,7 +195,8 @@ def main() -> None:
 
     # 3. training, `parallel` runs at a time
     seconds = pool([(f"{s}/{r}/{d}", train_cmd(s, r, d, steps), work / "logs" / f"{s}_{r}_s{d}.train.log")
-                    for s, r, d in todo], args.parallel, args.dry_run)
+                    for s, r, d in todo], args.parallel, args.dry_run,
+                   deadline=t0 + args.train_deadline if args.train_deadline else 0, stop_running=True)
     if args.dry_run:
         return
     t_train = time.time() - t0
@@ -208,10 +218,21 @@ def main() -> None:
                     (f"eval {s}/{r}/{d}/{ck.name}", eval_cmd(s, r, d, ck, budget["n"] if final else args.curve_n, out_json),
                      work / "logs" / f"{s}_{r}_s{d}_{ck.name}.eval.log"))
     evals = finals + points
-    if evals:  # the first one alone: it computes the cached reference features the others read
-        pool(evals[:1], 1, False)
-        pool(evals[1:], args.parallel, False, deadline=t0 + args.eval_deadline if args.eval_deadline else 0)
 
+    def on_term(signum, frame):  # `timeout` stops the benchmark: report what has been evaluated
+        raise SystemExit(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        if evals:  # the first one alone: it computes the cached reference features the others read
+            pool(evals[:1], 1, False)
+            pool(evals[1:], args.parallel, False, deadline=t0 + args.eval_deadline if args.eval_deadline else 0)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        write_reports(args, spaces, todo, work, run_dir, seconds, steps, t0, t_train)
+
+
+def write_reports(args, spaces, todo, work, run_dir, seconds, steps, t0, t_train) -> None:
     def nfe_of(row: str, k: str) -> str:
         return str(2 * int(k) - 1) if row == "edm-diffusion" else k
 

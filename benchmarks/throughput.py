@@ -230,11 +230,11 @@ def write(report: dict, out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="DiT-B/2,DiT-S/2,DiT-L/2,DiT-XL/2", help="first ones first: the deadline may stop the rest")
+    p.add_argument("--models", default="DiT-B/2,DiT-S/2,DiT-L/2,DiT-XL/2", help="in order, at each batch size: the deadline may stop the rest")
     p.add_argument("--batches", default="128,256")
     p.add_argument("--modes", default="reference,ilct")
-    p.add_argument("--steps", type=int, default=15, help="timed steps per row")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per row")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     p.add_argument("--latent", type=int, default=32, help="latent side (channels are 4)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-compile", action="store_true")
@@ -255,11 +255,14 @@ def main() -> None:
     torch.manual_seed(0)
     latents = torch.randn(N_DATA, 4, args.latent, args.latent) * 0.5
     out = Path(args.out)
-    for arch in args.models.split(","):
-        for batch in (int(b) for b in args.batches.split(",")):
+    batches = [int(b) for b in args.batches.split(",")]
+    for batch in batches:  # every size at the first batch before any at the second: the deadline cuts the tail
+        for arch in args.models.split(","):
             for mode in args.modes.split(","):
                 if args.deadline and time.time() - t_begin > args.deadline:
                     print(f"deadline reached: {arch} batch {batch} {mode} not measured", flush=True)
+                    report["rows"].append({"model": arch, "batch": batch, "mode": mode, "error": "not run (deadline)"})
+                    write(report, out)
                     continue
                 cfg = make_cfg(arch, batch, args.latent, mode, not args.no_compile)
                 row = {"model": arch, "batch": batch, "mode": mode}
@@ -268,26 +271,27 @@ def main() -> None:
                     flops = count_flops(cfg, device, args.latent)
                     if mode == "reference":
                         seconds = reference_steps(cfg, device, latents, args.steps, args.warmup)
-                        model = None
                     else:
-                        seconds, model, student = ilct_steps(cfg, device, latents, args.steps, args.warmup)
+                        seconds, _, student = ilct_steps(cfg, device, latents, args.steps, args.warmup)
                     tflops = flops / seconds / 1e12
                     row.update(img_per_s=batch / seconds, ms_per_step=seconds * 1e3, tflops=tflops, mfu=tflops / peak,
                                tflop_per_step=flops / 1e12, wall_s=round(time.time() - t0, 1))
-                    if mode == "ilct" and batch == max(int(b) for b in args.batches.split(",")):
+                    if mode == "ilct" and batch == batches[0]:
+                        student.eval()
                         for decode in (False, True):
                             report["sampling"].append({"model": arch, "batch": batch, "decode": decode,
-                                                       "img_per_s": sampling_rate(model, cfg, device, args.latent, batch, decode)})
-                    del model
+                                                       "img_per_s": sampling_rate(student, cfg, device, args.latent, batch, decode)})
+                        del student
                 except torch.OutOfMemoryError:
                     row["error"] = "out of memory"
+                except Exception as e:  # a failed row is recorded; the others still run
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                 print(json.dumps(row), flush=True)
                 report["rows"].append(row)
                 report["wall_s"] = round(time.time() - t_begin, 1)
                 write(report, out)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-
 
 if __name__ == "__main__":
     main()

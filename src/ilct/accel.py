@@ -27,9 +27,17 @@ def compile_blocks(model: nn.Module) -> nn.Module:
     between the student's and the teacher's graphs; `fallback_random` keeps
     eager's, so both passes still share their masks (METHOD.md section 3).
     """
+    import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True
+    # one graph per (shape, grad mode): several model sizes and batch sizes in one process (the
+    # throughput benchmark) must not run past the recompile limit into silent eager fallback, and a
+    # new batch size gets its own static graph rather than a slower dynamic one
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(64, getattr(dynamo_config, name)))
+    dynamo_config.automatic_dynamic_shapes = False
     blocks = [m for m in model.modules() if type(m).__name__ == "DiTBlock"]
     if not blocks:
         raise ValueError("compile: no DiT blocks found in the model")
