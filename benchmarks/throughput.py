@@ -140,7 +140,7 @@ def reference_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: in
     return (time.perf_counter() - t0) / n_steps
 
 
-def ilct_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: int):
+def ilct_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: int, profile_to: Path | None = None):
     """ilct.train.training_step with the prefetcher; returns (seconds per step, the EMA model)."""
     model = build_model(cfg).to(device).train()
     ema = make_ema(model)
@@ -160,6 +160,13 @@ def ilct_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: int):
         for k in range(warmup):
             training_step(model, ema, opt, prefetch.get(k), sigmas, N, c_now, cfg, k)
         sync(device)
+        prof = None
+        if profile_to is not None:
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            prof = profile(activities=acts)
+            prof.__enter__()
         t0 = time.perf_counter()
         acc = torch.zeros(3, device=device)
         for k in range(warmup, warmup + n_steps):
@@ -167,6 +174,10 @@ def ilct_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: int):
             acc += values
         sync(device)
         seconds = (time.perf_counter() - t0) / n_steps
+        if prof is not None:
+            prof.__exit__(None, None, None)
+            key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+            profile_to.write_text(prof.key_averages().table(sort_by=key, row_limit=40))
     finally:
         prefetch.close()
     if not torch.isfinite(acc).all():
@@ -240,6 +251,8 @@ def main() -> None:
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--deadline", type=float, default=0, help="seconds; start no new row after this")
     p.add_argument("--out", default="docs")
+    p.add_argument("--profile", action="store_true", help="also write a torch.profiler table of the first ilct "
+                   "row's timed steps (profile_<model>_<batch>.txt in --out): where a step's time goes")
     args = p.parse_args()
 
     t_begin = time.time()
@@ -256,6 +269,7 @@ def main() -> None:
     latents = torch.randn(N_DATA, 4, args.latent, args.latent) * 0.5
     out = Path(args.out)
     batches = [int(b) for b in args.batches.split(",")]
+    profiled = False
     for batch in batches:  # every size at the first batch before any at the second: the deadline cuts the tail
         for arch in args.models.split(","):
             for mode in args.modes.split(","):
@@ -272,7 +286,9 @@ def main() -> None:
                     if mode == "reference":
                         seconds = reference_steps(cfg, device, latents, args.steps, args.warmup)
                     else:
-                        seconds, _, student = ilct_steps(cfg, device, latents, args.steps, args.warmup)
+                        prof = out / f"profile_{arch.replace('/', '')}_{batch}.txt" if args.profile and not profiled else None
+                        profiled = profiled or prof is not None
+                        seconds, _, student = ilct_steps(cfg, device, latents, args.steps, args.warmup, prof)
                     tflops = flops / seconds / 1e12
                     row.update(img_per_s=batch / seconds, ms_per_step=seconds * 1e3, tflops=tflops, mfu=tflops / peak,
                                tflop_per_step=flops / 1e12, wall_s=round(time.time() - t0, 1))
