@@ -1,5 +1,6 @@
 """Per-step batches: a function of (seed, step), the same global batch split over ranks, prefetched."""
 
+import pytest
 import torch
 
 from ilct.batches import BatchMaker, Prefetcher, step_seed
@@ -51,29 +52,29 @@ def test_labels_follow_the_data():
     assert torch.equal(DATA[b.y], b.x)
 
 
-def test_prefetcher_yields_the_makers_batches_in_order():
+@pytest.mark.parametrize("workers", [0, 1])
+def test_prefetcher_yields_the_makers_batches_in_order(workers):
     m = maker(ot=True)
-    p = Prefetcher(m, 5, 9, torch.device("cpu"), depth=2)
+    p = Prefetcher(m, 5, 9, torch.device("cpu"), depth=2, workers=workers)
     try:
         for k in range(5, 9):
             b = p.get(k)
-            assert torch.equal(b.z, m.make(k).z)
+            assert torch.equal(b.z, m.make(k).z) and torch.equal(b.i, m.make(k).i)
+        with pytest.raises(RuntimeError):
+            p.get(3)
     finally:
         p.close()
 
 
-def test_prefetcher_passes_errors_on():
+@pytest.mark.parametrize("workers", [0, 1])
+def test_prefetcher_passes_errors_on(workers):
     def broken(idx):
         raise OSError("disk gone")
 
     m = BatchMaker(broken, 10, (2, 4, 4), None, 4, 0, 100, False, False, 10, 160, 0.002, 80.0, 7.0, -1.1, 2.0)
-    p = Prefetcher(m, 0, 3, torch.device("cpu"))
+    p = Prefetcher(m, 0, 3, torch.device("cpu"), workers=workers)
     try:
-        try:
+        with pytest.raises(OSError, match="disk gone"):
             p.get(0)
-        except OSError as e:
-            assert "disk gone" in str(e)
-        else:
-            raise AssertionError("the worker's error was swallowed")
     finally:
         p.close()
