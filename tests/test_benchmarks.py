@@ -39,6 +39,21 @@ def test_dry_run_lists_the_commands(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("9 runs of 10 steps")
+    assert any(line.startswith("9 runs of 10 steps") for line in lines)
     assert sum(" train " in line for line in lines) == 9
     assert any("--rgb" in line and "taesd:weights" in line for line in lines)
+
+
+def test_dry_run_of_both_latent_spaces(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--latents", "builtin,taef2",
+                           "--autoencoder", "ae,weights", "--work", str(tmp_path), "--dry-run", "--steps", "10"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    trains = [line for line in lines if " train " in line]
+    assert len(trains) == 18
+    assert sum("model.in_channels=32" in line for line in trains) == 9  # the TAEF2 half
+    assert any("train.objective=edm" in line and "/taef2/" in line for line in trains)
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--latents", "builtin,taef2",
+                          "--autoencoder", "ae", "--dry-run"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "one --autoencoder per latent space" in bad.stderr

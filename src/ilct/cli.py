@@ -104,6 +104,15 @@ def cmd_sample(args) -> int:
     if not args.out.lower().endswith(".png"):
         raise IlctError(f"--out must be a .png file, got {args.out}")
     run = open_run(args.run, args.checkpoint, args.device)
+    K = run.cfg.model.num_classes
+    if args.cls is not None and K <= 0:
+        raise IlctError(f"--class: {args.run} is not class-conditional (model.num_classes = 0)")
+    if args.cls is not None and not 0 <= args.cls < K:
+        raise IlctError(f"--class must lie in 0..{K - 1}, got {args.cls}")
+    if args.guidance != 1.0 and args.cls is None:
+        raise IlctError("--guidance needs --class")
+    if args.guidance < 0:
+        raise IlctError(f"--guidance must be >= 0, got {args.guidance}")
     c = run.cfg.consistency
     taus = _parse_tau(args.tau, args.steps)
     sigmas = [c.sigma_max] + taus if taus is not None else default_sigmas(args.steps, c.sigma_min, c.sigma_max, c.rho)
@@ -111,12 +120,14 @@ def cmd_sample(args) -> int:
         raise IlctError(f"--tau values must decrease and lie in ({c.sigma_min}, {c.sigma_max}), got {sigmas[1:]}")
     with torch.inference_mode():
         images = generate(run.model, run.autoencoder, run.stats, run.cfg, args.n, args.steps, args.seed,
-                          args.batch_size, sigmas, progress=_progress(args))
+                          args.batch_size, sigmas, progress=_progress(args), labels=args.cls, guidance=args.guidance)
     save_png(make_grid(images), args.out, scale=args.scale)
     if args.npz:
         save_npz(images, args.npz)
     how = (f"{args.steps} Heun step(s) ({2 * args.steps - 1} evaluations)" if run.cfg.train.objective == "edm"
            else f"{len(sigmas)} step(s) at sigmas {[round(s, 4) for s in sigmas]}")
+    if args.cls is not None:
+        how += f", class {args.cls}, guidance {args.guidance:g}"
     print(f"{args.n} samples, {how}, from {run.checkpoint} (step {run.step}) -> {args.out}"
           + (f" and {args.npz}" if args.npz else ""))
     return 0
@@ -334,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--npz", help="also write the samples as uint8 (N, H, W, C) under key 'images'")
     s.add_argument("--tau", help="intermediate sigmas, comma-separated (default for 2 steps: index 22 of a 40-level Karras grid, ~1.39)")
     s.add_argument("--checkpoint", help="a checkpoint directory (default: the run's latest)")
+    s.add_argument("--class", dest="cls", type=int, help="class label for a class-conditional run (default: unconditional)")
+    s.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance weight w: f_u + w (f_c - f_u); 1 = conditional, 0 = unconditional")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--scale", type=int, default=2, help="nearest-neighbour upscaling of the grid PNG")
     s.add_argument("--device", default="auto")

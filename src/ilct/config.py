@@ -52,7 +52,7 @@ class ModelConfig:
     in_channels: int | None = None  # latent channels; None -> taken from the data
     input_size: int | None = None  # latent side; None -> taken from the data
     dropout: float = 0.0
-    num_classes: int = 0  # 0 = unconditional
+    num_classes: int = 0  # 0 = unconditional; -1 = from the data (largest label + 1)
     class_dropout: float = 0.1  # label dropout when num_classes > 0
 
 
@@ -299,7 +299,7 @@ def validate(cfg: Config) -> None:
     need(m.in_channels is None or m.in_channels >= 1, "model.in_channels", "must be positive")
     need(m.input_size is None or m.input_size >= 1, "model.input_size", "must be positive")
     need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
-    need(m.num_classes >= 0, "model.num_classes", "must be >= 0")
+    need(m.num_classes >= -1, "model.num_classes", "must be >= 0, or -1 (from the data)")
     need(0.0 <= m.class_dropout < 1.0, "model.class_dropout", "must be in [0, 1)")
     need(c.sigma_min > 0, "consistency.sigma_min", "must be > 0")
     need(c.sigma_max > c.sigma_min, "consistency.sigma_max", "must be > consistency.sigma_min")

@@ -47,7 +47,7 @@ def edm_loss(model: EDMDenoiser, x: torch.Tensor, n: torch.Tensor, u: torch.Tens
 def heun_sample(model, noise: torch.Tensor, num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80.0,
                 rho: float = 7.0, labels=None) -> torch.Tensor:
     """EDM Algorithm 2 (deterministic): Euler steps with a second-order correction except the last."""
-    device = next(model.parameters()).device
+    device = noise.device
     t = karras_sigmas(num_steps, sigma_min, sigma_max, rho).tolist() + [0.0]
     x = noise.to(device) * t[0]
     B = x.shape[0]

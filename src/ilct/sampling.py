@@ -45,8 +45,29 @@ def per_sample_noise(seed: int, indices: range | list[int], shape: tuple[int, ..
     return list(stacked.unbind(0))
 
 
+def guided(model, labels: torch.Tensor, w: float, null_label: int):
+    """Classifier-free guidance of a conditional f: x, sigma -> f_u + w (f_c - f_u).
+
+    f_c = f(x, sigma, y), f_u = f(x, sigma, null); w = 1 is the conditional model,
+    w = 0 the unconditional one. Both evaluations share one batched forward.
+    """
+    if w == 1.0:
+        return lambda x, sigma, _labels=None: model(x, sigma, labels)
+    null = torch.full_like(labels, null_label)
+
+    def f(x: torch.Tensor, sigma: torch.Tensor, _labels=None) -> torch.Tensor:
+        if w == 0.0:
+            return model(x, sigma, null)
+        out = model(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([labels, null]))
+        f_c, f_u = out.chunk(2)
+        return f_u + w * (f_c - f_u)
+
+    return f
+
+
 @torch.no_grad()
-def consistency_sample(model, noise: list[torch.Tensor], sigmas: list[float], sigma_min: float = 0.002, labels=None) -> torch.Tensor:
+def consistency_sample(model, noise: list[torch.Tensor], sigmas: list[float], sigma_min: float = 0.002, labels=None,
+                       device: torch.device | None = None) -> torch.Tensor:
     """Algorithm 1 of the consistency-model paper.
 
         x = sigma_0 z_0;                    x0 = f(x, sigma_0)
@@ -59,7 +80,7 @@ def consistency_sample(model, noise: list[torch.Tensor], sigmas: list[float], si
             raise ValueError(f"sigmas must decrease, got {sigmas}")
     if sigmas[-1] <= sigma_min:
         raise ValueError(f"intermediate sigmas must exceed sigma_min={sigma_min}")
-    device = next(model.parameters()).device
+    device = device if device is not None else next(model.parameters()).device
     B = noise[0].shape[0]
     x = sigmas[0] * noise[0].to(device)
     x0 = model(x, torch.full((B,), sigmas[0], device=device), labels)
@@ -81,8 +102,14 @@ def generate(
     batch_size: int = 256,
     sigmas: list[float] | None = None,
     progress: bool = False,
+    labels: np.ndarray | list[int] | int | None = None,
+    guidance: float = 1.0,
 ) -> np.ndarray:
-    """n decoded samples as uint8 (n, H, W, C); sample j depends only on (seed, j)."""
+    """n decoded samples as uint8 (n, H, W, C); sample j depends only on (seed, j).
+
+    For a class-conditional model, `labels` (one class for all, or one per sample)
+    with classifier-free guidance weight `guidance`; None draws unconditionally (the null class).
+    """
     from tqdm import tqdm
 
     from ilct.data.images import to_uint8
@@ -92,14 +119,25 @@ def generate(
     sigmas = sigmas or default_sigmas(steps, c.sigma_min, c.sigma_max, c.rho)
     shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
     device = next(model.parameters()).device
+    K = cfg.model.num_classes
+    if labels is not None and K <= 0:
+        raise ValueError("labels given, but the model is not class-conditional (model.num_classes = 0)")
+    if K > 0:
+        y_all = np.full(n, K, dtype=np.int64) if labels is None else np.broadcast_to(np.asarray(labels, np.int64), (n,))
+        if ((y_all < 0) | (y_all > K)).any():
+            raise ValueError(f"class labels must lie in 0..{K - 1}")
     out = []
     for start in tqdm(range(0, n, batch_size), desc=f"sample {steps}-step", disable=not progress, dynamic_ncols=True):
         idx = range(start, min(start + batch_size, n))
+        f = model
+        if K > 0:
+            y = torch.from_numpy(np.ascontiguousarray(y_all[start:start + len(idx)])).to(device)
+            f = guided(model, y, guidance, K) if labels is not None else guided(model, y, 1.0, K)
         if edm:
             from ilct.edm import heun_sample
 
-            z = heun_sample(model, per_sample_noise(seed, idx, shape, 1)[0], steps, c.sigma_min, c.sigma_max, c.rho)
+            z = heun_sample(f, per_sample_noise(seed, idx, shape, 1)[0].to(device), steps, c.sigma_min, c.sigma_max, c.rho)
         else:
-            z = consistency_sample(model, per_sample_noise(seed, idx, shape, len(sigmas)), sigmas, c.sigma_min)
+            z = consistency_sample(f, per_sample_noise(seed, idx, shape, len(sigmas)), sigmas, c.sigma_min, device=device)
         out.append(to_uint8(autoencoder.decode(stats.denormalize(z, c.sigma_data).to(device))))
     return np.concatenate(out)

@@ -253,6 +253,15 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
         gather = z_data.__getitem__
     else:
         gather = lambda idx: stats.normalize(latent_set.gather(idx.numpy()), c.sigma_data)  # noqa: E731
+    if cfg.model.num_classes != 0:  # class-conditional: labels stored with the latents
+        if latent_set.labels is None or len(latent_set.labels) == 0:
+            raise IlctError("config: model.num_classes is set but the latents carry no labels "
+                            "(Fashion-MNIST, or an image folder with data.labels_from_subfolders)")
+        if cfg.model.num_classes < 0:
+            cfg.model.num_classes = int(latent_set.labels.max()) + 1
+        if int(latent_set.labels.max()) >= cfg.model.num_classes:
+            raise IlctError(f"config: model.num_classes={cfg.model.num_classes} but the labels go up to "
+                            f"{int(latent_set.labels.max())}")
     labels = latent_set.labels if cfg.model.num_classes > 0 else None
     try:
         maker = BatchMaker(gather, len(latent_set), (C, H, W), labels, t.batch_size, t.seed, t.total_steps, edm,
