@@ -123,7 +123,7 @@ def generate(
     if labels is not None and K <= 0:
         raise ValueError("labels given, but the model is not class-conditional (model.num_classes = 0)")
     if K > 0:
-        y_all = np.full(n, K, dtype=np.int64) if labels is None else np.broadcast_to(np.asarray(labels, np.int64), (n,))
+        y_all = np.full(n, K, dtype=np.int64) if labels is None else np.array(np.broadcast_to(np.asarray(labels, np.int64), (n,)))
         if ((y_all < 0) | (y_all > K)).any():
             raise ValueError(f"class labels must lie in 0..{K - 1}")
     out = []

@@ -78,6 +78,13 @@ class FashionFeatures:
                for s in range(0, len(images), batch_size)]
         return np.concatenate(out)
 
+    @torch.no_grad()
+    def predict(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+        """The classifier's labels (n,) for uint8 images (n, H, W, C)."""
+        out = [self.model(to_gray32(images[s : s + batch_size]).to(self.device)).argmax(1).cpu().numpy()
+               for s in range(0, len(images), batch_size)]
+        return np.concatenate(out)
+
     def fingerprint(self) -> str:
         return self.meta["fingerprint"]
 
