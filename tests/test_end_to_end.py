@@ -204,3 +204,10 @@ def test_sigterm_checkpoints_and_exits_zero(trained_run, tmp_path):
     ckpt = latest_checkpoint(out)
     step = json.loads((ckpt / "state.json").read_text())["step"]
     assert 2 <= step < 100000
+
+
+def test_grids_are_written_at_sample_steps_that_are_not_log_or_checkpoint_steps(tmp_path, tiny_autoencoder, fake_fmnist):
+    cfg = tiny_config(tmp_path, log_every=4, ckpt_every=100, sample_every=3)
+    out = tmp_path / "run"
+    assert main(train_args(cfg, tiny_autoencoder, fake_fmnist, out, tmp_path / "cache")) == 0
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000000003.png", "step_000000006.png"]

@@ -366,7 +366,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
                     not dist.active or step % t.log_every == 0) else False
                 is_log = step % t.log_every == 0 or step == t.total_steps
                 is_ckpt = step % t.ckpt_every == 0 and step != t.total_steps
-                if not (is_log or is_ckpt or stopping):
+                is_grid = bool(t.sample_every) and step % t.sample_every == 0 and step != t.total_steps
+                if not (is_log or is_ckpt or is_grid or stopping):
                     continue
                 bad_now, longest = int(n_bad.item()), int(run_max.item())
                 if bad_now:
@@ -410,7 +411,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
                     acc.zero_()
                     n_good.zero_()
                     n_steps_logged, t_log = 0, now
-                if t.sample_every and step % t.sample_every == 0 and step != t.total_steps:
+                if is_grid:
                     write_grid(step)
                 if is_ckpt:
                     save(step)
