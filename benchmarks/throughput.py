@@ -56,6 +56,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def seconds_per_call(fn, warmup: int, reps: int, device: torch.device) -> float:
+    """Mean wall time of fn() over `reps` calls after `warmup` untimed ones, the device drained around them."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / reps
+
+
 def measure_peak(device: torch.device, n: int = 8192, reps: int = 20) -> float:
     """TFLOP/s of an n x n x n bf16 matrix product (the best of `reps` after warm-up)."""
     if device.type != "cuda":
@@ -130,14 +142,7 @@ def reference_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: in
             ema_update(ema, model, t.ema_decay)
         return terms.loss.item()  # host sync, as the authors' loop logs every step
 
-    for _ in range(warmup):
-        step()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(n_steps):
-        step()
-    sync(device)
-    return (time.perf_counter() - t0) / n_steps
+    return seconds_per_call(step, warmup, n_steps, device)
 
 
 def ilct_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: int, profile_to: Path | None = None):
@@ -201,14 +206,7 @@ def sampling_rate(model, cfg, device, latent: int, batch: int, decode: bool, rep
                 x = decoder.decode(x)
         return x
 
-    for _ in range(2):
-        once()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        once()
-    sync(device)
-    return batch * reps / (time.perf_counter() - t0)
+    return batch / seconds_per_call(once, 2, reps, device)
 
 
 def write(report: dict, out: Path) -> None:
