@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from ilct.accel import compile_blocks, setup_backends
+from ilct.accel import compile_model, setup_backends
 from ilct.batches import Batch, BatchMaker, Prefetcher
 from ilct.config import load_config, latent_dim
 from ilct.consistency.coupling import ot_cost
@@ -87,10 +87,23 @@ def measure_peak(device: torch.device, n: int = 8192, reps: int = 20) -> float:
     return 2 * n**3 / best / 1e12
 
 
+def parse_mode(mode: str) -> tuple[str, str, str | None]:
+    """`reference`, `ilct` (as `ilct train` runs) or `ilct[SCOPE]` / `ilct[SCOPE:MODE]`: the ilct step with
+    another torch.compile scope (blocks, model) and mode (e.g. reduce-overhead), to compare them."""
+    if mode in ("reference", "ilct"):
+        return mode, "blocks", None
+    if mode.startswith("ilct[") and mode.endswith("]"):
+        scope, _, cmode = mode[5:-1].partition(":")
+        if scope in ("blocks", "model"):
+            return "ilct", scope, cmode or None
+    raise SystemExit(f"unknown mode {mode!r}: reference, ilct, ilct[blocks|model] or ilct[SCOPE:COMPILE_MODE]")
+
+
 def make_cfg(arch: str, batch: int, latent: int, mode: str, compile_: bool):
+    ilct = parse_mode(mode)[0] == "ilct"
     cfg = load_config("ilct", [f"model.arch={arch}", f"train.batch_size={batch}",
-                               "train.precision=" + ("bf16" if mode == "ilct" else "fp32"),
-                               f"train.compile={'true' if (compile_ and mode == 'ilct') else 'false'}"])
+                               "train.precision=" + ("bf16" if ilct else "fp32"),
+                               f"train.compile={'true' if (compile_ and ilct) else 'false'}"])
     cfg.model.in_channels, cfg.model.input_size = 4, latent
     return cfg
 
@@ -145,14 +158,15 @@ def reference_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: in
     return seconds_per_call(step, warmup, n_steps, device)
 
 
-def ilct_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: int, profile_to: Path | None = None):
-    """ilct.train.training_step with the prefetcher; returns (seconds per step, the EMA model)."""
+def ilct_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: int, profile_to: Path | None = None,
+               scope: str = "blocks", compile_mode: str | None = None):
+    """ilct.train.training_step with the prefetcher; returns (seconds per step, the EMA model, the student)."""
     model = build_model(cfg).to(device).train()
     ema = make_ema(model)
     t, c, me = cfg.train, cfg.consistency, cfg.method
     opt = RAdam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
     if t.compile:
-        compile_blocks(model)
+        compile_model(model, scope, compile_mode)
     maker = BatchMaker(latents.__getitem__, len(latents), tuple(latents.shape[1:]), None, t.batch_size, 0,
                        t.total_steps, False, me.ot_coupling, c.s0, c.s1, c.sigma_min, c.sigma_max, c.rho,
                        c.p_mean, c.p_std)
@@ -160,18 +174,12 @@ def ilct_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: int, pr
     N = num_levels(0, t.total_steps, c.s0, c.s1)
     sigmas = karras_sigmas(N).to(device, torch.float32)
     c_now = scaling_c(N, D, c.s0, me.adaptive_c, c.c_scale)
-    prefetch = Prefetcher(maker, 0, warmup + n_steps, device)
+    n_prof = 3 if profile_to is not None else 0
+    prefetch = Prefetcher(maker, 0, warmup + n_steps + n_prof, device)
     try:
         for k in range(warmup):
             training_step(model, ema, opt, prefetch.get(k), sigmas, N, c_now, cfg, k)
         sync(device)
-        prof = None
-        if profile_to is not None:
-            from torch.profiler import ProfilerActivity, profile
-
-            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-            prof = profile(activities=acts)
-            prof.__enter__()
         t0 = time.perf_counter()
         acc = torch.zeros(3, device=device)
         for k in range(warmup, warmup + n_steps):
@@ -179,15 +187,41 @@ def ilct_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: int, pr
             acc += values
         sync(device)
         seconds = (time.perf_counter() - t0) / n_steps
-        if prof is not None:
-            prof.__exit__(None, None, None)
-            key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-            profile_to.write_text(prof.key_averages().table(sort_by=key, row_limit=40))
+        if profile_to is not None:  # a few more steps under the profiler (its overhead stays out of the timing)
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with profile(activities=acts) as prof:
+                t1 = time.perf_counter()
+                for k in range(warmup + n_steps, warmup + n_steps + n_prof):
+                    training_step(model, ema, opt, prefetch.get(k), sigmas, N, c_now, cfg, k)
+                sync(device)
+                profiled = (time.perf_counter() - t1) / n_prof
+            write_profile(prof, profile_to, device, seconds, profiled, n_prof)
     finally:
         prefetch.close()
     if not torch.isfinite(acc).all():
         raise RuntimeError("non-finite loss in the ilct mode")
     return seconds, ema, model
+
+
+def write_profile(prof, path: Path, device: torch.device, seconds: float, profiled: float, n_steps: int) -> None:
+    """Where a step's time goes: wall time against the kernels' busy time, then the top operators."""
+    avg = prof.key_averages()
+    cuda = device.type == "cuda"
+    attr = "self_device_time_total" if hasattr(avg[0], "self_device_time_total") else "self_cuda_time_total"
+    busy = sum(getattr(e, attr, 0) for e in avg) / n_steps / 1e3 if cuda else float("nan")
+    launches = sum(e.count for e in avg if e.key.startswith(("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunch"))) / n_steps
+    head = (f"{path.stem}: wall {seconds * 1e3:.1f} ms/step ({profiled * 1e3:.1f} under the profiler); "
+            f"kernels busy {busy:.1f} ms/step; "
+            f"{launches:.0f} kernel launches/step\n\n")
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    tables = [avg.table(sort_by=key, row_limit=30)]
+    if cuda:
+        tables.append(avg.table(sort_by="self_cpu_time_total", row_limit=20))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(head + "\n\n".join(tables))
+    print(head.strip(), flush=True)
 
 
 @torch.no_grad()
@@ -241,7 +275,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="DiT-B/2,DiT-S/2,DiT-L/2,DiT-XL/2", help="in order, at each batch size: the deadline may stop the rest")
     p.add_argument("--batches", default="128,256")
-    p.add_argument("--modes", default="reference,ilct")
+    p.add_argument("--modes", default="reference,ilct", help="reference, ilct, and to compare compile "
+                   "settings ilct[blocks|model] or ilct[SCOPE:COMPILE_MODE], e.g. ilct[model:reduce-overhead]")
     p.add_argument("--steps", type=int, default=10, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     p.add_argument("--latent", type=int, default=32, help="latent side (channels are 4)")
@@ -249,8 +284,11 @@ def main() -> None:
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--deadline", type=float, default=0, help="seconds; start no new row after this")
     p.add_argument("--out", default="docs")
-    p.add_argument("--profile", action="store_true", help="also write a torch.profiler table of the first ilct "
-                   "row's timed steps (profile_<model>_<batch>.txt in --out): where a step's time goes")
+    p.add_argument("--no-sampling", action="store_true", help="skip the 1-step sampling rows")
+    p.add_argument("--variant-models", default="", help="measure the ilct[...] modes only for these models "
+                   "(comma-separated; default: all)")
+    p.add_argument("--profile", action="store_true", help="also profile 3 more steps of each ilct row at the "
+                   "first batch size (profile_<model>_<batch>_<mode>.txt in --out): where a step's time goes")
     args = p.parse_args()
 
     t_begin = time.time()
@@ -267,7 +305,6 @@ def main() -> None:
     latents = torch.randn(N_DATA, 4, args.latent, args.latent) * 0.5
     out = Path(args.out)
     batches = [int(b) for b in args.batches.split(",")]
-    profiled = False
     for batch in batches:  # every size at the first batch before any at the second: the deadline cuts the tail
         for arch in args.models.split(","):
             for mode in args.modes.split(","):
@@ -275,6 +312,8 @@ def main() -> None:
                     print(f"deadline reached: {arch} batch {batch} {mode} not measured", flush=True)
                     report["rows"].append({"model": arch, "batch": batch, "mode": mode, "error": "not run (deadline)"})
                     write(report, out)
+                    continue
+                if parse_mode(mode)[1:] != ("blocks", None) and args.variant_models and arch not in args.variant_models.split(","):
                     continue
                 cfg = make_cfg(arch, batch, args.latent, mode, not args.no_compile)
                 row = {"model": arch, "batch": batch, "mode": mode}
@@ -284,13 +323,14 @@ def main() -> None:
                     if mode == "reference":
                         seconds = reference_steps(cfg, device, latents, args.steps, args.warmup)
                     else:
-                        prof = out / f"profile_{arch.replace('/', '')}_{batch}.txt" if args.profile and not profiled else None
-                        profiled = profiled or prof is not None
-                        seconds, _, student = ilct_steps(cfg, device, latents, args.steps, args.warmup, prof)
+                        tag = mode.replace("ilct[", "").replace("]", "").replace(":", "-")
+                        prof = out / f"profile_{arch.replace('/', '')}_{batch}_{tag}.txt" if args.profile and batch == batches[0] else None
+                        _, scope, cmode = parse_mode(mode)
+                        seconds, _, student = ilct_steps(cfg, device, latents, args.steps, args.warmup, prof, scope, cmode)
                     tflops = flops / seconds / 1e12
                     row.update(img_per_s=batch / seconds, ms_per_step=seconds * 1e3, tflops=tflops, mfu=tflops / peak,
                                tflop_per_step=flops / 1e12, wall_s=round(time.time() - t0, 1))
-                    if mode == "ilct" and batch == batches[0]:
+                    if mode == "ilct" and batch == batches[0] and not args.no_sampling:
                         student.eval()
                         for decode in (False, True):
                             report["sampling"].append({"model": arch, "batch": batch, "decode": decode,

@@ -20,13 +20,7 @@ def setup_backends(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def compile_blocks(model: nn.Module) -> nn.Module:
-    """torch.compile every transformer block of the model in place (state-dict keys do not change).
-
-    With dropout, Inductor's own random numbers would differ from eager ones and
-    between the student's and the teacher's graphs; `fallback_random` keeps
-    eager's, so both passes still share their masks (METHOD.md section 3).
-    """
+def _dynamo_settings() -> None:
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
@@ -38,6 +32,34 @@ def compile_blocks(model: nn.Module) -> nn.Module:
         if hasattr(dynamo_config, name):
             setattr(dynamo_config, name, max(64, getattr(dynamo_config, name)))
     dynamo_config.automatic_dynamic_shapes = False
+
+
+def compile_model(model: nn.Module, scope: str = "blocks", mode: str | None = None) -> nn.Module:
+    """torch.compile the network in place: `blocks` (each transformer block, one shared graph) or
+    `model` (the whole forward: embedders, blocks, final layer, one graph per grad mode); `mode` is
+    torch.compile's (None, "max-autotune-no-cudagraphs", "reduce-overhead")."""
+    if scope == "blocks" and mode is None:
+        return compile_blocks(model)
+    _dynamo_settings()
+    if scope == "blocks":
+        for m in model.modules():
+            if type(m).__name__ == "DiTBlock":
+                m.compile(mode=mode)
+    elif scope == "model":
+        model.compile(mode=mode)
+    else:
+        raise ValueError(f"compile scope must be blocks or model, not {scope!r}")
+    return model
+
+
+def compile_blocks(model: nn.Module) -> nn.Module:
+    """torch.compile every transformer block of the model in place (state-dict keys do not change).
+
+    With dropout, Inductor's own random numbers would differ from eager ones and
+    between the student's and the teacher's graphs; `fallback_random` keeps
+    eager's, so both passes still share their masks (METHOD.md section 3).
+    """
+    _dynamo_settings()
     blocks = [m for m in model.modules() if type(m).__name__ == "DiTBlock"]
     if not blocks:
         raise ValueError("compile: no DiT blocks found in the model")

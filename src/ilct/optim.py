@@ -6,7 +6,8 @@ step. Here the decision stays a tensor: `found_inf` (0 or 1, on the device)
 multiplies every change to the parameters and the moments, so a bad step leaves
 them bit-for-bit unchanged and the step counter does not advance. The update
 is torch.optim.RAdam's (L2 weight decay added to the gradient, eps outside the
-square root), written with foreach ops over all parameters at once:
+square root), written with multi-tensor (foreach) ops over all parameters at once, the
+device scalars passed as tensors (a per-parameter loop would launch a kernel per tensor):
 
     g   = grad + wd * theta
     m   = beta1 m + (1 - beta1) g               v = beta2 v + (1 - beta2) g^2
@@ -52,32 +53,48 @@ class RAdam(torch.optim.Optimizer):
             steps = [self.state[p]["step"] for p in params]
             m = [self.state[p]["exp_avg"] for p in params]
             v = [self.state[p]["exp_avg_sq"] for p in params]
-            grads = [p.grad for p in params]
             dtype = params[0].dtype
             keep = torch.ones((), device=dev, dtype=dtype) if found_inf is None else 1.0 - found_inf.to(dev, dtype)
             keep64 = keep.double()
-            if found_inf is not None:  # a non-finite gradient must not reach the moments, even times 0
-                for g in grads:
-                    torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+            # Only multi-tensor (foreach) kernels below, with the device scalars as Tensor operands: a
+            # per-parameter loop costs a kernel launch per tensor, which left the GPU idle (docs/performance.md).
+            # g: an own copy of the gradients, non-finite values zeroed (a NaN must not reach the moments,
+            # even times 0), one flat buffer so that this is two kernels
+            g = _own_grads([p.grad for p in params])
             if group["weight_decay"]:
-                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-            # moments: lerp with weight (1 - beta) * keep; keep = 0 leaves them exactly as they were
-            torch._foreach_lerp_(m, grads, [(1 - beta1) * keep] * len(m))
-            torch._foreach_lerp_(v, torch._foreach_mul(grads, grads), [(1 - beta2) * keep] * len(v))
-            torch._foreach_add_(steps, [keep] * len(steps))
+                torch._foreach_add_(g, params, alpha=group["weight_decay"])
+            torch._foreach_mul_(g, keep)  # keep = 0: g = 0, and the moment updates below change nothing
+            # m <- beta1' m + (1 - beta1) g,  v <- beta2' v + (1 - beta2) g^2,  beta' = 1 - (1 - beta) keep
+            torch._foreach_mul_(m, 1.0 - (1.0 - beta1) * keep)
+            torch._foreach_add_(m, g, alpha=1.0 - beta1)
+            torch._foreach_mul_(v, 1.0 - (1.0 - beta2) * keep)
+            torch._foreach_addcmul_(v, g, g, value=1.0 - beta2)
+            torch._foreach_add_(steps, keep)
             t = steps[0].double()  # all parameters of a group share the count; the schedule in float64
             bc1 = 1 - beta1**t
             bc2 = 1 - beta2**t
             rho_inf = 2 / (1 - beta2) - 1
             rho = rho_inf - 2 * t * beta2**t / bc2
             rect = ((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)).clamp_min(0).sqrt()
-            adaptive = (rho > 5).float()
+            adaptive = (rho > 5).double()
             lr = group["lr"]
-            # theta -= keep * lr / bc1 * m * (adaptive * rect * sqrt(bc2) / (sqrt(v) + eps) + (1 - adaptive))
-            denom = torch._foreach_sqrt(v)
-            torch._foreach_add_(denom, group["eps"])
-            ratio = torch._foreach_div(m, denom)
-            torch._foreach_mul_(ratio, (-keep64 * lr / bc1 * adaptive * rect * bc2.sqrt()).to(dtype))
-            torch._foreach_add_(params, ratio)
-            plain = torch._foreach_mul(m, (-keep64 * lr / bc1 * (1 - adaptive)).to(dtype))
-            torch._foreach_add_(params, plain)
+            # theta += m * (a / (sqrt(v) + eps) + b),  a = -keep lr / bc1 adaptive rect sqrt(bc2),
+            #                                         b = -keep lr / bc1 (1 - adaptive)
+            a = (-keep64 * lr / bc1 * adaptive * rect * bc2.sqrt()).to(dtype)
+            b = (-keep64 * lr / bc1 * (1 - adaptive)).to(dtype)
+            u = torch._foreach_sqrt(v)
+            torch._foreach_add_(u, group["eps"])
+            torch._foreach_reciprocal_(u)
+            torch._foreach_mul_(u, a)
+            torch._foreach_add_(u, b)
+            torch._foreach_mul_(u, m)
+            torch._foreach_add_(params, u)
+
+
+def _own_grads(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A copy of the gradients with NaN/inf set to 0, as views of one flat buffer (per dtype and device)."""
+    if len({(g.dtype, g.device) for g in grads}) > 1:
+        return [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.nan_to_num_(flat, nan=0.0, posinf=0.0, neginf=0.0)
+    return [c.view_as(g) for c, g in zip(flat.split([g.numel() for g in grads]), grads)]

@@ -150,8 +150,10 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, keep:
     m = [p.detach() for p in model.parameters()]
     if keep is None:
         torch._foreach_lerp_(e, m, 1.0 - decay)
-    else:
-        torch._foreach_lerp_(e, m, [(1.0 - decay) * keep] * len(e))
+    else:  # the weight is a device tensor: sub, mul, add are multi-tensor kernels (a per-tensor lerp is not)
+        d = torch._foreach_sub(m, e)
+        torch._foreach_mul_(d, (1.0 - decay) * keep.to(e[0].dtype))
+        torch._foreach_add_(e, d)
 
 
 def training_step(
@@ -168,6 +170,8 @@ def training_step(
     """One update, without a host synchronization: returns (loss, consistency, diffusion) and a 0/1
     tensor `bad` (the loss or gradient was not finite: the update was skipped on the device)."""
     t, me = cfg.train, cfg.method
+    if batch.x.is_cuda:  # a new iteration for CUDA graphs (compiled with mode reduce-overhead); no-op otherwise
+        torch.compiler.cudagraph_mark_step_begin()
     with torch.autocast(device_type=batch.x.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
         if t.objective == "edm":  # the EDM diffusion reference: z is its noise, u its log-normal sigma draw
             diffusion = edm_loss(model, batch.x, batch.z, batch.u, batch.y)

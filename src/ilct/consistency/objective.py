@@ -35,7 +35,9 @@ def student_teacher(model, x_student, sigma_student, x_teacher, sigma_teacher, l
     cpu_state = torch.get_rng_state()
     dev_state = torch.cuda.get_rng_state(x_student.device) if cuda else None
     with torch.no_grad():
-        teacher = model(x_teacher, sigma_teacher, labels)
+        # a copy: under CUDA graphs (torch.compile mode reduce-overhead) the output buffer of the
+        # no-grad graph may be reused before the loss reads it
+        teacher = model(x_teacher, sigma_teacher, labels).clone()
     torch.set_rng_state(cpu_state)
     if cuda:
         torch.cuda.set_rng_state(dev_state, x_student.device)
