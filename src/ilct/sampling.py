@@ -48,12 +48,13 @@ def per_sample_noise(seed: int, indices: range | list[int], shape: tuple[int, ..
 def guided(model, labels: torch.Tensor, w: float, null_label: int):
     """Classifier-free guidance of a conditional f: x, sigma -> f_u + w (f_c - f_u).
 
-    f_c = f(x, sigma, y), f_u = f(x, sigma, null); w = 1 is the conditional model,
+    f_c = f(x, sigma, y), f_u = f(x, sigma, null) (y: class labels or caption embeddings); w = 1 is the conditional model,
     w = 0 the unconditional one. Both evaluations share one batched forward.
     """
     if w == 1.0:
         return lambda x, sigma, _labels=None: model(x, sigma, labels)
-    null = torch.full_like(labels, null_label)
+    # the null condition: the null class, or (caption embeddings) the zero vector
+    null = torch.zeros_like(labels) if labels.is_floating_point() else torch.full_like(labels, null_label)
 
     def f(x: torch.Tensor, sigma: torch.Tensor, _labels=None) -> torch.Tensor:
         if w == 0.0:
@@ -104,11 +105,14 @@ def generate(
     progress: bool = False,
     labels: np.ndarray | list[int] | int | None = None,
     guidance: float = 1.0,
+    text: torch.Tensor | None = None,
 ) -> np.ndarray:
     """n decoded samples as uint8 (n, H, W, C); sample j depends only on (seed, j).
 
     For a class-conditional model, `labels` (one class for all, or one per sample)
     with classifier-free guidance weight `guidance`; None draws unconditionally (the null class).
+    For a text-conditional one, `text`: caption embeddings (ilct.text.TextEncoder), one row for all
+    samples or one per sample, with the same guidance; None draws unconditionally (the null caption).
     """
     from tqdm import tqdm
 
@@ -126,6 +130,14 @@ def generate(
         y_all = np.full(n, K, dtype=np.int64) if labels is None else np.array(np.broadcast_to(np.asarray(labels, np.int64), (n,)))
         if ((y_all < 0) | (y_all > K)).any():
             raise ValueError(f"class labels must lie in 0..{K - 1}")
+    T = cfg.model.text_dim
+    if text is not None and T <= 0:
+        raise ValueError("text given, but the model is not text-conditional (model.text_dim = 0)")
+    if T > 0:
+        e = torch.zeros(1, T) if text is None else torch.as_tensor(text, dtype=torch.float32).reshape(-1, T)
+        if e.shape[0] not in (1, n):
+            raise ValueError(f"text: one embedding or one per sample ({n}), got {e.shape[0]}")
+        e_all = e.expand(n, T)
     out = []
     for start in tqdm(range(0, n, batch_size), desc=f"sample {steps}-step", disable=not progress, dynamic_ncols=True):
         idx = range(start, min(start + batch_size, n))
@@ -133,6 +145,9 @@ def generate(
         if K > 0:
             y = torch.from_numpy(np.ascontiguousarray(y_all[start:start + len(idx)])).to(device)
             f = guided(model, y, guidance, K) if labels is not None else guided(model, y, 1.0, K)
+        elif T > 0:
+            y = e_all[start:start + len(idx)].contiguous().to(device)
+            f = guided(model, y, guidance if text is not None else 1.0, 0)
         if edm:
             from ilct.edm import heun_sample
 

