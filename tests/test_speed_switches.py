@@ -43,3 +43,18 @@ def test_bf16_stays_within_bf16_tolerance(tmp_path, tiny_autoencoder, fake_fmnis
     bf16 = run(tmp_path, "bf16", tiny_autoencoder, fake_fmnist, precision="bf16")
     assert bf16 == pytest.approx(fp32, rel=5e-2)
     assert bf16 != fp32  # autocast really ran in bf16
+
+
+def test_cuda_graphs_need_compile_and_fall_back_to_compiled_blocks_on_a_cpu(tmp_path, tiny_autoencoder, fake_fmnist,
+                                                                            monkeypatch, capsys):
+    import ilct.train as train_module
+    from ilct.config import load_config
+    from ilct.errors import IlctError
+
+    with pytest.raises(IlctError, match="train.cuda_graphs needs train.compile=true"):
+        load_config("fmnist-ilct", ["train.cuda_graphs=true"])
+    calls = []
+    monkeypatch.setattr(train_module, "compile_blocks", lambda m: calls.append("blocks") or m)
+    monkeypatch.setattr(train_module, "compile_model", lambda m, *a: calls.append(("model", *a)) or m)
+    run(tmp_path, "graphs", tiny_autoencoder, fake_fmnist, compile=True, cuda_graphs=True)
+    assert calls == ["blocks"]  # no CUDA here: CUDA graphs cannot be used, the blocks are compiled instead

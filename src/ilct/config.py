@@ -105,6 +105,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     precision: str = "fp32"  # fp32 | bf16 (autocast; the loss maths stay fp32)
     compile: bool = False  # torch.compile each transformer block (ilct.accel)
+    cuda_graphs: bool = False  # with compile, on CUDA: the whole network with CUDA graphs (mode reduce-overhead)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     log_every: int = 100
@@ -143,6 +144,7 @@ RUNTIME_KEYS = frozenset(
     {
         "train.device",
         "train.compile",
+        "train.cuda_graphs",
         "train.log_every",
         "train.sample_every",
         "train.ckpt_every",
@@ -316,6 +318,7 @@ def validate(cfg: Config) -> None:
     need(c.c_scale > 0, "consistency.c_scale", "must be > 0")
     need(me.diffusion_weight >= 0, "method.diffusion_weight", "must be >= 0")
     need(0.0 <= me.diffusion_fraction <= 1.0, "method.diffusion_fraction", "must be in [0, 1]")
+    need(t.compile or not t.cuda_graphs, "train.cuda_graphs", "needs train.compile=true")
     need(t.total_steps >= 1, "train.total_steps", "must be >= 1")
     need(t.batch_size >= 1, "train.batch_size", "must be >= 1")
     need(t.lr > 0, "train.lr", "must be > 0")

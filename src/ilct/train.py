@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ilct import checkpoint as ckpt
 from ilct import distributed, faults
-from ilct.accel import compile_blocks, setup_backends
+from ilct.accel import compile_blocks, compile_model, setup_backends
 from ilct.autoencoders import load_autoencoder
 from ilct.batches import Batch, BatchMaker, Prefetcher, step_seed
 from ilct.config import RUNTIME_KEYS, Config, config_from_yaml_file, dump_config, latent_dim
@@ -333,8 +333,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     distributed.barrier(dist)
 
     student: torch.nn.Module = model
-    if t.compile:
-        compile_blocks(model)
+    if t.compile and t.cuda_graphs and device.type == "cuda":
+        if dist.active:
+            raise IlctError("train.cuda_graphs is not supported under torchrun; use train.compile alone")
+        compile_model(model, "model", "reduce-overhead")  # launch-bound small models: docs/performance.md
+    elif t.compile:
+        compile_blocks(model)  # (cuda_graphs on a CPU: CUDA graphs need a GPU, the blocks are compiled)
     if dist.active:
         student = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
 
