@@ -62,8 +62,9 @@ def main() -> None:
     p.add_argument("--per-prompt", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", required=True)
+    p.add_argument("--figure", help="PNG: near and cos against w, seen and held-out prompts, per step count")
     p.add_argument("--grid", help="path prefix: <prefix>_seen.png and <prefix>_heldout.png, one row per prompt "
-                   "(the first 8 prompts) at the w with the best near score, 1 step")
+                   "(the first 8 prompts: the real emoji, then its samples) at the w with the best near score, 1 step")
     args = p.parse_args()
 
     t0 = time.time()
@@ -104,9 +105,31 @@ def main() -> None:
     def chance(prompt: str) -> tuple[float, float]:
         return float(np.mean(train_caps_arr == prompt)), float(np.mean([c in near[prompt] for c in train_caps]))
 
+    def score(kind: str, ps: list[str], nn_caps: list[str], per: int) -> dict:
+        exact, close, cos = [], [], []
+        for k, prompt in enumerate(ps):
+            got = nn_caps[k * per:(k + 1) * per]
+            exact.append(np.mean([g == prompt for g in got]))
+            close.append(np.mean([g in near[prompt] for g in got]))
+            cos.append(float((cap_emb[[pos[g] for g in got]] @ prompt_emb[kind][k]).mean()))
+        ch = [chance(pr) for pr in ps]
+        return {"exact": float(np.mean(exact)), "near": float(np.mean(close)), "cos": float(np.mean(cos)),
+                "chance_exact": float(np.mean([c[0] for c in ch])), "chance_near": float(np.mean([c[1] for c in ch])),
+                "chance_cos": float((prompt_emb[kind] @ mean_train_emb).mean())}
+
+    # calibration: the real images of the held-out prompts (one each) scored the same way: what a
+    # generator that draws exactly the prompt's emoji would get (seen prompts would score 1: they are in the bank)
+    rows, grids = [], {}
+    if heldout:
+        first = {c: j for j, c in reversed(list(enumerate(captions)))}
+        real = data.images_at(np.asarray([first[c] for c in heldout]))
+        row = {"prompts": "held-out", "steps": None, "w": None, "source": "real images of the prompts",
+               **score("held-out", heldout, [train_caps[j] for j in nearest(features(real), bank).tolist()], 1),
+               "n": len(real)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     weights = [float(w) for w in args.weights.split(",")]
     steps_list = [int(s) for s in args.steps.split(",")]
-    rows, grids = [], {}
     for steps in steps_list:
         for w in weights:
             for kind, ps in prompt_sets.items():
@@ -117,17 +140,7 @@ def main() -> None:
                     imgs = generate(run.model, run.autoencoder, run.stats, cfg, len(text), steps, args.seed,
                                     256, text=None if w == 0 else text, guidance=w if w else 1.0)
                 nn_caps = [train_caps[j] for j in nearest(features(imgs), bank).tolist()]
-                exact, close, cos = [], [], []
-                for k, prompt in enumerate(ps):
-                    got = nn_caps[k * args.per_prompt:(k + 1) * args.per_prompt]
-                    exact.append(np.mean([g == prompt for g in got]))
-                    close.append(np.mean([g in near[prompt] for g in got]))
-                    cos.append(float((cap_emb[[pos[g] for g in got]] @ prompt_emb[kind][k]).mean()))
-                ch = [chance(pr) for pr in ps]
-                row = {"prompts": kind, "steps": steps, "w": w, "exact": float(np.mean(exact)),
-                       "near": float(np.mean(close)), "cos": float(np.mean(cos)), "chance_exact": float(np.mean([c[0] for c in ch])),
-                       "chance_near": float(np.mean([c[1] for c in ch])),
-                       "chance_cos": float((prompt_emb[kind] @ mean_train_emb).mean()), "n": len(imgs)}
+                row = {"prompts": kind, "steps": steps, "w": w, **score(kind, ps, nn_caps, args.per_prompt), "n": len(imgs)}
                 rows.append(row)
                 grids[(kind, steps, w)] = imgs
                 print(json.dumps(row), flush=True)
@@ -140,17 +153,55 @@ def main() -> None:
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.grid:
         for kind, tag in (("seen", "seen"), ("held-out", "heldout")):
-            cands = [r for r in rows if r["prompts"] == kind and r["steps"] == steps_list[0]]
+            cands = [r for r in rows if r["prompts"] == kind and r["steps"] == steps_list[0] and r["w"]]
             if not cands:
                 continue
             best = max(cands, key=lambda r: r["near"])
             imgs = grids[(kind, steps_list[0], best["w"])][: 8 * args.per_prompt]
+            shown = prompt_sets[kind][: len(imgs) // args.per_prompt]
+            first = {c: j for j, c in reversed(list(enumerate(captions)))}
+            real = data.images_at(np.asarray([first[c] for c in shown]))  # column 0: the prompt's own emoji
+            rows_img = [np.concatenate([real[k:k + 1], imgs[k * args.per_prompt:(k + 1) * args.per_prompt]])
+                        for k in range(len(shown))]
             Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
-            save_png(make_grid(imgs, cols=args.per_prompt), f"{args.grid}_{tag}.png", scale=1)
+            save_png(make_grid(np.concatenate(rows_img), cols=args.per_prompt + 1), f"{args.grid}_{tag}.png", scale=1)
             report.setdefault("grids", {})[kind] = {"file": f"{args.grid}_{tag}.png", "w": best["w"],
                                                     "steps": steps_list[0], "rows": prompt_sets[kind][:8]}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.figure:
+        plot(rows, steps_list, args.figure)
     print(f"done in {time.time() - t0:.0f} s -> {args.json}")
+
+
+def plot(rows: list[dict], steps_list: list[int], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for kind, marker in (("seen", "o"), ("held-out", "s")):
+        for s in steps_list:
+            r = [x for x in rows if x["prompts"] == kind and x["steps"] == s and x["w"] is not None]
+            if not r:
+                continue
+            a1.plot([x["w"] for x in r], [x["near"] for x in r], marker=marker, label=f"{kind}, {s} NFE")
+            a2.plot([x["w"] for x in r], [x["cos"] for x in r], marker=marker, label=f"{kind}, {s} NFE")
+        r = [x for x in rows if x["prompts"] == kind and x["w"] is not None]
+        if r:
+            a1.axhline(r[0]["chance_near"], color="gray", lw=0.8, ls=":" if kind == "seen" else "--")
+            a2.axhline(r[0]["chance_cos"], color="gray", lw=0.8, ls=":" if kind == "seen" else "--")
+    a1.set_xlabel("guidance w (0 = unconditional)")
+    a1.set_ylabel(f"near: nearest training image has one of the prompt's {NEAR_K} nearest captions")
+    a1.set_title("retrieval (gray: chance)", fontsize=10)
+    a1.legend(fontsize=7)
+    a2.set_xlabel("guidance w (0 = unconditional)")
+    a2.set_ylabel("cos(prompt, caption of the nearest training image)")
+    a2.set_title("caption similarity (gray: chance)", fontsize=10)
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
