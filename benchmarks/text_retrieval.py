@@ -192,7 +192,7 @@ def plot(rows: list[dict], steps_list: list[int], path: str) -> None:
             a1.axhline(r[0]["chance_near"], color="gray", lw=0.8, ls=":" if kind == "seen" else "--")
             a2.axhline(r[0]["chance_cos"], color="gray", lw=0.8, ls=":" if kind == "seen" else "--")
     a1.set_xlabel("guidance w (0 = unconditional)")
-    a1.set_ylabel(f"near: nearest training image has one of the prompt's {NEAR_K} nearest captions")
+    a1.set_ylabel(f"near (caption among the prompt's {NEAR_K} nearest)")
     a1.set_title("retrieval (gray: chance)", fontsize=10)
     a1.legend(fontsize=7)
     a2.set_xlabel("guidance w (0 = unconditional)")
