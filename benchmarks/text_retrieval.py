@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch
 from ilct.grid import make_grid, save_png
 from ilct.run import load_dataset, open_run
 from ilct.sampling import generate
-from ilct.text import TextEncoder
+from ilct.text import TextEncoder, kept_indices
 
 FEATURE_SIDE = 16
 NEAR_K = 5
@@ -76,9 +75,9 @@ def main() -> None:
     captions = list(data.captions or [])
     if not captions:
         raise SystemExit("the run's dataset has no captions")
-    rx = re.compile(cfg.data.caption_holdout) if cfg.data.caption_holdout else None
-    train_idx = [j for j, c in enumerate(captions) if not (rx and rx.search(c))]
-    held = sorted({c for c in captions if rx and rx.search(c)})
+    train_idx = kept_indices(captions, cfg.data.caption_holdout) if cfg.data.caption_holdout else list(range(len(captions)))
+    held = sorted(set(captions) - {captions[j] for j in train_idx})
+    first = {c: j for j, c in reversed(list(enumerate(captions)))}  # caption -> its first image
     train_caps = [captions[j] for j in train_idx]
     bank = features(data.images_at(np.asarray(train_idx)))
 
@@ -121,7 +120,6 @@ def main() -> None:
     # generator that draws exactly the prompt's emoji would get (seen prompts would score 1: they are in the bank)
     rows, grids = [], {}
     if heldout:
-        first = {c: j for j, c in reversed(list(enumerate(captions)))}
         real = data.images_at(np.asarray([first[c] for c in heldout]))
         row = {"prompts": "held-out", "steps": None, "w": None, "source": "real images of the prompts",
                **score("held-out", heldout, [train_caps[j] for j in nearest(features(real), bank).tolist()], 1),
@@ -159,7 +157,6 @@ def main() -> None:
             best = max(cands, key=lambda r: r["near"])
             imgs = grids[(kind, steps_list[0], best["w"])][: 8 * args.per_prompt]
             shown = prompt_sets[kind][: len(imgs) // args.per_prompt]
-            first = {c: j for j, c in reversed(list(enumerate(captions)))}
             real = data.images_at(np.asarray([first[c] for c in shown]))  # column 0: the prompt's own emoji
             rows_img = [np.concatenate([real[k:k + 1], imgs[k * args.per_prompt:(k + 1) * args.per_prompt]])
                         for k in range(len(shown))]

@@ -68,3 +68,18 @@ def second_autoencoder(out: Path, data: Path, seed: int) -> Path:
     assert main(["autoencoder", "--out", str(out), "--data-dir", str(data), "--steps", "1", "--seed", str(seed),
                  "--no-progress", "--device", "cpu"]) == 0
     return out
+
+
+def conditioned_dit(**kwargs):
+    """A small DiT (eval mode) with random linear weights everywhere, adaLN-Zero's zero start undone,
+    so that its condition (labels or text) changes the output."""
+    import torch
+
+    from ilct.nets.dit import build_dit
+
+    torch.manual_seed(0)
+    net = build_dit("DiT-T/4", 8, 4, class_dropout=0.1, **kwargs)
+    for m in net.modules():
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=0.05)
+    return net.eval()

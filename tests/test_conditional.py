@@ -8,9 +8,10 @@ import pytest
 import torch
 import yaml
 
+from conftest import conditioned_dit
 from ilct.cli import main
 from ilct.config import load_config
-from ilct.nets.dit import LabelEmbedder, build_dit
+from ilct.nets.dit import LabelEmbedder
 from ilct.sampling import consistency_sample, guided
 
 
@@ -27,17 +28,8 @@ def test_label_dropout_replaces_labels_by_the_null_class_only_in_training():
     assert not (LabelEmbedder(10, 8, 0.0)(y, train=True).detach() == table[10]).all(dim=1).any()
 
 
-def conditional_model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    net = build_dit("DiT-T/4", 8, 4, num_classes=10, class_dropout=0.1)
-    for m in net.modules():  # leave adaLN-Zero's zero start so that the label matters
-        if isinstance(m, torch.nn.Linear):
-            torch.nn.init.normal_(m.weight, std=0.05)
-    return net.eval()
-
-
 def test_guidance_zero_and_one_are_the_unconditional_and_conditional_models():
-    net = conditional_model()
+    net = conditioned_dit(num_classes=10)
     x, s = torch.randn(6, 4, 8, 8), torch.full((6,), 2.0)
     y = torch.tensor([0, 1, 2, 3, 4, 5])
     null = torch.full_like(y, 10)

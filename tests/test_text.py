@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import conditioned_dit
 from ilct.cli import main
 from ilct.config import load_config
 from ilct.errors import IlctError
@@ -90,17 +91,8 @@ def test_caption_dropout_and_the_null_caption():
     assert (emb(zero, train=False).detach() == emb.null.detach()).all()  # zeros = no caption = null
 
 
-def text_model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    net = build_dit("DiT-T/4", 8, 4, text_dim=16, class_dropout=0.1)
-    for m in net.modules():  # leave adaLN-Zero's zero start so that the caption matters
-        if isinstance(m, torch.nn.Linear):
-            torch.nn.init.normal_(m.weight, std=0.05)
-    return net.eval()
-
-
 def test_text_guidance_zero_and_one_are_the_unconditional_and_conditional_models():
-    net = text_model()
+    net = conditioned_dit(text_dim=16)
     x, s = torch.randn(5, 4, 8, 8), torch.full((5,), 2.0)
     e = torch.nn.functional.normalize(torch.randn(5, 16), dim=1)
     with torch.no_grad():

@@ -38,21 +38,16 @@ def compile_model(model: nn.Module, scope: str = "blocks", mode: str | None = No
     """torch.compile the network in place: `blocks` (each transformer block, one shared graph) or
     `model` (the whole forward: embedders, blocks, final layer, one graph per grad mode); `mode` is
     torch.compile's (None, "max-autotune-no-cudagraphs", "reduce-overhead")."""
-    if scope == "blocks" and mode is None:
-        return compile_blocks(model)
-    _dynamo_settings()
     if scope == "blocks":
-        for m in model.modules():
-            if type(m).__name__ == "DiTBlock":
-                m.compile(mode=mode)
-    elif scope == "model":
-        model.compile(mode=mode)
-    else:
+        return compile_blocks(model, mode)
+    if scope != "model":
         raise ValueError(f"compile scope must be blocks or model, not {scope!r}")
+    _dynamo_settings()
+    model.compile(mode=mode)
     return model
 
 
-def compile_blocks(model: nn.Module) -> nn.Module:
+def compile_blocks(model: nn.Module, mode: str | None = None) -> nn.Module:
     """torch.compile every transformer block of the model in place (state-dict keys do not change).
 
     With dropout, Inductor's own random numbers would differ from eager ones and
@@ -64,5 +59,5 @@ def compile_blocks(model: nn.Module) -> nn.Module:
     if not blocks:
         raise ValueError("compile: no DiT blocks found in the model")
     for block in blocks:
-        block.compile()
+        block.compile(mode=mode)
     return model

@@ -82,6 +82,20 @@ class TextEncoder:
         return out.float().cpu()
 
 
+def kept_indices(captions: list[str], holdout: str) -> list[int]:
+    """Indices of the captions that the regex `holdout` does not match (data.caption_holdout)."""
+    import re
+
+    try:
+        rx = re.compile(holdout)
+    except re.error as e:
+        raise IlctError(f"config: data.caption_holdout is not a regular expression: {e}") from None
+    kept = [j for j, cap in enumerate(captions) if not rx.search(cap)]
+    if not kept:
+        raise IlctError(f"config: data.caption_holdout={holdout!r} holds out every image")
+    return kept
+
+
 def captions_digest(captions: list[str]) -> str:
     return hashlib.sha256("\n".join(captions).encode()).hexdigest()[:16]
 

@@ -267,15 +267,13 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
             raise IlctError(f"config: model.num_classes={cfg.model.num_classes} but the labels go up to "
                             f"{int(latent_set.labels.max())}")
     labels = latent_set.labels if cfg.model.num_classes > 0 else None
-    if cfg.data.caption_holdout:  # checked before the (slow) caption embeddings
-        import re
-
+    kept = None
+    if cfg.data.caption_holdout:  # held-out prompts: their images are never trained on (checked before the embeddings)
         if not latent_set.captions:
             raise IlctError("config: data.caption_holdout is set but the latents carry no captions")
-        try:
-            rx = re.compile(cfg.data.caption_holdout)
-        except re.error as e:
-            raise IlctError(f"config: data.caption_holdout is not a regular expression: {e}") from None
+        from ilct.text import kept_indices
+
+        kept = torch.tensor(kept_indices(latent_set.captions, cfg.data.caption_holdout), dtype=torch.long)
     if cfg.model.text_dim > 0:  # text-conditional: caption embeddings, cached with the latents
         if not latent_set.captions:
             raise IlctError("config: model.text_dim is set but the latents carry no captions (the emoji dataset has them)")
@@ -285,10 +283,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
         if labels.shape[1] != cfg.model.text_dim:
             raise IlctError(f"config: model.text_dim={cfg.model.text_dim} but the text encoder gives {labels.shape[1]}-d embeddings")
     n_data = len(latent_set)
-    if cfg.data.caption_holdout:  # held-out prompts: their images are never trained on
-        kept = torch.tensor([j for j, cap in enumerate(latent_set.captions) if not rx.search(cap)], dtype=torch.long)
-        if len(kept) == 0:
-            raise IlctError(f"config: data.caption_holdout={cfg.data.caption_holdout!r} holds out every image")
+    if kept is not None:
         if main:
             print(f"caption_holdout {cfg.data.caption_holdout!r}: training on {len(kept)} of {n_data} latents", flush=True)
         base_gather, n_data = gather, len(kept)
