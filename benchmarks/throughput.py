@@ -10,8 +10,13 @@ techniques on, OT coupling included). Two modes, measured in the same process:
                on the host), the loss read back every step (.item()): the authors' loop
     ilct       ilct.train.training_step as `ilct train` runs it: bf16 autocast (loss
                maths in fp32), every block torch.compile'd, batches drawn and
-               OT-coupled ahead in a thread, the device-side skipping RAdam, no host
-               synchronization inside the step
+               OT-coupled ahead in a worker process, the device-side skipping RAdam
+               over flat weights as one compiled kernel and the EMA as one lerp
+               (train.fused_optimizer), no host synchronization inside the step
+
+Variants of the ilct mode, for comparisons in the same run: `ilct[model:reduce-overhead]`
+(another torch.compile scope and mode) and `+KEY=VALUE` config overrides, e.g.
+`ilct+train.fused_optimizer=false` (see parse_mode).
 
 FLOPs per step are counted with torch.utils.flop_counter on the eager model
 (at a small batch, scaled linearly); the peak is a large bf16 matrix product
@@ -44,9 +49,8 @@ from ilct.config import load_config, latent_dim
 from ilct.consistency.coupling import ot_cost
 from ilct.consistency.objective import consistency_training_loss
 from ilct.consistency.schedule import karras_sigmas, num_levels, scaling_c
-from ilct.optim import RAdam
 from ilct.run import build_model, make_ema
-from ilct.train import ema_update, training_step
+from ilct.train import ema_update, make_student, training_step
 
 N_DATA = 2048  # synthetic latents the batches are drawn from
 
@@ -87,23 +91,30 @@ def measure_peak(device: torch.device, n: int = 8192, reps: int = 20) -> float:
     return 2 * n**3 / best / 1e12
 
 
-def parse_mode(mode: str) -> tuple[str, str, str | None]:
-    """`reference`, `ilct` (as `ilct train` runs) or `ilct[SCOPE]` / `ilct[SCOPE:MODE]`: the ilct step with
-    another torch.compile scope (blocks, model) and mode (e.g. reduce-overhead), to compare them."""
-    if mode in ("reference", "ilct"):
-        return mode, "blocks", None
-    if mode.startswith("ilct[") and mode.endswith("]"):
-        scope, _, cmode = mode[5:-1].partition(":")
+def parse_mode(mode: str) -> tuple[str, str, str | None, list[str]]:
+    """`reference`, `ilct` (as `ilct train` runs), `ilct[SCOPE]` / `ilct[SCOPE:MODE]` (the ilct step with
+    another torch.compile scope, blocks or model, and mode, e.g. reduce-overhead), each ilct form optionally
+    followed by `+KEY=VALUE` config overrides (e.g. `ilct+train.fused_optimizer=false`), to compare them.
+    Returns (kind, scope, compile mode, overrides)."""
+    head, *overrides = mode.split("+")
+    if head == "reference" and not overrides:
+        return "reference", "blocks", None, []
+    if head == "ilct":
+        return "ilct", "blocks", None, overrides
+    if head.startswith("ilct[") and head.endswith("]"):
+        scope, _, cmode = head[5:-1].partition(":")
         if scope in ("blocks", "model"):
-            return "ilct", scope, cmode or None
-    raise SystemExit(f"unknown mode {mode!r}: reference, ilct, ilct[blocks|model] or ilct[SCOPE:COMPILE_MODE]")
+            return "ilct", scope, cmode or None, overrides
+    raise SystemExit(f"unknown mode {mode!r}: reference, ilct, ilct[blocks|model] or ilct[SCOPE:COMPILE_MODE], "
+                     "the ilct ones optionally with +KEY=VALUE overrides")
 
 
 def make_cfg(arch: str, batch: int, latent: int, mode: str, compile_: bool):
-    ilct = parse_mode(mode)[0] == "ilct"
+    kind, _, _, overrides = parse_mode(mode)
+    ilct = kind == "ilct"
     cfg = load_config("ilct", [f"model.arch={arch}", f"train.batch_size={batch}",
                                "train.precision=" + ("bf16" if ilct else "fp32"),
-                               f"train.compile={'true' if (compile_ and ilct) else 'false'}"])
+                               f"train.compile={'true' if (compile_ and ilct) else 'false'}", *overrides])
     cfg.model.in_channels, cfg.model.input_size = 4, latent
     return cfg
 
@@ -161,10 +172,8 @@ def reference_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: in
 def ilct_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: int, profile_to: Path | None = None,
                scope: str = "blocks", compile_mode: str | None = None):
     """ilct.train.training_step with the prefetcher; returns (seconds per step, the EMA model, the student)."""
-    model = build_model(cfg).to(device).train()
-    ema = make_ema(model)
+    model, ema, opt = make_student(cfg, device)
     t, c, me = cfg.train, cfg.consistency, cfg.method
-    opt = RAdam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
     if t.compile:
         compile_model(model, scope, compile_mode)
     maker = BatchMaker(latents.__getitem__, len(latents), tuple(latents.shape[1:]), None, t.batch_size, 0,
@@ -313,7 +322,7 @@ def main() -> None:
                     report["rows"].append({"model": arch, "batch": batch, "mode": mode, "error": "not run (deadline)"})
                     write(report, out)
                     continue
-                if parse_mode(mode)[1:] != ("blocks", None) and args.variant_models and arch not in args.variant_models.split(","):
+                if mode != "ilct" and mode != "reference" and args.variant_models and arch not in args.variant_models.split(","):
                     continue
                 cfg = make_cfg(arch, batch, args.latent, mode, not args.no_compile)
                 row = {"model": arch, "batch": batch, "mode": mode}
@@ -323,9 +332,9 @@ def main() -> None:
                     if mode == "reference":
                         seconds = reference_steps(cfg, device, latents, args.steps, args.warmup)
                     else:
-                        tag = mode.replace("ilct[", "").replace("]", "").replace(":", "-")
+                        tag = mode.replace("ilct[", "").replace("]", "").replace(":", "-").replace("+", "_").replace("=", "-")
                         prof = out / f"profile_{arch.replace('/', '')}_{batch}_{tag}.txt" if args.profile and batch == batches[0] else None
-                        _, scope, cmode = parse_mode(mode)
+                        _, scope, cmode, _ = parse_mode(mode)
                         seconds, _, student = ilct_steps(cfg, device, latents, args.steps, args.warmup, prof, scope, cmode)
                     tflops = flops / seconds / 1e12
                     row.update(img_per_s=batch / seconds, ms_per_step=seconds * 1e3, tflops=tflops, mfu=tflops / peak,

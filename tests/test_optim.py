@@ -5,6 +5,9 @@ import copy
 import pytest
 import torch
 
+from ilct import flat
+from ilct.checkpoint import optimizer_from_files, optimizer_to_files
+from ilct.files import read_tensors, save_tensors
 from ilct.optim import RAdam
 
 
@@ -38,8 +41,37 @@ def test_matches_torch_radam_through_the_rectification_switch(dtype):
         torch.testing.assert_close(ob.state[q]["exp_avg_sq"], oa.state[p]["exp_avg_sq"], atol=tol, rtol=tol)
 
 
-def test_a_skipped_step_changes_nothing_even_with_nan_gradients():
+@pytest.mark.parametrize("compile_", [False, True])
+def test_flat_weights_match_torch_radam_in_one_flat_update(compile_):
+    a = net()
+    b = copy.deepcopy(a)
+    buf = flat.flatten_(b)
+    oa = torch.optim.RAdam(a.parameters(), lr=1e-2, eps=1e-4, weight_decay=1e-4)
+    ob = RAdam(b.parameters(), lr=1e-2, eps=1e-4, weight_decay=1e-4, compile=compile_)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(12):
+        x = torch.randn(4, 5, generator=g)
+        grad_step(a, x)
+        grad_step(b, x)
+        oa.step()
+        ob.step(torch.zeros(()))
+    theta, _, m, v, step = ob._flat[0][1]  # the flat path ran, over the model's own buffer
+    assert theta.data_ptr() == buf.data_ptr() and step.item() == 12
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(ob.state[q]["exp_avg"], oa.state[p]["exp_avg"], atol=1e-6, rtol=1e-6)
+    state = [ob.state[q] for q in b.parameters()]  # the state holds views of the flat moments
+    assert flat.flat_buffer([st["exp_avg_sq"] for st in state]).data_ptr() == v.data_ptr()
+    assert flat.flat_buffer([st["exp_avg"] for st in state]).data_ptr() == m.data_ptr()
+    n = sum(p.numel() for p in b.parameters())
+    assert (buf != 0).sum() <= n and (m != 0).sum() <= n  # the alignment gaps stay zero
+
+
+@pytest.mark.parametrize("flat_", [False, True])
+def test_a_skipped_step_changes_nothing_even_with_nan_gradients(flat_):
     model = net()
+    if flat_:
+        flat.flatten_(model)
     opt = RAdam(model.parameters(), lr=1e-2, weight_decay=1e-4)
     x = torch.randn(4, 5)
     for _ in range(3):
@@ -59,6 +91,36 @@ def test_a_skipped_step_changes_nothing_even_with_nan_gradients():
     grad_step(model, x)  # and the next good step is a normal one
     opt.step(torch.zeros(()))
     assert opt.state_dict()["state"][0]["step"].item() == 4
+    assert (opt._flat[0][1] is not None) == flat_
+
+
+def test_flat_state_survives_a_checkpoint_round_trip(tmp_path):
+    """Saved through the checkpoint files (views and one shared step tensor become plain tensors), loaded
+    into a fresh flat optimizer: the run continues exactly as without the break."""
+    a = net()
+    flat.flatten_(a)
+    oa = RAdam(a.parameters(), lr=1e-2, weight_decay=1e-4)
+    x = torch.randn(4, 5)
+    for _ in range(3):
+        grad_step(a, x)
+        oa.step(torch.zeros(()))
+    tensors, meta = optimizer_to_files(oa)
+    save_tensors(tensors, tmp_path / "opt.safetensors")
+    save_tensors(a.state_dict(), tmp_path / "model.safetensors")
+    b = net()
+    flat.flatten_(b)
+    b.load_state_dict(read_tensors(tmp_path / "model.safetensors"))
+    assert flat.module_buffer(b) is not None  # loading copies into the views
+    ob = RAdam(b.parameters(), lr=1e-2, weight_decay=1e-4)
+    ob.load_state_dict(optimizer_from_files(read_tensors(tmp_path / "opt.safetensors"), meta))
+    for _ in range(3):
+        grad_step(a, x)
+        grad_step(b, x)
+        oa.step(torch.zeros(()))
+        ob.step(torch.zeros(()))
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    assert ob._flat[0][1] is not None and ob.state_dict()["state"][3]["step"].item() == 6
 
 
 def test_loads_a_torch_radam_checkpoint():

@@ -33,9 +33,17 @@ def test_compile_gives_the_same_losses(tmp_path, tiny_autoencoder, fake_fmnist):
 
     counters.clear()
     compiled = run(tmp_path, "compiled", tiny_autoencoder, fake_fmnist, compile=True)
-    assert counters["stats"]["unique_graphs"] >= 2  # the blocks were compiled: a training and a no-grad graph
+    # the blocks were compiled (a training and a no-grad graph), and the flat RAdam update
+    assert counters["stats"]["unique_graphs"] >= 3
     assert len(eager) == 4
     assert compiled == pytest.approx(eager, rel=1e-4)  # fp32 kernels fused differently: rounding only
+
+
+def test_fused_optimizer_gives_the_same_losses(tmp_path, tiny_autoencoder, fake_fmnist):
+    fused = run(tmp_path, "fused", tiny_autoencoder, fake_fmnist)  # train.fused_optimizer is on by default
+    lists = run(tmp_path, "lists", tiny_autoencoder, fake_fmnist, fused_optimizer=False)
+    assert len(fused) == 4 and len(set(fused)) == 4
+    assert fused == lists  # eager: the same elementwise operations on flat buffers as on lists of tensors
 
 
 def test_bf16_stays_within_bf16_tolerance(tmp_path, tiny_autoencoder, fake_fmnist):

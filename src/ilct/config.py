@@ -106,6 +106,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast; the loss maths stay fp32)
     compile: bool = False  # torch.compile each transformer block (ilct.accel)
     cuda_graphs: bool = False  # with compile, on CUDA: the whole network with CUDA graphs (mode reduce-overhead)
+    fused_optimizer: bool = True  # weights in one flat buffer (ilct.flat): RAdam and EMA as a few kernels, one with compile
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     log_every: int = 100
@@ -145,6 +146,7 @@ RUNTIME_KEYS = frozenset(
         "train.device",
         "train.compile",
         "train.cuda_graphs",
+        "train.fused_optimizer",
         "train.log_every",
         "train.sample_every",
         "train.ckpt_every",

@@ -19,12 +19,13 @@ def _tmp_name(path: Path) -> Path:
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file via a temporary name, fsync, rename."""
+    """Write a safetensors file via a temporary name, fsync, rename. Each tensor is copied on its own
+    (views of one buffer, ilct.flat, or one tensor under several names are stored as separate tensors)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        save_file({k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}, str(tmp), metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -6,8 +6,7 @@ step. Here the decision stays a tensor: `found_inf` (0 or 1, on the device)
 multiplies every change to the parameters and the moments, so a bad step leaves
 them bit-for-bit unchanged and the step counter does not advance. The update
 is torch.optim.RAdam's (L2 weight decay added to the gradient, eps outside the
-square root), written with multi-tensor (foreach) ops over all parameters at once, the
-device scalars passed as tensors (a per-parameter loop would launch a kernel per tensor):
+square root):
 
     g   = grad + wd * theta
     m   = beta1 m + (1 - beta1) g               v = beta2 v + (1 - beta2) g^2
@@ -17,6 +16,17 @@ device scalars passed as tensors (a per-parameter loop would launch a kernel per
                                     1                                           otherwise)
     r_t = sqrt((rho - 4)(rho - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho))
 
+`radam_update_` writes it once, with multi-tensor (foreach) ops and the device
+scalars as tensors (a per-parameter loop would launch a kernel per tensor). Two
+ways to call it:
+
+- the parameters are views of one flat buffer (ilct.flat, `train.fused_optimizer`):
+  the gradients are copied into one flat buffer, the moments are flat too, and the
+  update is a function of four flat tensors; with `compile=True` torch.compile
+  fuses it into one kernel (one pass over the weights instead of about 35);
+- any other parameters: lists of tensors, the gradients copied into one flat
+  scratch buffer with NaN/inf zeroed.
+
 The state keys (`step`, `exp_avg`, `exp_avg_sq`) are torch.optim.RAdam's, so
 checkpoints of either load into the other.
 """
@@ -25,23 +35,111 @@ from __future__ import annotations
 
 import torch
 
+from ilct import flat as flatbuf
+
+
+def radam_update_(theta: list[torch.Tensor], g: list[torch.Tensor], m: list[torch.Tensor], v: list[torch.Tensor],
+                  steps: list[torch.Tensor], keep: torch.Tensor, lr: float, beta1: float, beta2: float, eps: float,
+                  weight_decay: float) -> None:
+    """One RAdam update in place of theta, m, v and the step counts, from finite gradients g (overwritten);
+    keep (a 0-d tensor) = 0: nothing changes. All tensors of one call share one step count."""
+    dtype = theta[0].dtype
+    keep64 = keep.double()
+    if weight_decay:
+        torch._foreach_add_(g, theta, alpha=weight_decay)
+    torch._foreach_mul_(g, keep)  # keep = 0: g = 0, and the moment updates below change nothing
+    # m <- beta1' m + (1 - beta1) g,  v <- beta2' v + (1 - beta2) g^2,  beta' = 1 - (1 - beta) keep
+    torch._foreach_mul_(m, 1.0 - (1.0 - beta1) * keep)
+    torch._foreach_add_(m, g, alpha=1.0 - beta1)
+    torch._foreach_mul_(v, 1.0 - (1.0 - beta2) * keep)
+    torch._foreach_addcmul_(v, g, g, value=1.0 - beta2)
+    torch._foreach_add_(steps, keep)
+    t = steps[0].double()  # the schedule in float64
+    bc1 = 1 - beta1**t
+    bc2 = 1 - beta2**t
+    rho_inf = 2 / (1 - beta2) - 1
+    rho = rho_inf - 2 * t * beta2**t / bc2
+    rect = ((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)).clamp_min(0).sqrt()
+    adaptive = (rho > 5).double()
+    # theta += m * (a / (sqrt(v) + eps) + b),  a = -keep lr / bc1 adaptive rect sqrt(bc2),
+    #                                         b = -keep lr / bc1 (1 - adaptive)
+    a = (-keep64 * lr / bc1 * adaptive * rect * bc2.sqrt()).to(dtype)
+    b = (-keep64 * lr / bc1 * (1 - adaptive)).to(dtype)
+    u = torch._foreach_sqrt(v)
+    torch._foreach_add_(u, eps)
+    torch._foreach_reciprocal_(u)
+    torch._foreach_mul_(u, a)
+    torch._foreach_add_(u, b)
+    torch._foreach_mul_(u, m)
+    torch._foreach_add_(theta, u)
+
+
+def flat_update_(theta: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: torch.Tensor,
+                 keep: torch.Tensor, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+    """radam_update_ on flat tensors, NaN/inf in g zeroed first (a NaN must not reach the moments, even times 0)."""
+    torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+    radam_update_([theta], [g], [m], [v], [step], keep, lr, beta1, beta2, eps, weight_decay)
+
 
 class RAdam(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-4,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, compile: bool = False):
+        """compile: torch.compile the flat update (used when the parameters are flat, see ilct.flat)."""
         if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid RAdam settings lr={lr} betas={betas} eps={eps} weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self._flat_update = torch.compile(flat_update_, fullgraph=True, dynamic=False) if compile else flat_update_
+        # group index -> (address of its first parameter, (theta, g, m, v, step) or None if not flat)
+        self._flat: dict[int, tuple[int, tuple[torch.Tensor, ...] | None]] = {}
+
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        self._flat.clear()  # the loaded moments are new tensors: gathered into flat buffers at the next step
+
+    def add_param_group(self, param_group) -> None:
+        super().add_param_group(param_group)
+        if hasattr(self, "_flat"):
+            self._flat.clear()
+
+    def _flat_group(self, index: int, params: list[torch.Tensor]) -> tuple[torch.Tensor, ...] | None:
+        """(theta, g, m, v, step) flat buffers of a group whose parameters are flat views, else None.
+        The state's per-parameter moments become views of m and v; every parameter shares one step tensor."""
+        hit = self._flat.get(index)
+        if hit is not None and hit[0] == params[0].data_ptr():
+            return hit[1]
+        theta = flatbuf.flat_buffer(params)
+        found = None
+        if theta is not None:
+            m, v = torch.zeros_like(theta), torch.zeros_like(theta)
+            step = torch.zeros((), dtype=torch.float32, device=theta.device)
+            old = [self.state[p] for p in params]
+            if all(old):  # moments from before (a loaded checkpoint, or steps taken before flattening)
+                torch._foreach_copy_(flatbuf.views(m, params), [st["exp_avg"] for st in old])
+                torch._foreach_copy_(flatbuf.views(v, params), [st["exp_avg_sq"] for st in old])
+                step.copy_(old[0]["step"])
+            for p, mp, vp in zip(params, flatbuf.views(m, params), flatbuf.views(v, params)):
+                self.state[p].update(step=step, exp_avg=mp, exp_avg_sq=vp)
+            found = (theta, torch.zeros_like(theta), m, v, step)
+        self._flat[index] = (params[0].data_ptr(), found)
+        return found
 
     @torch.no_grad()
     def step(self, found_inf: torch.Tensor | None = None) -> None:  # type: ignore[override]
         """One update; with `found_inf` (a 0/1 tensor) nonzero, nothing changes."""
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            dev = params[0].device
+            dev, dtype = params[0].device, params[0].dtype
+            keep = torch.ones((), device=dev, dtype=dtype) if found_inf is None else 1.0 - found_inf.to(dev, dtype)
             beta1, beta2 = group["betas"]
+            hyper = (group["lr"], beta1, beta2, group["eps"], group["weight_decay"])
+            flat = self._flat_group(index, group["params"]) if len(params) == len(group["params"]) else None
+            if flat is not None:
+                theta, g, m, v, step = flat
+                torch._foreach_copy_(flatbuf.views(g, params), [p.grad for p in params])
+                self._flat_update(theta, g, m, v, step, keep, *hyper)
+                continue
             for p in params:
                 st = self.state[p]
                 if not st:
@@ -50,45 +148,9 @@ class RAdam(torch.optim.Optimizer):
                     st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 elif st["step"].device != p.device:  # loaded from a torch.optim.RAdam checkpoint (CPU step)
                     st["step"] = st["step"].to(p.device, torch.float32)
-            steps = [self.state[p]["step"] for p in params]
-            m = [self.state[p]["exp_avg"] for p in params]
-            v = [self.state[p]["exp_avg_sq"] for p in params]
-            dtype = params[0].dtype
-            keep = torch.ones((), device=dev, dtype=dtype) if found_inf is None else 1.0 - found_inf.to(dev, dtype)
-            keep64 = keep.double()
-            # Only multi-tensor (foreach) kernels below, with the device scalars as Tensor operands: a
-            # per-parameter loop costs a kernel launch per tensor, which left the GPU idle (docs/performance.md).
-            # g: an own copy of the gradients, non-finite values zeroed (a NaN must not reach the moments,
-            # even times 0), one flat buffer so that this is two kernels
-            g = _own_grads([p.grad for p in params])
-            if group["weight_decay"]:
-                torch._foreach_add_(g, params, alpha=group["weight_decay"])
-            torch._foreach_mul_(g, keep)  # keep = 0: g = 0, and the moment updates below change nothing
-            # m <- beta1' m + (1 - beta1) g,  v <- beta2' v + (1 - beta2) g^2,  beta' = 1 - (1 - beta) keep
-            torch._foreach_mul_(m, 1.0 - (1.0 - beta1) * keep)
-            torch._foreach_add_(m, g, alpha=1.0 - beta1)
-            torch._foreach_mul_(v, 1.0 - (1.0 - beta2) * keep)
-            torch._foreach_addcmul_(v, g, g, value=1.0 - beta2)
-            torch._foreach_add_(steps, keep)
-            t = steps[0].double()  # all parameters of a group share the count; the schedule in float64
-            bc1 = 1 - beta1**t
-            bc2 = 1 - beta2**t
-            rho_inf = 2 / (1 - beta2) - 1
-            rho = rho_inf - 2 * t * beta2**t / bc2
-            rect = ((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)).clamp_min(0).sqrt()
-            adaptive = (rho > 5).double()
-            lr = group["lr"]
-            # theta += m * (a / (sqrt(v) + eps) + b),  a = -keep lr / bc1 adaptive rect sqrt(bc2),
-            #                                         b = -keep lr / bc1 (1 - adaptive)
-            a = (-keep64 * lr / bc1 * adaptive * rect * bc2.sqrt()).to(dtype)
-            b = (-keep64 * lr / bc1 * (1 - adaptive)).to(dtype)
-            u = torch._foreach_sqrt(v)
-            torch._foreach_add_(u, group["eps"])
-            torch._foreach_reciprocal_(u)
-            torch._foreach_mul_(u, a)
-            torch._foreach_add_(u, b)
-            torch._foreach_mul_(u, m)
-            torch._foreach_add_(params, u)
+            radam_update_(params, _own_grads([p.grad for p in params]), [self.state[p]["exp_avg"] for p in params],
+                          [self.state[p]["exp_avg_sq"] for p in params], [self.state[p]["step"] for p in params],
+                          keep, *hyper)
 
 
 def _own_grads(grads: list[torch.Tensor]) -> list[torch.Tensor]:

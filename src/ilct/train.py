@@ -28,7 +28,7 @@ from tqdm import tqdm
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ilct import checkpoint as ckpt
-from ilct import distributed, faults
+from ilct import distributed, faults, flat
 from ilct.accel import compile_blocks, compile_model, setup_backends
 from ilct.autoencoders import load_autoencoder
 from ilct.batches import Batch, BatchMaker, Prefetcher, step_seed
@@ -143,9 +143,29 @@ def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str,
     return tensors, scalars
 
 
+def make_student(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, RAdam]:
+    """The network in training mode, its EMA copy and the optimizer; with `train.fused_optimizer` the
+    weights (and so the EMA's and the moments) are flat buffers (ilct.flat), and with `train.compile`
+    too the RAdam update is one compiled kernel. Seeded by the caller."""
+    t = cfg.train
+    model = build_model(cfg).to(device).train()
+    if t.fused_optimizer:
+        flat.flatten_(model)
+    ema = make_ema(model)
+    opt = RAdam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay,
+                compile=t.compile and t.fused_optimizer)
+    return model, ema, opt
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, keep: torch.Tensor | None = None) -> None:
-    """ema <- ema + (1 - decay) keep (model - ema), with foreach ops; keep = 0 (a skipped step) changes nothing."""
+    """ema <- ema + (1 - decay) keep (model - ema): one lerp when both are flat (ilct.flat), else foreach ops;
+    keep = 0 (a skipped step) changes nothing."""
+    e_flat, m_flat = flat.module_buffer(ema), flat.module_buffer(model)
+    if e_flat is not None and m_flat is not None and e_flat.shape == m_flat.shape:
+        w = torch.full((), 1.0 - decay, dtype=e_flat.dtype, device=e_flat.device)
+        e_flat.lerp_(m_flat, w if keep is None else w * keep.to(w.dtype))
+        return
     e = [p for p in ema.parameters()]
     m = [p.detach() for p in model.parameters()]
     if keep is None:
@@ -298,9 +318,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
 
     # ---- model, EMA, optimizer (RAdam that skips non-finite steps on the device)
     torch.manual_seed(t.seed)  # the initial weights, equal on every rank
-    model = build_model(cfg).to(device).train()
-    ema = make_ema(model)
-    opt = RAdam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
+    model, ema, opt = make_student(cfg, device)
     what = f"model {cfg.model.arch} of {run_dir}"
 
     def restore(path: Path) -> dict[str, Any]:
