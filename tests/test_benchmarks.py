@@ -1,6 +1,7 @@
-"""The ablation benchmark's row definitions (the runs themselves are hours long: docs/results)."""
+"""The benchmarks' definitions and tiny CPU runs of the speed ones (the real runs: docs/results, docs/performance.md)."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,33 @@ def test_dry_run_of_both_latent_spaces(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--latents", "builtin,taef2",
                           "--autoencoder", "ae", "--dry-run"], capture_output=True, text=True)
     assert bad.returncode != 0 and "one --autoencoder per latent space" in bad.stderr
+
+
+def test_throughput_modes_and_a_tiny_cpu_run(tmp_path):
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+    tp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tp)
+    assert tp.parse_mode("ilct") == ("ilct", "blocks", None, [])
+    assert tp.parse_mode("ilct[model:reduce-overhead]+train.fused_optimizer=false") == (
+        "ilct", "model", "reduce-overhead", ["train.fused_optimizer=false"])
+    for bad in ("reference+train.compile=true", "ilct[everything]", "fast"):
+        with pytest.raises(SystemExit):
+            tp.parse_mode(bad)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--device", "cpu", "--models",
+                           "DiT-T/2", "--batches", "2", "--steps", "1", "--warmup", "1", "--latent", "8", "--no-compile",
+                           "--no-sampling", "--modes", "reference,ilct,ilct+train.fused_optimizer=false",
+                           "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "performance.json").read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["reference", "ilct", "ilct+train.fused_optimizer=false"]
+    assert all(r["img_per_s"] > 0 and 0 < r["mfu"] for r in rows), rows
+
+
+def test_optimizer_step_benchmark_runs(tmp_path):
+    out = tmp_path / "opt.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "optimizer_step.py"), "--model", "DiT-T/2",
+                           "--device", "cpu", "--reps", "1", "--ways", "lists,flat", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["way"] for r in rows] == ["lists", "flat"] and rows[0]["params"] == rows[1]["params"] > 0
