@@ -1,5 +1,5 @@
-"""The speed switches do not change training: the same losses with compile on and off (fp32 on the CPU),
-and within bf16 tolerance with bf16 autocast."""
+"""The speed switches do not change training: identical losses with compile and the fused optimizer on and
+off (fp32 on the CPU), and within bf16 tolerance with bf16 autocast."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def test_compile_gives_the_same_losses(tmp_path, tiny_autoencoder, fake_fmnist):
     # the blocks were compiled (a training and a no-grad graph), and the flat RAdam update
     assert counters["stats"]["unique_graphs"] >= 3
     assert len(eager) == 4
-    assert compiled == pytest.approx(eager, rel=1e-4)  # fp32 kernels fused differently: rounding only
+    # fp32 on a CPU: identical (measured with torch 2.13 here; the fused RAdam kernel included), as issue 5 asks
+    assert compiled == eager
 
 
 def test_fused_optimizer_gives_the_same_losses(tmp_path, tiny_autoencoder, fake_fmnist):
