@@ -83,3 +83,23 @@ def conditioned_dit(**kwargs):
         if isinstance(m, torch.nn.Linear):
             torch.nn.init.normal_(m.weight, std=0.05)
     return net.eval()
+
+
+def assert_guidance_interpolates(net, cond, null_cond, null_index: int, w: float) -> None:
+    """guided(net, cond, w) is f_u at w = 0, f_c at w = 1 and f_u + w (f_c - f_u) in general, and the
+    2-step sampler with w = 1 equals sampling with the condition directly (labels or caption embeddings)."""
+    import torch
+
+    from ilct.sampling import consistency_sample, guided
+
+    n = cond.shape[0]
+    x, s = torch.randn(n, 4, 8, 8), torch.full((n,), 2.0)
+    with torch.no_grad():
+        f_c, f_u = net(x, s, cond), net(x, s, null_cond)
+        assert not torch.allclose(f_c, f_u)
+        torch.testing.assert_close(guided(net, cond, 1.0, null_index)(x, s), f_c)
+        torch.testing.assert_close(guided(net, cond, 0.0, null_index)(x, s), f_u)
+        torch.testing.assert_close(guided(net, cond, w, null_index)(x, s), f_u + w * (f_c - f_u), atol=1e-5, rtol=1e-5)
+        noise = [torch.randn(n, 4, 8, 8) for _ in range(2)]
+        a = consistency_sample(guided(net, cond, 1.0, null_index), noise, [80.0, 1.4], device=torch.device("cpu"))
+        torch.testing.assert_close(a, consistency_sample(net, noise, [80.0, 1.4], labels=cond))

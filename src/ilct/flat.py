@@ -41,11 +41,9 @@ def flatten_(module: nn.Module) -> torch.Tensor:
         raise ValueError("flatten_: the module has no parameters")
     if len({(p.dtype, p.device) for p in params}) > 1:
         raise ValueError("flatten_: the parameters must share one dtype and device")
-    offsets, total = layout([p.numel() for p in params])
-    flat = torch.zeros(total, dtype=params[0].dtype, device=params[0].device)
+    flat = torch.zeros(layout([p.numel() for p in params])[1], dtype=params[0].dtype, device=params[0].device)
     with torch.no_grad():
-        for p, o in zip(params, offsets):
-            view = flat[o:o + p.numel()].view_as(p)
+        for p, view in zip(params, views(flat, params)):
             view.copy_(p)
             p.data = view
     return flat
