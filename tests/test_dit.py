@@ -63,3 +63,33 @@ def test_label_embedding_and_null_class():
 def test_bad_patch_size():
     with pytest.raises(ValueError):
         build_dit("DiT-T/4", 6, 4)
+
+
+@torch.no_grad()
+def test_low_precision_residual_keeps_the_stream_in_bf16_under_autocast_only():
+    torch.manual_seed(0)
+    off = build_dit("DiT-T/2", 8, 4, nsln=True)
+    for b in off.blocks:  # open the residual branches (adaLN-Zero starts them closed)
+        torch.nn.init.normal_(b.adaLN_modulation[-1].weight, std=0.05)
+    torch.nn.init.normal_(off.final_layer.linear.weight, std=0.05)
+    on = build_dit("DiT-T/2", 8, 4, nsln=True, low_precision_residual=True)
+    on.load_state_dict(off.state_dict())
+    seen = []
+    for net in (off, on):
+        for b in net.blocks:
+            b.register_forward_hook(lambda m, args, out: seen.append((args[0].dtype, out.dtype)))
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([0.5, -2.0, 3.0])
+    assert torch.equal(on(x, t), off(x, t))  # without autocast: the same network, bit for bit
+    assert set(seen) == {(torch.float32, torch.float32)}
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fp32_stream, bf16_stream = off(x, t), on(x, t)
+    depth = len(off.blocks)
+    assert seen == [(torch.float32, torch.float32)] * depth + [(torch.bfloat16, torch.bfloat16)] * depth
+    assert not torch.equal(fp32_stream, bf16_stream)
+    ref = off(x, t)
+
+    def rel(a: torch.Tensor) -> float:
+        return float((a.float() - ref).norm() / ref.norm())
+
+    assert 0 < rel(fp32_stream) < rel(bf16_stream) < 0.05  # bf16 rounding of the stream: larger, still small

@@ -52,6 +52,18 @@ def test_bf16_stays_within_bf16_tolerance(tmp_path, tiny_autoencoder, fake_fmnis
     bf16 = run(tmp_path, "bf16", tiny_autoencoder, fake_fmnist, precision="bf16")
     assert bf16 == pytest.approx(fp32, rel=5e-2)
     assert bf16 != fp32  # autocast really ran in bf16
+    stream = run(tmp_path, "bf16_residual", tiny_autoencoder, fake_fmnist, precision="bf16", bf16_residual=True)
+    assert stream == pytest.approx(fp32, rel=5e-2)
+    assert stream != bf16  # the residual stream really was bf16 too
+
+
+def test_bf16_residual_needs_bf16():
+    from ilct.config import load_config
+    from ilct.errors import IlctError
+
+    with pytest.raises(IlctError, match="train.bf16_residual needs train.precision=bf16"):
+        load_config("fmnist-ilct", ["train.bf16_residual=true"])
+    assert load_config("fmnist-ilct", ["train.precision=bf16", "train.bf16_residual=true"]).train.bf16_residual
 
 
 def test_cuda_graphs_need_compile_and_fall_back_to_compiled_blocks_on_a_cpu(tmp_path, tiny_autoencoder, fake_fmnist,

@@ -104,6 +104,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     ema_decay: float = 0.9999
     precision: str = "fp32"  # fp32 | bf16 (autocast; the loss maths stay fp32)
+    bf16_residual: bool = False  # with precision=bf16: the DiT's residual stream in bf16 too, not fp32
     compile: bool = False  # torch.compile each transformer block (ilct.accel)
     cuda_graphs: bool = False  # with compile, on CUDA: the whole network with CUDA graphs (mode reduce-overhead)
     fused_optimizer: bool = True  # weights in one flat buffer (ilct.flat): RAdam and EMA as a few kernels, one with compile
@@ -321,6 +322,7 @@ def validate(cfg: Config) -> None:
     need(me.diffusion_weight >= 0, "method.diffusion_weight", "must be >= 0")
     need(0.0 <= me.diffusion_fraction <= 1.0, "method.diffusion_fraction", "must be in [0, 1]")
     need(t.compile or not t.cuda_graphs, "train.cuda_graphs", "needs train.compile=true")
+    need(t.precision == "bf16" or not t.bf16_residual, "train.bf16_residual", "needs train.precision=bf16")
     need(t.total_steps >= 1, "train.total_steps", "must be >= 1")
     need(t.batch_size >= 1, "train.batch_size", "must be >= 1")
     need(t.lr > 0, "train.lr", "must be > 0")

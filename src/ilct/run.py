@@ -49,7 +49,7 @@ def build_model(cfg: Config) -> nn.Module:
         net = build_dit(
             m.arch, m.input_size, m.in_channels,
             num_classes=m.num_classes, class_dropout=m.class_dropout, dropout=m.dropout, nsln=cfg.method.nsln,
-            text_dim=m.text_dim,
+            text_dim=m.text_dim, low_precision_residual=cfg.train.bf16_residual,
         )
     except ValueError as e:
         raise IlctError(f"config: model.arch {m.arch} does not fit {m.in_channels}x{m.input_size}x{m.input_size} latents: {e}") from None

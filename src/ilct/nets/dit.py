@@ -211,6 +211,11 @@ class DiT(nn.Module):
 
     y: class labels (B,) int64 for a class-conditional net (num_classes > 0; num_classes is the
     null class), or caption embeddings (B, text_dim) for a text-conditional one (zeros: no caption).
+
+    Under autocast the residual stream h between the blocks is fp32 (the positional embedding and
+    the gated residual sums promote it); `low_precision_residual` keeps it in the autocast dtype
+    (bf16), which halves the memory traffic of the residual sums and the norms around them
+    (`train.bf16_residual`). Outside autocast it changes nothing.
     """
 
     def __init__(
@@ -223,8 +228,10 @@ class DiT(nn.Module):
         dropout: float = 0.0,
         nsln: bool = False,
         text_dim: int = 0,
+        low_precision_residual: bool = False,
     ):
         super().__init__()
+        self.low_precision_residual = low_precision_residual
         if input_size % size.patch_size:
             raise ValueError(f"latent side {input_size} is not divisible by patch size {size.patch_size}")
         if size.hidden_size % size.num_heads or (size.hidden_size // size.num_heads) % 2:
@@ -278,6 +285,8 @@ class DiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, D)
+        if self.low_precision_residual and torch.is_autocast_enabled(h.device.type):
+            h = h.to(torch.get_autocast_dtype(h.device.type))  # the residual stream in bf16, not fp32
         c = self.t_embedder(t)  # (B, D)
         if self.y_embedder is not None and y is not None:
             c = c + self.y_embedder(y, self.training)
