@@ -88,3 +88,37 @@ def test_optimizer_step_benchmark_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert [r["way"] for r in rows] == ["lists", "flat"] and rows[0]["params"] == rows[1]["params"] > 0
+
+
+def test_memory_traffic_counts_less_with_the_bf16_residual_stream(tmp_path):
+    out = tmp_path / "traffic.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory_traffic.py"), "--model", "DiT-T/2",
+                           "--latent", "8", "--probe", "2", "4", "--batch", "16", "--out", str(out),
+                           "--modes", "ilct,ilct+train.bf16_residual=true"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(proc.stderr) < 2000  # Inductor's metrics log is needed for the count, not on the terminal
+    plain, stream = json.loads(out.read_text())["rows"]
+    assert plain["fused_mb_per_sample"] > 0 and plain["extern_mb_per_sample"] > 0
+    assert stream["fused_mb_per_step"] == plain["fused_mb_per_step"]  # the weights' casts: the same
+    assert stream["extern_gb"] == plain["extern_gb"]  # the same matrix products
+    assert stream["fused_mb_per_sample"] < 0.95 * plain["fused_mb_per_sample"]  # the stream moves 2 bytes, not 4
+
+
+def test_precision_losses_compares_settings_with_the_first(tmp_path, tiny_autoencoder, fake_fmnist):
+    script = str(ROOT / "benchmarks" / "precision_losses.py")
+    common = ["--autoencoder", str(tiny_autoencoder), "--data-dir", str(fake_fmnist), "--steps", "4",
+              "--log-every", "2", "--work", str(tmp_path / "work")]
+    one = subprocess.run([sys.executable, script, *common, "--settings", "train.precision=fp32"],
+                         capture_output=True, text=True)
+    assert one.returncode != 0 and "at least two settings" in one.stderr
+    bad = subprocess.run([sys.executable, script, *common, "--settings", "train.precision=fp32;train.bf16_residual=true"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "train.bf16_residual needs train.precision=bf16" in bad.stderr
+    out = tmp_path / "losses.json"
+    proc = subprocess.run([sys.executable, script, *common, "--out", str(out),
+                           "--settings", "train.precision=fp32;train.precision=bf16 train.bf16_residual=true"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, second = json.loads(out.read_text())["rows"]
+    assert list(first["losses"]) == ["2", "4"] and first["vs_first"]["max_abs_rel_diff"] == 0
+    assert 0 < second["vs_first"]["max_abs_rel_diff"] < 0.05 and second["vs_first"]["logged_steps"] == 2
