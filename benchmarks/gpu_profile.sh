@@ -24,9 +24,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 timeout ${OPT_S:-90} python3 benchmarks/optimizer_step.py --model DiT-B/2 --out "$OUT/optimizer_step.json" ${OPT_EXTRA:-} \
   > "$OUT/optimizer_step.log" 2>&1
 echo "optimizer_step exit $? after $(( $(date +%s) - start )) s"; grep '^{"way' "$OUT/optimizer_step.log" | cut -c1-200
-MODES=${MODES:-reference,ilct,ilct+train.fused_optimizer=false,ilct[model:reduce-overhead]}
-timeout ${TP_S:-230} python3 benchmarks/throughput.py --modes "$MODES" --models ${MODELS:-DiT-B/2} \
-  --variant-models ${VARIANT_MODELS:-DiT-B/2} --profile --deadline ${ROWS_S:-160} --out "$OUT" ${TP_EXTRA:-} \
+MODES=${MODES:-reference,ilct,ilct+train.bf16_residual=true,ilct[model:reduce-overhead]+train.bf16_residual=true,ilct[model:reduce-overhead]}
+timeout ${TP_S:-260} python3 benchmarks/throughput.py --modes "$MODES" --models ${MODELS:-DiT-B/2} \
+  --variant-models ${VARIANT_MODELS:-DiT-B/2} --profile --deadline ${ROWS_S:-190} --out "$OUT" ${TP_EXTRA:-} \
   > "$OUT/throughput.log" 2>&1
 echo "throughput exit $? after $(( $(date +%s) - start )) s"
 grep "^{\|deadline\|peak" "$OUT/throughput.log" | cut -c1-240
