@@ -12,9 +12,9 @@
 # Needs, in the ignored folder .gpu/ (carry it): fmnist/ (the four Fashion-MNIST .gz files), builtin_ae/.
 # Writes into $OUT: optimizer_step.json, throughput.log, performance.json, performance.md, profiles.tgz,
 # train_check.log, late/.
-# A CPU rehearsal: OUT=/tmp/gpu_out OPT_EXTRA="--device cpu --model DiT-T/2" MODES=reference,ilct \
+# A CPU rehearsal: OUT=/tmp/gpu_out OPT_EXTRA="--device cpu --model DiT-T/2" VARIANT_MODELS=DiT-T/2 \
 #   TP_EXTRA="--device cpu --models DiT-T/2 --batches 4 --steps 2 --latent 8" SMOKE_ARCH=DiT-T/4 SMOKE_STEPS=20 \
-#   SMOKE_EXTRA="--set train.device=cpu train.batch_size=16" LATE_MODES="" bash benchmarks/gpu_profile.sh
+#   SMOKE_EXTRA="--set train.device=cpu --set train.batch_size=16" LATE_MODES="" bash benchmarks/gpu_profile.sh
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
