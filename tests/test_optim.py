@@ -21,6 +21,19 @@ def grad_step(model: torch.nn.Module, x: torch.Tensor) -> None:
     model(x).square().mean().backward()
 
 
+def trained(flat_: bool, steps: int = 3) -> tuple[torch.nn.Module, RAdam, torch.Tensor]:
+    """net() (flat or not), its RAdam after `steps` good updates on one batch, and that batch."""
+    model = net()
+    if flat_:
+        flat.flatten_(model)
+    opt = RAdam(model.parameters(), lr=1e-2, weight_decay=1e-4)
+    x = torch.randn(4, 5)
+    for _ in range(steps):
+        grad_step(model, x)
+        opt.step(torch.zeros(()))
+    return model, opt, x
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_matches_torch_radam_through_the_rectification_switch(dtype):
     a = net().to(dtype)
@@ -69,14 +82,7 @@ def test_flat_weights_match_torch_radam_in_one_flat_update(compile_):
 
 @pytest.mark.parametrize("flat_", [False, True])
 def test_a_skipped_step_changes_nothing_even_with_nan_gradients(flat_):
-    model = net()
-    if flat_:
-        flat.flatten_(model)
-    opt = RAdam(model.parameters(), lr=1e-2, weight_decay=1e-4)
-    x = torch.randn(4, 5)
-    for _ in range(3):
-        grad_step(model, x)
-        opt.step(torch.zeros(()))
+    model, opt, x = trained(flat_)
     before = copy.deepcopy(model.state_dict())
     state = copy.deepcopy(opt.state_dict())
     for p in model.parameters():
@@ -97,13 +103,7 @@ def test_a_skipped_step_changes_nothing_even_with_nan_gradients(flat_):
 def test_flat_state_survives_a_checkpoint_round_trip(tmp_path):
     """Saved through the checkpoint files (views and one shared step tensor become plain tensors), loaded
     into a fresh flat optimizer: the run continues exactly as without the break."""
-    a = net()
-    flat.flatten_(a)
-    oa = RAdam(a.parameters(), lr=1e-2, weight_decay=1e-4)
-    x = torch.randn(4, 5)
-    for _ in range(3):
-        grad_step(a, x)
-        oa.step(torch.zeros(()))
+    a, oa, x = trained(True)
     tensors, meta = optimizer_to_files(oa)
     save_tensors(tensors, tmp_path / "opt.safetensors")
     save_tensors(a.state_dict(), tmp_path / "model.safetensors")
