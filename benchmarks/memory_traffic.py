@@ -40,10 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from ilct.accel import compile_model
-from ilct.batches import BatchMaker
-from ilct.config import latent_dim, load_config
-from ilct.consistency.schedule import karras_sigmas, num_levels, scaling_c
-from ilct.train import make_student, training_step
+from ilct.config import load_config
+from ilct.consistency.schedule import num_levels
+from ilct.train import levels, make_batch_maker, make_student, training_step
 
 _layer_norm = F.layer_norm
 
@@ -87,13 +86,10 @@ def count_step(mode: str, arch: str, batch: int, latent: int, top: int = 0) -> d
     device = torch.device("cpu")
     model, ema, opt = make_student(cfg, device)
     compile_model(model, "blocks")  # one graph per grad mode, shared by all blocks
-    t, c, me = cfg.train, cfg.consistency, cfg.method
     data = torch.randn(64, 4, latent, latent)
-    maker = BatchMaker(data.__getitem__, len(data), tuple(data.shape[1:]), None, batch, 0, t.total_steps, False,
-                       me.ot_coupling, c.s0, c.s1, c.sigma_min, c.sigma_max, c.rho, c.p_mean, c.p_std)
-    N = num_levels(0, t.total_steps, c.s0, c.s1)
-    c_now = scaling_c(N, latent_dim(cfg), c.s0, me.adaptive_c, c.c_scale)
-    sigmas = karras_sigmas(N).float()
+    maker = make_batch_maker(cfg, data.__getitem__, len(data), tuple(data.shape[1:]))
+    N = num_levels(0, cfg.train.total_steps, cfg.consistency.s0, cfg.consistency.s1)  # step 0's levels
+    sigmas, c_now = levels(cfg, N, device)
     F.layer_norm = cuda_like_layer_norm
     try:
         training_step(model, ema, opt, maker.make(0), sigmas, N, c_now, cfg, 0)

@@ -44,13 +44,13 @@ from pathlib import Path
 import torch
 
 from ilct.accel import compile_model, setup_backends
-from ilct.batches import Batch, BatchMaker, Prefetcher
-from ilct.config import load_config, latent_dim
+from ilct.batches import Prefetcher
+from ilct.config import load_config
 from ilct.consistency.coupling import ot_cost
 from ilct.consistency.objective import consistency_training_loss
-from ilct.consistency.schedule import karras_sigmas, num_levels, scaling_c
+from ilct.consistency.schedule import karras_sigmas, num_levels
 from ilct.run import build_model, make_ema
-from ilct.train import ema_update, make_student, training_step
+from ilct.train import ema_update, levels, make_batch_maker, make_student, training_step
 
 N_DATA = 2048  # synthetic latents the batches are drawn from
 
@@ -143,10 +143,8 @@ def reference_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: in
     t, c, me = cfg.train, cfg.consistency, cfg.method
     opt = torch.optim.RAdam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
     g = torch.Generator().manual_seed(0)
-    D = latent_dim(cfg)
     N = num_levels(0, t.total_steps, c.s0, c.s1)
-    sigmas = karras_sigmas(N).to(device, torch.float32)
-    c_now = scaling_c(N, D, c.s0, me.adaptive_c, c.c_scale)
+    sigmas, c_now = levels(cfg, N, device)
     data = latents.to(device)
     from scipy.optimize import linear_sum_assignment
 
@@ -173,16 +171,12 @@ def ilct_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: int, pr
                scope: str = "blocks", compile_mode: str | None = None):
     """ilct.train.training_step with the prefetcher; returns (seconds per step, the EMA model, the student)."""
     model, ema, opt = make_student(cfg, device)
-    t, c, me = cfg.train, cfg.consistency, cfg.method
+    t, c = cfg.train, cfg.consistency
     if t.compile:
         compile_model(model, scope, compile_mode)
-    maker = BatchMaker(latents.__getitem__, len(latents), tuple(latents.shape[1:]), None, t.batch_size, 0,
-                       t.total_steps, False, me.ot_coupling, c.s0, c.s1, c.sigma_min, c.sigma_max, c.rho,
-                       c.p_mean, c.p_std)
-    D = latent_dim(cfg)
+    maker = make_batch_maker(cfg, latents.__getitem__, len(latents), tuple(latents.shape[1:]))
     N = num_levels(0, t.total_steps, c.s0, c.s1)
-    sigmas = karras_sigmas(N).to(device, torch.float32)
-    c_now = scaling_c(N, D, c.s0, me.adaptive_c, c.c_scale)
+    sigmas, c_now = levels(cfg, N, device)
     n_prof = 3 if profile_to is not None else 0
     prefetch = Prefetcher(maker, 0, warmup + n_steps + n_prof, device)
     try:

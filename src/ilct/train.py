@@ -143,6 +143,23 @@ def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str,
     return tensors, scalars
 
 
+def levels(cfg: Config, N: int, device: torch.device) -> tuple[torch.Tensor, float]:
+    """The N discretization levels' Karras sigmas (METHOD.md section 3, fp32 on `device`) and the
+    scaling c for N (technique 4)."""
+    c = cfg.consistency
+    sigmas = karras_sigmas(N, c.sigma_min, c.sigma_max, c.rho).to(device, torch.float32)
+    return sigmas, scaling_c(N, latent_dim(cfg), c.s0, cfg.method.adaptive_c, c.c_scale)
+
+
+def make_batch_maker(cfg: Config, gather, n_data: int, shape: tuple[int, int, int], labels: torch.Tensor | None = None,
+                     rank: int = 0, world: int = 1) -> BatchMaker:
+    """The BatchMaker of cfg's run: its seed, batch size, curriculum, level draw and OT switch."""
+    t, c = cfg.train, cfg.consistency
+    return BatchMaker(gather, n_data, shape, labels, t.batch_size, t.seed, t.total_steps, t.objective == "edm",
+                      cfg.method.ot_coupling, c.s0, c.s1, c.sigma_min, c.sigma_max, c.rho, c.p_mean, c.p_std,
+                      rank, world)
+
+
 def make_student(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, RAdam]:
     """The network in training mode, its EMA copy and the optimizer; with `train.fused_optimizer` the
     weights (and so the EMA's and the moments) are flat buffers (ilct.flat), and with `train.compile`
@@ -251,7 +268,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     if not main:  # the other ranks read what rank 0 decided
         cfg, resume_from = prepare_run_dir(cfg, run_dir, True, False) if resume else (cfg, None)
     _absolute_paths(cfg)
-    t, c, me = cfg.train, cfg.consistency, cfg.method
+    t, c = cfg.train, cfg.consistency
     setup_backends(device)
     edm = t.objective == "edm"
 
@@ -270,7 +287,6 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
             raise IlctError(f"config: model.{name}={want} but the autoencoder gives {C}x{H}x{W} latents")
     cfg.model.in_channels, cfg.model.input_size = C, H
     stats = LatentStats.load(run_dir / STATS_FILE) if (resume_from is not None or resume) else latent_set.stats
-    D = latent_dim(cfg)
     # Small latent sets live in (host) memory; larger ones are gathered per batch from the memory map.
     if latent_set.nbytes <= IN_MEMORY_BYTES:
         z_data = stats.normalize(latent_set.all(), c.sigma_data)  # std sigma_d
@@ -310,9 +326,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
         gather = lambda idx: base_gather(kept[idx])  # noqa: E731
         labels = labels[kept] if labels is not None else None
     try:
-        maker = BatchMaker(gather, n_data, (C, H, W), labels, t.batch_size, t.seed, t.total_steps, edm,
-                           me.ot_coupling, c.s0, c.s1, c.sigma_min, c.sigma_max, c.rho, c.p_mean, c.p_std,
-                           dist.rank, dist.world)
+        maker = make_batch_maker(cfg, gather, n_data, (C, H, W), labels, dist.rank, dist.world)
     except ValueError as e:
         raise IlctError(f"config: {e}") from None
 
@@ -393,8 +407,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
                 N = num_levels(k, t.total_steps, c.s0, c.s1)
                 if N != cur_N:
                     cur_N = N
-                    sigmas = karras_sigmas(N, c.sigma_min, c.sigma_max, c.rho).to(device, torch.float32)
-                    c_now = scaling_c(N, D, c.s0, me.adaptive_c, c.c_scale)
+                    sigmas, c_now = levels(cfg, N, device)
                 # -- batch (drawn and OT-coupled ahead, in a thread), dropout randomness of this step
                 batch = prefetch.get(k)
                 torch.manual_seed(step_seed(t.seed, k, 1 + dist.rank))
