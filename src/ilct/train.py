@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -351,6 +352,11 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
         state = restore(resume_from)
         start_step, nonfinite_total = int(state["step"]), int(state.get("nonfinite_total", 0))
         lr_halved = bool(state.get("lr_halved", False))
+        made_on = int(state.get("world_size", 1))
+        if made_on != dist.world and main:  # allowed (the global batch is the same), but not a reproduction
+            print(f"note: {resume_from.name} was written by {made_on} rank(s) and this run has {dist.world}: "
+                  "training goes on, but the per-rank batch slices and OT pairings differ from the "
+                  "uninterrupted run's, so it does not reproduce it", file=sys.stderr)
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
         stats.save(run_dir / STATS_FILE)
