@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import shutil
 import struct
 from pathlib import Path
 
@@ -103,3 +104,11 @@ def assert_guidance_interpolates(net, cond, null_cond, null_index: int, w: float
         noise = [torch.randn(n, 4, 8, 8) for _ in range(2)]
         a = consistency_sample(guided(net, cond, 1.0, null_index), noise, [80.0, 1.4], device=torch.device("cpu"))
         torch.testing.assert_close(a, consistency_sample(net, noise, [80.0, 1.4], labels=cond))
+
+
+def crashed_copy(run: Path, to: Path, last: int, back_to: int) -> Path:
+    """A copy of a finished run as a crash after checkpoint `back_to` would leave it: `last` gone, `latest` at `back_to`."""
+    shutil.copytree(run, to)
+    shutil.rmtree(to / "checkpoints" / f"step_{last:09d}")
+    (to / "checkpoints" / "latest").write_text(f"step_{back_to:09d}\n")
+    return to

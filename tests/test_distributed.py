@@ -4,15 +4,14 @@ and a resume with the same world size that reproduces the run."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 
+from conftest import crashed_copy
 from ilct.checkpoint import latest_checkpoint, read_json, read_tensors
 from ilct.cli import main
 
@@ -41,14 +40,6 @@ def torchrun(argv: list[str], ranks: int = 2) -> subprocess.CompletedProcess:
                            "-m", "ilct", *argv], env=env, capture_output=True, text=True, timeout=300)
 
 
-def crashed_after_step_3(run: Path, to: Path) -> Path:
-    """A copy of a finished 6-step run as a crash after the middle checkpoint would leave it."""
-    shutil.copytree(run, to)
-    shutil.rmtree(to / "checkpoints" / "step_000000006")
-    (to / "checkpoints" / "latest").write_text("step_000000003\n")
-    return to
-
-
 def test_two_gloo_ranks_match_one_process_and_resume(tmp_path, tiny_autoencoder, fake_fmnist, capsys):
     cfg = config(tmp_path, metric="cauchy", adaptive_c=True, nsln=True)
     cache = tmp_path / "cache"
@@ -72,7 +63,7 @@ def test_two_gloo_ranks_match_one_process_and_resume(tmp_path, tiny_autoencoder,
     assert len(log_one) == len(log_two) == 6  # only rank 0 writes the log
 
     # a crash after step 3, resumed by 2 ranks: the uninterrupted run, bit for bit
-    resumed = crashed_after_step_3(tmp_path / "two", tmp_path / "resumed")
+    resumed = crashed_copy(tmp_path / "two", tmp_path / "resumed", 6, 3)
     proc = torchrun(args(cfg, tiny_autoencoder, fake_fmnist, resumed, cache) + ["--resume"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "does not reproduce" not in proc.stderr
@@ -82,7 +73,7 @@ def test_two_gloo_ranks_match_one_process_and_resume(tmp_path, tiny_autoencoder,
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
     # ... resumed by one process: it trains on, and says it is not a reproduction
-    single = crashed_after_step_3(tmp_path / "two", tmp_path / "single")
+    single = crashed_copy(tmp_path / "two", tmp_path / "single", 6, 3)
     capsys.readouterr()
     assert main(args(cfg, tiny_autoencoder, fake_fmnist, single, cache) + ["--resume"]) == 0
     assert "written by 2 rank(s) and this run has 1" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import crashed_copy
 from ilct.checkpoint import latest_checkpoint, list_checkpoints, read_tensors
 from ilct.cli import main
 
@@ -64,10 +65,7 @@ def test_run_directory_contents(trained_run):
 
 def test_resume_reproduces_the_straight_run(trained_run, tmp_path):
     """6 steps straight == 3 steps + resume + 3 steps, bit for bit on the CPU."""
-    out = tmp_path / "resumed"
-    shutil.copytree(trained_run["out"], out)
-    shutil.rmtree(out / "checkpoints" / "step_000000006")
-    (out / "checkpoints" / "latest").write_text("step_000000003\n")
+    out = crashed_copy(trained_run["out"], tmp_path / "resumed", 6, 3)
     assert main(train_args(trained_run["cfg"], trained_run["ae"], trained_run["data"], out, trained_run["cache"], "--resume")) == 0
     a = read_tensors(trained_run["out"] / "checkpoints" / "step_000000006" / "model.safetensors")
     b = read_tensors(out / "checkpoints" / "step_000000006" / "model.safetensors")

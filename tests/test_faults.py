@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import encode_fake, second_autoencoder
+from conftest import crashed_copy, encode_fake, second_autoencoder
 from ilct import faults
 from ilct.checkpoint import latest_checkpoint, read_json, read_tensors
 from ilct.cli import main
@@ -243,10 +243,7 @@ def test_bad_inputs_exit_2_and_change_nothing(tmp_path, capsys, monkeypatch, tin
     # a full disk while saving: a clear error, the previous checkpoint intact
     import ilct.checkpoint as checkpoint_module
 
-    resumable = tmp_path / "disk"
-    shutil.copytree(run, resumable)
-    shutil.rmtree(resumable / "checkpoints" / "step_000000008")
-    (resumable / "checkpoints" / "latest").write_text("step_000000004\n")
+    resumable = crashed_copy(run, tmp_path / "disk", 8, 4)
     snapshot = digest(resumable / "checkpoints" / "step_000000004")
 
     def full_disk(*a, **k):
