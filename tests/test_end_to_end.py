@@ -175,7 +175,7 @@ def test_console_entry_point_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ilct", "train", "--config", "fmnist-ilct", "--out", str(tmp_path / "r"),
                            "--set", "train.lr=-1"], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "ilct: error: config: train.lr must be > 0, got -1.0"
+    assert proc.stderr.strip() == "ilct: error: config: train.lr must be in (0, 10], got -1.0"
     assert not (tmp_path / "r").exists()
     help_ = subprocess.run([sys.executable, "-m", "ilct", "train", "--help"], capture_output=True, text=True)
     assert help_.returncode == 0 and "--resume" in help_.stdout

@@ -16,6 +16,7 @@ chosen number of levels N.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +98,11 @@ def box_plot(reports: dict[str, np.ndarray], path: str | Path, title: str = "") 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)  # written aside, then renamed: an existing figure is replaced atomically
+    os.replace(tmp, path)
     plt.close(fig)
 
 
@@ -126,5 +130,6 @@ def td_residuals(run, latents: torch.Tensor, N: int, n: int = 512, seed: int = 0
 
 
 def write_report(report: dict, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(report, indent=2))
+    from ilct.files import write_text
+
+    write_text(path, json.dumps(report, indent=2))  # atomic

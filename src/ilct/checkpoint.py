@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from ilct import faults
 from ilct.errors import IlctError
 from ilct.files import read_json, read_tensors, save_tensors, write_text
 
-__all__ = ["latest_checkpoint", "list_checkpoints", "load_weights", "read_json", "read_tensors", "save_checkpoint"]
+__all__ = ["latest_checkpoint", "list_checkpoints", "load_weights", "read_json", "read_state", "read_tensors",
+           "save_checkpoint", "whole"]
 
 STEP_DIR = re.compile(r"^step_(\d{9})$")
 
@@ -84,13 +86,13 @@ def save_checkpoint(
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise IlctError(f"refusing to save a checkpoint at step {step}: weights '{name}' are not finite")
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:09d}"
-    for stale in root.glob(".tmp_step_*"):  # left by a crash mid-write
-        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp_step_{step:09d}_{os.getpid()}"
-    tmp.mkdir()
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp_step_*"):  # left by a crash mid-write
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
         opt_tensors, opt_meta = optimizer_to_files(opt)
         for write in (
             lambda: save_tensors(model.state_dict(), tmp / "model.safetensors"),
@@ -107,35 +109,106 @@ def save_checkpoint(
         os.replace(tmp, final)
         _fsync_dir(root)
         write_text(root / "latest", final.name + "\n")
-    except OSError as e:
+    except BaseException as e:  # a failed save leaves no temporary folder, whatever stopped it
         shutil.rmtree(tmp, ignore_errors=True)
-        raise IlctError(f"cannot write checkpoint {final}: {e} (earlier checkpoints are intact)") from None
+        if isinstance(e, OSError):
+            raise IlctError(f"cannot write checkpoint {final}: {e.strerror or e} (earlier checkpoints are intact)") from None
+        raise
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "optimizer.json",
+                    "rng.safetensors", "state.json")
+
+
+def step_of(path: Path) -> int | None:
+    """The step a checkpoint folder's name gives (step_000000500 -> 500), or None."""
+    m = STEP_DIR.match(path.name)
+    return int(m.group(1)) if m else None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve().parent == root.resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoint folders (step_XXXXXXXXX directly inside checkpoints/, nothing that leads outside)."""
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name))
+    return sorted(p for p in root.iterdir() if STEP_DIR.match(p.name) and p.is_dir() and _inside(p, root))
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint `latest` names, else the newest complete one on disk."""
-    root = run_dir / "checkpoints"
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's state.json, validated: types, ranges, and the step matching the folder name (a
+    checkpoint copied elsewhere under another name, given with --checkpoint, keeps its own step)."""
+    state = read_json(path / "state.json")
+    if not isinstance(state, dict):
+        raise IlctError(f"{path / 'state.json'} is not a JSON object")
+    want = {"step": int, "nonfinite_total": int, "world_size": int, "lr_halved": bool}
+    for key, typ in want.items():
+        if key in state and (type(state[key]) is not typ):
+            raise IlctError(f"{path / 'state.json'}: '{key}' must be {typ.__name__}, got {state[key]!r}")
+    if "step" not in state:
+        raise IlctError(f"{path / 'state.json'} has no step")
+    if state["step"] < 0 or (step_of(path) is not None and state["step"] != step_of(path)):
+        raise IlctError(f"{path / 'state.json'}: step {state['step']} does not match the folder name {path.name}")
+    if state.get("nonfinite_total", 0) < 0 or state.get("world_size", 1) < 1:
+        raise IlctError(f"{path / 'state.json'}: counters out of range")
+    return state
+
+
+def whole(path: Path) -> str | None:
+    """None when the checkpoint folder has every file and a valid state.json, else what is wrong."""
+    missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    try:
+        read_state(path)
+    except IlctError as e:
+        return str(e)
+    return None
+
+
+def _pointer(root: Path) -> tuple[Path | None, str]:
+    """The checkpoint `latest` names, if it names one inside the run; else None and why not."""
     pointer = root / "latest"
-    if pointer.is_file():
-        cand = root / pointer.read_text().strip()
-        if (cand / "state.json").is_file():
-            return cand
-    found = [p for p in list_checkpoints(run_dir) if (p / "state.json").is_file()]
+    if not pointer.is_file():
+        return None, "there is no checkpoints/latest"
+    try:
+        name = pointer.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None, "checkpoints/latest is unreadable"
+    cand = root / name
+    if not STEP_DIR.match(name) or not cand.is_dir() or not _inside(cand, root):
+        return None, f"checkpoints/latest names {name[:60]!r}, not a checkpoint of this run"
+    problem = whole(cand)
+    if problem:
+        return None, f"checkpoints/latest names {name}, which is not whole ({problem})"
+    return cand, ""
+
+
+def latest_checkpoint(run_dir: Path, quiet: bool = False) -> Path | None:
+    """The whole checkpoint `latest` names; if it names none (or one outside the run, or a damaged one),
+    the newest whole checkpoint, with one line on stderr saying so. None if the run has no whole one."""
+    root = run_dir / "checkpoints"
+    cand, why = _pointer(root)
+    if cand is not None:
+        return cand
+    found = [p for p in list_checkpoints(run_dir) if whole(p) is None]
+    if found and root.joinpath("latest").exists() and not quiet:
+        print(f"note: {why}; using the newest whole checkpoint, {found[-1].name}", file=sys.stderr)
     return found[-1] if found else None
 
 
 def load_weights(module: nn.Module, path: Path, what: str) -> None:
-    """Load a safetensors state dict, with one clear line if it does not fit the model."""
+    """Load a safetensors state dict, with one clear line if it does not fit the model (names, shapes,
+    dtypes) or holds values that are not finite."""
     state = read_tensors(path)
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
@@ -146,4 +219,8 @@ def load_weights(module: nn.Module, path: Path, what: str) -> None:
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape):
             raise IlctError(f"{path} does not match {what}: '{k}' has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+        if v.dtype != own[k].dtype:
+            raise IlctError(f"{path} does not match {what}: '{k}' is {v.dtype}, expected {own[k].dtype}")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise IlctError(f"{path}: '{k}' holds values that are not finite")
     module.load_state_dict(state)

@@ -17,29 +17,55 @@ def _progress(args) -> bool:
     return not getattr(args, "no_progress", False)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _at_least(args, minimum: int, *names: str) -> None:
+    """Integer options that must be >= minimum (one line naming the first that is not)."""
+    for name in names:
+        if getattr(args, name) < minimum:
+            raise IlctError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(args, name)}")
+
+
+def _seed(args) -> None:
+    if not 0 <= args.seed < 2**63:
+        raise IlctError(f"--seed must be in 0..2^63-1, got {args.seed}")
+
+
 # --------------------------------------------------------------------------- subcommands
 
 
 def cmd_autoencoder(args) -> int:
+    import torch
+
     from ilct.autoencoders.kl import KLAutoencoderConfig
     from ilct.autoencoders.training import AutoencoderTrainSettings, train_autoencoder
     from ilct.data.fashion_mnist import load_fashion_mnist
     from ilct.run import resolve_device
 
-    out = Path(args.out)
-    if (out / "model.safetensors").exists() and not args.force:
+    import math
+
+    from ilct.runfolder import check_out_dir
+
+    out = check_out_dir(args.out)
+    is_ae = (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    if is_ae and not args.force:
         raise IlctError(f"{out} already holds an autoencoder: pass --force to replace it")
-    for name in ("steps", "batch_size", "latent_channels"):
-        if getattr(args, name) < 1:
-            raise IlctError(f"--{name.replace('_', '-')} must be >= 1")
-    if not args.lr > 0:
-        raise IlctError("--lr must be > 0")
+    if out.is_dir() and any(out.iterdir()) and not is_ae:
+        raise IlctError(f"--out {out} is not empty and holds no autoencoder: choose a new or empty folder")
+    _at_least(args, 1, "steps", "batch_size", "latent_channels")
+    if not (math.isfinite(args.lr) and 0 < args.lr <= 10):
+        raise IlctError(f"--lr must be in (0, 10], got {args.lr}")
+    _seed(args)
     train_set = load_fashion_mnist(args.data_dir, "train", 32)
     test_set = load_fashion_mnist(args.data_dir, "test", 32)
     device = str(resolve_device(args.device))
     settings = AutoencoderTrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device)
     model, metrics = train_autoencoder(train_set, test_set, KLAutoencoderConfig(latent_channels=args.latent_channels),
                                        settings, progress=_progress(args))
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise IlctError(f"autoencoder training diverged (weights not finite; lower --lr): nothing saved to {out}")
     model.cpu().save(out, extra={"metrics": metrics})
     print(f"autoencoder saved to {out}: test PSNR {metrics['test_psnr_db']:.2f} dB on {metrics['test_images']} images "
           f"({metrics['train_seconds']:.0f} s)")
@@ -58,9 +84,13 @@ def _train_config(args):
         if not args.resume:
             raise IlctError("--config is required unless --resume is given")
         from ilct.config import config_from_yaml_file, merge_raw, parse_overrides, from_dict
-        from ilct.run import CONFIG_FILE
+        from ilct.runfolder import CONFIG_FILE
 
-        path = Path(args.out) / CONFIG_FILE
+        from ilct.runfolder import check_out_dir
+
+        path = check_out_dir(args.out) / CONFIG_FILE
+        if not path.is_file():
+            raise IlctError(f"--resume: {args.out} holds no run (no {CONFIG_FILE})")
         saved = config_from_yaml_file(path)
         return from_dict(merge_raw(saved.to_dict(), parse_overrides(overrides)))
     return load_config(args.config, overrides)
@@ -69,11 +99,24 @@ def _train_config(args):
 def cmd_train(args) -> int:
     from ilct.train import train
 
+    if args.resume and args.force:
+        raise IlctError("--resume and --force exclude each other")
     cfg = _train_config(args)
-    result = train(cfg, args.out, resume=args.resume, force=args.force, progress=_progress(args))
+    result = train(cfg, args.out, resume=args.resume, force=args.force, progress=_progress(args),
+                   allow_other_autoencoder=args.allow_other_autoencoder)
     print(f"trained to step {result.step} in {result.seconds:.0f} s (last logged loss {result.last_loss:.4g}); "
           f"run directory: {result.run_dir}")
     return 0
+
+
+def _run_inputs(run_dir, cfg) -> tuple[Path, ...]:
+    """The folders a command that reads a run must never write into: its checkpoints, its autoencoder
+    and its latents (the run's own top-level files are protected by ilct.outputs in any case)."""
+    paths = [Path(run_dir) / "checkpoints"]
+    for value in (cfg.autoencoder.path, cfg.data.latents):
+        if value and Path(value).is_dir():
+            paths.append(Path(value))
+    return tuple(paths)
 
 
 def _parse_tau(text: str | None, steps: int) -> list[float] | None:
@@ -95,15 +138,15 @@ def cmd_sample(args) -> int:
     from ilct.run import open_run
     from ilct.sampling import default_sigmas, generate
 
-    if args.steps < 1:
-        raise IlctError("--steps must be >= 1")
-    if args.n < 1:
-        raise IlctError("--n must be >= 1")
-    if args.batch_size < 1:
-        raise IlctError("--batch-size must be >= 1")
-    if not args.out.lower().endswith(".png"):
-        raise IlctError(f"--out must be a .png file, got {args.out}")
+    from ilct.outputs import check_output
+
+    _at_least(args, 1, "steps", "n", "batch_size", "scale")
+    _seed(args)
     run = open_run(args.run, args.checkpoint, args.device)
+    inputs = _run_inputs(args.run, run.cfg)
+    check_output(args.out, (".png",), "--out", inputs)
+    if args.npz:
+        check_output(args.npz, (".npz",), "--npz", inputs)
     K = run.cfg.model.num_classes
     if args.cls is not None and K <= 0:
         raise IlctError(f"--class: {args.run} is not class-conditional (model.num_classes = 0)")
@@ -207,11 +250,13 @@ def cmd_encode(args) -> int:
     from ilct.data.latents import encode_to_dir
     from ilct.run import resolve_device
 
+    from ilct.runfolder import check_out_dir, is_run
+
     kind, path = _autoencoder_spec(args.autoencoder)
     spec = _data_spec(args)
-    for name in ("batch_size", "shard_size"):
-        if getattr(args, name) < 1:
-            raise IlctError(f"--{name.replace('_', '-')} must be >= 1")
+    _at_least(args, 1, "batch_size", "shard_size")
+    if is_run(check_out_dir(args.out)) or (Path(args.out) / "model.safetensors").is_file():
+        raise IlctError(f"--out {args.out} holds a run or an autoencoder: choose a new folder for the latents")
     ae = load_autoencoder(kind, path)
     data = load_dataset(**spec)
     if args.limit is not None:
@@ -237,7 +282,19 @@ def cmd_analyze(args) -> int:
     from ilct.data.images import Subset
     from ilct.data.latents import LatentDir
 
+    from ilct.outputs import check_file_name, check_output
+    from ilct.runfolder import check_out_dir
+
+    _at_least(args, 1, "n")
+    _seed(args)
+    out = check_out_dir(args.out)
     lat = LatentDir(args.latents)
+    name = check_file_name(args.name, "--name") if args.name is not None else lat.path.name
+    protected = (lat.path,) + ((Path(args.run) / "checkpoints",) if args.run else ())
+    for suffix in (".json", "_boxplot.png"):
+        check_output(out / f"{name}{suffix}", (suffix,), "--out/--name", protected)
+    if args.run and any(N < 2 for N in args.levels):
+        raise IlctError("--levels must be >= 2")
     n = min(args.n, len(lat))
     rng = np.random.default_rng(args.seed)
     idx = np.sort(rng.choice(len(lat), n, replace=False))
@@ -258,11 +315,7 @@ def cmd_analyze(args) -> int:
 
         run = open_run(args.run, device=args.device)
         lat.check_autoencoder(run.autoencoder)
-        if any(N < 2 for N in args.levels):
-            raise IlctError("--levels must be >= 2")
         report["td"] = [td_residuals(run, latents, N, n=min(512, n), seed=args.seed) for N in args.levels]
-    out = Path(args.out)
-    name = args.name or lat.path.name
     write_report(report, out / f"{name}.json")
     box_plot({f"{k} ({name})": v for k, v in (("pixels", arrays.get("pixels")), ("latents", arrays["latents"])) if v is not None},
              out / f"{name}_boxplot.png", title=f"{lat.meta.get('autoencoder', '')} on {lat.meta['dataset']}")
@@ -291,6 +344,12 @@ def cmd_eval(args) -> int:
         raise IlctError("--steps needs step counts >= 1")
     if args.n < 10:
         raise IlctError("--n must be >= 10")
+    _at_least(args, 1, "batch_size")
+    _seed(args)
+    if args.json:
+        from ilct.outputs import check_output
+
+        check_output(args.json, (".json",), "--json", (Path(args.run) / "checkpoints",))
     result = evaluate_run(args.run, steps, args.n, args.seed, args.features, args.inception_weights,
                           Path(args.cache_dir) if args.cache_dir else None, args.batch_size, args.device, _progress(args), args.checkpoint)
     print(f"features: {result['features']}")
@@ -347,7 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--autoencoder", help="shortcut for --set autoencoder.path=DIR")
     t.add_argument("--data-dir", help="shortcut for --set data.root=DIR")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    t.add_argument("--force", action="store_true", help="discard a run already in --out and start over")
+    t.add_argument("--force", action="store_true",
+                   help="discard the run already in --out and start over (only a folder holding an ilct run; "
+                        "deleted only after every input is checked)")
+    t.add_argument("--allow-other-autoencoder", action="store_true",
+                   help="with --resume: train on with an autoencoder other than the run's (another latent space)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -438,11 +501,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ilct.preempt import Interrupted
+
     try:
         return args.func(args)
     except IlctError as e:
-        print(f"ilct: error: {e}", file=sys.stderr)
+        print(f"ilct: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
+    except OSError as e:  # the filesystem said no (read-only, full, not a folder, permissions): the user's to fix
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"ilct: error: {where}{_one_line(e.strerror or str(e))}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        print(f"ilct: {e}; nothing was trained", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("ilct: interrupted", file=sys.stderr)
         return 130

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ilct.errors import IlctError
+from ilct.files import read_text
 
 
 @dataclass
@@ -131,6 +132,8 @@ class Config:
         return dataclasses.asdict(self)
 
 
+MAX_STEPS = 999_999_999  # checkpoint folders are step_XXXXXXXXX
+
 # Allowed values of the string fields that are choices.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("fashion_mnist", "image_folder", "emoji"),
@@ -189,7 +192,7 @@ def _raw_preset_or_file(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[s
     if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():
             raise IlctError(f"config file not found: {name_or_path}")
-        raw = _read_yaml(path.read_text(), str(path))
+        raw = _read_yaml(read_text(path, "config file"), str(path))
     else:
         if name_or_path not in preset_names():
             raise IlctError(
@@ -231,12 +234,14 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
         if isinstance(value, bool):
             raise IlctError(f"config: {name} must be an integer, got {value!r}")
         if isinstance(value, int):
+            if abs(value) >= 2**63:
+                raise IlctError(f"config: {name} is out of range (|value| < 2^63), got {value!r}")
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, str):
             try:
-                return int(value.replace("_", ""))
+                return _coerce(int(value.replace("_", "")), int, name)
             except ValueError:
                 pass
         raise IlctError(f"config: {name} must be an integer, got {value!r}")
@@ -312,20 +317,22 @@ def validate(cfg: Config) -> None:
     need(not (m.text_dim > 0 and m.num_classes != 0), "model.text_dim",
          "and model.num_classes are both set: one kind of conditioning, labels or text")
     need(c.sigma_min > 0, "consistency.sigma_min", "must be > 0")
-    need(c.sigma_max > c.sigma_min, "consistency.sigma_max", "must be > consistency.sigma_min")
-    need(c.sigma_data > 0, "consistency.sigma_data", "must be > 0")
-    need(c.rho > 0, "consistency.rho", "must be > 0")
+    need(c.sigma_min < c.sigma_max <= 1e6, "consistency.sigma_max", "must be > consistency.sigma_min and <= 1e6")
+    need(1e-6 <= c.sigma_data <= 1e3, "consistency.sigma_data", "must be in [1e-6, 1e3]")
+    need(0.1 <= c.rho <= 1000, "consistency.rho", "must be in [0.1, 1000]")
     need(c.s0 >= 1, "consistency.s0", "must be >= 1")
     need(c.s1 >= c.s0, "consistency.s1", f"must be >= consistency.s0 ({c.s0})")
     need(c.p_std > 0, "consistency.p_std", "must be > 0")
-    need(c.c_scale > 0, "consistency.c_scale", "must be > 0")
+    need(0 < c.c_scale <= 1e3, "consistency.c_scale", "must be in (0, 1e3]")
+    need(abs(c.p_mean) <= 100 and c.p_std <= 100, "consistency.p_mean", "and p_std must lie within 100")
     need(me.diffusion_weight >= 0, "method.diffusion_weight", "must be >= 0")
     need(0.0 <= me.diffusion_fraction <= 1.0, "method.diffusion_fraction", "must be in [0, 1]")
     need(t.compile or not t.cuda_graphs, "train.cuda_graphs", "needs train.compile=true")
     need(t.precision == "bf16" or not t.bf16_residual, "train.bf16_residual", "needs train.precision=bf16")
-    need(t.total_steps >= 1, "train.total_steps", "must be >= 1")
-    need(t.batch_size >= 1, "train.batch_size", "must be >= 1")
-    need(t.lr > 0, "train.lr", "must be > 0")
+    need(1 <= t.total_steps <= MAX_STEPS, "train.total_steps", f"must be in 1..{MAX_STEPS} (9-digit checkpoint names)")
+    need(1 <= t.batch_size <= 2**20, "train.batch_size", "must be in 1..2^20")
+    need(0 < t.lr <= 10, "train.lr", "must be in (0, 10]")
+    need(0 <= t.seed < 2**63, "train.seed", "must be in 0..2^63-1")
     need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
     need(t.adam_eps > 0, "train.adam_eps", "must be > 0")
     need(0.0 <= t.beta1 < 1.0, "train.beta1", "must be in [0, 1)")
@@ -381,10 +388,7 @@ def dump_config(cfg: Config, path: str | Path) -> None:
 
 
 def config_from_yaml_file(path: str | Path) -> Config:
-    path = Path(path)
-    if not path.is_file():
-        raise IlctError(f"config file not found: {path}")
-    return from_dict(_read_yaml(path.read_text(), str(path)))
+    return from_dict(_read_yaml(read_text(path, "config file"), str(path)))
 
 
 def latent_dim(cfg: Config) -> int:

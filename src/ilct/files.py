@@ -25,7 +25,10 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
-        save_file({k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        try:
+            save_file({k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # safetensors reports I/O failures (a full disk) as its own error
+            raise OSError(f"cannot write {path}: {e}") from None
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,11 +62,23 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_json(path: str | Path) -> dict[str, Any]:
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A UTF-8 text file; a missing, unreadable or non-UTF-8 one is an IlctError."""
     path = Path(path)
     if not path.is_file():
-        raise IlctError(f"file missing: {path}")
+        raise IlctError(f"{what} not found: {path}")
     try:
-        return json.loads(path.read_text())
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise IlctError(f"cannot read {path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise IlctError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    text = read_text(path, "file")
+    try:
+        return json.loads(text)
     except ValueError as e:
         raise IlctError(f"cannot read {path}: {e}") from None

@@ -33,6 +33,8 @@ checkpoints of either load into the other.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ilct import flat as flatbuf
@@ -95,6 +97,29 @@ class RAdam(torch.optim.Optimizer):
     def load_state_dict(self, state_dict) -> None:
         super().load_state_dict(state_dict)
         self._flat.clear()  # the loaded moments are new tensors: gathered into flat buffers at the next step
+
+    def check_state(self) -> None:
+        """A loaded state that training can go on from: finite hyperparameters in range, and per parameter
+        a step count and both moments of its shape, dtype and finite (raises ValueError)."""
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (lr, b1, b2, eps, wd)):
+                raise ValueError("hyperparameters are not finite numbers")
+            if not (lr > 0 and 0 <= b1 < 1 and 0 <= b2 < 1 and eps > 0 and wd >= 0):
+                raise ValueError(f"hyperparameters out of range (lr={lr}, betas=({b1}, {b2}), eps={eps})")
+            for p in group["params"]:
+                st = self.state.get(p)
+                if not st:
+                    continue
+                for key in ("exp_avg", "exp_avg_sq"):
+                    t = st.get(key)
+                    if not isinstance(t, torch.Tensor) or t.shape != p.shape or t.dtype != p.dtype:
+                        raise ValueError(f"'{key}' does not fit a parameter of shape {tuple(p.shape)}")
+                    if not torch.isfinite(t).all() or (key == "exp_avg_sq" and (t < 0).any()):
+                        raise ValueError(f"'{key}' holds values that are not finite (or negative)")
+                step = st.get("step")
+                if not isinstance(step, torch.Tensor) or step.numel() != 1 or not (torch.isfinite(step) & (step >= 0)).all():
+                    raise ValueError("a step count is not a finite number >= 0")
 
     def add_param_group(self, param_group) -> None:
         super().add_param_group(param_group)

@@ -1,10 +1,6 @@
-"""A run directory: building its pieces from the config, and opening it again.
+"""A run's pieces built from its config, and a finished run opened again for sampling.
 
-    RUN_DIR/config.yaml                the resolved config (latent shape filled in)
-    RUN_DIR/latent_stats.safetensors   m and s the run normalizes with
-    RUN_DIR/log.jsonl                  one JSON object per logged step
-    RUN_DIR/samples/                   periodic 1-step grids
-    RUN_DIR/checkpoints/               see ilct.checkpoint
+The run folder's layout and rules live in ilct.runfolder; checkpoints in ilct.checkpoint.
 """
 
 from __future__ import annotations
@@ -18,7 +14,7 @@ from torch import nn
 
 from ilct import flat
 from ilct.autoencoders import Autoencoder, load_autoencoder
-from ilct.checkpoint import latest_checkpoint, load_weights, read_json
+from ilct.checkpoint import latest_checkpoint, load_weights, read_state, whole
 from ilct.config import Config, config_from_yaml_file
 from ilct.consistency.precond import ConsistencyModel
 from ilct.data.images import ImageDataset
@@ -26,9 +22,7 @@ from ilct.data.latents import LatentDir, LatentStats, cached_latents
 from ilct.errors import IlctError
 from ilct.nets.dit import build_dit
 
-CONFIG_FILE = "config.yaml"
-STATS_FILE = "latent_stats.safetensors"
-LOG_FILE = "log.jsonl"
+from ilct.runfolder import CONFIG_FILE, STATS_FILE
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,13 +97,16 @@ def open_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     cfg = config_from_yaml_file(run_dir / CONFIG_FILE)
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
     if ckpt is None:
-        raise IlctError(f"{run_dir} has no checkpoint yet")
+        raise IlctError(f"{run_dir} has no whole checkpoint yet")
     if not ckpt.is_dir():
         raise IlctError(f"checkpoint not found: {ckpt}")
+    problem = whole(ckpt)
+    if problem:
+        raise IlctError(f"{ckpt} is not a whole checkpoint: {problem}")
     dev = resolve_device(device)
     model = build_model(cfg)
     load_weights(model, ckpt / "ema.safetensors", f"model {cfg.model.arch} of {run_dir}")
     stats = LatentStats.load(run_dir / STATS_FILE)
     ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path)
-    step = int(read_json(ckpt / "state.json").get("step", 0))
+    step = read_state(ckpt)["step"]
     return OpenedRun(cfg, model.to(dev).eval(), ae.to(dev).eval(), stats, ckpt, step)

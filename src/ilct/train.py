@@ -9,14 +9,12 @@ one process or several under `torchrun` (ilct.distributed).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import random
-import shutil
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,7 +39,10 @@ from ilct.edm import edm_loss
 from ilct.errors import IlctError
 from ilct.grid import make_grid, save_png
 from ilct.optim import RAdam
-from ilct.run import CONFIG_FILE, LOG_FILE, STATS_FILE, build_model, load_latents, make_ema, resolve_device
+from ilct.preempt import StopFlag
+from ilct.run import build_model, load_latents, make_ema, resolve_device
+from ilct.runfolder import (CONFIG_FILE, LOG_FILE, SAMPLES_DIR, STATS_FILE, RunLock, check_new_run_dir, check_out_dir,
+                            clear_run, is_run)
 from ilct.sampling import generate
 
 
@@ -56,27 +57,6 @@ class TrainResult:
     seconds: float
     nonfinite_steps: int
     preempted: bool = False  # stopped by SIGTERM / SIGINT after checkpointing
-
-
-class _StopFlag:
-    """Turns SIGTERM and SIGINT into a request to stop after the current step."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopFlag":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signal = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def _absolute_paths(cfg: Config) -> None:
@@ -104,31 +84,37 @@ def _changed_keys(a: Config, b: Config) -> list[str]:
     return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k]]
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool) -> tuple[Config, Path | None]:
-    """Refuse to clobber another run; on resume, take the run's own config."""
-    has_run = (run_dir / CONFIG_FILE).exists() or (run_dir / "checkpoints").exists()
-    if resume:
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise IlctError(f"--resume: {run_dir} holds no run (no {CONFIG_FILE})")
-        saved = config_from_yaml_file(run_dir / CONFIG_FILE)
-        # Settings the user gave now may differ only in run-time keys; the rest comes from the run.
-        wanted = replace(cfg, model=replace(cfg.model, in_channels=saved.model.in_channels, input_size=saved.model.input_size))
-        bad = [k for k in _changed_keys(saved, wanted) if k not in RUNTIME_KEYS]
-        if bad:
-            raise IlctError(f"--resume: the run was made with other settings ({', '.join(bad[:4])}); "
-                            "drop those --set values or start a new --out")
-        for key in RUNTIME_KEYS:
-            s, k = key.split(".")
-            setattr(getattr(saved, s), k, getattr(getattr(cfg, s), k))
-        return saved, ckpt.latest_checkpoint(run_dir)
-    if has_run and not force:
-        raise IlctError(f"{run_dir} already holds a run: use --resume to continue it or --force to start over")
-    if has_run and force:
-        for sub in ("checkpoints", "samples"):
-            shutil.rmtree(run_dir / sub, ignore_errors=True)
-        for f in (LOG_FILE, CONFIG_FILE, STATS_FILE):
-            (run_dir / f).unlink(missing_ok=True)
-    return cfg, None
+def resume_config(cfg: Config, run_dir: Path) -> Config:
+    """The run's own config, with the run-time keys the user gives now; other differences are refused."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise IlctError(f"--resume: {run_dir} holds no run (no {CONFIG_FILE})")
+    saved = config_from_yaml_file(run_dir / CONFIG_FILE)
+    wanted = replace(cfg, model=replace(cfg.model, in_channels=saved.model.in_channels, input_size=saved.model.input_size))
+    bad = [k for k in _changed_keys(saved, wanted) if k not in RUNTIME_KEYS]
+    if bad:
+        raise IlctError(f"--resume: the run was made with other settings ({', '.join(bad[:4])}); "
+                        "drop those --set values or start a new --out")
+    for key in RUNTIME_KEYS:
+        s, k = key.split(".")
+        setattr(getattr(saved, s), k, getattr(getattr(cfg, s), k))
+    return saved
+
+
+def check_autoencoder(stats: LatentStats, ae, run_dir: Path, allow_other: bool) -> None:
+    """A resumed run trains on in the latent space it started in: the autoencoder must be the same one
+    (its fingerprint, recorded with the run's statistics), unless the user asks for another explicitly."""
+    if stats.fingerprint and stats.fingerprint != ae.fingerprint() and not allow_other:
+        raise IlctError(f"--resume: {run_dir} was trained with another autoencoder (fingerprint {stats.fingerprint}, "
+                        f"this one is {ae.fingerprint()}): pass --allow-other-autoencoder to train on in its latent space")
+
+
+def start_run_dir(cfg: Config, run_dir: Path, force: bool, stats: LatentStats) -> None:
+    """A new run's files (the caller holds the lock): --force first deletes the run that was there."""
+    check_new_run_dir(run_dir, force)  # again, under the lock
+    if is_run(run_dir):
+        clear_run(run_dir)
+    stats.save(run_dir / STATS_FILE)
+    dump_config(cfg, run_dir / CONFIG_FILE)
 
 
 def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -251,59 +237,49 @@ def train(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    allow_other_autoencoder: bool = False,
 ) -> TrainResult:
-    run_dir = Path(run_dir)
-    dist, device = distributed.init(resolve_device(cfg.train.device))
-    try:
-        return _train(cfg, run_dir, resume, force, progress, dist, device)
-    finally:
-        distributed.shutdown(dist)
+    """Train (or resume) the run in `run_dir`. Every input is checked before the run folder is touched;
+    the caller's `cfg` is not changed. Raises IlctError for bad input and preempt.Interrupted for a
+    signal before training began."""
+    cfg = copy.deepcopy(cfg)
+    run_dir = check_out_dir(run_dir)
+    with StopFlag() as stop:
+        dist, device = distributed.init(resolve_device(cfg.train.device))
+        lock = RunLock(run_dir)
+        try:
+            return _train(cfg, run_dir, resume, force, progress, dist, device, stop, lock, allow_other_autoencoder)
+        finally:
+            lock.release()
+            distributed.shutdown(dist)
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool,
-           dist: distributed.Dist, device: torch.device) -> TrainResult:
-    main = dist.main
-    if main:
-        cfg, resume_from = prepare_run_dir(cfg, run_dir, resume, force)
-    distributed.barrier(dist)
-    if not main:  # the other ranks read what rank 0 decided
-        cfg, resume_from = prepare_run_dir(cfg, run_dir, True, False) if resume else (cfg, None)
-    _absolute_paths(cfg)
-    t, c = cfg.train, cfg.consistency
-    setup_backends(device)
-    edm = t.objective == "edm"
+@dataclass
+class RunData:
+    """What a run trains on: the autoencoder, its latents (normalized on access), their statistics,
+    the conditions (labels or caption embeddings) and the batch maker."""
 
-    # ---- latents (encoded once per autoencoder and dataset, then cached; rank 0 encodes first)
-    ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path).to(device)
-    if not main:
-        distributed.barrier(dist)
-    latent_set = load_latents(cfg, ae, device, progress and main)
-    if main:
-        distributed.barrier(dist)
-    C, H, W = latent_set.shape
-    if H != W:
-        raise IlctError(f"latents must be square, got {C}x{H}x{W}")
-    for name, have, want in (("in_channels", C, cfg.model.in_channels), ("input_size", H, cfg.model.input_size)):
-        if want is not None and want != have:
-            raise IlctError(f"config: model.{name}={want} but the autoencoder gives {C}x{H}x{W} latents")
-    cfg.model.in_channels, cfg.model.input_size = C, H
-    stats = LatentStats.load(run_dir / STATS_FILE) if (resume_from is not None or resume) else latent_set.stats
-    # Small latent sets live in (host) memory; larger ones are gathered per batch from the memory map.
-    if latent_set.nbytes <= IN_MEMORY_BYTES:
-        z_data = stats.normalize(latent_set.all(), c.sigma_data)  # std sigma_d
-        gather = z_data.__getitem__
-    else:
-        gather = lambda idx: stats.normalize(latent_set.gather(idx.numpy()), c.sigma_data)  # noqa: E731
+    ae: torch.nn.Module
+    stats: LatentStats
+    shape: tuple[int, int, int]
+    maker: BatchMaker
+
+
+def _conditions(cfg: Config, latent_set, main: bool):
+    """The labels (or caption embeddings) the model is conditioned on, and the indices kept for training."""
+    labels = None
     if cfg.model.num_classes != 0:  # class-conditional: labels stored with the latents
         if latent_set.labels is None or len(latent_set.labels) == 0:
             raise IlctError("config: model.num_classes is set but the latents carry no labels "
                             "(Fashion-MNIST, or an image folder with data.labels_from_subfolders)")
+        if int(latent_set.labels.min()) < 0:
+            raise IlctError(f"{latent_set.path}: the labels must be >= 0")
         if cfg.model.num_classes < 0:
             cfg.model.num_classes = int(latent_set.labels.max()) + 1
         if int(latent_set.labels.max()) >= cfg.model.num_classes:
             raise IlctError(f"config: model.num_classes={cfg.model.num_classes} but the labels go up to "
                             f"{int(latent_set.labels.max())}")
-    labels = latent_set.labels if cfg.model.num_classes > 0 else None
+        labels = latent_set.labels
     kept = None
     if cfg.data.caption_holdout:  # held-out prompts: their images are never trained on (checked before the embeddings)
         if not latent_set.captions:
@@ -319,10 +295,45 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
         labels = caption_embeddings(latent_set.path, latent_set.captions)
         if labels.shape[1] != cfg.model.text_dim:
             raise IlctError(f"config: model.text_dim={cfg.model.text_dim} but the text encoder gives {labels.shape[1]}-d embeddings")
+    if kept is not None and main:
+        print(f"caption_holdout {cfg.data.caption_holdout!r}: training on {len(kept)} of {len(latent_set)} latents", flush=True)
+    return labels, kept
+
+
+def load_run_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder: bool, progress: bool,
+                  dist: distributed.Dist, device: torch.device) -> RunData:
+    """Everything the run reads, checked (writes only to the latent cache; rank 0 encodes first).
+    Fills in cfg's latent shape and class count."""
+    main, c = dist.main, cfg.consistency
+    ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path).to(device)
+    stats = LatentStats.load(run_dir / STATS_FILE) if resume else None
+    if stats is not None:
+        check_autoencoder(stats, ae, run_dir, allow_other_autoencoder)
+    if not main:
+        distributed.barrier(dist)
+    latent_set = load_latents(cfg, ae, device, progress and main)
+    if main:
+        distributed.barrier(dist)
+    latent_set.check_finite()
+    C, H, W = latent_set.shape
+    if H != W:
+        raise IlctError(f"latents must be square, got {C}x{H}x{W}")
+    for name, have, want in (("in_channels", C, cfg.model.in_channels), ("input_size", H, cfg.model.input_size)):
+        if want is not None and want != have:
+            raise IlctError(f"config: model.{name}={want} but the autoencoder gives {C}x{H}x{W} latents")
+    cfg.model.in_channels, cfg.model.input_size = C, H
+    if stats is None:
+        stats = replace(latent_set.stats, fingerprint=ae.fingerprint())
+    elif tuple(stats.mean.shape) != (C, H, W):
+        raise IlctError(f"{run_dir / STATS_FILE} holds statistics of {tuple(stats.mean.shape)} latents, the data gives {C}x{H}x{W}")
+    # Small latent sets live in (host) memory; larger ones are gathered per batch from the memory map.
+    if latent_set.nbytes <= IN_MEMORY_BYTES:
+        gather = stats.normalize(latent_set.all(), c.sigma_data).__getitem__  # std sigma_d
+    else:
+        gather = lambda idx: stats.normalize(latent_set.gather(idx.numpy()), c.sigma_data)  # noqa: E731
+    labels, kept = _conditions(cfg, latent_set, main)
     n_data = len(latent_set)
     if kept is not None:
-        if main:
-            print(f"caption_holdout {cfg.data.caption_holdout!r}: training on {len(kept)} of {n_data} latents", flush=True)
         base_gather, n_data = gather, len(kept)
         gather = lambda idx: base_gather(kept[idx])  # noqa: E731
         labels = labels[kept] if labels is not None else None
@@ -330,40 +341,91 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
         maker = make_batch_maker(cfg, gather, n_data, (C, H, W), labels, dist.rank, dist.world)
     except ValueError as e:
         raise IlctError(f"config: {e}") from None
+    return RunData(ae, stats, (C, H, W), maker)
+
+
+def restore(path: Path, model, ema, opt, cfg: Config) -> dict[str, Any]:
+    """Model, EMA and optimizer states from a checkpoint, each checked; returns its state.json."""
+    what = f"model {cfg.model.arch}"
+    state = ckpt.read_state(path)
+    if not 0 < state["step"] <= cfg.train.total_steps:
+        raise IlctError(f"{path}: step {state['step']} lies outside the run's 1..{cfg.train.total_steps}")
+    ckpt.load_weights(model, path / "model.safetensors", what)
+    ckpt.load_weights(ema, path / "ema.safetensors", what)
+    try:
+        opt.load_state_dict(ckpt.optimizer_from_files(
+            ckpt.read_tensors(path / "optimizer.safetensors"), ckpt.read_json(path / "optimizer.json")))
+        opt.check_state()
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        raise IlctError(f"optimizer state in {path} does not match the model: {e}") from None
+    return state
+
+
+def restore_newest(run_dir: Path, model, ema, opt, cfg: Config) -> tuple[Path | None, dict[str, Any]]:
+    """The newest checkpoint that restores completely; a damaged newer one is passed over with one line.
+    (None, {}) for a run stopped before its first checkpoint: it starts again from step 0."""
+    first = ckpt.latest_checkpoint(run_dir)
+    if first is None and not ckpt.list_checkpoints(run_dir):
+        return None, {}
+    if first is None:
+        raise IlctError(f"--resume: {run_dir} has no whole checkpoint to resume from; start over with --force")
+    older = [p for p in reversed(ckpt.list_checkpoints(run_dir)) if p.name < first.name and ckpt.whole(p) is None]
+    problem = None
+    for path in [first, *older]:
+        try:
+            state = restore(path, model, ema, opt, cfg)
+        except IlctError as e:
+            problem = problem or str(e)
+            continue
+        if path != first:
+            print(f"note: {first.name} cannot be resumed ({problem}); resuming from {path.name}", file=sys.stderr)
+        return path, state
+    raise IlctError(f"--resume: no checkpoint of {run_dir} can be restored: {problem}")
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool, dist: distributed.Dist,
+           device: torch.device, stop: StopFlag, lock: RunLock, allow_other_autoencoder: bool) -> TrainResult:
+    main = dist.main
+    cfg = resume_config(cfg, run_dir) if resume else cfg
+    if not resume:
+        check_new_run_dir(run_dir, force)
+    _absolute_paths(cfg)
+    t = cfg.train
+    setup_backends(device)
+    edm = t.objective == "edm"
+    data = load_run_data(cfg, run_dir, resume, allow_other_autoencoder, progress, dist, device)
+    ae, stats, maker = data.ae, data.stats, data.maker
 
     # ---- model, EMA, optimizer (RAdam that skips non-finite steps on the device)
     torch.manual_seed(t.seed)  # the initial weights, equal on every rank
     model, ema, opt = make_student(cfg, device)
-    what = f"model {cfg.model.arch} of {run_dir}"
 
-    def restore(path: Path) -> dict[str, Any]:
-        """Model, EMA and optimizer states from a checkpoint; returns its state.json."""
-        ckpt.load_weights(model, path / "model.safetensors", what)
-        ckpt.load_weights(ema, path / "ema.safetensors", what)
-        try:
-            opt.load_state_dict(ckpt.optimizer_from_files(
-                ckpt.read_tensors(path / "optimizer.safetensors"), ckpt.read_json(path / "optimizer.json")))
-        except (ValueError, KeyError) as e:
-            raise IlctError(f"optimizer state in {path} does not match the model: {e}") from None
-        return ckpt.read_json(path / "state.json")
-
+    # ---- everything is checked: from here on the run folder is written, by this process alone
+    if main:
+        lock.acquire()
+        stop.defer()
+        if not resume:
+            start_run_dir(cfg, run_dir, force, stats)
+        elif stats.fingerprint and stats.fingerprint != ae.fingerprint():  # --allow-other-autoencoder: the run names the new one
+            stats = replace(stats, fingerprint=ae.fingerprint())
+            stats.save(run_dir / STATS_FILE)
+            dump_config(cfg, run_dir / CONFIG_FILE)
+    else:
+        stop.defer()
+    distributed.barrier(dist)
     start_step, nonfinite_total, lr_halved = 0, 0, False
-    if resume_from is not None:
-        state = restore(resume_from)
-        start_step, nonfinite_total = int(state["step"]), int(state.get("nonfinite_total", 0))
-        lr_halved = bool(state.get("lr_halved", False))
-        made_on = int(state.get("world_size", 1))
-        if made_on != dist.world and main:  # allowed (the global batch is the same), but not a reproduction
+    if resume:
+        resume_from, state = restore_newest(run_dir, model, ema, opt, cfg)
+        start_step, nonfinite_total = state.get("step", 0), state.get("nonfinite_total", 0)
+        lr_halved = state.get("lr_halved", False)
+        made_on = state.get("world_size", 1)
+        if resume_from is not None and made_on != dist.world and main:  # allowed (the global batch is the same), but not a reproduction
             print(f"note: {resume_from.name} was written by {made_on} rank(s) and this run has {dist.world}: "
                   "training goes on, but the per-rank batch slices and OT pairings differ from the "
                   "uninterrupted run's, so it does not reproduce it", file=sys.stderr)
-    elif main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        stats.save(run_dir / STATS_FILE)
-        dump_config(cfg, run_dir / CONFIG_FILE)
     if main:
-        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-    distributed.barrier(dist)
+        (run_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
+    stop.raise_if_stopped()  # a signal during start-up's writes: nothing trained yet
 
     student: torch.nn.Module = model
     if t.compile and t.cuda_graphs and device.type == "cuda":
@@ -402,99 +464,98 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     def write_grid(step: int) -> None:
         if main:
             grid = make_grid(generate(ema, ae, stats, cfg, t.num_sample_images, 18 if edm else 1, seed=0))
-            save_png(grid, run_dir / "samples" / f"step_{step:09d}.png", scale=2)
+            save_png(grid, run_dir / SAMPLES_DIR / f"step_{step:09d}.png", scale=2)
 
     prefetch = Prefetcher(maker, start_step, t.total_steps, device)
-    with _StopFlag() as stop:
-        try:
-            k = start_step
-            while k < t.total_steps:
-                # -- curriculum (METHOD.md section 3) and the c schedule (technique 4)
-                N = num_levels(k, t.total_steps, c.s0, c.s1)
-                if N != cur_N:
-                    cur_N = N
-                    sigmas, c_now = levels(cfg, N, device)
-                # -- batch (drawn and OT-coupled ahead, in a thread), dropout randomness of this step
-                batch = prefetch.get(k)
-                torch.manual_seed(step_seed(t.seed, k, 1 + dist.rank))
-                values, bad = training_step(student, ema, opt, batch, sigmas, N, c_now, cfg, k)
-                acc += values
-                n_good += 1 - bad
-                n_bad += bad
-                run_bad = (run_bad + 1) * bad
-                run_max = torch.maximum(run_max, run_bad)
-                k += 1
-                step = k
-                bar.update(1)
-                n_steps_logged += 1
+    try:
+        k = start_step
+        while k < t.total_steps:
+            # -- curriculum (METHOD.md section 3) and the c schedule (technique 4)
+            N = num_levels(k, t.total_steps, cfg.consistency.s0, cfg.consistency.s1)
+            if N != cur_N:
+                cur_N = N
+                sigmas, c_now = levels(cfg, N, device)
+            # -- batch (drawn and OT-coupled ahead, in a thread), dropout randomness of this step
+            batch = prefetch.get(k)
+            torch.manual_seed(step_seed(t.seed, k, 1 + dist.rank))
+            values, bad = training_step(student, ema, opt, batch, sigmas, N, c_now, cfg, k)
+            acc += values
+            n_good += 1 - bad
+            n_bad += bad
+            run_bad = (run_bad + 1) * bad
+            run_max = torch.maximum(run_max, run_bad)
+            k += 1
+            step = k
+            bar.update(1)
+            n_steps_logged += 1
 
-                # -- check point: the only host synchronization (log, checkpoint, end, signal)
-                stopping = distributed.any_rank(dist, stop.signal is not None, device) if (
-                    not dist.active or step % t.log_every == 0) else False
-                is_log = step % t.log_every == 0 or step == t.total_steps
-                is_ckpt = step % t.ckpt_every == 0 and step != t.total_steps
-                is_grid = bool(t.sample_every) and step % t.sample_every == 0 and step != t.total_steps
-                if not (is_log or is_ckpt or is_grid or stopping):
-                    continue
-                bad_now, longest = int(n_bad.item()), int(run_max.item())
-                if bad_now:
-                    nonfinite_total += bad_now
-                    log({"step": step, "event": "nonfinite", "count": bad_now, "nonfinite_total": nonfinite_total})
-                n_bad.zero_()
-                run_max.copy_(run_bad)
-                # numerical policy: skipped and counted; max_nonfinite in a row -> roll back and halve lr once
-                if longest >= t.max_nonfinite:
-                    latest = ckpt.latest_checkpoint(run_dir)
-                    if lr_halved or latest is None:
-                        raise IlctError(
-                            f"the loss or gradient was not finite for {longest} steps in a row, up to step {step}"
-                            + (" after the learning rate was already halved" if lr_halved else " before any checkpoint")
-                            + "; the last checkpoint is intact: lower train.lr or set train.grad_clip")
-                    k = int(restore(latest)["step"])
-                    lr_halved = True
-                    for group in opt.param_groups:
-                        group["lr"] *= 0.5
-                    run_bad.zero_()
-                    run_max.zero_()
-                    log({"step": k, "event": "rollback", "checkpoint": latest.name, "lr": opt.param_groups[0]["lr"]})
-                    prefetch.close()
-                    prefetch = Prefetcher(maker, k, t.total_steps, device)
-                    bar.reset(total=t.total_steps)
-                    bar.update(k)
-                    continue
-                if is_log:
-                    now = time.time()
-                    good = max(float(n_good.item()), 1.0)
-                    mean = (acc / good).tolist()
-                    last_loss = mean[0]
-                    log({
-                        "step": step, "N": N, "c": c_now,
-                        "loss": mean[0], "consistency": mean[1], "diffusion": mean[2],
-                        "nonfinite_total": nonfinite_total,
-                        "img_per_s": round(n_steps_logged * t.batch_size / max(now - t_log, 1e-9), 1),
-                        "elapsed_s": round(now - t_start, 1),
-                    })
-                    bar.set_postfix(N=N, c=f"{c_now:.3g}", loss=f"{last_loss:.4g}")
-                    acc.zero_()
-                    n_good.zero_()
-                    n_steps_logged, t_log = 0, now
-                if is_grid:
-                    write_grid(step)
-                if is_ckpt:
+            # -- check point: the only host synchronization (log, checkpoint, end, signal)
+            stopping = distributed.any_rank(dist, stop.signal is not None, device) if (
+                not dist.active or step % t.log_every == 0) else False
+            is_log = step % t.log_every == 0 or step == t.total_steps
+            is_ckpt = step % t.ckpt_every == 0 and step != t.total_steps
+            is_grid = bool(t.sample_every) and step % t.sample_every == 0 and step != t.total_steps
+            if not (is_log or is_ckpt or is_grid or stopping):
+                continue
+            bad_now, longest = int(n_bad.item()), int(run_max.item())
+            if bad_now:
+                nonfinite_total += bad_now
+                log({"step": step, "event": "nonfinite", "count": bad_now, "nonfinite_total": nonfinite_total})
+            n_bad.zero_()
+            run_max.copy_(run_bad)
+            # numerical policy: skipped and counted; max_nonfinite in a row -> roll back and halve lr once
+            if longest >= t.max_nonfinite:
+                latest = ckpt.latest_checkpoint(run_dir)
+                if lr_halved or latest is None:
+                    raise IlctError(
+                        f"the loss or gradient was not finite for {longest} steps in a row, up to step {step}"
+                        + (" after the learning rate was already halved" if lr_halved else " before any checkpoint")
+                        + "; the last checkpoint is intact: lower train.lr or set train.grad_clip")
+                k = restore(latest, model, ema, opt, cfg)["step"]
+                lr_halved = True
+                for group in opt.param_groups:
+                    group["lr"] *= 0.5
+                run_bad.zero_()
+                run_max.zero_()
+                log({"step": k, "event": "rollback", "checkpoint": latest.name, "lr": opt.param_groups[0]["lr"]})
+                prefetch.close()
+                prefetch = Prefetcher(maker, k, t.total_steps, device)
+                bar.reset(total=t.total_steps)
+                bar.update(k)
+                continue
+            if is_log:
+                now = time.time()
+                good = max(float(n_good.item()), 1.0)
+                mean = (acc / good).tolist()
+                last_loss = mean[0]
+                log({
+                    "step": step, "N": N, "c": c_now,
+                    "loss": mean[0], "consistency": mean[1], "diffusion": mean[2],
+                    "nonfinite_total": nonfinite_total,
+                    "img_per_s": round(n_steps_logged * t.batch_size / max(now - t_log, 1e-9), 1),
+                    "elapsed_s": round(now - t_start, 1),
+                })
+                bar.set_postfix(N=N, c=f"{c_now:.3g}", loss=f"{last_loss:.4g}")
+                acc.zero_()
+                n_good.zero_()
+                n_steps_logged, t_log = 0, now
+            if is_grid:
+                write_grid(step)
+            if is_ckpt:
+                save(step)
+            if stopping and step != t.total_steps:
+                if step % t.ckpt_every:
                     save(step)
-                if stopping and step != t.total_steps:
-                    if step % t.ckpt_every:
-                        save(step)
-                    bar.close()
-                    if main:
-                        print(f"stopped by signal {stop.signal} after step {step}; checkpoint saved, "
-                              f"continue with: ilct train --out {run_dir} --resume")
-                    return TrainResult(run_dir, step, last_loss, time.time() - t_start, nonfinite_total, preempted=True)
-        finally:
-            prefetch.close()
-            bar.close()
-            if log_file is not None:
-                log_file.close()
+                bar.close()
+                if main:
+                    print(f"stopped by signal {stop.signal} after step {step}; checkpoint saved, "
+                          f"continue with: ilct train --out {run_dir} --resume")
+                return TrainResult(run_dir, step, last_loss, time.time() - t_start, nonfinite_total, preempted=True)
+    finally:
+        prefetch.close()
+        bar.close()
+        if log_file is not None:
+            log_file.close()
     end_step = max(start_step, t.total_steps)
     # the replicas of a torchrun job must agree: each rank's weight digest goes into the last checkpoint
     digests = distributed.gather_strings(dist, _weights_digest(model))

@@ -118,5 +118,7 @@ class KLAutoencoder(Autoencoder):
             model.load_state_dict(state)
         except RuntimeError as e:
             raise IlctError(f"{weights} does not match {cfg_file}: {str(e).splitlines()[0]}") from None
+        if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+            raise IlctError(f"{weights} holds weights that are not finite")
         return model.eval().requires_grad_(False)
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from ilct.autoencoders.base import Autoencoder
 from ilct.data.images import ImageDataset
 from ilct.errors import IlctError
-from ilct.files import read_tensors, save_tensors, write_text
+from ilct.files import read_json, read_tensors, save_tensors, write_text
 
 META_FILE = "meta.json"
 STATS_FILE = "stats.safetensors"
@@ -42,6 +42,7 @@ FORMAT = "ilct-latents-1"
 class LatentStats:
     mean: torch.Tensor  # (C, H, W) m
     std: torch.Tensor  # (C, H, W) s
+    fingerprint: str = ""  # the autoencoder whose latent space these describe ("" = not recorded)
 
     def normalize(self, latent: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
         """z = sigma_d (latent - m) / s."""
@@ -57,14 +58,31 @@ class LatentStats:
         return cls(latents.mean(0).float(), latents.std(0).clamp_min(1e-6).float())
 
     def save(self, path: str | Path) -> None:
-        save_tensors({"mean": self.mean, "std": self.std}, Path(path))
+        meta = {"autoencoder_fingerprint": self.fingerprint} if self.fingerprint else None
+        save_tensors({"mean": self.mean, "std": self.std}, Path(path), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "LatentStats":
+        """Checked: both tensors, one shape, float32, finite, s > 0."""
         t = read_tensors(path)
         if "mean" not in t or "std" not in t:
             raise IlctError(f"{path} holds no latent statistics")
-        return cls(t["mean"], t["std"])
+        m, s = t["mean"], t["std"]
+        if m.shape != s.shape or m.dim() < 1 or m.dtype != torch.float32 or s.dtype != torch.float32:
+            raise IlctError(f"{path}: mean and std must be float32 tensors of one shape")
+        if not (torch.isfinite(m).all() and torch.isfinite(s).all() and (s > 0).all()):
+            raise IlctError(f"{path}: latent statistics must be finite with std > 0")
+        return cls(m, s, _stats_fingerprint(path))
+
+
+def _stats_fingerprint(path: str | Path) -> str:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("autoencoder_fingerprint", "")
+    except Exception:  # read_tensors already read the file; metadata is optional
+        return ""
 
 
 class LatentDir:
@@ -75,23 +93,43 @@ class LatentDir:
         meta_path = self.path / META_FILE
         if not meta_path.is_file():
             raise IlctError(f"{self.path} is not a latent directory (no {META_FILE}; make one with `ilct encode`)")
-        try:
-            self.meta = json.loads(meta_path.read_text())
-        except ValueError as e:
-            raise IlctError(f"cannot read {meta_path}: {e}") from None
-        if self.meta.get("format") != FORMAT:
+        self.meta = read_json(meta_path)
+        if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
             raise IlctError(f"{meta_path} is not an {FORMAT} latent directory")
         if not self.meta.get("complete"):
             raise IlctError(f"{self.path} is incomplete: run the same `ilct encode` again to finish it")
-        self.shape: tuple[int, int, int] = tuple(self.meta["shape"])  # type: ignore[assignment]
-        self.count: int = int(self.meta["count"])
-        self.fingerprint: str = self.meta["autoencoder_fingerprint"]
+        try:
+            self.shape: tuple[int, int, int] = tuple(int(v) for v in self.meta["shape"])  # type: ignore[assignment]
+            self.count: int = int(self.meta["count"])
+            self.fingerprint: str = str(self.meta["autoencoder_fingerprint"])
+            shards = [(str(s["file"]), str(s["labels"])) for s in self.meta["shards"]]
+        except (KeyError, TypeError, ValueError):
+            raise IlctError(f"{meta_path} is malformed (shape, count, fingerprint or shards)") from None
         self.stats = LatentStats.load(self.path / STATS_FILE)
-        self._shards = [np.load(self.path / s["file"], mmap_mode="r") for s in self.meta["shards"]]
-        self.labels = torch.from_numpy(np.concatenate([np.load(self.path / s["labels"]) for s in self.meta["shards"]]))
+        self._shards = [self._array(f, np.float32, self.shape) for f, _ in shards]
+        labels = [self._array(lf, np.int64, ()) for _, lf in shards]
+        if any(len(a) != len(b) for a, b in zip(self._shards, labels)) or sum(map(len, self._shards)) != self.count:
+            raise IlctError(f"{self.path}: the shards do not add up to the {self.count} latents meta.json names")
+        self.labels = torch.from_numpy(np.concatenate(labels)) if labels else torch.zeros(0, dtype=torch.long)
         self._starts = np.cumsum([0] + [len(s) for s in self._shards])
         cap = self.path / CAPTIONS_FILE
-        self.captions: list[str] | None = json.loads(cap.read_text()) if cap.is_file() else None
+        self.captions: list[str] | None = read_json(cap) if cap.is_file() else None
+        if self.captions is not None and (not isinstance(self.captions, list) or len(self.captions) != self.count
+                                          or not all(isinstance(c, str) for c in self.captions)):
+            raise IlctError(f"{cap} must hold one caption string per latent ({self.count})")
+
+    def _array(self, name: str, dtype, shape: tuple) -> np.ndarray:
+        """One shard (memory-mapped), checked against meta.json: present, inside the folder, dtype and shape."""
+        path = self.path / name
+        if Path(name).name != name or not path.is_file():
+            raise IlctError(f"{self.path}: shard {name!r} is missing (encode again into a new folder)")
+        try:
+            a = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise IlctError(f"cannot read {path}: {e}") from None
+        if a.dtype != dtype or tuple(a.shape[1:]) != tuple(shape):
+            raise IlctError(f"{path} holds {a.dtype} {tuple(a.shape)}, expected {np.dtype(dtype)} (n, {', '.join(map(str, shape))})")
+        return a
 
     def __len__(self) -> int:
         return self.count
@@ -112,6 +150,13 @@ class LatentDir:
 
     def all(self) -> torch.Tensor:
         return torch.from_numpy(np.concatenate([np.asarray(s) for s in self._shards]))
+
+    def check_finite(self) -> None:
+        """Every latent is finite (NaN would poison the statistics, the OT coupling and the loss)."""
+        for k, shard in enumerate(self._shards):
+            for s in range(0, len(shard), 65536):
+                if not np.isfinite(shard[s : s + 65536]).all():
+                    raise IlctError(f"{self.path}: shard {k} holds latents that are not finite (NaN or inf)")
 
     def check_autoencoder(self, ae: Autoencoder) -> None:
         if ae.fingerprint() != self.fingerprint:
@@ -146,7 +191,10 @@ def encode_to_dir(
         raise IlctError(f"dataset {data.name} has {data.shape[0]} channels, the autoencoder expects {ae.image_channels}")
     n_images = len(data)
     count = n_images * (2 if flip else 1)
-    shape = ae.latent_shape(data.shape[1])
+    try:
+        shape = ae.latent_shape(data.shape[1])
+    except ValueError as e:
+        raise IlctError(f"{data.name} does not fit the autoencoder: {e} (choose another --resolution)") from None
     shards = [
         {"file": f"shard_{k:05d}.npy", "labels": f"labels_{k:05d}.npy", "start": s, "stop": min(s + shard_size, count)}
         for k, s in enumerate(range(0, count, shard_size))

@@ -1,0 +1,121 @@
+"""The run folder: its names, what makes a folder a run, one writer at a time, and `--force`.
+
+    RUN_DIR/config.yaml                the resolved config (latent shape filled in)
+    RUN_DIR/latent_stats.safetensors   m and s the run normalizes with (and the autoencoder's fingerprint)
+    RUN_DIR/log.jsonl                  one JSON object per logged step
+    RUN_DIR/samples/                   periodic 1-step grids
+    RUN_DIR/checkpoints/               see ilct.checkpoint
+    RUN_DIR/.lock                      held (flock) by the one training process writing the run
+
+A run folder is a closed world: what ilct reads from it (the `latest` pointer, the
+checkpoints) must resolve inside it (ilct.checkpoint). `--force` deletes only the
+names above, and only in a folder that holds a run.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+from ilct.errors import IlctError
+
+CONFIG_FILE = "config.yaml"
+STATS_FILE = "latent_stats.safetensors"
+LOG_FILE = "log.jsonl"
+SAMPLES_DIR = "samples"
+CHECKPOINTS_DIR = "checkpoints"
+LOCK_FILE = ".lock"
+RUN_FILES = (CONFIG_FILE, STATS_FILE, LOG_FILE)
+RUN_DIRS = (SAMPLES_DIR, CHECKPOINTS_DIR)
+
+
+def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
+    """A folder argument: not empty, not an existing file."""
+    if not str(path).strip():
+        raise IlctError(f"{flag} is empty: name a folder")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise IlctError(f"{flag} {path} is a file, not a folder")
+    return path
+
+
+def is_run(run_dir: Path) -> bool:
+    """The folder holds an ilct run: a config.yaml beside latent statistics, a log or checkpoints."""
+    return (run_dir / CONFIG_FILE).is_file() and any(
+        (run_dir / name).exists() for name in (STATS_FILE, LOG_FILE, CHECKPOINTS_DIR))
+
+
+def foreign_entries(run_dir: Path) -> list[str]:
+    """Names in the folder that a run does not make (sorted)."""
+    if not run_dir.is_dir():
+        return []
+    own = set(RUN_FILES) | set(RUN_DIRS) | {LOCK_FILE}
+    return sorted(p.name for p in run_dir.iterdir() if p.name not in own and not p.name.startswith(".tmp"))
+
+
+def check_new_run_dir(run_dir: Path, force: bool) -> None:
+    """Where a new run may start: an absent or empty folder, or (with --force) a folder holding a run.
+    Raises before anything is written."""
+    run_dir = check_out_dir(run_dir)
+    if not run_dir.exists():
+        return
+    if run_dir.resolve() == Path.cwd().resolve():
+        raise IlctError(f"--out {run_dir} is the current folder: name a folder for the run")
+    if is_run(run_dir):
+        if not force:
+            raise IlctError(f"{run_dir} already holds a run: use --resume to continue it or --force to start over")
+        return
+    stray = foreign_entries(run_dir)
+    if stray or (run_dir / CONFIG_FILE).exists():
+        what = f"holds {', '.join(stray[:3])}{' ...' if len(stray) > 3 else ''}" if stray else "holds a config.yaml but no run"
+        raise IlctError(f"--out {run_dir} is not an ilct run folder ({what}); "
+                        f"{'--force deletes only runs: ' if force else ''}choose a new or empty folder")
+
+
+def clear_run(run_dir: Path) -> None:
+    """Delete what a run made (never anything else); the caller holds the run's lock."""
+    for name in RUN_DIRS:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+class RunLock:
+    """An exclusive flock on RUN_DIR/.lock for the life of a training process (released by the OS when
+    the process dies, so a crash never leaves a stale lock). The holder's PID is written into the file."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise IlctError(f"{self.path.parent} is being trained by another process (PID {holder}); "
+                                "wait for it to finish or stop it first") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # no holder now (a killed process leaves its PID, and no lock)
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
