@@ -21,11 +21,11 @@ import torch
 import yaml
 
 from conftest import crashed_copy, encode_fake, second_autoencoder
+from reliability_report import record
 from ilct import faults
 from ilct.checkpoint import latest_checkpoint, read_json, read_tensors
 from ilct.cli import main
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
 SEED = 0
 KILLS = 20
 REPORT: dict = {}
@@ -34,26 +34,9 @@ REPORT: dict = {}
 @pytest.fixture(scope="module", autouse=True)
 def write_report():
     yield
-    if not REPORT:
-        return
-    REPORT.update({"seed": SEED, "command": "make test  (tests/test_faults.py writes this file)"})
-    DOCS.mkdir(exist_ok=True)
-    (DOCS / "reliability.json").write_text(json.dumps(REPORT, indent=2) + "\n")
-    rows = "\n".join(f"| {k} | {v} |" for k, v in REPORT.items() if k not in ("command", "bad_input_cases"))
-    cases = "\n".join(f"- `{c}`" for c in REPORT.get("bad_input_cases", []))
-    (DOCS / "reliability.md").write_text(
-        "# Reliability\n\nWritten by `tests/test_faults.py` on every `make test` (2-core CPU, no GPU).\n\n"
-        "| measure | value |\n|---|---|\n" + rows + "\n\n"
-        "- **kills**: a training subprocess is killed with SIGKILL at random instants, a quarter of them while a\n"
-        "  checkpoint is being written (a test hook slows each checkpoint file write); after every kill the latest\n"
-        "  checkpoint must load completely and `--resume` must continue from it; a final `--resume` finishes the run.\n"
-        "- **NaN injection**: a test hook makes chosen steps' losses NaN. Isolated NaN steps are skipped and counted;\n"
-        "  `train.max_nonfinite` in a row roll the run back to the last checkpoint with half the learning rate;\n"
-        "  NaN that persists after that stops the run with one line naming the step, the checkpoint intact\n"
-        "  (`nan_persistent_*`: it is meant to stop, so it is not counted in `nan_survived`).\n"
-        "- **bad input**: each case must exit with status 2, print exactly one line, and leave an existing run\n"
-        "  byte-for-byte unchanged.\n\nBad-input cases:\n\n" + cases + "\n"
-    )
+    if REPORT:
+        REPORT["seed"] = SEED
+        record(REPORT)
 
 
 def tiny_config(tmp: Path, **train) -> Path:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ilct.errors import IlctError
@@ -498,12 +500,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Signals:
+    """SIGINT/SIGTERM before a command runs: recorded while the heavy modules load (an import cut short
+    would leave them half made), then checked; while the command runs they raise preempt.Interrupted (the
+    training loop replaces this with its own handling, ilct.preempt). Either way: one line, 128 + signal."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.raising = False
+        self.active = threading.current_thread() is threading.main_thread()
+        if self.active:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received.append(signum)
+        if self.raising:
+            from ilct.preempt import Interrupted
+
+            raise Interrupted(signum)
+
+    def start_raising(self) -> None:
+        self.raising = True
+        if self.received:
+            from ilct.preempt import Interrupted
+
+            raise Interrupted(self.received[0])
+
+    def restore(self) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    signals = _Signals()
     from ilct.preempt import Interrupted
 
     try:
+        args = build_parser().parse_args(argv)  # loads torch (through the config) with signals recorded
+        signals.start_raising()
         return args.func(args)
     except IlctError as e:
         print(f"ilct: error: {_one_line(str(e))}", file=sys.stderr)
@@ -518,6 +554,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ilct: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        if signals.received:  # whatever a signal cut short (a module half imported): still one line
+            print(f"ilct: interrupted by signal {signals.received[0]}; nothing was trained", file=sys.stderr)
+            return 128 + signals.received[0]
+        raise
+    finally:
+        signals.restore()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ class Interrupted(Exception):
     """A signal arrived before training began: nothing was trained."""
 
     def __init__(self, signum: int):
-        super().__init__(f"interrupted by signal {signum} before training started")
+        super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
 
 

@@ -43,9 +43,8 @@ def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
 
 
 def is_run(run_dir: Path) -> bool:
-    """The folder holds an ilct run: a config.yaml beside latent statistics, a log or checkpoints."""
-    return (run_dir / CONFIG_FILE).is_file() and any(
-        (run_dir / name).exists() for name in (STATS_FILE, LOG_FILE, CHECKPOINTS_DIR))
+    """The folder holds an ilct run: a config.yaml beside the latent statistics (written together when a run starts)."""
+    return (run_dir / CONFIG_FILE).is_file() and (run_dir / STATS_FILE).is_file()
 
 
 def foreign_entries(run_dir: Path) -> list[str]:
@@ -76,9 +75,18 @@ def check_new_run_dir(run_dir: Path, force: bool) -> None:
 
 
 def clear_run(run_dir: Path) -> None:
-    """Delete what a run made (never anything else); the caller holds the run's lock."""
-    for name in RUN_DIRS:
-        shutil.rmtree(run_dir / name, ignore_errors=True)
+    """Delete what a run made and nothing else (a file of the user's in its folders stays); the caller holds
+    the run's lock."""
+    ckpts, samples = run_dir / CHECKPOINTS_DIR, run_dir / SAMPLES_DIR
+    made = [*ckpts.glob("step_?????????"), *ckpts.glob(".tmp_step_*"), ckpts / "latest", *samples.glob("step_?????????.png")]
+    for path in made:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    for folder in (ckpts, samples):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
 

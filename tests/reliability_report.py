@@ -1,0 +1,44 @@
+"""Writes docs/reliability.json and docs/reliability.md from the fault suites' figures.
+
+tests/test_faults.py (kills, NaN, the first bad inputs) and tests/test_hostile.py (hostile and careless
+input, concurrency, signals) each call `record(section)` with their figures when they finish; the files are
+rewritten with the figures merged, so a partial test run updates only its own part.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+JSON = DOCS / "reliability.json"
+
+NOTES = """- **kills**: a training subprocess is killed with SIGKILL at random instants, a quarter of them while a
+  checkpoint is being written (a test hook slows each checkpoint file write); after every kill the latest
+  checkpoint must load completely and `--resume` must continue from it; a final `--resume` finishes the run.
+- **NaN injection**: a test hook makes chosen steps' losses NaN. Isolated NaN steps are skipped and counted;
+  `train.max_nonfinite` in a row roll the run back to the last checkpoint with half the learning rate;
+  NaN that persists after that stops the run with one line naming the step, the checkpoint intact
+  (`nan_persistent_*`: it is meant to stop, so it is not counted in `nan_survived`).
+- **bad input** (`tests/test_faults.py` and the hostile table of `tests/test_hostile.py`): each case must exit
+  with status 2, print exactly one line `ilct: error: ...` and no traceback, and leave the sha256 of every file
+  that existed before (runs, checkpoints, autoencoders, latents, the current folder) unchanged.
+- **concurrent writers**: a second `ilct train` (resume or --force) on a run that another process is training
+  is refused with one line naming the holder's PID; the training run finishes whole.
+- **signals at start-up and during the final save**: SIGTERM or SIGINT while a run starts ends it with 143/130
+  before anything is trained (nothing changed), and during the final save with exit 0 and a whole checkpoint.
+"""
+
+
+def record(section: dict) -> None:
+    report = json.loads(JSON.read_text()) if JSON.is_file() else {}
+    report.update(section)
+    report["command"] = "make test  (tests/test_faults.py and tests/test_hostile.py write this file)"
+    DOCS.mkdir(exist_ok=True)
+    JSON.write_text(json.dumps(report, indent=2) + "\n")
+    rows = "\n".join(f"| {k} | {v} |" for k, v in report.items() if not isinstance(v, (list, dict)) and k != "command")
+    lists = "".join(f"\n{k}:\n\n" + "\n".join(f"- `{c}`" for c in v) + "\n"
+                    for k, v in report.items() if isinstance(v, list))
+    (DOCS / "reliability.md").write_text(
+        "# Reliability\n\nWritten by `tests/test_faults.py` and `tests/test_hostile.py` on every `make test` "
+        "(2-core CPU, no GPU).\n\n| measure | value |\n|---|---|\n" + rows + "\n\n" + NOTES + lists)
