@@ -125,3 +125,16 @@ def test_precision_losses_compares_settings_with_the_first(tmp_path, tiny_autoen
     first, second = json.loads(out.read_text())["rows"]
     assert list(first["losses"]) == ["2", "4"] and first["vs_first"]["max_abs_rel_diff"] == 0
     assert 0 < second["vs_first"]["max_abs_rel_diff"] < 0.05 and second["vs_first"]["logged_steps"] == 2
+
+
+def test_bf16_noise_floor_tiny_run(tmp_path):
+    out = tmp_path / "floor.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bf16_noise_floor.py"), "--arch", "DiT-T/4",
+                           "--latent", "8", "--batch", "4", "--levels", "11,641", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {(r["N"], r["setting"]): r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 6 and rows[(641, "fp32")]["r_round_mean"] == 0.0
+    assert rows[(641, "fp32")]["c"] == pytest.approx(2.53e-4, rel=1e-2)  # the adaptive c(641)
+    for N in (11, 641):  # the fp32 output removes the last rounding: less noise in r
+        assert 0 < rows[(N, "bf16, fp32 output")]["r_round_mean"] < rows[(N, "bf16, bf16 output")]["r_round_mean"]
