@@ -280,6 +280,18 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def _parse_float_list(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise IlctError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise IlctError(f"{flag} is empty")
+    return values
+
+
 def cmd_eval(args) -> int:
     from ilct.metrics.evaluate import evaluate_run
 
@@ -291,13 +303,17 @@ def cmd_eval(args) -> int:
         raise IlctError("--steps needs step counts >= 1")
     if args.n < 10:
         raise IlctError("--n must be >= 10")
+    if args.ref_n < 0:
+        raise IlctError("--ref-n must be >= 0 (0 = all reference images)")
+    taus = _parse_float_list(args.tau, "--tau")
     result = evaluate_run(args.run, steps, args.n, args.seed, args.features, args.inception_weights,
-                          Path(args.cache_dir) if args.cache_dir else None, args.batch_size, args.device, _progress(args), args.checkpoint)
+                          Path(args.cache_dir) if args.cache_dir else None, args.batch_size, args.device, _progress(args),
+                          args.checkpoint, taus=taus, ref_n=args.ref_n)
     print(f"features: {result['features']}")
-    for s in steps:
-        k = str(s)
-        print(f"{s} step(s): FID {result['fid'][k]:.3f}  precision {result['precision'][k]:.3f}  "
-              f"recall {result['recall'][k]:.3f}  (n = {args.n})")
+    print(f"reference: {result['reference']}")
+    for row in result["rows"]:
+        how = f"{row['steps']} step(s)" + (f", tau {row['tau']:g}" if row["tau"] is not None else "")
+        print(f"{how}: FID {row['fid']:.3f}  precision {row['precision']:.3f}  recall {row['recall']:.3f}  (n = {args.n})")
     if args.json:
         from ilct.files import write_text
 
@@ -414,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--run", required=True)
     v.add_argument("--checkpoint", help="a checkpoint directory (default: the run's latest)")
     v.add_argument("--steps", default="1,2", help="comma-separated step counts")
+    v.add_argument("--tau", help="comma-separated intermediate sigmas for 2-step sampling, one result each, e.g. "
+                   "0.5,1.0,1.382 (default: index 22 of a 40-level Karras grid, ~1.39)")
+    v.add_argument("--ref-n", type=int, default=50000, help="reference images for the FID statistics "
+                   "(the first N of the reference set, all if fewer; 0 = all)")
     v.add_argument("--n", type=int, default=10000, help="generated samples per step count")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--json", help="write the results here")
