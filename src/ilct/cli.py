@@ -204,7 +204,7 @@ def cmd_encode(args) -> int:
     from ilct.autoencoders import load_autoencoder
     from ilct.data import load_dataset
     from ilct.data.images import Subset
-    from ilct.data.latents import encode_to_dir
+    from ilct.data.latents import check_posterior, encode_to_dir
     from ilct.run import resolve_device
 
     kind, path = _autoencoder_spec(args.autoencoder)
@@ -213,6 +213,7 @@ def cmd_encode(args) -> int:
         if getattr(args, name) < 1:
             raise IlctError(f"--{name.replace('_', '-')} must be >= 1")
     ae = load_autoencoder(kind, path)
+    check_posterior(ae, args.posterior, args.autoencoder)  # before the dataset is read
     data = load_dataset(**spec)
     if args.limit is not None:
         if args.limit < 1:
@@ -223,9 +224,11 @@ def cmd_encode(args) -> int:
         print(f"skipped {data.skipped} unreadable file(s)")
     out = encode_to_dir(ae, data, args.out, autoencoder_name=args.autoencoder, data_spec=spec,
                         shard_size=args.shard_size, batch_size=args.batch_size, flip=args.flip,
-                        device=resolve_device(args.device), progress=_progress(args))
+                        device=resolve_device(args.device), progress=_progress(args),
+                        posterior=args.posterior, seed=args.seed)
+    how = "posterior means" if args.posterior == "mean" else f"one posterior sample per image, seed {args.seed}"
     print(f"{out.count} latents of shape {'x'.join(map(str, out.shape))} in {out.path} "
-          f"({len(out.meta['shards'])} shard(s); {data.name})")
+          f"({len(out.meta['shards'])} shard(s); {data.name}; {how})")
     return 0
 
 
@@ -406,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--labels-from-subfolders", action="store_true", help="image_folder: sub-folders are classes")
     e.add_argument("--flip", action="store_true", help="also encode horizontally flipped copies")
     e.add_argument("--limit", type=int, help="encode only the first N images")
+    e.add_argument("--posterior", default="mean", choices=["mean", "sample"],
+                   help="KL autoencoders (builtin, diffusers): store the posterior mean, or one draw mean + std * eps "
+                   "per image (TAESD-family encoders have no posterior: mean only)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the posterior draws (--posterior sample)")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--shard-size", type=int, default=8192)
     e.add_argument("--device", default="auto")
