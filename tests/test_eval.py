@@ -48,7 +48,7 @@ def test_eval_reports_each_tau_for_two_steps(run_and_detector, tmp_path, capsys)
     assert all(math.isfinite(r["fid"]) and 0 <= r["recall"] <= 1 for r in res["rows"])
     assert len({r["fid"] for r in res["rows"][1:]}) == 3  # another tau, other samples
     assert "return_features=True" in res["features"] and res["features_fingerprint"].endswith("-pool3")
-    assert res["reference_n"] == 256 and "(256 images)" in res["reference"]  # all, fewer than 50,000
+    assert res["reference_n"] == 256 and "(256 images)" in res["reference"]  # a built-in dataset: all of it
     printed = capsys.readouterr().out
     assert "2 step(s), tau 1.382: FID" in printed and "1 step(s): FID" in printed
     # without --tau: one 2-step setting at the default tau (index 22 of a 40-level grid), recorded
@@ -103,3 +103,23 @@ def test_fid_features_see_the_exact_uint8_samples(run_and_detector, monkeypatch)
         expect = generate(run.model, run.autoencoder, run.stats, run.cfg, 10, 1, 3)
     samples = seen[-1]
     assert samples.dtype == np.uint8 and np.array_equal(samples, expect)
+
+
+def test_reference_set_sizes(tmp_path, fake_fmnist, monkeypatch):
+    """Image folders: the first 50,000 images by default (all, if fewer); built-in datasets: all; --ref-n N: N."""
+    from PIL import Image
+
+    import ilct.metrics.evaluate as ev
+    from ilct.config import load_config
+
+    for k in range(5):
+        Image.fromarray(np.full((12, 12, 3), 40 * k, np.uint8)).save(tmp_path / f"{k}.png")
+    folder = load_config("fmnist-ilct", ["data.dataset=image_folder", f"data.root={tmp_path}", "data.resolution=8"])
+    fm = load_config("fmnist-ilct", [f"data.root={fake_fmnist}"])
+    assert len(ev.reference_set("inception", folder, str(fake_fmnist), None)) == 5
+    monkeypatch.setattr(ev, "FOLDER_REFERENCE_N", 3)  # the 50,000 cap, scaled down
+    capped = ev.reference_set("inception", folder, str(fake_fmnist), None)
+    assert len(capped) == 3 and capped.name.endswith("[:3]")
+    assert len(ev.reference_set("inception", folder, str(fake_fmnist), 0)) == 5  # 0 = all
+    assert len(ev.reference_set("inception", fm, str(fake_fmnist), None)) == 256  # built-in: all, as before
+    assert len(ev.reference_set("fmnist", fm, str(fake_fmnist), 100)) == 100

@@ -306,7 +306,7 @@ def cmd_eval(args) -> int:
         raise IlctError("--steps needs step counts >= 1")
     if args.n < 10:
         raise IlctError("--n must be >= 10")
-    if args.ref_n < 0:
+    if args.ref_n is not None and args.ref_n < 0:
         raise IlctError("--ref-n must be >= 0 (0 = all reference images)")
     taus = _parse_float_list(args.tau, "--tau")
     result = evaluate_run(args.run, steps, args.n, args.seed, args.features, args.inception_weights,
@@ -439,8 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--steps", default="1,2", help="comma-separated step counts")
     v.add_argument("--tau", help="comma-separated intermediate sigmas for 2-step sampling, one result each, e.g. "
                    "0.5,1.0,1.382 (default: index 22 of a 40-level Karras grid, ~1.39)")
-    v.add_argument("--ref-n", type=int, default=50000, help="reference images for the FID statistics "
-                   "(the first N of the reference set, all if fewer; 0 = all)")
+    v.add_argument("--ref-n", type=int, help="reference images for the FID statistics: the first N of the "
+                   "reference set, all if fewer; 0 = all (default: 50,000 for an image folder, all for the "
+                   "built-in datasets)")
     v.add_argument("--n", type=int, default=10000, help="generated samples per step count")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--json", help="write the results here")

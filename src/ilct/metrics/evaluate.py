@@ -1,8 +1,9 @@
 """`ilct eval`: FID and precision/recall of a run's EMA samples at several step counts
 (and, for 2 steps, several intermediate sigmas tau).
 
-Reference features of the first 50,000 reference images (all of them, if fewer;
-`--ref-n`) are computed once per (extractor, reference set) and cached as .npz;
+Reference features are computed once per (extractor, reference set) and cached
+as .npz: for an image folder the first 50,000 images (all, if fewer), for the
+built-in datasets all of them, unless `--ref-n` says otherwise;
 FID uses their mean and covariance, precision/recall a seeded random subset of n
 of them. The result records the detector, its protocol and the reference count.
 """
@@ -71,7 +72,7 @@ def make_extractor(kind: str, cache_dir: Path, data_root: str, inception_weights
     raise IlctError(f"unknown --features {kind!r} (fmnist or inception)")
 
 
-REFERENCE_N = 50_000  # reference images for FID statistics (or all, if the set is smaller)
+FOLDER_REFERENCE_N = 50_000  # reference images of an image folder for FID statistics (all, if fewer)
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,10 @@ def eval_points(steps: list[int], taus: list[float] | None, cfg) -> list[EvalPoi
     return points
 
 
-def reference_set(features: str, cfg, fm_root: str, ref_n: int) -> ImageDataset:
+def reference_set(features: str, cfg, fm_root: str, ref_n: int | None) -> ImageDataset:
     """The real images: Fashion-MNIST train for the classifier features, else the run's own data;
-    the first ref_n of them (all when ref_n is 0 or the set is smaller)."""
+    the first ref_n of them (all when ref_n is 0 or the set is smaller). ref_n None: 50,000 for an
+    image folder, all images of the built-in datasets (the protocol of the numbers in docs/)."""
     from ilct.data import load_dataset
     from ilct.data.images import Subset
 
@@ -119,6 +121,8 @@ def reference_set(features: str, cfg, fm_root: str, ref_n: int) -> ImageDataset:
         reference = load_dataset("fashion_mnist", fm_root, "train", 32)
     else:
         reference = load_dataset(d.dataset, d.root, d.split, d.resolution, d.rgb, d.labels_from_subfolders)
+    if ref_n is None:
+        ref_n = FOLDER_REFERENCE_N if features != "fmnist" and d.dataset == "image_folder" else 0
     return Subset(reference, ref_n) if 0 < ref_n < len(reference) else reference
 
 
@@ -135,9 +139,9 @@ def evaluate_run(
     progress: bool = True,
     checkpoint: str | None = None,
     taus: list[float] | None = None,
-    ref_n: int = REFERENCE_N,
+    ref_n: int | None = None,
 ) -> dict:
-    """FID, precision and recall per sampler setting (eval_points), against ref_n reference images.
+    """FID, precision and recall per sampler setting (eval_points), against the reference set.
 
     `fid`, `precision`, `recall` map each setting's key to its number; `rows` holds the same
     numbers with the setting spelled out (steps, tau, sigmas). Samples go to the features as
@@ -148,7 +152,7 @@ def evaluate_run(
     from ilct.run import open_run
     from ilct.sampling import default_sigmas, generate
 
-    if ref_n < 0:
+    if ref_n is not None and ref_n < 0:
         raise IlctError(f"--ref-n must be >= 0 (0 = all), got {ref_n}")
     cache_dir = cache_dir or default_cache_dir()
     run = open_run(run_dir, checkpoint, device=device)
