@@ -86,3 +86,17 @@ def test_diffusers_round_trip(tmp_path):
     assert torch.allclose(y, vae.decode(raw).sample, atol=1e-5)
     with pytest.raises(IlctError, match="cannot load"):
         load_autoencoder("diffusers", str(tmp_path / "nothing-here"))
+    # the posterior: latent_dist's mean and std, both in scaled units (for `ilct encode --posterior sample`)
+    assert ae.has_posterior
+    with torch.no_grad():
+        mean, std = ae.posterior_moments(x)
+        dist = vae.encode(x).latent_dist
+    assert torch.allclose(mean, z, atol=1e-6) and torch.allclose(std, dist.std * 0.18215, atol=1e-6)
+
+
+def test_which_autoencoders_have_a_posterior():
+    from ilct.autoencoders.kl import KLAutoencoder
+
+    assert KLAutoencoder.has_posterior and not TAESD.has_posterior
+    with pytest.raises(NotImplementedError, match="deterministic"):
+        TAESD(4).posterior_moments(torch.zeros(1, 3, 16, 16))

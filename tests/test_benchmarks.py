@@ -4,6 +4,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,12 @@ def test_rows_are_cumulative_and_end_at_the_full_method():
     full = load_config("fmnist-ict", ab.row_overrides("ilct-full"))
     assert full.method == load_config("fmnist-ilct").method  # the last row is exactly the ilct preset
     assert ab.row_overrides("edm-diffusion") == ["train.objective=edm"]
+    element = load_config("fmnist-ict", ab.row_overrides("ilct-full-cauchy-element"))
+    assert element.method == replace(full.method, metric="cauchy_element")  # only the metric differs
     with pytest.raises(ValueError):
         ab.row_overrides("+magic")
     jobs = ab.jobs(ab.ROWS, [0])
-    assert len(jobs) == 9 and ("ict-baseline", 1) in jobs and ("ilct-full", 1) in jobs
+    assert len(jobs) == 10 and ("ict-baseline", 1) in jobs and ("ilct-full", 1) in jobs
 
 
 def test_dry_run_lists_the_commands(tmp_path):
@@ -40,8 +43,8 @@ def test_dry_run_lists_the_commands(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert any(line.startswith("9 runs of 10 steps") for line in lines)
-    assert sum(" train " in line for line in lines) == 9
+    assert any(line.startswith("10 runs of 10 steps") for line in lines)
+    assert sum(" train " in line for line in lines) == 10
     assert any("--rgb" in line and "taesd:weights" in line for line in lines)
 
 
@@ -52,8 +55,8 @@ def test_dry_run_of_both_latent_spaces(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     trains = [line for line in lines if " train " in line]
-    assert len(trains) == 18
-    assert sum("model.in_channels=32" in line for line in trains) == 9  # the TAEF2 half
+    assert len(trains) == 20
+    assert sum("model.in_channels=32" in line for line in trains) == 10  # the TAEF2 half
     assert any("train.objective=edm" in line and "/taef2/" in line for line in trains)
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--latents", "builtin,taef2",
                           "--autoencoder", "ae", "--dry-run"], capture_output=True, text=True)
@@ -121,4 +124,18 @@ def test_precision_losses_compares_settings_with_the_first(tmp_path, tiny_autoen
     assert proc.returncode == 0, proc.stderr[-2000:]
     first, second = json.loads(out.read_text())["rows"]
     assert list(first["losses"]) == ["2", "4"] and first["vs_first"]["max_abs_rel_diff"] == 0
+    # bf16 differs from fp32, a little (about 1e-7 in 4 steps since the final layer runs in fp32)
     assert 0 < second["vs_first"]["max_abs_rel_diff"] < 0.05 and second["vs_first"]["logged_steps"] == 2
+
+
+def test_bf16_noise_floor_tiny_run(tmp_path):
+    out = tmp_path / "floor.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bf16_noise_floor.py"), "--arch", "DiT-T/4",
+                           "--latent", "8", "--batch", "4", "--levels", "11,641", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {(r["N"], r["setting"]): r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 6 and rows[(641, "fp32")]["r_round_mean"] == 0.0
+    assert rows[(641, "fp32")]["c"] == pytest.approx(2.53e-4, rel=1e-2)  # the adaptive c(641)
+    for N in (11, 641):  # the fp32 output removes the last rounding: less noise in r
+        assert 0 < rows[(N, "bf16, fp32 output")]["r_round_mean"] < rows[(N, "bf16, bf16 output")]["r_round_mean"]

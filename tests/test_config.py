@@ -71,6 +71,12 @@ def test_invalid_values_name_the_field(override, needle):
         load_config("fmnist-ilct", [override])
 
 
+def test_per_element_cauchy_is_a_metric_choice():
+    assert load_config("fmnist-ilct", ["method.metric=cauchy_element"]).method.metric == "cauchy_element"
+    with pytest.raises(IlctError, match="cauchy_element"):  # the message lists the choices
+        load_config("fmnist-ilct", ["method.metric=cauchy-element"])
+
+
 def test_unknown_preset_and_bad_files(tmp_path):
     with pytest.raises(IlctError, match="unknown preset"):
         load_config("nope")

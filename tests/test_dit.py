@@ -93,3 +93,62 @@ def test_low_precision_residual_keeps_the_stream_in_bf16_under_autocast_only():
         return float((a.float() - ref).norm() / ref.norm())
 
     assert 0 < rel(fp32_stream) < rel(bf16_stream) < 0.05  # bf16 rounding of the stream: larger, still small
+
+
+def opened_dit(**kwargs):
+    """DiT-T/2 on 8x8x4 with every linear layer drawn at random (adaLN-Zero's zero start undone)."""
+    torch.manual_seed(0)
+    net = build_dit("DiT-T/2", 8, 4, **kwargs)
+    for m in net.modules():
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=0.05)
+            torch.nn.init.normal_(m.bias, std=0.05)
+    return net.eval()
+
+
+def seeded_inputs():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(3, 4, 8, 8, generator=g), torch.tensor([0.01, 1.0, 80.0])
+
+
+@torch.no_grad()
+def test_fp32_outputs_are_what_they_were_before_the_fp32_final_layer():
+    """Golden values of the seeded network, recorded before the final layer learned to leave autocast
+    (sha256 of the output bytes on the recording machine, before and after: 9b594ca516a24d13)."""
+    net = opened_dit()
+    x, sig = seeded_inputs()
+    out = net(x, 250 * sig.log())
+    assert out.dtype == torch.float32
+    assert float(out.double().sum()) == pytest.approx(168.88995980471373, rel=1e-6)
+    assert out.flatten()[::61][:4].tolist() == pytest.approx([0.359481215, -0.610519111, -0.666381896, 0.786135554],
+                                                               abs=1e-6)
+    # and bit for bit the old expression of the final layer, outside autocast
+    fl = net.final_layer
+    h, c = {}, net.t_embedder(250 * sig.log())
+    net.blocks[-1].register_forward_hook(lambda m, args, o: h.setdefault("h", o))
+    again = net(x, 250 * sig.log())
+    shift, scale = fl.adaLN_modulation(c).chunk(2, dim=1)
+    old = net.unpatchify(fl.linear(fl.norm_final(h["h"]) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)))
+    assert torch.equal(again, out) and torch.equal(old, out)
+
+
+@torch.no_grad()
+def test_final_layer_runs_in_fp32_under_bf16_autocast():
+    net = opened_dit()
+    bf16_out = opened_dit(fp32_final_layer=False)  # the same weights, the final layer under autocast
+    x, sig = seeded_inputs()
+    t = 250 * sig.log()
+    seen = {}
+    net.blocks[-1].register_forward_hook(lambda m, args, o: seen.__setitem__("h", o))
+    net.final_layer.register_forward_hook(lambda m, args, o: seen.__setitem__("c", args[1]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x, t)
+        rounded = bf16_out(x, t)
+    assert out.dtype == torch.float32 and rounded.dtype == torch.bfloat16
+    assert seen["c"].dtype == torch.bfloat16  # the conditioning comes out of an autocast linear layer
+    # the fp32 final layer applied, outside autocast, to the same (bf16-computed) block outputs
+    expect = net.unpatchify(net.final_layer.project(seen["h"].float(), seen["c"].float()))
+    torch.testing.assert_close(out, expect, rtol=0, atol=0)
+    assert torch.equal(rounded.float(), rounded.float().bfloat16().float()) and not torch.equal(out, rounded.float())
+    ref = net(x, t)  # fp32 throughout
+    assert (out - ref).norm() < (rounded.float() - ref).norm()  # one rounding fewer

@@ -206,3 +206,53 @@ def test_emoji_captions_travel_with_the_latents(tmp_path):
 
     assert caption((0x1F600,)) == "grinning face"
     assert caption((0x1F44D, 0x1F3FD)) == "thumbs up sign, medium skin tone"
+
+
+def test_encode_posterior_samples_are_seeded_and_recorded(tmp_path, capsys, tiny_autoencoder, fake_fmnist):
+    def encode(name, *extra):
+        out = tmp_path / name
+        rc, stdout, _ = run_cli(capsys, ["encode", "--data", f"fashion_mnist:{fake_fmnist}", "--autoencoder",
+                                         f"builtin:{tiny_autoencoder}", "--out", str(out), "--limit", "40",
+                                         "--device", "cpu", "--no-progress", *extra])
+        assert rc == 0
+        return LatentDir(out), stdout
+
+    mean, out_mean = encode("mean")
+    a, out_a = encode("a", "--posterior", "sample", "--seed", "1", "--batch-size", "16")
+    again, _ = encode("again", "--posterior", "sample", "--seed", "1", "--batch-size", "16")
+    b, _ = encode("b", "--posterior", "sample", "--seed", "1", "--batch-size", "7", "--shard-size", "25")
+    c, _ = encode("c", "--posterior", "sample", "--seed", "2")
+    assert "posterior means" in out_mean and "one posterior sample per image, seed 1" in out_a
+    assert (mean.meta["posterior"], mean.meta["posterior_seed"]) == ("mean", None)
+    assert (a.meta["posterior"], a.meta["posterior_seed"]) == ("sample", 1)
+    assert torch.equal(a.all(), again.all())  # deterministic per seed
+    # the same draws whatever the batch or shard size (the encoder's own rounding varies with the batch size)
+    torch.testing.assert_close(a.all(), b.all(), atol=1e-4, rtol=1e-4)
+    assert not torch.equal(a.all(), c.all()) and not torch.equal(a.all(), mean.all())
+    # a draw is mean + std * eps with eps ~ N(0, I): its standardized difference looks standard normal
+    from ilct.autoencoders import load_autoencoder
+    from ilct.data import load_dataset
+
+    ae = load_autoencoder("builtin", str(tiny_autoencoder))
+    with torch.no_grad():
+        m, s = ae.posterior_moments(load_dataset("fashion_mnist", str(fake_fmnist)).batch(0, 40))
+    torch.testing.assert_close(mean.all(), m, atol=1e-5, rtol=1e-5)
+    eps = (a.all() - m) / s
+    assert abs(float(eps.mean())) < 0.05 and abs(float(eps.std()) - 1) < 0.05
+    # resuming with another posterior setting is refused: these are other latents
+    rc, _, err = run_cli(capsys, ["encode", "--data", f"fashion_mnist:{fake_fmnist}", "--autoencoder",
+                                  f"builtin:{tiny_autoencoder}", "--out", str(tmp_path / "a"), "--limit", "40",
+                                  "--posterior", "sample", "--seed", "3", "--no-progress"])
+    assert rc == 2 and "already holds other latents" in err
+
+
+def test_encode_posterior_sample_refused_for_taesd(tmp_path, capsys):
+    from ilct.autoencoders.taesd import make_decoder, make_encoder
+
+    torch.save(make_encoder(4).state_dict(), tmp_path / "tiny_encoder.pth")
+    torch.save(make_decoder(4).state_dict(), tmp_path / "tiny_decoder.pth")
+    rc, _, err = run_cli(capsys, ["encode", "--data", "fashion_mnist:/nonexistent", "--autoencoder", f"taesd:{tmp_path}",
+                                  "--out", str(tmp_path / "o"), "--posterior", "sample", "--no-progress"])
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "has a deterministic encoder" in err and "--posterior mean" in err
+    assert not (tmp_path / "o").exists()

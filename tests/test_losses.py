@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
+from ilct.config import CHOICES
 from ilct.consistency.losses import (
-    METRICS, cauchy, consistency_loss, diffusion_loss, diffusion_mask, diffusion_weight, geman_mcclure, l2,
-    pseudo_huber, squared_residual,
+    ELEMENT_METRICS, METRIC_NAMES, METRICS, cauchy, cauchy_element, consistency_loss, diffusion_loss, diffusion_mask,
+    diffusion_weight, geman_mcclure, l2, pseudo_huber, squared_residual,
 )
 
 
@@ -50,6 +51,38 @@ def test_consistency_loss_weights_and_stops_gradient():
     loss.sum().backward()
     assert t.grad is None and s.grad is not None
     assert set(METRICS) == {"pseudo_huber", "cauchy", "l2", "geman_mcclure"}
+
+
+def test_cauchy_element_golden_numbers():
+    # sample 0: a - b = (0, 0.01, -0.02, 0.03), c = 0.01, so (a - b)^2 / (2 c^2) = (0, 0.5, 2, 4.5):
+    #   per element: (ln 1 + ln 1.5 + ln 3 + ln 5.5) / 4 = ln(24.75) / 4 = 0.802206...
+    #   per sample:  r = 3.5e-4, ln(1 + 1.75) = ln 2.75 = 1.011600...
+    # sample 1: every element 0.02 apart: both are ln(1 + 2) = ln 3
+    a = torch.tensor([[0.0, 0.01, -0.02, 0.03], [0.02, 0.02, -0.02, 0.02]], dtype=torch.float64).view(2, 1, 2, 2)
+    b = torch.zeros_like(a)
+    sq = (a - b) ** 2
+    assert cauchy_element(sq, 0.01).tolist() == pytest.approx([math.log(24.75) / 4, math.log(3.0)], rel=1e-12)
+    assert math.log(24.75) / 4 == pytest.approx(0.8022063720, rel=1e-9)
+    per_sample = cauchy(squared_residual(a, b).double(), 0.01)
+    assert per_sample.tolist() == pytest.approx([math.log(2.75), math.log(3.0)], rel=1e-6)
+    # the loss: lambda_i weights each sample's per-element mean
+    w = torch.tensor([2.0, 10.0])
+    loss = consistency_loss(a.float(), b.float(), w, "cauchy_element", 0.01)
+    assert loss.tolist() == pytest.approx([2 * math.log(24.75) / 4, 10 * math.log(3.0)], rel=1e-6)
+
+
+def test_cauchy_element_is_at_most_the_per_sample_cauchy():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(8, 4, 8, 8, generator=g, dtype=torch.float64) * torch.logspace(-4, 0, 8, dtype=torch.float64).view(-1, 1, 1, 1)
+    sq = a.pow(2)
+    for c in (2.5e-4, 0.0136, 0.0346):
+        elem, whole = cauchy_element(sq, c), cauchy(sq.flatten(1).mean(1), c)
+        assert (elem <= whole + 1e-12).all() and (elem < whole).any()  # Jensen: log is concave
+
+
+def test_metric_names_are_the_config_choices():
+    assert set(METRIC_NAMES) == set(CHOICES["method.metric"])
+    assert set(ELEMENT_METRICS) == {"cauchy_element"} and not set(ELEMENT_METRICS) & set(METRICS)
 
 
 def test_diffusion_selection_floor_of_three_quarters():

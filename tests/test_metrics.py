@@ -81,8 +81,48 @@ def test_torchscript_loader_with_a_saved_random_network(tmp_path):
     extract = TorchScriptFeatures(path, size=64)
     feats = extract(np.zeros((4, 32, 32, 1), np.uint8))
     assert feats.shape == (4, 8) and extract.fingerprint().startswith("ts-")
+    # no return_features argument: a generic feature network, called plainly on input resized here, and it says so
+    assert not extract.return_features and "plain call" in extract.name and "resized here to 64x64" in extract.name
+    assert not extract.fingerprint().endswith("-pool3")
     with pytest.raises(IlctError, match="not found"):
         TorchScriptFeatures(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(IlctError, match="not a TorchScript"):
         TorchScriptFeatures(tmp_path / "junk.pt")
+
+
+class FakeInception(torch.nn.Module):
+    """Stands in for inception-2015-12-05.pt: pool features only with return_features=True.
+
+    Features (N, 2048): [max of x, min of x, H, W, 0...]; the plain call: (N, 1008) "probabilities".
+    """
+
+    def forward(self, x, return_features: bool = False):
+        n = x.shape[0]
+        if return_features:
+            f = torch.zeros(n, 2048)
+            f[:, 0] = x.flatten(1).amax(1)
+            f[:, 1] = x.flatten(1).amin(1)
+            f[:, 2] = float(x.shape[2])
+            f[:, 3] = float(x.shape[3])
+            return f
+        return torch.softmax(torch.zeros(n, 1008), dim=1)
+
+
+def test_inception_detector_is_called_for_features_on_0_to_255_input_at_its_own_size(tmp_path):
+    path = tmp_path / "inception-2015-12-05.pt"
+    torch.jit.script(FakeInception()).save(str(path))
+    extract = TorchScriptFeatures(path)
+    assert extract.return_features
+    assert "return_features=True" in extract.name and "own resize" in extract.name
+    assert extract.name.startswith("inception-2015-12-05.pt")
+    images = np.zeros((3, 32, 32, 1), np.uint8)
+    images[0, 0, 0] = 255
+    images[1, 5, 7] = 17
+    f = extract(images, batch_size=2)
+    assert f.shape == (3, 2048)  # the pool features, not the (N, 1008) probabilities
+    assert f[:, 0].tolist() == [255.0, 17.0, 0.0] and f[:, 1].tolist() == [0.0, 0.0, 0.0]  # 0..255, not [-1, 1]
+    assert f[:, 2].tolist() == [32.0] * 3 and f[:, 3].tolist() == [32.0] * 3  # no resize here: the detector's own
+    assert extract.fingerprint().endswith("-pool3")  # reference features cached per protocol
+    with pytest.raises(ValueError, match="uint8"):
+        extract(np.zeros((1, 8, 8, 3), np.float32))

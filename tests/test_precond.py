@@ -50,3 +50,31 @@ def test_model_boundary_condition_and_inputs():
     assert torch.allclose(xs, x / torch.sqrt(sig**2 + 0.25).view(-1, 1, 1, 1))
     expect = c_skip(sig).view(-1, 1, 1, 1) * x + c_out(sig).view(-1, 1, 1, 1) * 7.0
     assert torch.allclose(out, expect, atol=1e-5)
+
+
+class Bf16Backbone(torch.nn.Module):
+    """A backbone whose output is in bf16, as a DiT's is when its final layer runs under autocast."""
+
+    def forward(self, x, t, y=None):
+        return (x * 3.0 + 0.1).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("wrap", ["consistency", "edm"])
+def test_output_maths_in_fp32_under_bf16_autocast(wrap):
+    from ilct.edm import EDMDenoiser
+
+    model = ConsistencyModel(Bf16Backbone()) if wrap == "consistency" else EDMDenoiser(Bf16Backbone())
+    x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    sig = torch.tensor([0.002, 0.01, 1.4, 80.0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, sig)
+    s = sig.view(-1, 1, 1, 1)
+    F = model.net(c_in(s) * x, None).float()  # what the backbone gave, cast up
+    if wrap == "consistency":
+        skip, outc = c_skip(s), c_out(s)
+    else:
+        skip, outc = 0.25 / (s**2 + 0.25), s * 0.5 / torch.sqrt(s**2 + 0.25)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, skip * x + outc * F, rtol=0, atol=0)
+    if wrap == "consistency":
+        assert torch.equal(out[0], x[0])  # the boundary condition holds exactly, also under autocast

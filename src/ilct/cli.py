@@ -249,7 +249,7 @@ def cmd_encode(args) -> int:
     from ilct.autoencoders import load_autoencoder
     from ilct.data import load_dataset
     from ilct.data.images import Subset
-    from ilct.data.latents import encode_to_dir
+    from ilct.data.latents import check_posterior, encode_to_dir
     from ilct.run import resolve_device
 
     from ilct.runfolder import check_out_dir, is_run
@@ -257,9 +257,11 @@ def cmd_encode(args) -> int:
     kind, path = _autoencoder_spec(args.autoencoder)
     spec = _data_spec(args)
     _at_least(args, 1, "batch_size", "shard_size")
+    _seed(args)
     if is_run(check_out_dir(args.out)) or (Path(args.out) / "model.safetensors").is_file():
         raise IlctError(f"--out {args.out} holds a run or an autoencoder: choose a new folder for the latents")
     ae = load_autoencoder(kind, path)
+    check_posterior(ae, args.posterior, args.autoencoder)  # before the dataset is read
     data = load_dataset(**spec)
     if args.limit is not None:
         if args.limit < 1:
@@ -270,9 +272,11 @@ def cmd_encode(args) -> int:
         print(f"skipped {data.skipped} unreadable file(s)")
     out = encode_to_dir(ae, data, args.out, autoencoder_name=args.autoencoder, data_spec=spec,
                         shard_size=args.shard_size, batch_size=args.batch_size, flip=args.flip,
-                        device=resolve_device(args.device), progress=_progress(args))
+                        device=resolve_device(args.device), progress=_progress(args),
+                        posterior=args.posterior, seed=args.seed)
+    how = "posterior means" if args.posterior == "mean" else f"one posterior sample per image, seed {args.seed}"
     print(f"{out.count} latents of shape {'x'.join(map(str, out.shape))} in {out.path} "
-          f"({len(out.meta['shards'])} shard(s); {data.name})")
+          f"({len(out.meta['shards'])} shard(s); {data.name}; {how})")
     return 0
 
 
@@ -335,6 +339,18 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def _parse_float_list(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise IlctError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise IlctError(f"{flag} is empty")
+    return values
+
+
 def cmd_eval(args) -> int:
     from ilct.metrics.evaluate import evaluate_run
 
@@ -352,13 +368,17 @@ def cmd_eval(args) -> int:
         from ilct.outputs import check_output
 
         check_output(args.json, (".json",), "--json", (Path(args.run) / "checkpoints",))
+    if args.ref_n is not None and args.ref_n < 0:
+        raise IlctError("--ref-n must be >= 0 (0 = all reference images)")
+    taus = _parse_float_list(args.tau, "--tau")
     result = evaluate_run(args.run, steps, args.n, args.seed, args.features, args.inception_weights,
-                          Path(args.cache_dir) if args.cache_dir else None, args.batch_size, args.device, _progress(args), args.checkpoint)
+                          Path(args.cache_dir) if args.cache_dir else None, args.batch_size, args.device, _progress(args),
+                          args.checkpoint, taus=taus, ref_n=args.ref_n)
     print(f"features: {result['features']}")
-    for s in steps:
-        k = str(s)
-        print(f"{s} step(s): FID {result['fid'][k]:.3f}  precision {result['precision'][k]:.3f}  "
-              f"recall {result['recall'][k]:.3f}  (n = {args.n})")
+    print(f"reference: {result['reference']}")
+    for row in result["rows"]:
+        how = f"{row['steps']} step(s)" + (f", tau {row['tau']:g}" if row["tau"] is not None else "")
+        print(f"{how}: FID {row['fid']:.3f}  precision {row['precision']:.3f}  recall {row['recall']:.3f}  (n = {args.n})")
     if args.json:
         from ilct.files import write_text
 
@@ -376,6 +396,53 @@ def cmd_demo(args) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+
+
+def add_encode_parser(sub, fmt) -> None:
+    e = sub.add_parser("encode", help="encode a dataset into a latent directory (sharded, resumable)", formatter_class=fmt)
+    e.add_argument("--data", required=True, help="fashion_mnist[:DIR], image_folder:DIR or emoji[:FONT]")
+    e.add_argument("--autoencoder", required=True, help="builtin:DIR, taesd:DIR or diffusers:ID_OR_DIR")
+    e.add_argument("--out", required=True, help="latent directory")
+    e.add_argument("--resolution", type=int, default=32, help="image side fed to the encoder")
+    e.add_argument("--rgb", action="store_true", help="render grayscale data as RGB")
+    e.add_argument("--split", default="train", choices=["train", "test"], help="Fashion-MNIST split")
+    e.add_argument("--labels-from-subfolders", action="store_true", help="image_folder: sub-folders are classes")
+    e.add_argument("--flip", action="store_true", help="also encode horizontally flipped copies")
+    e.add_argument("--limit", type=int, help="encode only the first N images")
+    e.add_argument("--posterior", default="mean", choices=["mean", "sample"],
+                   help="KL autoencoders (builtin, diffusers): store the posterior mean, or one draw mean + std * eps "
+                   "per image (TAESD-family encoders have no posterior: mean only)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the posterior draws (--posterior sample)")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--shard-size", type=int, default=8192)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=cmd_encode)
+
+
+def add_eval_parser(sub, fmt) -> None:
+    v = sub.add_parser("eval", help="FID and precision/recall of a run's EMA samples", formatter_class=fmt,
+                       description="Default features: a Fashion-MNIST classifier trained here (FID in its features, "
+                                   "not Inception FID). --features inception needs a local TorchScript file.")
+    v.add_argument("--run", required=True)
+    v.add_argument("--checkpoint", help="a checkpoint directory (default: the run's latest)")
+    v.add_argument("--steps", default="1,2", help="comma-separated step counts")
+    v.add_argument("--tau", help="comma-separated intermediate sigmas for 2-step sampling, one result each, e.g. "
+                   "0.5,1.0,1.382 (default: index 22 of a 40-level Karras grid, 1.382)")
+    v.add_argument("--ref-n", type=int, help="reference images for the FID statistics: the first N of the "
+                   "reference set, all if fewer; 0 = all (default: 50,000 for an image folder, all for the "
+                   "built-in datasets)")
+    v.add_argument("--n", type=int, default=10000, help="generated samples per step count")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--json", help="write the results here")
+    v.add_argument("--features", default="fmnist", choices=["fmnist", "inception"])
+    v.add_argument("--inception-weights", help="TorchScript detector for --features inception, e.g. "
+                   "inception-2015-12-05.pt (called with return_features=True: pool3 features)")
+    v.add_argument("--cache-dir", help="where the classifier and reference features are cached (default $ILCT_CACHE)")
+    v.add_argument("--batch-size", type=int, default=256)
+    v.add_argument("--device", default="auto")
+    v.add_argument("--no-progress", action="store_true")
+    v.set_defaults(func=cmd_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -445,21 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="JSON list of {start_step, end_step, N, c}")
     c.set_defaults(func=cmd_schedule)
 
-    e = sub.add_parser("encode", help="encode a dataset into a latent directory (sharded, resumable)", formatter_class=fmt)
-    e.add_argument("--data", required=True, help="fashion_mnist[:DIR], image_folder:DIR or emoji[:FONT]")
-    e.add_argument("--autoencoder", required=True, help="builtin:DIR, taesd:DIR or diffusers:ID_OR_DIR")
-    e.add_argument("--out", required=True, help="latent directory")
-    e.add_argument("--resolution", type=int, default=32, help="image side fed to the encoder")
-    e.add_argument("--rgb", action="store_true", help="render grayscale data as RGB")
-    e.add_argument("--split", default="train", choices=["train", "test"], help="Fashion-MNIST split")
-    e.add_argument("--labels-from-subfolders", action="store_true", help="image_folder: sub-folders are classes")
-    e.add_argument("--flip", action="store_true", help="also encode horizontally flipped copies")
-    e.add_argument("--limit", type=int, help="encode only the first N images")
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--shard-size", type=int, default=8192)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--no-progress", action="store_true")
-    e.set_defaults(func=cmd_encode)
+    add_encode_parser(sub, fmt)
 
     z = sub.add_parser("analyze", help="latent outlier statistics and box plots (the paper's Figure 1)", formatter_class=fmt)
     z.add_argument("--latents", required=True, help="latent directory from `ilct encode`")
@@ -473,22 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--device", default="auto")
     z.set_defaults(func=cmd_analyze)
 
-    v = sub.add_parser("eval", help="FID and precision/recall of a run's EMA samples", formatter_class=fmt,
-                       description="Default features: a Fashion-MNIST classifier trained here (FID in its features, "
-                                   "not Inception FID). --features inception needs a local TorchScript file.")
-    v.add_argument("--run", required=True)
-    v.add_argument("--checkpoint", help="a checkpoint directory (default: the run's latest)")
-    v.add_argument("--steps", default="1,2", help="comma-separated step counts")
-    v.add_argument("--n", type=int, default=10000, help="generated samples per step count")
-    v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--json", help="write the results here")
-    v.add_argument("--features", default="fmnist", choices=["fmnist", "inception"])
-    v.add_argument("--inception-weights", help="TorchScript feature network for --features inception")
-    v.add_argument("--cache-dir", help="where the classifier and reference features are cached (default $ILCT_CACHE)")
-    v.add_argument("--batch-size", type=int, default=256)
-    v.add_argument("--device", default="auto")
-    v.add_argument("--no-progress", action="store_true")
-    v.set_defaults(func=cmd_eval)
+    add_eval_parser(sub, fmt)
 
     d = sub.add_parser("demo", help="autoencoder + latents + fmnist-ilct training + 1/2-step grids", formatter_class=fmt)
     d.add_argument("--out", default="runs/demo")

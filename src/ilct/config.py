@@ -81,7 +81,7 @@ class MethodConfig:
     All off (and metric pseudo_huber) is the iCT baseline; all on is the paper.
     """
 
-    metric: str = "pseudo_huber"  # 1. cauchy | pseudo_huber | l2 | geman_mcclure
+    metric: str = "pseudo_huber"  # 1. cauchy | cauchy_element (per element, authors' cauchy_new) | pseudo_huber | l2 | geman_mcclure
     diffusion_loss: bool = False  # 2. early-timestep diffusion loss
     diffusion_weight: float = 5.0  #    lambda_diff (code)
     diffusion_fraction: float = 0.75  #    levels i >= floor(fraction * N)
@@ -139,7 +139,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("fashion_mnist", "image_folder", "emoji"),
     "data.split": ("train", "test"),
     "autoencoder.kind": ("builtin", "taesd", "diffusers"),
-    "method.metric": ("cauchy", "pseudo_huber", "l2", "geman_mcclure"),
+    "method.metric": ("cauchy", "cauchy_element", "pseudo_huber", "l2", "geman_mcclure"),
     "train.precision": ("fp32", "bf16"),
     "train.objective": ("consistency", "edm"),
 }

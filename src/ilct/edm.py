@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ilct.consistency.precond import c_in, sigma_per_sample
+from ilct.consistency.precond import c_in, sigma_per_sample, skip_plus_out
 from ilct.consistency.schedule import karras_sigmas
 
 P_MEAN, P_STD = -1.2, 1.2
@@ -31,8 +31,8 @@ class EDMDenoiser(nn.Module):
         sd2 = self.sigma_data**2
         c_skip = sd2 / (s**2 + sd2)
         c_out = s * self.sigma_data / torch.sqrt(s**2 + sd2)
-        F = self.net(c_in(s, self.sigma_data) * x, torch.log(sigma) / 4, class_labels).to(torch.float32)
-        return c_skip * x + c_out * F
+        F = self.net(c_in(s, self.sigma_data) * x, torch.log(sigma) / 4, class_labels)
+        return skip_plus_out(x, F, c_skip, c_out)  # in fp32 under autocast too
 
 
 def edm_loss(model: EDMDenoiser, x: torch.Tensor, n: torch.Tensor, u: torch.Tensor, labels=None) -> torch.Tensor:

@@ -23,7 +23,7 @@ def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.n
 
 
 def save_png(image: np.ndarray, path: str | Path, scale: int = 1) -> None:
-    """Write atomically; grayscale stays single-channel."""
+    """Write atomically, always as PNG (lossless) whatever the file name says; grayscale stays single-channel."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
@@ -35,8 +35,12 @@ def save_png(image: np.ndarray, path: str | Path, scale: int = 1) -> None:
 
 
 def save_npz(images: np.ndarray, path: str | Path) -> None:
+    """uint8 (N, H, W, C) samples, written atomically under two keys: `images`, and `arr_0`, the key
+    the ADM evaluator (guided-diffusion's evaluations/evaluator.py) reads sample batches from."""
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"samples must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-    np.savez(tmp, images=images)
+    np.savez(tmp, images=images, arr_0=images)
     os.replace(tmp, path)

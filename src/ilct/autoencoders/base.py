@@ -17,10 +17,15 @@ class Autoencoder(nn.Module, ABC):
     image_channels: int
     latent_channels: int
     downsample: int  # image side / latent side
+    has_posterior: bool = False  # a KL autoencoder's encoder predicts a Gaussian q(z|x); TAESD's does not
 
     @abstractmethod
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> latents (the posterior mean for KL autoencoders)."""
+
+    def posterior_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of the Gaussian posterior q(z|x), in the units `encode` returns (its mean)."""
+        raise NotImplementedError(f"{type(self).__name__} has a deterministic encoder: no posterior to sample")
 
     @abstractmethod
     def decode(self, z: torch.Tensor) -> torch.Tensor:

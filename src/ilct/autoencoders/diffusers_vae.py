@@ -38,8 +38,16 @@ class DiffusersVAE(Autoencoder):
             raise IlctError(f"cannot load diffusers AutoencoderKL from {id_or_path!r}: {str(e).splitlines()[0]}") from None
         return cls(vae.eval().requires_grad_(False), id_or_path)
 
+    has_posterior = True
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(x).latent_dist.mean * self.scaling_factor
+
+    def posterior_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of latent_dist, both times the scaling factor (a draw mean + std eps is
+        latent_dist.sample() * scaling_factor)."""
+        dist = self.vae.encode(x).latent_dist
+        return dist.mean * self.scaling_factor, dist.std * self.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(z / self.scaling_factor).sample

@@ -65,8 +65,15 @@ class KLAutoencoder(Autoencoder):
         mean, logvar = self.encoder(x).chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
+    has_posterior = True
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.posterior(x)[0]
+
+    def posterior_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std = exp(logvar / 2)) of q(z|x), the distribution `loss` samples from in training."""
+        mean, logvar = self.posterior(x)
+        return mean, torch.exp(0.5 * logvar)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)

@@ -1,7 +1,10 @@
 """Metrics and losses (METHOD.md section 3, Loss and Metric d; section 4, techniques 1-2).
 
-All metrics are functions of r = per-sample mean over elements of (a - b)^2
-(a mean, not a sum: authors' code).
+The per-sample metrics are functions of r = per-sample mean over elements of
+(a - b)^2 (a mean, not a sum: authors' code). The per-element metric
+`cauchy_element` (the authors' `cauchy_new`) applies the Cauchy function to each
+element's (a - b)^2 and then takes the per-sample mean, so the lambda_i weighting
+still applies per sample.
 """
 
 from __future__ import annotations
@@ -12,9 +15,14 @@ from typing import Callable
 import torch
 
 
+def squared_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(a - b)^2 per element, in fp32 (or wider)."""
+    return (a - b).float().pow(2)
+
+
 def squared_residual(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """r = mean over elements of (a - b)^2, one value per sample."""
-    return (a - b).float().pow(2).flatten(1).mean(dim=1)
+    return squared_difference(a, b).flatten(1).mean(dim=1)
 
 
 def pseudo_huber(r: torch.Tensor, c: float) -> torch.Tensor:
@@ -37,6 +45,16 @@ def geman_mcclure(r: torch.Tensor, c: float) -> torch.Tensor:
     return 2.0 * r / (r + 4.0 * c * c)
 
 
+def cauchy_element(sq: torch.Tensor, c: float) -> torch.Tensor:
+    """Authors' `cauchy_new`: mean over elements of log(1 + (a - b)^2 / (2 c^2)), one value per sample.
+
+    `sq` is (a - b)^2 per element (B, ...). By Jensen's inequality (log is concave) it is at most
+    cauchy(r, c) on r = mean (a - b)^2, with equality when every element has the same (a - b)^2.
+    """
+    return torch.log1p(sq / (2.0 * c * c)).flatten(1).mean(dim=1)
+
+
+# Metrics of r, the per-sample mean of (a - b)^2.
 METRICS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "pseudo_huber": pseudo_huber,
     "cauchy": cauchy,
@@ -44,13 +62,22 @@ METRICS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "geman_mcclure": geman_mcclure,
 }
 
+# Metrics of the per-element (a - b)^2 that reduce to one value per sample themselves.
+ELEMENT_METRICS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "cauchy_element": cauchy_element,
+}
+
+METRIC_NAMES: tuple[str, ...] = (*METRICS, *ELEMENT_METRICS)
+
 
 def consistency_loss(
     student: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor, metric: str, c: float
 ) -> torch.Tensor:
     """Per-sample lambda_i * d(f(x + sigma_i z, sigma_i), sg f(x + sigma_{i+1} z, sigma_{i+1}))."""
-    r = squared_residual(student, teacher.detach())
-    return weight * METRICS[metric](r, c)
+    sq = squared_difference(student, teacher.detach())
+    if metric in ELEMENT_METRICS:
+        return weight * ELEMENT_METRICS[metric](sq, c)
+    return weight * METRICS[metric](sq.flatten(1).mean(dim=1), c)
 
 
 def diffusion_weight(sigma: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:

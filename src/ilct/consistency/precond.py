@@ -39,6 +39,14 @@ def sigma_per_sample(sigma: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor
     return sigma, sigma.reshape(-1, *([1] * (x.ndim - 1)))
 
 
+def skip_plus_out(x: torch.Tensor, F: torch.Tensor, skip: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """c_skip x + c_out F in fp32, even under bf16 autocast (as the authors run it): F is cast to
+    fp32 and autocast is off, so nothing here is rounded to bf16. Outside autocast, with fp32 x and
+    F, this is the plain expression."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return skip * x + out * F.to(torch.float32)
+
+
 class ConsistencyModel(nn.Module):
     """Wraps a backbone F(x, c_noise, class_labels) into f(x, sigma)."""
 
@@ -51,5 +59,4 @@ class ConsistencyModel(nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         sigma, s = sigma_per_sample(sigma, x)
         F = self.net(c_in(s, self.sigma_data) * x, c_noise(sigma), class_labels)
-        F = F.to(torch.float32)  # the output maths stay in fp32 under autocast
-        return c_skip(s, self.sigma_data, self.sigma_min) * x + c_out(s, self.sigma_data, self.sigma_min) * F
+        return skip_plus_out(x, F, c_skip(s, self.sigma_data, self.sigma_min), c_out(s, self.sigma_data, self.sigma_min))

@@ -1,13 +1,18 @@
 """Encoded datasets on disk (latent directories), their statistics, and the latent cache.
 
-    LATENT_DIR/meta.json            autoencoder fingerprint, dataset name, count, shape, shards
+    LATENT_DIR/meta.json            autoencoder fingerprint, dataset name, count, shape, shards,
+                                    posterior (mean, or one seeded sample per image)
     LATENT_DIR/shard_00000.npy      raw latents, float32 (n, C, H, W), memory-mappable
     LATENT_DIR/labels_00000.npy     int64 (n,)
     LATENT_DIR/stats.safetensors    per-element mean m and std s (C, H, W)
     LATENT_DIR/captions.json        one caption per latent, where the dataset has captions (emoji)
 
 Encoding streams the images through the encoder one batch at a time, writes a
-shard at a time (atomically), and resumes by skipping finished shards. The
+shard at a time (atomically), and resumes by skipping finished shards. Each
+latent is the posterior mean of a KL autoencoder (`posterior="mean"`, and what
+a deterministic encoder such as TAESD gives), or one draw mean + std * eps of
+its posterior (`posterior="sample"`), eps for latent j drawn from its own
+generator seeded by (seed, j): the same latents whatever the batch size or a resume. The
 statistics are accumulated in float64 from the shards.
 
 Normalization (METHOD.md section 3, authors' code): z = sigma_d (latent - m) / s.
@@ -36,6 +41,7 @@ META_FILE = "meta.json"
 STATS_FILE = "stats.safetensors"
 CAPTIONS_FILE = "captions.json"
 FORMAT = "ilct-latents-1"
+POSTERIORS = ("mean", "sample")
 
 
 @dataclass
@@ -166,6 +172,30 @@ class LatentDir:
             )
 
 
+def posterior_noise(seed: int, indices: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    """eps ~ N(0, I), (len(indices), *shape); latent j's from a generator seeded by (seed, j)."""
+    from ilct.sampling import sample_seed
+
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(sample_seed(seed, int(j))))
+                        for j in indices])
+
+
+def encode_batch(ae: Autoencoder, x: torch.Tensor, posterior: str, seed: int, indices: np.ndarray) -> torch.Tensor:
+    """The latents of images x: the posterior mean (encode), or mean + std * eps with eps seeded per latent index."""
+    if posterior == "mean":
+        return ae.encode(x)
+    mean, std = ae.posterior_moments(x)
+    return mean + std * posterior_noise(seed, indices, tuple(mean.shape[1:])).to(mean.device, mean.dtype)
+
+
+def check_posterior(ae: Autoencoder, posterior: str, autoencoder_name: str) -> None:
+    if posterior not in POSTERIORS:
+        raise IlctError(f"posterior must be one of {', '.join(POSTERIORS)}, got {posterior!r}")
+    if posterior == "sample" and not ae.has_posterior:
+        raise IlctError(f"--posterior sample: {autoencoder_name or type(ae).__name__} has a deterministic encoder "
+                        "(no posterior to sample, e.g. the TAESD family); use --posterior mean")
+
+
 @torch.no_grad()
 def encode_to_dir(
     ae: Autoencoder,
@@ -178,13 +208,18 @@ def encode_to_dir(
     flip: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    posterior: str = "mean",
+    seed: int = 0,
 ) -> LatentDir:
     """Encode `data` (and, with flip, its horizontal mirror images) into a latent directory.
 
-    Safe to re-run: a finished directory is returned as it is, finished shards
-    are skipped; a directory made by another autoencoder or dataset is refused.
+    posterior: "mean", or "sample" (one draw per latent, seeded by (seed, latent index); only for
+    autoencoders with a posterior). Safe to re-run: a finished directory is returned as it is,
+    finished shards are skipped; a directory made by another autoencoder, dataset or posterior
+    setting is refused.
     """
     out = Path(out)
+    check_posterior(ae, posterior, autoencoder_name)
     if len(data) == 0:
         raise IlctError(f"dataset {data.name} is empty")
     if data.shape[0] != ae.image_channels:
@@ -202,6 +237,7 @@ def encode_to_dir(
     meta = {
         "format": FORMAT, "complete": False, "autoencoder": autoencoder_name, "autoencoder_fingerprint": ae.fingerprint(),
         "dataset": data.name, "data": data_spec or {}, "flip": flip, "count": count, "shape": list(shape), "shards": shards,
+        "posterior": posterior, "posterior_seed": seed if posterior == "sample" else None,
     }
     meta_path = out / META_FILE
     if meta_path.is_file():
@@ -209,7 +245,9 @@ def encode_to_dir(
             old = json.loads(meta_path.read_text())
         except ValueError:
             old = {}
-        same = all(old.get(k) == meta[k] for k in ("format", "autoencoder_fingerprint", "dataset", "flip", "count", "shape", "shards"))
+        old = {"posterior": "mean", "posterior_seed": None, **old}  # directories from before the posterior setting
+        same = all(old.get(k) == meta[k] for k in ("format", "autoencoder_fingerprint", "dataset", "flip", "count", "shape",
+                                                   "shards", "posterior", "posterior_seed"))
         if not same:
             raise IlctError(f"{out} already holds other latents ({old.get('autoencoder', '?')} on {old.get('dataset', '?')}); "
                             "choose another --out")
@@ -239,7 +277,8 @@ def encode_to_dir(
             if flip:
                 mirrored = torch.from_numpy(np.arange(b, e) >= n_images).to(device)
                 x = torch.where(mirrored.view(-1, 1, 1, 1), x.flip(-1), x)
-            lat[b - shard["start"] : e - shard["start"]] = ae.encode(x).float().cpu().numpy()
+            z = encode_batch(ae, x, posterior, seed, np.arange(b, e))
+            lat[b - shard["start"] : e - shard["start"]] = z.float().cpu().numpy()
             labels[b - shard["start"] : e - shard["start"]] = data.labels[src]
             bar.update(e - b)
         _save_npy(out / shard["labels"], labels)

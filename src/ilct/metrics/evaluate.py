@@ -1,14 +1,18 @@
-"""`ilct eval`: FID and precision/recall of a run's EMA samples at several step counts.
+"""`ilct eval`: FID and precision/recall of a run's EMA samples at several step counts
+(and, for 2 steps, several intermediate sigmas tau).
 
-Reference features of the whole reference set are computed once per
-(extractor, dataset) and cached as .npz; FID uses their mean and covariance,
-precision/recall a seeded random subset of n of them.
+Reference features are computed once per (extractor, reference set) and cached
+as .npz: for an image folder the first 50,000 images (all, if fewer), for the
+built-in datasets all of them, unless `--ref-n` says otherwise;
+FID uses their mean and covariance, precision/recall a seeded random subset of n
+of them. The result records the detector, its protocol and the reference count.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +72,60 @@ def make_extractor(kind: str, cache_dir: Path, data_root: str, inception_weights
     raise IlctError(f"unknown --features {kind!r} (fmnist or inception)")
 
 
+FOLDER_REFERENCE_N = 50_000  # reference images of an image folder for FID statistics (all, if fewer)
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    """One sampler setting to score: `key` names it in the result ("1", "2", "2@tau=1.382")."""
+
+    key: str
+    steps: int
+    sigmas: list[float] | None  # None: the sampler's default (or Heun steps, for an EDM run)
+    tau: float | None = None
+
+
+def eval_points(steps: list[int], taus: list[float] | None, cfg) -> list[EvalPoint]:
+    """The settings of `ilct eval`: one per step count, and with `taus` one 2-step setting per tau
+    (sigmas [sigma_max, tau]). Raises IlctError for taus that cannot be used."""
+    c = cfg.consistency
+    if not taus:
+        return [EvalPoint(str(s), s, None) for s in steps]
+    if cfg.train.objective == "edm":
+        raise IlctError("--tau applies to consistency sampling; this is an EDM run (Heun steps)")
+    if 2 not in steps:
+        raise IlctError(f"--tau sets the intermediate sigma of 2-step sampling: add 2 to --steps (got {steps})")
+    bad = [t for t in taus if not c.sigma_min < t < c.sigma_max]
+    if bad:
+        raise IlctError(f"--tau values must lie in ({c.sigma_min:g}, {c.sigma_max:g}), got {bad}")
+    if len(set(taus)) != len(taus):
+        raise IlctError(f"--tau has repeated values: {taus}")
+    points = []
+    for s in steps:
+        if s == 2:
+            points += [EvalPoint(f"2@tau={t:g}", 2, [c.sigma_max, t], t) for t in taus]
+        else:
+            points.append(EvalPoint(str(s), s, None))
+    return points
+
+
+def reference_set(features: str, cfg, fm_root: str, ref_n: int | None) -> ImageDataset:
+    """The real images: Fashion-MNIST train for the classifier features, else the run's own data;
+    the first ref_n of them (all when ref_n is 0 or the set is smaller). ref_n None: 50,000 for an
+    image folder, all images of the built-in datasets (the protocol of the numbers in docs/)."""
+    from ilct.data import load_dataset
+    from ilct.data.images import Subset
+
+    d = cfg.data
+    if features == "fmnist":
+        reference = load_dataset("fashion_mnist", fm_root, "train", 32)
+    else:
+        reference = load_dataset(d.dataset, d.root, d.split, d.resolution, d.rgb, d.labels_from_subfolders)
+    if ref_n is None:
+        ref_n = FOLDER_REFERENCE_N if features != "fmnist" and d.dataset == "image_folder" else 0
+    return Subset(reference, ref_n) if 0 < ref_n < len(reference) else reference
+
+
 def evaluate_run(
     run_dir: str,
     steps: list[int],
@@ -80,32 +138,44 @@ def evaluate_run(
     device: str = "auto",
     progress: bool = True,
     checkpoint: str | None = None,
+    taus: list[float] | None = None,
+    ref_n: int | None = None,
 ) -> dict:
-    from ilct.data import load_dataset
+    """FID, precision and recall per sampler setting (eval_points), against the reference set.
+
+    `fid`, `precision`, `recall` map each setting's key to its number; `rows` holds the same
+    numbers with the setting spelled out (steps, tau, sigmas). Samples go to the features as
+    the exact uint8 arrays the decoder produced (no file, no lossy format in between).
+    """
     from ilct.data.fashion_mnist import DEFAULT_ROOT
     from ilct.data.latents import default_cache_dir
     from ilct.run import open_run
-    from ilct.sampling import generate
+    from ilct.sampling import default_sigmas, generate
 
+    if ref_n is not None and ref_n < 0:
+        raise IlctError(f"--ref-n must be >= 0 (0 = all), got {ref_n}")
     cache_dir = cache_dir or default_cache_dir()
     run = open_run(run_dir, checkpoint, device=device)
-    d = run.cfg.data
+    points = eval_points(steps, taus, run.cfg)
+    d, c = run.cfg.data, run.cfg.consistency
     fm_root = d.root if d.dataset == "fashion_mnist" else DEFAULT_ROOT
     extract = make_extractor(features, cache_dir, fm_root, inception_weights, progress)
-    if features == "fmnist":
-        reference = load_dataset("fashion_mnist", fm_root, "train", 32)
-    else:
-        reference = load_dataset(d.dataset, d.root, d.split, d.resolution, d.rgb, d.labels_from_subfolders)
+    reference = reference_set(features, run.cfg, fm_root, ref_n)
     real = reference_features(extract, reference, cache_dir, progress)
-    out: dict = {"fid": {}, "precision": {}, "recall": {}, "n": n, "seed": seed, "features": extract.name,
-                 "reference": f"{reference.name} ({len(reference)} images)", "run": str(run_dir),
-                 "checkpoint": str(run.checkpoint), "step": run.step}
+    out: dict = {"fid": {}, "precision": {}, "recall": {}, "rows": [], "n": n, "seed": seed, "features": extract.name,
+                 "features_fingerprint": extract.fingerprint(), "reference": f"{reference.name} ({len(reference)} images)",
+                 "reference_n": len(reference), "samples": "uint8 arrays straight from the decoder (no image files)",
+                 "run": str(run_dir), "checkpoint": str(run.checkpoint), "step": run.step}
     if features == "fmnist":
         out["classifier_test_accuracy"] = extract.meta["test_accuracy"]
-    for s in steps:
+    edm = run.cfg.train.objective == "edm"
+    for p in points:
         with torch.inference_mode():
-            images = generate(run.model, run.autoencoder, run.stats, run.cfg, n, s, seed, batch_size, progress=progress)
+            images = generate(run.model, run.autoencoder, run.stats, run.cfg, n, p.steps, seed, batch_size, p.sigmas,
+                              progress=progress)
         m = scores(real, extract(images), n, seed)
         for key in ("fid", "precision", "recall"):
-            out[key][str(s)] = m[key]
+            out[key][p.key] = m[key]
+        sigmas = None if edm else (p.sigmas or default_sigmas(p.steps, c.sigma_min, c.sigma_max, c.rho))
+        out["rows"].append({"key": p.key, "steps": p.steps, "tau": p.tau, "sigmas": sigmas, **m})
     return out

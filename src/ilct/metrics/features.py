@@ -5,10 +5,16 @@
   penultimate layer (before the ReLU) gives the features. Numbers computed with
   it are FID in Fashion-MNIST-classifier features, **not Inception FID**, and
   are comparable only with each other.
-- `inception`: a TorchScript feature network from a local file (for example
-  the standard FID Inception exported to TorchScript), called on float images
-  in [0, 255], N x 3 x 299 x 299, returning (N, D) features. Nothing here can
-  download it; without a file the command fails with a clear message.
+- `inception`: a TorchScript detector from a local file. The standard one,
+  `inception-2015-12-05.pt` (the TensorFlow FID Inception as TorchScript, used by
+  StyleGAN2-ADA, EDM and most papers' FIDs), returns its 2048-d pool3 features
+  only when called as `detector(x, return_features=True)` with x the uint8
+  values as float (0..255), N x 3 x H x W at the images' own size: it resizes
+  to 299 x 299 itself. Called plainly it returns class probabilities, which are
+  not FID features. A detector whose forward takes `return_features` is called
+  that way; one without it (a generic feature network) is called plainly on
+  images resized here to 299 x 299. The protocol used is in `name`. Nothing
+  here can download weights; without a file the command fails with a clear message.
 
 Extractors take uint8 (N, H, W, C) images of any size and channel count and
 convert them to what they need (grayscale 32x32 for `fmnist`).
@@ -145,8 +151,24 @@ def load_fashion_features(cache_dir: Path, data_root: str, progress: bool = True
     return train_fashion_classifier(data_root, out, progress=progress)
 
 
+def takes_return_features(net) -> bool:
+    """Whether a TorchScript module's forward has a `return_features` argument (the FID Inception's)."""
+    try:
+        return any(a.name == "return_features" for a in net.forward.schema.arguments)
+    except AttributeError:
+        return False
+
+
+def as_detector_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float (N, 3, H, W) holding the same 0..255 integers (gray repeated to RGB)."""
+    if images.dtype != np.uint8:
+        raise ValueError(f"FID features take uint8 images, got {images.dtype}")
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+
+
 class TorchScriptFeatures:
-    """A TorchScript feature network from a local file: float [0, 255] N x 3 x 299 x 299 -> (N, D)."""
+    """A TorchScript detector from a local file (see the module docstring for the two protocols)."""
 
     def __init__(self, path: str | Path, size: int = 299):
         path = Path(path)
@@ -158,18 +180,26 @@ class TorchScriptFeatures:
         except Exception as e:  # torch raises several types for non-TorchScript files
             raise IlctError(f"{path} is not a TorchScript feature network: {str(e).splitlines()[0]}") from None
         self.size = size
-        self.name = f"torchscript:{path.name}"
-        self._fp = "ts-" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        self.return_features = takes_return_features(self.net)
+        if self.return_features:
+            self.name = (f"{path.name}: pool3 features (return_features=True), uint8 input as float 0..255 "
+                         "at the images' own size, the detector's own resize")
+        else:
+            self.name = (f"{path.name}: plain call (no return_features argument: a generic feature network), "
+                         f"uint8 input as float 0..255 resized here to {size}x{size} (bilinear)")
+        # the protocol is part of the fingerprint: reference features cached with the plain call
+        # (class probabilities, for the FID Inception) are never reused for the features call
+        self._fp = "ts-" + hashlib.sha256(path.read_bytes()).hexdigest()[:16] + ("-pool3" if self.return_features else "")
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray, batch_size: int = 100) -> np.ndarray:
         out = []
         for s in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[s : s + batch_size])).float().permute(0, 3, 1, 2)
-            if x.shape[1] == 1:
-                x = x.repeat(1, 3, 1, 1)
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-            f = self.net(x)
+            x = as_detector_input(images[s : s + batch_size])
+            if self.return_features:
+                f = self.net(x, return_features=True)
+            else:
+                f = self.net(F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False))
             out.append(f.reshape(len(x), -1).double().numpy())
         return np.concatenate(out)
 

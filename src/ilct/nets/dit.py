@@ -68,6 +68,11 @@ def make_norm(dim: int, nsln: bool) -> nn.Module:
     return NonScalingLayerNorm(dim) if nsln else nn.LayerNorm(dim, eps=1e-6, elementwise_affine=True)
 
 
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """t in fp32 if it is in a narrower float type (bf16, fp16); unchanged otherwise."""
+    return t.float() if t.is_floating_point() and torch.finfo(t.dtype).bits < 32 else t
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
@@ -179,15 +184,30 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    def __init__(self, dim: int, patch_size: int, out_channels: int):
+    """Final norm, adaLN modulation and linear projection to patches.
+
+    With `fp32=True` (the default, as in the authors' runs) it runs in fp32 even under bf16
+    autocast: its inputs are cast up and autocast is off inside, so the network's output F is
+    not rounded to bf16 (at N = 641, c is 2.5e-4 and bf16 rounding of F would be a visible part
+    of r; benchmarks/bf16_noise_floor.py). Outside autocast it changes nothing.
+    """
+
+    def __init__(self, dim: int, patch_size: int, out_channels: int, fp32: bool = True):
         super().__init__()
         self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.fp32 = fp32
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        if not self.fp32:
+            return self.project(x, c)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.project(at_least_fp32(x), at_least_fp32(c))
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> np.ndarray:
@@ -216,6 +236,9 @@ class DiT(nn.Module):
     the gated residual sums promote it); `low_precision_residual` keeps it in the autocast dtype
     (bf16), which halves the memory traffic of the residual sums and the norms around them
     (`train.bf16_residual`). Outside autocast it changes nothing.
+
+    The final layer runs in fp32 under autocast (`fp32_final_layer`, default on; off only to
+    measure what it changes), so F comes out in fp32, not rounded to bf16.
     """
 
     def __init__(
@@ -229,6 +252,7 @@ class DiT(nn.Module):
         nsln: bool = False,
         text_dim: int = 0,
         low_precision_residual: bool = False,
+        fp32_final_layer: bool = True,
     ):
         super().__init__()
         self.low_precision_residual = low_precision_residual
@@ -249,7 +273,7 @@ class DiT(nn.Module):
         pos = torch.from_numpy(sincos_pos_embed_2d(D, self.grid)).float().unsqueeze(0)
         self.register_buffer("pos_embed", pos, persistent=False)
         self.blocks = nn.ModuleList(DiTBlock(D, size.num_heads, size.mlp_ratio, nsln, dropout) for _ in range(size.depth))
-        self.final_layer = FinalLayer(D, p, in_channels)
+        self.final_layer = FinalLayer(D, p, in_channels, fp32=fp32_final_layer)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
