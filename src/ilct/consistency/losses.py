@@ -14,7 +14,8 @@ import torch
 
 def squared_residual(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """r = mean over elements of (a - b)^2, one value per sample."""
-    return (a - b).float().pow(2).flatten(1).mean(dim=1)
+    d = a - b
+    return d.to(torch.promote_types(d.dtype, torch.float32)).pow(2).flatten(1).mean(dim=1)  # fp32 at least
 
 
 def pseudo_huber(r: torch.Tensor, c: float) -> torch.Tensor:
