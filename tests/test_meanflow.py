@@ -1,6 +1,8 @@
 """MeanFlow maths (METHOD.md section 7): times, the JVP target, the loss, guidance, samplers."""
 
 import math
+import os
+import sys
 
 import pytest
 import torch
@@ -338,3 +340,54 @@ def test_meanflow_model_feeds_scaled_t_and_t_minus_r():
     assert torch.allclose(seen["t"], 1000 * t) and torch.allclose(seen["t2"], 1000 * (t - r))
     with pytest.raises(IlctError):
         MeanFlowModel(build_dit("DiT-T/4", 8, 4))  # one time input only
+
+
+# --------------------------------------------------------------------------- DDP
+
+
+def _ddp_grads(rank: int, world: int, port: int, out: str) -> None:
+    """One gloo rank: the JVP through the DDP-wrapped model, as ilct.train wraps it (broadcast_buffers=False)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = _ddp_model()
+    ddp = DDP(model, broadcast_buffers=False)
+    torch.save(_grads(model, lambda z, r, t: ddp(z, r, t), rank), f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _ddp_model():
+    torch.manual_seed(0)
+    return MeanFlowModel(open_dit(build_dit("DiT-T/4", 8, 4, two_times=True)))
+
+
+def _grads(model, u_fn, rank):
+    g = torch.Generator().manual_seed(100 + rank)
+    z, v = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    u, u_tgt = meanflow_target(u_fn, z, torch.tensor([0.1, 0.3]), torch.tensor([0.6, 0.3]), v)
+    meanflow_loss(u, u_tgt).mean().backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or sys.platform != "linux", reason="needs gloo and fork")
+def test_jvp_through_ddp_averages_the_gradients_of_the_ranks(tmp_path):
+    # Through the DDP wrapper the backward through u all-reduces. (torch 2.13: with DDP's default
+    # broadcast_buffers=True the forward's in-place buffer sync is refused inside torch.func.jvp, and
+    # find_unused_parameters / static_graph wrap the output in an autograd.Function functorch refuses;
+    # through ddp.module the JVP runs but every rank keeps its own gradient.)
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_ddp_grads, args=(2, port, str(tmp_path)), nprocs=2, start_method="fork")
+    local = [_grads(m, m, k) for k, m in ((k, _ddp_model()) for k in range(2))]
+    assert not torch.allclose(local[0], local[1])
+    mean = (local[0] + local[1]) / 2
+    for k in range(2):
+        torch.testing.assert_close(torch.load(tmp_path / f"rank{k}.pt"), mean, rtol=1e-4, atol=1e-6)

@@ -141,8 +141,10 @@ def meanflow_target(
 
     v is the velocity of the path at z (the conditional e - x, or the guided velocity of
     `guided_velocity`); it is also the tangent of z in the total derivative. For a DDP-wrapped
-    network, u_fn must call the wrapped module (not .module), so that the backward through u
-    synchronizes the gradients.
+    network, u_fn must call the wrapped module (through .module the ranks' gradients are never
+    averaged), and (torch 2.13) DDP must be built with broadcast_buffers=False, as ilct.train does,
+    and without find_unused_parameters or static_graph: torch.func.jvp refuses the in-place buffer
+    sync of DDP's forward and the autograd.Function those two options wrap the output in.
     """
     if method == "jvp":
         u, du_dt = total_derivative_jvp(u_fn, z, r, t, v)
