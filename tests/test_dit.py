@@ -152,3 +152,59 @@ def test_final_layer_runs_in_fp32_under_bf16_autocast():
     assert torch.equal(rounded.float(), rounded.float().bfloat16().float()) and not torch.equal(out, rounded.float())
     ref = net(x, t)  # fp32 throughout
     assert (out - ref).norm() < (rounded.float() - ref).norm()  # one rounding fewer
+
+
+# Recorded with the DiT before the two-times switch existed (commit 97e2376): the state-dict keys and
+# shapes of a class-conditional DiT-T/2, and its outputs for fixed weights and inputs.
+DEFAULT_KEYS_SHA256 = "aa97cd2b4f029927144874d97503fcd06dae62beacbe01509ed06031f892f239"
+DEFAULT_OUT_HEAD = [0.2763957679271698, -0.27185487747192383, 0.11191487312316895, -0.4666512906551361]
+DEFAULT_OUT_SUM, DEFAULT_OUT_ABS_SUM = 69.41523146256804, 380.51993410661817
+
+
+def _fixed_net_and_inputs(**kwargs):
+    torch.manual_seed(0)
+    net = build_dit("DiT-T/2", 8, 4, num_classes=10, **kwargs).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    x = torch.randn(3, 4, 8, 8, generator=g)
+    return net, x, torch.tensor([0.5, -200.0, 300.0]), torch.tensor([1, 2, 10])
+
+
+@torch.no_grad()
+def test_default_dit_is_unchanged_by_the_two_times_switch():
+    import hashlib
+
+    for kwargs in ({}, {"two_times": False}):
+        net, x, t, y = _fixed_net_and_inputs(**kwargs)
+        keys = ";".join(f"{k}:{tuple(v.shape)}" for k, v in net.state_dict().items())
+        assert hashlib.sha256(keys.encode()).hexdigest() == DEFAULT_KEYS_SHA256
+        out = net(x, t, y).double()
+        assert out.flatten()[:4].tolist() == pytest.approx(DEFAULT_OUT_HEAD, rel=1e-5, abs=1e-6)
+        assert out.sum().item() == pytest.approx(DEFAULT_OUT_SUM, rel=1e-5)
+        assert out.abs().sum().item() == pytest.approx(DEFAULT_OUT_ABS_SUM, rel=1e-6)
+        with pytest.raises(ValueError):
+            net(x, t, y, t2=t)
+
+
+@torch.no_grad()
+def test_two_times_adds_a_second_embedder_summed_into_the_conditioning():
+    torch.manual_seed(0)
+    one = build_dit("DiT-T/2", 8, 4, num_classes=10)
+    two = build_dit("DiT-T/2", 8, 4, num_classes=10, two_times=True)
+    extra = set(two.state_dict()) - set(one.state_dict())
+    assert extra == {f"t2_embedder.mlp.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")}
+    assert set(one.state_dict()) <= set(two.state_dict())
+    net, x, t, y = _fixed_net_and_inputs()
+    two.load_state_dict(net.state_dict(), strict=False)
+    two.eval()
+    assert torch.count_nonzero(two.t2_embedder.mlp[0].weight) > 0  # std 0.02 init, as t_embedder
+    torch.nn.init.zeros_(two.t2_embedder.mlp[2].weight)
+    torch.nn.init.zeros_(two.t2_embedder.mlp[2].bias)
+    assert torch.equal(two(x, t, y, t2=torch.tensor([1.0, 2.0, 3.0])), net(x, t, y))  # a zero second embedding
+    torch.nn.init.normal_(two.t2_embedder.mlp[2].weight, std=0.05)
+    a, b = two(x, t, y, t2=torch.zeros(3)), two(x, t, y, t2=torch.full((3,), 0.5))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError):
+        two(x, t, y)

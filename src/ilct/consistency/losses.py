@@ -16,8 +16,9 @@ import torch
 
 
 def squared_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(a - b)^2 per element, in fp32 (or wider)."""
-    return (a - b).float().pow(2)
+    """(a - b)^2 per element, in fp32 (or wider: float64 stays float64)."""
+    d = a - b
+    return d.to(torch.promote_types(d.dtype, torch.float32)).pow(2)
 
 
 def squared_residual(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,9 @@ The network sees c_in(sigma) x and c_noise(sigma) = 250 ln(sigma), never sigma
 (the parameterization lives in ilct.consistency.precond). Differences from the
 reference DiT: per-head query/key LayerNorm, which is a Non-scaling LayerNorm
 (METHOD.md section 4, technique 5) when `nsln=True`; dropout in attention and
-MLP; `F.scaled_dot_product_attention`.
+MLP; `F.scaled_dot_product_attention`; with `two_times=True`, a second time input t2
+embedded by its own timestep embedder and added to the adaLN conditioning (the MeanFlow
+net sees t and t - r, METHOD.md section 7; the wrapper is ilct.flowmap.meanflow.MeanFlowModel).
 """
 
 from __future__ import annotations
@@ -227,7 +229,11 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> np.ndarray:
 
 
 class DiT(nn.Module):
-    """F(x, t, y): latents (B, C, H, H), time input (B,), optional condition y -> (B, C, H, H).
+    """F(x, t, y[, t2]): latents (B, C, H, H), time input (B,), optional condition y -> (B, C, H, H).
+
+    two_times: a second time input t2 (B,) with its own embedder, c = emb(t) + emb2(t2) [+ emb(y)]
+    (MeanFlow: t2 = t - r, scaled, METHOD.md section 7). Off by default, and then the network, its
+    parameters and its state-dict keys are exactly those of a one-time DiT.
 
     y: class labels (B,) int64 for a class-conditional net (num_classes > 0; num_classes is the
     null class), or caption embeddings (B, text_dim) for a text-conditional one (zeros: no caption).
@@ -253,9 +259,11 @@ class DiT(nn.Module):
         text_dim: int = 0,
         low_precision_residual: bool = False,
         fp32_final_layer: bool = True,
+        two_times: bool = False,
     ):
         super().__init__()
         self.low_precision_residual = low_precision_residual
+        self.two_times = two_times
         if input_size % size.patch_size:
             raise ValueError(f"latent side {input_size} is not divisible by patch size {size.patch_size}")
         if size.hidden_size % size.num_heads or (size.hidden_size // size.num_heads) % 2:
@@ -266,6 +274,8 @@ class DiT(nn.Module):
         D = size.hidden_size
         self.x_embedder = nn.Conv2d(in_channels, D, kernel_size=p, stride=p)
         self.t_embedder = TimestepEmbedder(D)
+        # created only when on, so a one-time DiT draws the same initial weights as before
+        self.t2_embedder = TimestepEmbedder(D) if two_times else None
         if num_classes > 0 and text_dim > 0:
             raise ValueError("one kind of conditioning: class labels or text, not both")
         self.y_embedder = LabelEmbedder(num_classes, D, class_dropout) if num_classes > 0 else None
@@ -289,6 +299,9 @@ class DiT(nn.Module):
         nn.init.zeros_(self.x_embedder.bias)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.t2_embedder is not None:
+            nn.init.normal_(self.t2_embedder.mlp[0].weight, std=0.02)
+            nn.init.normal_(self.t2_embedder.mlp[2].weight, std=0.02)
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.table.weight, std=0.02)
         if self.text_embedder is not None:
@@ -307,11 +320,19 @@ class DiT(nn.Module):
         x = x.reshape(B, g, g, p, p, C)  # (B, h, w, p, q, C)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(B, C, g * p, g * p)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, t2: torch.Tensor | None = None
+    ) -> torch.Tensor:
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, D)
         if self.low_precision_residual and torch.is_autocast_enabled(h.device.type):
             h = h.to(torch.get_autocast_dtype(h.device.type))  # the residual stream in bf16, not fp32
         c = self.t_embedder(t)  # (B, D)
+        if self.t2_embedder is not None:
+            if t2 is None:
+                raise ValueError("this DiT has two time inputs (two_times=True): pass t2")
+            c = c + self.t2_embedder(t2)  # (B, D)
+        elif t2 is not None:
+            raise ValueError("a second time input t2 needs a DiT built with two_times=True")
         if self.y_embedder is not None and y is not None:
             c = c + self.y_embedder(y, self.training)
         elif self.text_embedder is not None and y is not None:
