@@ -124,8 +124,11 @@ def test_precision_losses_compares_settings_with_the_first(tmp_path, tiny_autoen
     assert proc.returncode == 0, proc.stderr[-2000:]
     first, second = json.loads(out.read_text())["rows"]
     assert list(first["losses"]) == ["2", "4"] and first["vs_first"]["max_abs_rel_diff"] == 0
-    # bf16 differs from fp32, a little (about 1e-7 in 4 steps since the final layer runs in fp32)
-    assert 0 < second["vs_first"]["max_abs_rel_diff"] < 0.05 and second["vs_first"]["logged_steps"] == 2
+    # within bf16 tolerance of fp32. Whether the difference is above 0 depends on how the CPU's bf16 kernels
+    # round (it is about 1e-7 after 4 steps with the fp32 final layer): that bf16 really computed in bf16 is
+    # tested by construction, on the layers' dtypes, in test_speed_switches.
+    assert 0 <= second["vs_first"]["max_abs_rel_diff"] < 0.05 and second["vs_first"]["logged_steps"] == 2
+    assert second["setting"] == "train.precision=bf16 train.bf16_residual=true" and len(second["losses"]) == 2
 
 
 def test_bf16_noise_floor_tiny_run(tmp_path):

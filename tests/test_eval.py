@@ -123,3 +123,23 @@ def test_reference_set_sizes(tmp_path, fake_fmnist, monkeypatch):
     assert len(ev.reference_set("inception", folder, str(fake_fmnist), 0)) == 5  # 0 = all
     assert len(ev.reference_set("inception", fm, str(fake_fmnist), None)) == 256  # built-in: all, as before
     assert len(ev.reference_set("fmnist", fm, str(fake_fmnist), 100)) == 100
+
+
+def test_damaged_cached_reference_features_are_computed_again(run_and_detector, tmp_path, capsys):
+    """A corrupt cached evaluation file (truncated, or not an npz at all) is a note and a recomputation,
+    never a traceback; the numbers equal those from a fresh cache."""
+    cache = tmp_path / "cache"
+    first = tmp_path / "first.json"
+    args = lambda c, j: ["eval", "--run", str(run_and_detector["run"]), "--n", "10", "--steps", "1", "--features",  # noqa: E731
+                         "inception", "--inception-weights", str(run_and_detector["detector"]), "--cache-dir", str(c),
+                         "--device", "cpu", "--no-progress", "--json", str(j)]
+    assert main(args(cache, first)) == 0
+    cached = list((cache / "reference").glob("*.npz"))
+    assert len(cached) == 1
+    for damage in (cached[0].read_bytes()[:100], b"not an npz"):
+        cached[0].write_bytes(damage)
+        capsys.readouterr()
+        again = tmp_path / "again.json"
+        assert main(args(cache, again)) == 0
+        assert "damaged; computing them again" in capsys.readouterr().err
+        assert json.loads(again.read_text())["fid"] == json.loads(first.read_text())["fid"]

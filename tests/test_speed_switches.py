@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from ilct.cli import main
@@ -36,8 +37,10 @@ def test_compile_gives_the_same_losses(tmp_path, tiny_autoencoder, fake_fmnist):
     # the blocks were compiled (a training and a no-grad graph), and the flat RAdam update
     assert counters["stats"]["unique_graphs"] >= 3
     assert len(eager) == 4
-    # fp32 on a CPU: identical (measured with torch 2.13 here; the fused RAdam kernel included), as issue 5 asks
-    assert compiled == eager
+    # fp32 on a CPU: identical on the project's machines (torch 2.13; the fused RAdam kernel included), as issue 5
+    # asked; but Inductor's generated kernels and ATen's may order a reduction differently on another CPU's
+    # vector width, so the test allows the last bits of fp32 (issue 15: green on every CPU)
+    assert compiled == pytest.approx(eager, rel=1e-5)
 
 
 def test_fused_optimizer_gives_the_same_losses(tmp_path, tiny_autoencoder, fake_fmnist):
@@ -47,14 +50,39 @@ def test_fused_optimizer_gives_the_same_losses(tmp_path, tiny_autoencoder, fake_
     assert fused == lists  # eager: the same elementwise operations on flat buffers as on lists of tensors
 
 
+def dtypes_seen(fn) -> dict[str, set]:
+    """The output dtypes of the DiT's linear layers and of its blocks while fn() trains."""
+    from ilct.nets.dit import DiTBlock
+
+    seen: dict[str, set] = {"linear": set(), "block": set()}
+
+    def hook(module, args, out):
+        if isinstance(module, torch.nn.Linear):
+            seen["linear"].add(out.dtype)
+        elif isinstance(module, DiTBlock):
+            seen["block"].add(out.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        seen["losses"] = fn()
+    finally:
+        handle.remove()
+    return seen
+
+
 def test_bf16_stays_within_bf16_tolerance(tmp_path, tiny_autoencoder, fake_fmnist):
-    fp32 = run(tmp_path, "fp32", tiny_autoencoder, fake_fmnist)
-    bf16 = run(tmp_path, "bf16", tiny_autoencoder, fake_fmnist, precision="bf16")
-    assert bf16 == pytest.approx(fp32, rel=5e-2)
-    assert bf16 != fp32  # autocast really ran in bf16
-    stream = run(tmp_path, "bf16_residual", tiny_autoencoder, fake_fmnist, precision="bf16", bf16_residual=True)
-    assert stream == pytest.approx(fp32, rel=5e-2)
-    assert stream != bf16  # the residual stream really was bf16 too
+    """bf16 computes in bf16 (seen in the layers' output dtypes, by construction: not inferred from the
+    size of a rounding difference, which depends on how a CPU's bf16 kernels round) and its losses stay
+    within bf16 tolerance of fp32's."""
+    fp32 = dtypes_seen(lambda: run(tmp_path, "fp32", tiny_autoencoder, fake_fmnist))
+    bf16 = dtypes_seen(lambda: run(tmp_path, "bf16", tiny_autoencoder, fake_fmnist, precision="bf16"))
+    stream = dtypes_seen(lambda: run(tmp_path, "bf16_residual", tiny_autoencoder, fake_fmnist, precision="bf16",
+                                     bf16_residual=True))
+    assert fp32["linear"] == {torch.float32} and fp32["block"] == {torch.float32}
+    assert torch.bfloat16 in bf16["linear"] and bf16["block"] == {torch.float32}  # autocast ran; fp32 stream
+    assert stream["block"] == {torch.bfloat16}  # the residual stream really was bf16 too
+    assert bf16["losses"] == pytest.approx(fp32["losses"], rel=5e-2)
+    assert stream["losses"] == pytest.approx(fp32["losses"], rel=5e-2)
 
 
 def test_bf16_residual_needs_bf16():

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +38,14 @@ def reference_features(extract, data: ImageDataset, cache_dir: Path, progress: b
     key = hashlib.sha256(f"{extract.fingerprint()}|{data.name}|{len(data)}".encode()).hexdigest()[:20]
     path = cache_dir / "reference" / f"{key}.npz"
     if path.is_file():
-        with np.load(path) as f:
-            return f["features"].astype(np.float64)
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                cached = f["features"].astype(np.float64)
+            if cached.ndim == 2 and len(cached) == len(data) and np.isfinite(cached).all():
+                return cached
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass
+        print(f"note: the cached reference features {path} are damaged; computing them again", file=sys.stderr)
     feats = dataset_features(extract, data, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # concurrent evaluations do not collide

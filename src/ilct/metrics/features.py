@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,9 +145,15 @@ def load_fashion_features(cache_dir: Path, data_root: str, progress: bool = True
     """The cached classifier, trained on first use (a few CPU minutes)."""
     out = cache_dir / "fmnist_classifier"
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
-        model = FashionClassifier()
-        model.load_state_dict(read_tensors(out / "model.safetensors"))
-        return FashionFeatures(model, json.loads((out / "config.json").read_text()))
+        try:
+            model = FashionClassifier()
+            model.load_state_dict(read_tensors(out / "model.safetensors"))
+            meta = json.loads((out / "config.json").read_bytes().decode("utf-8"))
+            if isinstance(meta, dict) and "test_accuracy" in meta:
+                return FashionFeatures(model, meta)
+        except (IlctError, RuntimeError, ValueError):
+            pass
+        print(f"note: the cached classifier in {out} is damaged; training it again", file=sys.stderr)
     print(f"training the Fashion-MNIST feature classifier (cached in {out})")
     return train_fashion_classifier(data_root, out, progress=progress)
 
