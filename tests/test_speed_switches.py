@@ -51,12 +51,15 @@ def test_fused_optimizer_gives_the_same_losses(tmp_path, tiny_autoencoder, fake_
 
 
 def dtypes_seen(fn) -> dict[str, set]:
-    """The output dtypes of the DiT's linear layers and of its blocks while fn() trains."""
+    """The output dtypes of the DiT's linear layers and of its blocks in the student's forward passes while fn()
+    trains (grad enabled: not the teacher's or the sample grids' passes)."""
     from ilct.nets.dit import DiTBlock
 
     seen: dict[str, set] = {"linear": set(), "block": set()}
 
     def hook(module, args, out):
+        if not torch.is_grad_enabled():
+            return
         if isinstance(module, torch.nn.Linear):
             seen["linear"].add(out.dtype)
         elif isinstance(module, DiTBlock):
