@@ -33,6 +33,11 @@ NOTES = """- **kills**: a training subprocess is killed with SIGKILL at random i
 def record(section: dict) -> None:
     report = json.loads(JSON.read_text()) if JSON.is_file() else {}
     report.update(section)
+    # the totals over both suites (test_faults' first 19 kinds and test_hostile's table)
+    for what in ("tried", "clean"):
+        parts = [report.get(f"bad_inputs_{s}_{what}") for s in ("basic", "hostile")]
+        if all(isinstance(v, int) for v in parts):
+            report[f"bad_inputs_{what}"] = sum(parts)
     report["command"] = "make test  (tests/test_faults.py and tests/test_hostile.py write this file)"
     DOCS.mkdir(exist_ok=True)
     JSON.write_text(json.dumps(report, indent=2) + "\n")

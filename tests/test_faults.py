@@ -244,4 +244,4 @@ def test_bad_inputs_exit_2_and_change_nothing(tmp_path, capsys, monkeypatch, tin
     names.append("full disk while saving a checkpoint")
     assert {p: digest(p) for p in before} == before  # nothing was overwritten
     assert not Path(png).exists()
-    REPORT.update({"bad_inputs_tried": len(names), "bad_inputs_clean": clean, "bad_input_cases": names})
+    REPORT.update({"bad_inputs_basic_tried": len(names), "bad_inputs_basic_clean": clean, "bad_input_cases": names})

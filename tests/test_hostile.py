@@ -55,6 +55,7 @@ class World:
         assert main(self.train(self.run)) == 0
         assert main(self.train(self.other, "--set", "train.seed=1")) == 0
         self.lat = encode_fake(root / "lat", ae, data)
+        self.lat_small = encode_fake(root / "lat_small", ae, data, "--limit", "100")
         self.other_ae = second_autoencoder(root / "other_ae", data, seed=9)
         self.cases = root / "cases"
         self.cases.mkdir()
@@ -306,6 +307,8 @@ def cases(w: World, mp, tmp: Path) -> list[tuple[str, str, object]]:
         ("force", "--force --out . in a run folder", lambda: T(".", "--force") if chdir(mp, w.copy("cwd_run", only=None)) else None),
         ("force", "--resume with another autoencoder", lambda: w.resume(w.copy("other_ae_run"), "--set", f"autoencoder.path={w.other_ae}")),
         ("force", "--resume and --force together", w.resume(w.run, "--force")),
+        ("force", "--resume with latents of other data",
+         lambda: w.resume(w.copy("other_lat_run"), "--set", f"data.latents={w.lat_small}")),
         # filesystem faults
         ("filesystem", "train --out is a file", lambda: T(touch(tmp / "afile"))),
         ("filesystem", "train --out ''", T("")),
@@ -421,12 +424,23 @@ def test_hostile_inputs_exit_2_with_one_line_and_change_nothing(world, tmp_path,
         per_class[cls] = per_class.get(cls, 0) + 1
         names.append(f"{cls}: {name}")
     assert not list(world.root.rglob(".tmp_step_*"))
-    FIGURES.update({"hostile_inputs_tried": len(names), "hostile_inputs_clean": len(names),
-                    "hostile_inputs_by_class": per_class, "hostile_input_cases": names})
+    FIGURES.update({"bad_inputs_hostile_tried": len(names), "bad_inputs_hostile_clean": len(names),
+                    "bad_inputs_hostile_by_class": per_class, "hostile_input_cases": names})
     assert len(names) >= 60
 
 
 # --------------------------------------------------------------------------- the five data-losing cases, exit 0 paths
+
+
+def test_other_autoencoder_or_latents_only_when_asked(world, capsys):
+    """Resuming in another latent space or on other data is refused (in the table above) unless asked for;
+    asked for, the run trains on and its config and statistics name what it trains on now."""
+    from ilct.data.latents import LatentStats
+
+    run = crashed_copy(world.run, world.cases / "asked", 12, 8)
+    assert main(world.resume(run, "--set", f"data.latents={world.lat_small}", "--allow-other-latents")) == 0
+    assert LatentStats.load(run / "latent_stats.safetensors").latent_set.endswith("|100")
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["latents"] == str(world.lat_small)
 
 
 def test_force_validates_before_deleting(world, capsys):

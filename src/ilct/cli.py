@@ -105,7 +105,7 @@ def cmd_train(args) -> int:
         raise IlctError("--resume and --force exclude each other")
     cfg = _train_config(args)
     result = train(cfg, args.out, resume=args.resume, force=args.force, progress=_progress(args),
-                   allow_other_autoencoder=args.allow_other_autoencoder)
+                   allow_other_autoencoder=args.allow_other_autoencoder, allow_other_latents=args.allow_other_latents)
     print(f"trained to step {result.step} in {result.seconds:.0f} s (last logged loss {result.last_loss:.4g}); "
           f"run directory: {result.run_dir}")
     return 0
@@ -434,7 +434,8 @@ def add_eval_parser(sub, fmt) -> None:
                    "built-in datasets)")
     v.add_argument("--n", type=int, default=10000, help="generated samples per step count")
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--json", help="write the results here")
+    v.add_argument("--json", help="write the results here (replaced atomically; never a file of a run, checkpoint, "
+                   "autoencoder or latent directory)")
     v.add_argument("--features", default="fmnist", choices=["fmnist", "inception"])
     v.add_argument("--inception-weights", help="TorchScript detector for --features inception, e.g. "
                    "inception-2015-12-05.pt (called with return_features=True: pool3 features)")
@@ -480,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "deleted only after every input is checked)")
     t.add_argument("--allow-other-autoencoder", action="store_true",
                    help="with --resume: train on with an autoencoder other than the run's (another latent space)")
+    t.add_argument("--allow-other-latents", action="store_true",
+                   help="with --resume: train on with latents of other data than the run's (data.latents, data.root)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -488,8 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=1, help="network evaluations")
     s.add_argument("--n", type=int, default=64, help="number of samples")
     s.add_argument("--seed", type=int, default=0, help="sample j uses noise seeded by (seed, j)")
-    s.add_argument("--out", required=True, help="PNG grid")
-    s.add_argument("--npz", help="also write the samples as uint8 (N, H, W, C) under key 'images'")
+    s.add_argument("--out", required=True, help="PNG grid (replaced atomically if it exists; never a file of a run, "
+                   "checkpoint, autoencoder or latent directory)")
+    s.add_argument("--npz", help="also write the samples as uint8 (N, H, W, C) under the keys 'images' and 'arr_0' "
+                   "(the same rules as --out)")
     s.add_argument("--tau", help="intermediate sigmas, comma-separated (default for 2 steps: index 22 of a 40-level Karras grid, ~1.39)")
     s.add_argument("--checkpoint", help="a checkpoint directory (default: the run's latest)")
     s.add_argument("--class", dest="cls", type=int, help="class label for a class-conditional run (default: unconditional)")
@@ -516,8 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     z = sub.add_parser("analyze", help="latent outlier statistics and box plots (the paper's Figure 1)", formatter_class=fmt)
     z.add_argument("--latents", required=True, help="latent directory from `ilct encode`")
-    z.add_argument("--out", default="analysis", help="folder for NAME.json and NAME_boxplot.png")
-    z.add_argument("--name", help="file name stem (default: the latent directory's name)")
+    z.add_argument("--out", default="analysis", help="folder for NAME.json and NAME_boxplot.png (replaced atomically; "
+                   "never into a run's checkpoints, an autoencoder or a latent directory)")
+    z.add_argument("--name", help="file name stem, a plain name (default: the latent directory's name)")
     z.add_argument("--n", type=int, default=5000, help="samples to analyze")
     z.add_argument("--seed", type=int, default=0)
     z.add_argument("--no-pixels", action="store_true", help="skip the pixel statistics")

@@ -238,6 +238,7 @@ def train(
     force: bool = False,
     progress: bool = True,
     allow_other_autoencoder: bool = False,
+    allow_other_latents: bool = False,
 ) -> TrainResult:
     """Train (or resume) the run in `run_dir`. Every input is checked before the run folder is touched;
     the caller's `cfg` is not changed. Raises IlctError for bad input and preempt.Interrupted for a
@@ -248,7 +249,8 @@ def train(
         dist, device = distributed.init(resolve_device(cfg.train.device))
         lock = RunLock(run_dir)
         try:
-            return _train(cfg, run_dir, resume, force, progress, dist, device, stop, lock, allow_other_autoencoder)
+            return _train(cfg, run_dir, resume, force, progress, dist, device, stop, lock,
+                          (allow_other_autoencoder, allow_other_latents))
         finally:
             lock.release()
             distributed.shutdown(dist)
@@ -263,6 +265,7 @@ class RunData:
     stats: LatentStats
     shape: tuple[int, int, int]
     maker: BatchMaker
+    latent_set: str
 
 
 def _conditions(cfg: Config, latent_set, main: bool):
@@ -301,7 +304,7 @@ def _conditions(cfg: Config, latent_set, main: bool):
 
 
 def load_run_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder: bool, progress: bool,
-                  dist: distributed.Dist, device: torch.device) -> RunData:
+                  dist: distributed.Dist, device: torch.device, allow_other_latents: bool = False) -> RunData:
     """Everything the run reads, checked (writes only to the latent cache; rank 0 encodes first).
     Fills in cfg's latent shape and class count."""
     main, c = dist.main, cfg.consistency
@@ -323,7 +326,10 @@ def load_run_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoenco
             raise IlctError(f"config: model.{name}={want} but the autoencoder gives {C}x{H}x{W} latents")
     cfg.model.in_channels, cfg.model.input_size = C, H
     if stats is None:
-        stats = replace(latent_set.stats, fingerprint=ae.fingerprint())
+        stats = replace(latent_set.stats, fingerprint=ae.fingerprint(), latent_set=latent_set.identity)
+    elif stats.latent_set and stats.latent_set != latent_set.identity and not allow_other_latents:
+        raise IlctError(f"--resume: {run_dir} was trained on other latents ({stats.latent_set}; these are "
+                        f"{latent_set.identity}): pass --allow-other-latents to train on with them")
     elif tuple(stats.mean.shape) != (C, H, W):
         raise IlctError(f"{run_dir / STATS_FILE} holds statistics of {tuple(stats.mean.shape)} latents, the data gives {C}x{H}x{W}")
     # Small latent sets live in (host) memory; larger ones are gathered per batch from the memory map.
@@ -341,7 +347,7 @@ def load_run_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoenco
         maker = make_batch_maker(cfg, gather, n_data, (C, H, W), labels, dist.rank, dist.world)
     except ValueError as e:
         raise IlctError(f"config: {e}") from None
-    return RunData(ae, stats, (C, H, W), maker)
+    return RunData(ae, stats, (C, H, W), maker, latent_set.identity)
 
 
 def restore(path: Path, model, ema, opt, cfg: Config) -> dict[str, Any]:
@@ -384,7 +390,7 @@ def restore_newest(run_dir: Path, model, ema, opt, cfg: Config) -> tuple[Path | 
 
 
 def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool, dist: distributed.Dist,
-           device: torch.device, stop: StopFlag, lock: RunLock, allow_other_autoencoder: bool) -> TrainResult:
+           device: torch.device, stop: StopFlag, lock: RunLock, allow_other: tuple[bool, bool]) -> TrainResult:
     main = dist.main
     cfg = resume_config(cfg, run_dir) if resume else cfg
     if not resume:
@@ -393,7 +399,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     t = cfg.train
     setup_backends(device)
     edm = t.objective == "edm"
-    data = load_run_data(cfg, run_dir, resume, allow_other_autoencoder, progress, dist, device)
+    data = load_run_data(cfg, run_dir, resume, allow_other[0], progress, dist, device, allow_other[1])
     ae, stats, maker = data.ae, data.stats, data.maker
 
     # ---- model, EMA, optimizer (RAdam that skips non-finite steps on the device)
@@ -406,8 +412,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
         stop.defer()
         if not resume:
             start_run_dir(cfg, run_dir, force, stats)
-        elif stats.fingerprint and stats.fingerprint != ae.fingerprint():  # --allow-other-autoencoder: the run names the new one
-            stats = replace(stats, fingerprint=ae.fingerprint())
+        elif any(allow_other):  # --allow-other-*: the run's config and statistics name what it trains on now
+            stats = replace(stats, fingerprint=stats.fingerprint and ae.fingerprint(),
+                            latent_set=stats.latent_set and data.latent_set)
             stats.save(run_dir / STATS_FILE)
             dump_config(cfg, run_dir / CONFIG_FILE)
     else:

@@ -49,6 +49,7 @@ class LatentStats:
     mean: torch.Tensor  # (C, H, W) m
     std: torch.Tensor  # (C, H, W) s
     fingerprint: str = ""  # the autoencoder whose latent space these describe ("" = not recorded)
+    latent_set: str = ""  # the latents they were computed from: "dataset|count" ("" = not recorded)
 
     def normalize(self, latent: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
         """z = sigma_d (latent - m) / s."""
@@ -64,8 +65,8 @@ class LatentStats:
         return cls(latents.mean(0).float(), latents.std(0).clamp_min(1e-6).float())
 
     def save(self, path: str | Path) -> None:
-        meta = {"autoencoder_fingerprint": self.fingerprint} if self.fingerprint else None
-        save_tensors({"mean": self.mean, "std": self.std}, Path(path), metadata=meta)
+        meta = {k: v for k, v in (("autoencoder_fingerprint", self.fingerprint), ("latent_set", self.latent_set)) if v}
+        save_tensors({"mean": self.mean, "std": self.std}, Path(path), metadata=meta or None)
 
     @classmethod
     def load(cls, path: str | Path) -> "LatentStats":
@@ -78,17 +79,18 @@ class LatentStats:
             raise IlctError(f"{path}: mean and std must be float32 tensors of one shape")
         if not (torch.isfinite(m).all() and torch.isfinite(s).all() and (s > 0).all()):
             raise IlctError(f"{path}: latent statistics must be finite with std > 0")
-        return cls(m, s, _stats_fingerprint(path))
+        meta = _stats_metadata(path)
+        return cls(m, s, meta.get("autoencoder_fingerprint", ""), meta.get("latent_set", ""))
 
 
-def _stats_fingerprint(path: str | Path) -> str:
+def _stats_metadata(path: str | Path) -> dict[str, str]:
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), "pt") as f:
-            return (f.metadata() or {}).get("autoencoder_fingerprint", "")
+            return dict(f.metadata() or {})
     except Exception:  # read_tensors already read the file; metadata is optional
-        return ""
+        return {}
 
 
 class LatentDir:
@@ -139,6 +141,11 @@ class LatentDir:
 
     def __len__(self) -> int:
         return self.count
+
+    @property
+    def identity(self) -> str:
+        """What the latents are of: "dataset|count" (recorded with a run's statistics)."""
+        return f"{self.meta.get('dataset', '?')}|{self.count}"
 
     def gather(self, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Raw latents at the given global indices (float32, (len(idx), C, H, W))."""
