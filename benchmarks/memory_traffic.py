@@ -41,8 +41,8 @@ import torch.nn.functional as F
 
 from ilct.accel import compile_model
 from ilct.config import load_config
-from ilct.consistency.schedule import num_levels
-from ilct.train import levels, make_batch_maker, make_student, training_step
+from ilct.objectives import make_objective
+from ilct.train import make_batch_maker, make_student, training_step
 
 _layer_norm = F.layer_norm
 
@@ -87,12 +87,12 @@ def count_step(mode: str, arch: str, batch: int, latent: int, top: int = 0) -> d
     model, ema, opt = make_student(cfg, device)
     compile_model(model, "blocks")  # one graph per grad mode, shared by all blocks
     data = torch.randn(64, 4, latent, latent)
-    maker = make_batch_maker(cfg, data.__getitem__, len(data), tuple(data.shape[1:]))
-    N = num_levels(0, cfg.train.total_steps, cfg.consistency.s0, cfg.consistency.s1)  # step 0's levels
-    sigmas, c_now = levels(cfg, N, device)
+    objective = make_objective(cfg)
+    maker = make_batch_maker(cfg, objective, data.__getitem__, len(data), tuple(data.shape[1:]))
+    state = objective.state(0, device)  # step 0's levels
     F.layer_norm = cuda_like_layer_norm
     try:
-        training_step(model, ema, opt, maker.make(0), sigmas, N, c_now, cfg, 0)
+        training_step(model, ema, opt, maker.make(0), objective, state, cfg, 0)
     finally:
         F.layer_norm = _layer_norm
     depth = len(model.net.blocks)

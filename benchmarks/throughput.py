@@ -48,9 +48,11 @@ from ilct.batches import Prefetcher
 from ilct.config import load_config
 from ilct.consistency.coupling import ot_cost
 from ilct.consistency.objective import consistency_training_loss
-from ilct.consistency.schedule import karras_sigmas, num_levels
+from ilct.consistency.schedule import karras_sigmas
+from ilct.objectives import ConsistencyTraining
 from ilct.run import build_model, make_ema
-from ilct.train import ema_update, levels, make_batch_maker, make_student, training_step
+from ilct.objectives import make_objective
+from ilct.train import ema_update, make_batch_maker, make_student, training_step
 
 N_DATA = 2048  # synthetic latents the batches are drawn from
 
@@ -143,8 +145,7 @@ def reference_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: in
     t, c, me = cfg.train, cfg.consistency, cfg.method
     opt = torch.optim.RAdam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
     g = torch.Generator().manual_seed(0)
-    N = num_levels(0, t.total_steps, c.s0, c.s1)
-    sigmas, c_now = levels(cfg, N, device)
+    N, sigmas, c_now = ConsistencyTraining(cfg).state(0, device)  # step 0's levels
     data = latents.to(device)
     from scipy.optimize import linear_sum_assignment
 
@@ -171,22 +172,22 @@ def ilct_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: int, pr
                scope: str = "blocks", compile_mode: str | None = None):
     """ilct.train.training_step with the prefetcher; returns (seconds per step, the EMA model, the student)."""
     model, ema, opt = make_student(cfg, device)
-    t, c = cfg.train, cfg.consistency
+    t = cfg.train
     if t.compile:
         compile_model(model, scope, compile_mode)
-    maker = make_batch_maker(cfg, latents.__getitem__, len(latents), tuple(latents.shape[1:]))
-    N = num_levels(0, t.total_steps, c.s0, c.s1)
-    sigmas, c_now = levels(cfg, N, device)
+    objective = make_objective(cfg)
+    maker = make_batch_maker(cfg, objective, latents.__getitem__, len(latents), tuple(latents.shape[1:]))
+    state = objective.state(0, device)  # step 0's schedule state, for every timed step
     n_prof = 3 if profile_to is not None else 0
     prefetch = Prefetcher(maker, 0, warmup + n_steps + n_prof, device)
     try:
         for k in range(warmup):
-            training_step(model, ema, opt, prefetch.get(k), sigmas, N, c_now, cfg, k)
+            training_step(model, ema, opt, prefetch.get(k), objective, state, cfg, k)
         sync(device)
         t0 = time.perf_counter()
         acc = torch.zeros(3, device=device)
         for k in range(warmup, warmup + n_steps):
-            values, _ = training_step(model, ema, opt, prefetch.get(k), sigmas, N, c_now, cfg, k)
+            values, _ = training_step(model, ema, opt, prefetch.get(k), objective, state, cfg, k)
             acc += values
         sync(device)
         seconds = (time.perf_counter() - t0) / n_steps
@@ -197,7 +198,7 @@ def ilct_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: int, pr
             with profile(activities=acts) as prof:
                 t1 = time.perf_counter()
                 for k in range(warmup + n_steps, warmup + n_steps + n_prof):
-                    training_step(model, ema, opt, prefetch.get(k), sigmas, N, c_now, cfg, k)
+                    training_step(model, ema, opt, prefetch.get(k), objective, state, cfg, k)
                 sync(device)
                 profiled = (time.perf_counter() - t1) / n_prof
             write_profile(prof, profile_to, device, seconds, profiled, n_prof)

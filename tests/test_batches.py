@@ -4,14 +4,16 @@ import pytest
 import torch
 
 from ilct.batches import BatchMaker, Prefetcher, step_seed
+from ilct.config import load_config
 from ilct.consistency.coupling import ot_permutation
+from ilct.objectives import make_objective
 
 DATA = torch.randn(50, 2, 4, 4, generator=torch.Generator().manual_seed(0))
 
 
 def maker(rank=0, world=1, ot=False, edm=False, batch=8, labels=None):
-    return BatchMaker(DATA.__getitem__, len(DATA), (2, 4, 4), labels, batch, 7, 1000, edm, ot,
-                      10, 160, 0.002, 80.0, 7.0, -1.1, 2.0, rank, world)
+    cfg = load_config("fmnist-ict", ["train.total_steps=1000", "consistency.s0=10", "consistency.s1=160", f"train.objective={'edm' if edm else 'consistency'}"])
+    return BatchMaker(DATA.__getitem__, len(DATA), (2, 4, 4), labels, batch, 7, make_objective(cfg).draw, ot, rank, world)
 
 
 def test_step_seed_is_a_function_of_its_arguments():
@@ -23,11 +25,11 @@ def test_step_seed_is_a_function_of_its_arguments():
 
 def test_a_batch_depends_only_on_the_step():
     a, b = maker().make(3), maker().make(3)
-    assert torch.equal(a.x, b.x) and torch.equal(a.z, b.z) and torch.equal(a.i, b.i)
+    assert torch.equal(a.x, b.x) and torch.equal(a.z, b.z) and torch.equal(a.draw, b.draw)
     assert not torch.equal(maker().make(4).z, a.z)
-    assert a.i.max() < 11 and a.i.min() >= 0  # N = s0 + 1 = 11 levels at step 3: i in 0..N-2
+    assert a.draw.max() < 11 and a.draw.min() >= 0  # N = s0 + 1 = 11 levels at step 3: i in 0..N-2
     e = maker(edm=True).make(3)
-    assert e.i is None and e.u.shape == (8,)
+    assert e.draw.dtype == torch.float32 and e.draw.shape == (8,)  # EDM: u ~ N(0, 1)
 
 
 def test_ranks_split_the_global_batch():
@@ -35,7 +37,7 @@ def test_ranks_split_the_global_batch():
     parts = [maker(rank=r, world=2).make(11) for r in range(2)]
     assert torch.equal(torch.cat([p.x for p in parts]), full.x)
     assert torch.equal(torch.cat([p.z for p in parts]), full.z)
-    assert torch.equal(torch.cat([p.i for p in parts]), full.i)
+    assert torch.equal(torch.cat([p.draw for p in parts]), full.draw)
 
 
 def test_ot_pairs_each_local_batch_optimally():
@@ -59,7 +61,7 @@ def test_prefetcher_yields_the_makers_batches_in_order(workers):
     try:
         for k in range(5, 9):
             b = p.get(k)
-            assert torch.equal(b.z, m.make(k).z) and torch.equal(b.i, m.make(k).i)
+            assert torch.equal(b.z, m.make(k).z) and torch.equal(b.draw, m.make(k).draw)
         with pytest.raises(RuntimeError):
             p.get(3)
     finally:
@@ -71,7 +73,8 @@ def test_prefetcher_passes_errors_on(workers):
     def broken(idx):
         raise OSError("disk gone")
 
-    m = BatchMaker(broken, 10, (2, 4, 4), None, 4, 0, 100, False, False, 10, 160, 0.002, 80.0, 7.0, -1.1, 2.0)
+    m = maker()
+    m.gather = broken
     p = Prefetcher(m, 0, 3, torch.device("cpu"), workers=workers)
     try:
         with pytest.raises(OSError, match="disk gone"):

@@ -1,8 +1,8 @@
 """What one training step consumes, drawn ahead of time off the critical path.
 
 Every random draw of step k comes from its own generator, seeded by (seed, k):
-the data indices, the noise z, the levels i (consistency) or the log-normal
-draws u (EDM). So any step's batch can be made anywhere and in advance, a
+the data indices, the noise z, and the objective's per-sample draw (the levels i
+of consistency training, the log-normal draws u of EDM: `Objective.draw`). So any step's batch can be made anywhere and in advance, a
 resumed run draws exactly what an uninterrupted one would, and the ranks of a
 `torchrun` job draw the same global batch and each keep their slice of it.
 
@@ -23,7 +23,6 @@ from typing import Callable
 import torch
 
 from ilct.consistency.coupling import ot_couple
-from ilct.consistency.schedule import karras_sigmas, level_probabilities, num_levels, sample_levels
 
 _MIX = 0x9E3779B97F4A7C15  # odd constant (2^64 / golden ratio) that spreads (seed, step) over 63 bits
 
@@ -41,21 +40,21 @@ def step_seed(seed: int, step: int, stream: int = 0) -> int:
 class Batch:
     x: torch.Tensor  # (b, C, H, W) normalized data latents
     z: torch.Tensor  # (b, C, H, W) noise, reordered by the OT coupling when it is on
-    i: torch.Tensor | None  # (b,) level indices (consistency objective)
-    u: torch.Tensor | None  # (b,) standard normal draws for the EDM sigma
-    y: torch.Tensor | None  # (b,) class labels, when the model is conditional
+    draw: torch.Tensor  # (b,) the objective's per-sample draw (consistency: level indices i; EDM: u ~ N(0, 1))
+    y: torch.Tensor | None  # (b,) class labels (or caption embeddings), when the model is conditional
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
         mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return Batch(mv(self.x), mv(self.z), mv(self.i), mv(self.u), mv(self.y))
+        return Batch(mv(self.x), mv(self.z), mv(self.draw), mv(self.y))
 
     def pin_memory(self) -> "Batch":
         pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
-        return Batch(pin(self.x), pin(self.z), pin(self.i), pin(self.u), pin(self.y))
+        return Batch(pin(self.x), pin(self.z), pin(self.draw), pin(self.y))
 
 
 class BatchMaker:
-    """make(k) -> this rank's Batch of step k (CPU tensors)."""
+    """make(k) -> this rank's Batch of step k (CPU tensors): data indices, noise, then the objective's draw,
+    all from one generator seeded by (seed, k); the OT coupling of data and noise when it is on."""
 
     def __init__(
         self,
@@ -65,49 +64,27 @@ class BatchMaker:
         labels: torch.Tensor | None,
         batch_size: int,  # global
         seed: int,
-        total_steps: int,
-        edm: bool,
+        draw: Callable[[int, int, torch.Generator], torch.Tensor],  # (k, batch size, g) -> per-sample draw
         ot: bool,
-        s0: int,
-        s1: int,
-        sigma_min: float,
-        sigma_max: float,
-        rho: float,
-        p_mean: float,
-        p_std: float,
         rank: int = 0,
         world: int = 1,
     ):
         if batch_size % world:
             raise ValueError(f"train.batch_size={batch_size} does not split over {world} ranks")
         self.gather, self.n_data, self.shape, self.labels = gather, n_data, shape, labels
-        self.B, self.seed, self.total_steps, self.edm, self.ot = batch_size, seed, total_steps, edm, ot
-        self.curriculum = (s0, s1)
-        self.karras = (sigma_min, sigma_max, rho)
-        self.lognormal = (p_mean, p_std)
+        self.B, self.seed, self.draw, self.ot = batch_size, seed, draw, ot
         self.lo, self.hi = rank * batch_size // world, (rank + 1) * batch_size // world
-        self._probs: dict[int, torch.Tensor] = {}
-
-    def probs(self, N: int) -> torch.Tensor:
-        if N not in self._probs:
-            self._probs[N] = level_probabilities(karras_sigmas(N, *self.karras).double(), *self.lognormal).float()
-        return self._probs[N]
 
     def make(self, k: int) -> Batch:
         g = torch.Generator().manual_seed(step_seed(self.seed, k))
         idx = torch.randint(0, self.n_data, (self.B,), generator=g)[self.lo:self.hi]
         z = torch.randn((self.B, *self.shape), generator=g)[self.lo:self.hi]
-        i = u = None
-        if self.edm:
-            u = torch.randn((self.B,), generator=g)[self.lo:self.hi]
-        else:
-            N = num_levels(k, self.total_steps, *self.curriculum)
-            i = sample_levels(self.probs(N), self.B, g)[self.lo:self.hi]
+        d = self.draw(k, self.B, g)[self.lo:self.hi]
         x = self.gather(idx)
-        if self.ot and not self.edm:
+        if self.ot:
             z = ot_couple(x, z)
         y = self.labels[idx] if self.labels is not None else None
-        return Batch(x.contiguous(), z.contiguous(), i, u, y)
+        return Batch(x.contiguous(), z.contiguous(), d, y)
 
 
 class _Steps(torch.utils.data.Dataset):

@@ -165,6 +165,11 @@ def cmd_sample(args) -> int:
         raise IlctError(f"--guidance must be >= 0, got {args.guidance}")
     c = run.cfg.consistency
     taus = _parse_tau(args.tau, args.steps)
+    from ilct.objectives import make_objective
+
+    objective = make_objective(run.cfg)
+    if taus is not None and not objective.takes_tau:
+        raise IlctError(f"--tau applies to consistency sampling; this run's objective is {objective.name}")
     sigmas = [c.sigma_max] + taus if taus is not None else default_sigmas(args.steps, c.sigma_min, c.sigma_max, c.rho)
     if any(not (c.sigma_min < s <= c.sigma_max) for s in sigmas) or any(b >= a for a, b in zip(sigmas, sigmas[1:])):
         raise IlctError(f"--tau values must decrease and lie in ({c.sigma_min}, {c.sigma_max}), got {sigmas[1:]}")
@@ -182,8 +187,7 @@ def cmd_sample(args) -> int:
     save_png(make_grid(images), args.out, scale=args.scale)
     if args.npz:
         save_npz(images, args.npz)
-    how = (f"{args.steps} Heun step(s) ({2 * args.steps - 1} evaluations)" if run.cfg.train.objective == "edm"
-           else f"{len(sigmas)} step(s) at sigmas {[round(s, 4) for s in sigmas]}")
+    how = objective.describe(args.steps, sigmas)
     if args.cls is not None:
         how += f", class {args.cls}, guidance {args.guidance:g}"
     if args.prompt is not None:

@@ -94,7 +94,7 @@ class MethodConfig:
 class TrainConfig:
     """Optimizer, budget and run-time settings (METHOD.md section 3, Optimizer)."""
 
-    objective: str = "consistency"  # consistency | edm (an EDM diffusion reference, sampled with Heun)
+    objective: str = "consistency"  # a name from ilct.objectives.OBJECTIVES: consistency | edm (Heun-sampled reference)
     total_steps: int = 400_000
     batch_size: int = 128
     lr: float = 1e-4
@@ -141,7 +141,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "autoencoder.kind": ("builtin", "taesd", "diffusers"),
     "method.metric": ("cauchy", "cauchy_element", "pseudo_huber", "l2", "geman_mcclure"),
     "train.precision": ("fp32", "bf16"),
-    "train.objective": ("consistency", "edm"),
 }
 
 # Settings that may change when a run is resumed (they do not change the maths).
@@ -302,7 +301,11 @@ def validate(cfg: Config) -> None:
         if value not in allowed:
             raise IlctError(f"config: {name} must be one of {', '.join(allowed)}, got {value!r}")
 
-    from ilct.nets.dit import DIT_SIZES  # late import: the registry lives with the network
+    from ilct.nets.dit import DIT_SIZES  # late imports: the registries live with the networks and the objectives
+    from ilct.objectives import OBJECTIVES
+
+    if cfg.train.objective not in OBJECTIVES:
+        raise IlctError(f"config: train.objective must be one of {', '.join(OBJECTIVES)}, got {cfg.train.objective!r}")
 
     if cfg.model.arch not in DIT_SIZES:
         raise IlctError(f"config: model.arch must be one of {', '.join(DIT_SIZES)}, got {cfg.model.arch!r}")

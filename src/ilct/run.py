@@ -16,11 +16,11 @@ from ilct import flat
 from ilct.autoencoders import Autoencoder, load_autoencoder
 from ilct.checkpoint import latest_checkpoint, load_weights, read_state, whole
 from ilct.config import Config, config_from_yaml_file
-from ilct.consistency.precond import ConsistencyModel
 from ilct.data.images import ImageDataset
 from ilct.data.latents import LatentDir, LatentStats, cached_latents
 from ilct.errors import IlctError
 from ilct.nets.dit import build_dit
+from ilct.objectives import make_objective
 
 from ilct.runfolder import CONFIG_FILE, STATS_FILE
 
@@ -34,8 +34,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(cfg: Config) -> nn.Module:
-    """f(x, sigma) around a DiT sized by cfg.model (latent shape must be resolved); an EDM denoiser
-    D(x, sigma) instead when train.objective is edm."""
+    """The backbone sized by cfg.model (latent shape must be resolved), wrapped in the objective's
+    parameterization (f(x, sigma) for consistency training, D(x, sigma) for EDM)."""
     m = cfg.model
     if m.in_channels is None or m.input_size is None:
         raise ValueError("model.in_channels / model.input_size are not resolved")
@@ -47,11 +47,7 @@ def build_model(cfg: Config) -> nn.Module:
         )
     except ValueError as e:
         raise IlctError(f"config: model.arch {m.arch} does not fit {m.in_channels}x{m.input_size}x{m.input_size} latents: {e}") from None
-    if cfg.train.objective == "edm":
-        from ilct.edm import EDMDenoiser
-
-        return EDMDenoiser(net, cfg.consistency.sigma_data)
-    return ConsistencyModel(net, cfg.consistency.sigma_data, cfg.consistency.sigma_min)
+    return make_objective(cfg).wrap(net)
 
 
 def make_ema(model: nn.Module) -> nn.Module:

@@ -118,9 +118,10 @@ def generate(
 
     from ilct.data.images import to_uint8
 
+    from ilct.objectives import make_objective
+
     c = cfg.consistency
-    edm = cfg.train.objective == "edm"  # then `steps` counts Heun steps (2 steps - 1 evaluations)
-    sigmas = sigmas or default_sigmas(steps, c.sigma_min, c.sigma_max, c.rho)
+    objective = make_objective(cfg)  # how `steps` (and `sigmas`) are sampled: consistency steps, Heun steps, ...
     shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
     device = next(model.parameters()).device
     K = cfg.model.num_classes
@@ -148,11 +149,6 @@ def generate(
         elif T > 0:
             y = e_all[start:start + len(idx)].contiguous().to(device)
             f = guided(model, y, guidance if text is not None else 1.0, 0)
-        if edm:
-            from ilct.edm import heun_sample
-
-            z = heun_sample(f, per_sample_noise(seed, idx, shape, 1)[0].to(device), steps, c.sigma_min, c.sigma_max, c.rho)
-        else:
-            z = consistency_sample(f, per_sample_noise(seed, idx, shape, len(sigmas)), sigmas, c.sigma_min, device=device)
+        z = objective.sample(f, seed, idx, shape, steps, sigmas, device)
         out.append(to_uint8(autoencoder.decode(stats.denormalize(z, c.sigma_data).to(device))))
     return np.concatenate(out)

@@ -31,13 +31,11 @@ from ilct import distributed, faults, flat
 from ilct.accel import compile_blocks, compile_model, setup_backends
 from ilct.autoencoders import load_autoencoder
 from ilct.batches import Batch, BatchMaker, Prefetcher, step_seed
-from ilct.config import RUNTIME_KEYS, Config, config_from_yaml_file, dump_config, latent_dim
-from ilct.consistency.objective import LossTerms, consistency_training_loss
-from ilct.consistency.schedule import karras_sigmas, num_levels, scaling_c
+from ilct.config import RUNTIME_KEYS, Config, config_from_yaml_file, dump_config
 from ilct.data.latents import LatentStats
-from ilct.edm import edm_loss
 from ilct.errors import IlctError
 from ilct.grid import make_grid, save_png
+from ilct.objectives import Objective, make_objective
 from ilct.optim import RAdam
 from ilct.preempt import StopFlag
 from ilct.run import build_model, load_latents, make_ema, resolve_device
@@ -130,21 +128,12 @@ def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str,
     return tensors, scalars
 
 
-def levels(cfg: Config, N: int, device: torch.device) -> tuple[torch.Tensor, float]:
-    """The N discretization levels' Karras sigmas (METHOD.md section 3, fp32 on `device`) and the
-    scaling c for N (technique 4)."""
-    c = cfg.consistency
-    sigmas = karras_sigmas(N, c.sigma_min, c.sigma_max, c.rho).to(device, torch.float32)
-    return sigmas, scaling_c(N, latent_dim(cfg), c.s0, cfg.method.adaptive_c, c.c_scale)
-
-
-def make_batch_maker(cfg: Config, gather, n_data: int, shape: tuple[int, int, int], labels: torch.Tensor | None = None,
-                     rank: int = 0, world: int = 1) -> BatchMaker:
-    """The BatchMaker of cfg's run: its seed, batch size, curriculum, level draw and OT switch."""
-    t, c = cfg.train, cfg.consistency
-    return BatchMaker(gather, n_data, shape, labels, t.batch_size, t.seed, t.total_steps, t.objective == "edm",
-                      cfg.method.ot_coupling, c.s0, c.s1, c.sigma_min, c.sigma_max, c.rho, c.p_mean, c.p_std,
-                      rank, world)
+def make_batch_maker(cfg: Config, objective: Objective, gather, n_data: int, shape: tuple[int, int, int],
+                     labels: torch.Tensor | None = None, rank: int = 0, world: int = 1) -> BatchMaker:
+    """The BatchMaker of cfg's run: its seed and batch size, the objective's draw, OT where it applies."""
+    t = cfg.train
+    return BatchMaker(gather, n_data, shape, labels, t.batch_size, t.seed, objective.draw,
+                      cfg.method.ot_coupling and objective.couples_noise, rank, world)
 
 
 def make_student(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, RAdam]:
@@ -185,26 +174,18 @@ def training_step(
     ema: torch.nn.Module,
     opt: RAdam,
     batch: Batch,
-    sigmas: torch.Tensor,
-    N: int,
-    c_now: float,
+    objective: Objective,
+    state: Any,  # the objective's schedule state of this step
     cfg: Config,
     k: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One update, without a host synchronization: returns (loss, consistency, diffusion) and a 0/1
+    """One update, without a host synchronization: returns (loss, main term, auxiliary term) and a 0/1
     tensor `bad` (the loss or gradient was not finite: the update was skipped on the device)."""
-    t, me = cfg.train, cfg.method
+    t = cfg.train
     if batch.x.is_cuda:  # a new iteration for CUDA graphs (compiled with mode reduce-overhead); no-op otherwise
         torch.compiler.cudagraph_mark_step_begin()
     with torch.autocast(device_type=batch.x.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
-        if t.objective == "edm":  # the EDM diffusion reference: z is its noise, u its log-normal sigma draw
-            diffusion = edm_loss(model, batch.x, batch.z, batch.u, batch.y)
-            terms = LossTerms(diffusion, diffusion.detach(), torch.zeros((), device=batch.x.device))
-        else:  # techniques 1, 2; the teacher shares the student's dropout masks
-            terms = consistency_training_loss(
-                model, batch.x, batch.z, batch.i, sigmas, N, c_now, me.metric, me.diffusion_loss,
-                me.diffusion_weight, me.diffusion_fraction, cfg.consistency.sigma_data, batch.y,
-            )
+        terms = objective.loss(model, batch, state)
     loss = faults.corrupt_loss(k, terms.loss)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -266,6 +247,7 @@ class RunData:
     shape: tuple[int, int, int]
     maker: BatchMaker
     latent_set: str
+    objective: Objective
 
 
 def _conditions(cfg: Config, latent_set, main: bool):
@@ -343,11 +325,12 @@ def load_run_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoenco
         base_gather, n_data = gather, len(kept)
         gather = lambda idx: base_gather(kept[idx])  # noqa: E731
         labels = labels[kept] if labels is not None else None
+    objective = make_objective(cfg)
     try:
-        maker = make_batch_maker(cfg, gather, n_data, (C, H, W), labels, dist.rank, dist.world)
+        maker = make_batch_maker(cfg, objective, gather, n_data, (C, H, W), labels, dist.rank, dist.world)
     except ValueError as e:
         raise IlctError(f"config: {e}") from None
-    return RunData(ae, stats, (C, H, W), maker, latent_set.identity)
+    return RunData(ae, stats, (C, H, W), maker, latent_set.identity, objective)
 
 
 def restore(path: Path, model, ema, opt, cfg: Config) -> dict[str, Any]:
@@ -398,9 +381,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     _absolute_paths(cfg)
     t = cfg.train
     setup_backends(device)
-    edm = t.objective == "edm"
     data = load_run_data(cfg, run_dir, resume, allow_other[0], progress, dist, device, allow_other[1])
-    ae, stats, maker = data.ae, data.stats, data.maker
+    ae, stats, maker, objective = data.ae, data.stats, data.maker, data.objective
 
     # ---- model, EMA, optimizer (RAdam that skips non-finite steps on the device)
     torch.manual_seed(t.seed)  # the initial weights, equal on every rank
@@ -447,7 +429,6 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     log_file = _open_log(run_dir / LOG_FILE) if main else None
     t_start = time.time()
     bar = tqdm(total=t.total_steps, initial=start_step, desc="train", disable=not (progress and main), dynamic_ncols=True)
-    cur_N, sigmas, c_now = -1, None, 0.0
     # running sums on the device, read only at check points: loss terms, good steps, bad steps,
     # the current run of bad steps and the longest run since the last check
     acc = torch.zeros(3, device=device)
@@ -470,22 +451,19 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
 
     def write_grid(step: int) -> None:
         if main:
-            grid = make_grid(generate(ema, ae, stats, cfg, t.num_sample_images, 18 if edm else 1, seed=0))
+            grid = make_grid(generate(ema, ae, stats, cfg, t.num_sample_images, objective.grid_steps, seed=0))
             save_png(grid, run_dir / SAMPLES_DIR / f"step_{step:09d}.png", scale=2)
 
     prefetch = Prefetcher(maker, start_step, t.total_steps, device)
     try:
         k = start_step
         while k < t.total_steps:
-            # -- curriculum (METHOD.md section 3) and the c schedule (technique 4)
-            N = num_levels(k, t.total_steps, cfg.consistency.s0, cfg.consistency.s1)
-            if N != cur_N:
-                cur_N = N
-                sigmas, c_now = levels(cfg, N, device)
-            # -- batch (drawn and OT-coupled ahead, in a thread), dropout randomness of this step
+            # -- the objective's schedule state (consistency: the curriculum's N, its sigmas and c(N))
+            state = objective.state(k, device)
+            # -- batch (drawn and OT-coupled ahead), dropout randomness of this step
             batch = prefetch.get(k)
             torch.manual_seed(step_seed(t.seed, k, 1 + dist.rank))
-            values, bad = training_step(student, ema, opt, batch, sigmas, N, c_now, cfg, k)
+            values, bad = training_step(student, ema, opt, batch, objective, state, cfg, k)
             acc += values
             n_good += 1 - bad
             n_bad += bad
@@ -535,14 +513,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
                 good = max(float(n_good.item()), 1.0)
                 mean = (acc / good).tolist()
                 last_loss = mean[0]
+                fields = objective.log_fields(state)
                 log({
-                    "step": step, "N": N, "c": c_now,
+                    "step": step, **fields,
                     "loss": mean[0], "consistency": mean[1], "diffusion": mean[2],
                     "nonfinite_total": nonfinite_total,
                     "img_per_s": round(n_steps_logged * t.batch_size / max(now - t_log, 1e-9), 1),
                     "elapsed_s": round(now - t_start, 1),
                 })
-                bar.set_postfix(N=N, c=f"{c_now:.3g}", loss=f"{last_loss:.4g}")
+                bar.set_postfix(**{key: (f"{v:.3g}" if isinstance(v, float) else v) for key, v in fields.items()},
+                                loss=f"{last_loss:.4g}")
                 acc.zero_()
                 n_good.zero_()
                 n_steps_logged, t_log = 0, now

@@ -99,8 +99,11 @@ def eval_points(steps: list[int], taus: list[float] | None, cfg) -> list[EvalPoi
     c = cfg.consistency
     if not taus:
         return [EvalPoint(str(s), s, None) for s in steps]
-    if cfg.train.objective == "edm":
-        raise IlctError("--tau applies to consistency sampling; this is an EDM run (Heun steps)")
+    from ilct.objectives import make_objective
+
+    objective = make_objective(cfg)
+    if not objective.takes_tau:
+        raise IlctError(f"--tau applies to consistency sampling; this run's objective is {objective.name}")
     if 2 not in steps:
         raise IlctError(f"--tau sets the intermediate sigma of 2-step sampling: add 2 to --steps (got {steps})")
     bad = [t for t in taus if not c.sigma_min < t < c.sigma_max]
@@ -176,7 +179,9 @@ def evaluate_run(
                  "run": str(run_dir), "checkpoint": str(run.checkpoint), "step": run.step}
     if features == "fmnist":
         out["classifier_test_accuracy"] = extract.meta["test_accuracy"]
-    edm = run.cfg.train.objective == "edm"
+    from ilct.objectives import make_objective
+
+    takes_tau = make_objective(run.cfg).takes_tau
     for p in points:
         with torch.inference_mode():
             images = generate(run.model, run.autoencoder, run.stats, run.cfg, n, p.steps, seed, batch_size, p.sigmas,
@@ -184,6 +189,6 @@ def evaluate_run(
         m = scores(real, extract(images), n, seed)
         for key in ("fid", "precision", "recall"):
             out[key][p.key] = m[key]
-        sigmas = None if edm else (p.sigmas or default_sigmas(p.steps, c.sigma_min, c.sigma_max, c.rho))
+        sigmas = (p.sigmas or default_sigmas(p.steps, c.sigma_min, c.sigma_max, c.rho)) if takes_tau else None
         out["rows"].append({"key": p.key, "steps": p.steps, "tau": p.tau, "sigmas": sigmas, **m})
     return out

@@ -1,0 +1,63 @@
+"""The objective interface: one object per training method, selected once by `train.objective`.
+
+An objective owns everything the training loop and the samplers would otherwise have to ask "which method
+is this?" about: the parameterization around the backbone (f for consistency training, D for EDM), the
+schedule state of step k, the per-sample draw each step makes besides data and noise, the loss terms, the
+sampler and its network evaluations. The loop, the batch maker, `ilct sample` and `ilct eval` call these
+methods and never test which objective is running. A new objective is one new module and one line in
+`ilct.objectives.OBJECTIVES`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+from ilct.consistency.objective import LossTerms  # (loss, main term, auxiliary term): what every objective returns
+
+
+class Objective(ABC):
+    """A training method over one backbone F. `cfg` is the run's resolved Config."""
+
+    name: str = ""
+    couples_noise: bool = True  # whether method.ot_coupling pairs data and noise for this objective
+    grid_steps: int = 1  # steps of the periodic sample grids written during training
+    takes_tau: bool = True  # whether multistep sampling takes intermediate sigmas (--tau)
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+
+    @abstractmethod
+    def wrap(self, net: nn.Module) -> nn.Module:
+        """The model trained and sampled: the parameterization around the backbone."""
+
+    @abstractmethod
+    def draw(self, k: int, batch_size: int, g: torch.Generator) -> torch.Tensor:
+        """This step's per-sample draw (global batch, CPU), taken from g after the data indices and noise."""
+
+    def state(self, k: int, device: torch.device) -> Any:
+        """The schedule state of step k (cached by the objective where it is costly)."""
+        return None
+
+    def log_fields(self, state: Any) -> dict[str, Any]:
+        """What the log records of the state (e.g. N and c)."""
+        return {}
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch, state: Any) -> LossTerms:
+        """The loss terms of one batch (called under autocast when train.precision is bf16)."""
+
+    @abstractmethod
+    def sample(self, f, seed: int, indices: range, shape: tuple[int, ...], steps: int, sigmas: list[float] | None,
+               device: torch.device) -> torch.Tensor:
+        """Normalized latents of samples `indices` (sample j's noise seeded by (seed, j)) in `steps` steps."""
+
+    def nfe(self, steps: int) -> int:
+        """Network evaluations of `steps` sampling steps."""
+        return steps
+
+    def describe(self, steps: int, sigmas: list[float] | None) -> str:
+        return f"{steps} step(s)"
