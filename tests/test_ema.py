@@ -1,4 +1,4 @@
-"""The EMA update (ilct.train.ema_update) and the trainables ilct train builds (ilct.train.make_student)."""
+"""The EMA update (ilct.step.ema_update) and the trainables ilct train builds (ilct.build.build_student)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from ilct import flat
 from ilct.config import load_config
 from ilct.run import make_ema
-from ilct.train import ema_update, make_student
+from ilct.build import build_student as make_student
+from ilct.step import ema_update
 
 
 def pair(flat_: bool) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -170,7 +170,7 @@ def test_emoji_taef2_end_to_end(tmp_path, capsys):
 
 def test_large_latent_sets_are_gathered_from_the_memory_map(tmp_path, capsys, monkeypatch, tiny_autoencoder, fake_fmnist):
     """The same run, with the in-memory limit at 0 bytes, trains bit-identically from the memory map."""
-    import ilct.train as train_module
+    import ilct.build as train_module
     from ilct.checkpoint import latest_checkpoint, read_tensors
 
     lat = tmp_path / "lat"

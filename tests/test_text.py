@@ -127,7 +127,6 @@ def text_run_args(tmp_path, tiny_autoencoder, lat, out, **extra):
 
 
 def test_train_and_sample_a_text_conditional_run(tmp_path, tiny_autoencoder, fake_fmnist, capsys, monkeypatch):
-    import ilct.train as train_module
     from ilct.batches import BatchMaker
 
     lat, labels = captioned_latents(tmp_path, tiny_autoencoder, fake_fmnist)
@@ -138,7 +137,7 @@ def test_train_and_sample_a_text_conditional_run(tmp_path, tiny_autoencoder, fak
         seen["n"], seen["y"], seen["x"] = n_data, y, gather(torch.arange(n_data))
         real_init(self, gather, n_data, shape, y, *a, **k)
 
-    monkeypatch.setattr(train_module.BatchMaker, "__init__", spy)
+    monkeypatch.setattr(BatchMaker, "__init__", spy)
     run = tmp_path / "run"
     assert main(text_run_args(tmp_path, tiny_autoencoder, lat, run)) == 0
     kept = ~np.isin(labels, [5, 9])  # sandal, ankle boot: held out

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ilct import faults
+from ilct.config import Config
 from ilct.errors import IlctError
 from ilct.files import read_json, read_tensors, save_tensors, write_text
 
@@ -224,3 +227,55 @@ def load_weights(module: nn.Module, path: Path, what: str) -> None:
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise IlctError(f"{path}: '{k}' holds values that are not finite")
     module.load_state_dict(state)
+
+
+def rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The global RNG states, recorded with each checkpoint for inspection. A resumed run does not
+    need them: every draw of step k is seeded by (train.seed, k) (ilct.batches.step_seed)."""
+    np_state = np.random.get_state()
+    tensors = {"torch_cpu": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
+    if device.type == "cuda":
+        tensors["torch_cuda"] = torch.cuda.get_rng_state(device)
+    py = random.getstate()
+    scalars = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+               "python": [py[0], list(py[1]), py[2]]}
+    return tensors, scalars
+
+
+def restore(path: Path, model, ema, opt, cfg: Config) -> dict[str, Any]:
+    """Model, EMA and optimizer states from a checkpoint, each checked; returns its state.json."""
+    what = f"model {cfg.model.arch}"
+    state = read_state(path)
+    if not 0 < state["step"] <= cfg.train.total_steps:
+        raise IlctError(f"{path}: step {state['step']} lies outside the run's 1..{cfg.train.total_steps}")
+    load_weights(model, path / "model.safetensors", what)
+    load_weights(ema, path / "ema.safetensors", what)
+    try:
+        opt.load_state_dict(optimizer_from_files(
+            read_tensors(path / "optimizer.safetensors"), read_json(path / "optimizer.json")))
+        opt.check_state()
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        raise IlctError(f"optimizer state in {path} does not match the model: {e}") from None
+    return state
+
+
+def restore_newest(run_dir: Path, model, ema, opt, cfg: Config) -> tuple[Path | None, dict[str, Any]]:
+    """The newest checkpoint that restores completely; a damaged newer one is passed over with one line.
+    (None, {}) for a run stopped before its first checkpoint: it starts again from step 0."""
+    first = latest_checkpoint(run_dir)
+    if first is None and not list_checkpoints(run_dir):
+        return None, {}
+    if first is None:
+        raise IlctError(f"--resume: {run_dir} has no whole checkpoint to resume from; start over with --force")
+    older = [p for p in reversed(list_checkpoints(run_dir)) if p.name < first.name and whole(p) is None]
+    problem = None
+    for path in [first, *older]:
+        try:
+            state = restore(path, model, ema, opt, cfg)
+        except IlctError as e:
+            problem = problem or str(e)
+            continue
+        if path != first:
+            print(f"note: {first.name} cannot be resumed ({problem}); resuming from {path.name}", file=sys.stderr)
+        return path, state
+    raise IlctError(f"--resume: no checkpoint of {run_dir} can be restored: {problem}")

@@ -18,8 +18,10 @@ import errno
 import fcntl
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
+from ilct.config import RUNTIME_KEYS, Config, config_from_yaml_file, dump_config
 from ilct.errors import IlctError
 
 CONFIG_FILE = "config.yaml"
@@ -127,3 +129,45 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def open_log(path: Path):
+    """Append to the JSONL log; a line cut short by a crash is ended first."""
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        if torn:
+            with open(path, "a") as f:
+                f.write("\n")
+    return open(path, "a")
+
+
+def _changed_keys(a: Config, b: Config) -> list[str]:
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k]]
+
+
+def resume_config(cfg: Config, run_dir: Path) -> Config:
+    """The run's own config, with the run-time keys the user gives now; other differences are refused."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise IlctError(f"--resume: {run_dir} holds no run (no {CONFIG_FILE})")
+    saved = config_from_yaml_file(run_dir / CONFIG_FILE)
+    wanted = replace(cfg, model=replace(cfg.model, in_channels=saved.model.in_channels, input_size=saved.model.input_size))
+    bad = [k for k in _changed_keys(saved, wanted) if k not in RUNTIME_KEYS]
+    if bad:
+        raise IlctError(f"--resume: the run was made with other settings ({', '.join(bad[:4])}); "
+                        "drop those --set values or start a new --out")
+    for key in RUNTIME_KEYS:
+        s, k = key.split(".")
+        setattr(getattr(saved, s), k, getattr(getattr(cfg, s), k))
+    return saved
+
+
+def start_run_dir(cfg: Config, run_dir: Path, force: bool, stats) -> None:
+    """A new run's files (the caller holds the lock): --force first deletes the run that was there."""
+    check_new_run_dir(run_dir, force)  # again, under the lock
+    if is_run(run_dir):
+        clear_run(run_dir)
+    stats.save(run_dir / STATS_FILE)
+    dump_config(cfg, run_dir / CONFIG_FILE)

@@ -1,0 +1,160 @@
+"""Assembly apart from the loop: a Config becomes the parts of a run.
+
+`build_data` reads and checks everything a run trains on (the autoencoder, its latents and their statistics,
+the conditions) and builds the objective and the batch maker; `build_student` the model, its EMA and the
+optimizer. `ilct train`, the benchmarks and the tests use these; nothing imports pieces of the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ilct import distributed, flat
+from ilct.autoencoders import load_autoencoder
+from ilct.batches import BatchMaker
+from ilct.config import Config
+from ilct.data.latents import LatentStats
+from ilct.errors import IlctError
+from ilct.objectives import Objective, make_objective
+from ilct.optim import RAdam
+from ilct.run import build_model, load_latents, make_ema
+from ilct.runfolder import STATS_FILE
+
+IN_MEMORY_BYTES = 4 << 30  # latent sets up to 4 GiB are loaded whole
+
+
+def absolute_paths(cfg: Config) -> None:
+    """Local paths in the config become absolute, so a run directory works from any folder."""
+    for section, key in (("autoencoder", "path"), ("data", "root"), ("data", "latents"), ("data", "cache_dir")):
+        value = getattr(getattr(cfg, section), key)
+        if value and Path(value).exists():
+            setattr(getattr(cfg, section), key, str(Path(value).resolve()))
+
+
+def check_autoencoder(stats: LatentStats, ae, run_dir: Path, allow_other: bool) -> None:
+    """A resumed run trains on in the latent space it started in: the autoencoder must be the same one
+    (its fingerprint, recorded with the run's statistics), unless the user asks for another explicitly."""
+    if stats.fingerprint and stats.fingerprint != ae.fingerprint() and not allow_other:
+        raise IlctError(f"--resume: {run_dir} was trained with another autoencoder (fingerprint {stats.fingerprint}, "
+                        f"this one is {ae.fingerprint()}): pass --allow-other-autoencoder to train on in its latent space")
+
+
+@dataclass
+class RunData:
+    """What a run trains on: the autoencoder, its latents (normalized on access), their statistics,
+    the conditions (labels or caption embeddings) and the batch maker."""
+
+    ae: torch.nn.Module
+    stats: LatentStats
+    shape: tuple[int, int, int]
+    maker: BatchMaker
+    latent_set: str
+    objective: Objective
+
+
+def _conditions(cfg: Config, latent_set, main: bool):
+    """The labels (or caption embeddings) the model is conditioned on, and the indices kept for training."""
+    labels = None
+    if cfg.model.num_classes != 0:  # class-conditional: labels stored with the latents
+        if latent_set.labels is None or len(latent_set.labels) == 0:
+            raise IlctError("config: model.num_classes is set but the latents carry no labels "
+                            "(Fashion-MNIST, or an image folder with data.labels_from_subfolders)")
+        if int(latent_set.labels.min()) < 0:
+            raise IlctError(f"{latent_set.path}: the labels must be >= 0")
+        if cfg.model.num_classes < 0:
+            cfg.model.num_classes = int(latent_set.labels.max()) + 1
+        if int(latent_set.labels.max()) >= cfg.model.num_classes:
+            raise IlctError(f"config: model.num_classes={cfg.model.num_classes} but the labels go up to "
+                            f"{int(latent_set.labels.max())}")
+        labels = latent_set.labels
+    kept = None
+    if cfg.data.caption_holdout:  # held-out prompts: their images are never trained on (checked before the embeddings)
+        if not latent_set.captions:
+            raise IlctError("config: data.caption_holdout is set but the latents carry no captions")
+        from ilct.text import kept_indices
+
+        kept = torch.tensor(kept_indices(latent_set.captions, cfg.data.caption_holdout), dtype=torch.long)
+    if cfg.model.text_dim > 0:  # text-conditional: caption embeddings, cached with the latents
+        if not latent_set.captions:
+            raise IlctError("config: model.text_dim is set but the latents carry no captions (the emoji dataset has them)")
+        from ilct.text import caption_embeddings
+
+        labels = caption_embeddings(latent_set.path, latent_set.captions)
+        if labels.shape[1] != cfg.model.text_dim:
+            raise IlctError(f"config: model.text_dim={cfg.model.text_dim} but the text encoder gives {labels.shape[1]}-d embeddings")
+    if kept is not None and main:
+        print(f"caption_holdout {cfg.data.caption_holdout!r}: training on {len(kept)} of {len(latent_set)} latents", flush=True)
+    return labels, kept
+
+
+def build_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder: bool, progress: bool,
+                  dist: distributed.Dist, device: torch.device, allow_other_latents: bool = False) -> RunData:
+    """Everything the run reads, checked (writes only to the latent cache; rank 0 encodes first).
+    Fills in cfg's latent shape and class count."""
+    main, c = dist.main, cfg.consistency
+    ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path).to(device)
+    stats = LatentStats.load(run_dir / STATS_FILE) if resume else None
+    if stats is not None:
+        check_autoencoder(stats, ae, run_dir, allow_other_autoencoder)
+    if not main:
+        distributed.barrier(dist)
+    latent_set = load_latents(cfg, ae, device, progress and main)
+    if main:
+        distributed.barrier(dist)
+    latent_set.check_finite()
+    C, H, W = latent_set.shape
+    if H != W:
+        raise IlctError(f"latents must be square, got {C}x{H}x{W}")
+    for name, have, want in (("in_channels", C, cfg.model.in_channels), ("input_size", H, cfg.model.input_size)):
+        if want is not None and want != have:
+            raise IlctError(f"config: model.{name}={want} but the autoencoder gives {C}x{H}x{W} latents")
+    cfg.model.in_channels, cfg.model.input_size = C, H
+    if stats is None:
+        stats = replace(latent_set.stats, fingerprint=ae.fingerprint(), latent_set=latent_set.identity)
+    elif stats.latent_set and stats.latent_set != latent_set.identity and not allow_other_latents:
+        raise IlctError(f"--resume: {run_dir} was trained on other latents ({stats.latent_set}; these are "
+                        f"{latent_set.identity}): pass --allow-other-latents to train on with them")
+    elif tuple(stats.mean.shape) != (C, H, W):
+        raise IlctError(f"{run_dir / STATS_FILE} holds statistics of {tuple(stats.mean.shape)} latents, the data gives {C}x{H}x{W}")
+    # Small latent sets live in (host) memory; larger ones are gathered per batch from the memory map.
+    if latent_set.nbytes <= IN_MEMORY_BYTES:
+        gather = stats.normalize(latent_set.all(), c.sigma_data).__getitem__  # std sigma_d
+    else:
+        gather = lambda idx: stats.normalize(latent_set.gather(idx.numpy()), c.sigma_data)  # noqa: E731
+    labels, kept = _conditions(cfg, latent_set, main)
+    n_data = len(latent_set)
+    if kept is not None:
+        base_gather, n_data = gather, len(kept)
+        gather = lambda idx: base_gather(kept[idx])  # noqa: E731
+        labels = labels[kept] if labels is not None else None
+    objective = make_objective(cfg)
+    try:
+        maker = make_batch_maker(cfg, objective, gather, n_data, (C, H, W), labels, dist.rank, dist.world)
+    except ValueError as e:
+        raise IlctError(f"config: {e}") from None
+    return RunData(ae, stats, (C, H, W), maker, latent_set.identity, objective)
+
+
+def make_batch_maker(cfg: Config, objective: Objective, gather, n_data: int, shape: tuple[int, int, int],
+                     labels: torch.Tensor | None = None, rank: int = 0, world: int = 1) -> BatchMaker:
+    """The BatchMaker of cfg's run: its seed and batch size, the objective's draw, OT where it applies."""
+    t = cfg.train
+    return BatchMaker(gather, n_data, shape, labels, t.batch_size, t.seed, objective.draw,
+                      cfg.method.ot_coupling and objective.couples_noise, rank, world)
+
+
+def build_student(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, RAdam]:
+    """The network in training mode, its EMA copy and the optimizer; with `train.fused_optimizer` the
+    weights (and so the EMA's and the moments) are flat buffers (ilct.flat), and with `train.compile`
+    too the RAdam update is one compiled kernel. Seeded by the caller."""
+    t = cfg.train
+    model = build_model(cfg).to(device).train()
+    if t.fused_optimizer:
+        flat.flatten_(model)
+    ema = make_ema(model)
+    opt = RAdam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay,
+                compile=t.compile and t.fused_optimizer)
+    return model, ema, opt

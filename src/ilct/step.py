@@ -1,0 +1,71 @@
+"""One training update: the objective's loss under autocast, backward, RAdam and the EMA, skipped on the
+device when the loss or gradient is not finite (no host synchronization)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ilct import faults, flat
+from ilct.batches import Batch
+from ilct.config import Config
+from ilct.objectives import Objective
+from ilct.optim import RAdam
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP wrapper (or the module itself)."""
+    return model.module if isinstance(model, DDP) else model
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, keep: torch.Tensor | None = None) -> None:
+    """ema <- ema + (1 - decay) keep (model - ema): one lerp when both are flat (ilct.flat), else foreach ops;
+    keep = 0 (a skipped step) changes nothing."""
+    e_flat, m_flat = flat.module_buffer(ema), flat.module_buffer(model)
+    if e_flat is not None and m_flat is not None and e_flat.shape == m_flat.shape:
+        w = torch.full((), 1.0 - decay, dtype=e_flat.dtype, device=e_flat.device)
+        e_flat.lerp_(m_flat, w if keep is None else w * keep.to(w.dtype))
+        return
+    e = [p for p in ema.parameters()]
+    m = [p.detach() for p in model.parameters()]
+    if keep is None:
+        torch._foreach_lerp_(e, m, 1.0 - decay)
+    else:  # the weight is a device tensor: sub, mul, add are multi-tensor kernels (a per-tensor lerp is not)
+        d = torch._foreach_sub(m, e)
+        torch._foreach_mul_(d, (1.0 - decay) * keep.to(e[0].dtype))
+        torch._foreach_add_(e, d)
+
+
+def training_step(
+    model: torch.nn.Module,  # the student (DDP-wrapped and/or compiled as configured)
+    ema: torch.nn.Module,
+    opt: RAdam,
+    batch: Batch,
+    objective: Objective,
+    state: Any,  # the objective's schedule state of this step
+    cfg: Config,
+    k: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update, without a host synchronization: returns (loss, main term, auxiliary term) and a 0/1
+    tensor `bad` (the loss or gradient was not finite: the update was skipped on the device)."""
+    t = cfg.train
+    if batch.x.is_cuda:  # a new iteration for CUDA graphs (compiled with mode reduce-overhead); no-op otherwise
+        torch.compiler.cudagraph_mark_step_begin()
+    with torch.autocast(device_type=batch.x.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
+        terms = objective.loss(model, batch, state)
+    loss = faults.corrupt_loss(k, terms.loss)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    if t.grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    bad = (~(torch.isfinite(grad_norm) & torch.isfinite(loss.detach()))).float()
+    opt.step(found_inf=bad)
+    ema_update(ema, unwrap(model), t.ema_decay, keep=1.0 - bad)
+    values = torch.stack([terms.loss.detach().float(), terms.consistency.float(), terms.diffusion.float()])
+    return torch.where(bad > 0, torch.zeros_like(values), values), bad
