@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ilct.config import load_config
@@ -142,3 +143,17 @@ def test_bf16_noise_floor_tiny_run(tmp_path):
     assert rows[(641, "fp32")]["c"] == pytest.approx(2.53e-4, rel=1e-2)  # the adaptive c(641)
     for N in (11, 641):  # the fp32 output removes the last rounding: less noise in r
         assert 0 < rows[(N, "bf16, fp32 output")]["r_round_mean"] < rows[(N, "bf16, bf16 output")]["r_round_mean"]
+
+
+def test_unet_vs_dit_tiny_run(tmp_path, tiny_autoencoder, fake_fmnist):
+    out = tmp_path / "cmp.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "unet_vs_dit.py"), "--tiny",
+                           "--autoencoder", str(tiny_autoencoder), "--data-dir", str(fake_fmnist),
+                           "--work", str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dit, unet = json.loads(out.read_text())["rows"]
+    assert (dit["arch"], dit["family"], unet["arch"], unet["family"]) == ("DiT-T/4", "DiT", "ADM-T", "UNet")
+    assert unet["parameters"] == 828_068 - 1_472 and dit["parameters"] > 0  # fmnist-ilct has NsLN: no GroupNorm gains
+    for row in (dit, unet):
+        assert list(row["losses"]) == ["2", "4"] and all(np.isfinite(v) for v in row["losses"].values())
+        assert row["seconds"] > 0 and (Path(row["run"]) / "checkpoints").is_dir()

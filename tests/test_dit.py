@@ -176,7 +176,7 @@ def _fixed_net_and_inputs(**kwargs):
 def test_default_dit_is_unchanged_by_the_two_times_switch():
     import hashlib
 
-    for kwargs in ({}, {"two_times": False}):
+    for kwargs in ({}, {"two_times": False}, {"mlp_act": "gelu", "qkv_bias": True, "norm_eps": 1e-6}):
         net, x, t, y = _fixed_net_and_inputs(**kwargs)
         keys = ";".join(f"{k}:{tuple(v.shape)}" for k, v in net.state_dict().items())
         assert hashlib.sha256(keys.encode()).hexdigest() == DEFAULT_KEYS_SHA256
@@ -208,3 +208,36 @@ def test_two_times_adds_a_second_embedder_summed_into_the_conditioning():
     assert not torch.allclose(a, b)
     with pytest.raises(ValueError):
         two(x, t, y)
+
+
+def test_the_authors_dit_choices_are_options():
+    """mlp_act, qkv_bias and norm_eps (the authors' later DiT: relu, no q/k/v bias); the defaults are
+    today's network (test_default_dit_is_unchanged_by_the_two_times_switch pins it)."""
+    std = build_dit("DiT-T/2", 8, 4, nsln=True)
+    bare = build_dit("DiT-T/2", 8, 4, nsln=True, qkv_bias=False)
+    assert set(std.state_dict()) - set(bare.state_dict()) == {f"blocks.{i}.attn.qkv.bias" for i in range(6)}
+    assert set(bare.state_dict()) <= set(std.state_dict())
+    eps = build_dit("DiT-T/2", 8, 4, norm_eps=1e-5)
+    norms = [m for m in eps.modules() if isinstance(m, (torch.nn.LayerNorm, NonScalingLayerNorm))]
+    assert len(norms) == 6 * 4 + 1 and all(m.eps == 1e-5 for m in norms)  # block, q/k and final norms
+    assert all(m.eps == 1e-6 for m in std.modules() if isinstance(m, (torch.nn.LayerNorm, NonScalingLayerNorm)))
+    relu, gelu = opened_dit(mlp_act="relu"), opened_dit()
+    assert all(isinstance(b.mlp.act, torch.nn.ReLU) for b in relu.blocks)
+    x, sig = seeded_inputs()
+    with torch.no_grad():
+        assert not torch.allclose(relu(x, 250 * sig.log()), gelu(x, 250 * sig.log()))
+    with pytest.raises(ValueError, match="mlp_act"):
+        build_dit("DiT-T/2", 8, 4, mlp_act="swish")
+
+
+def test_the_config_passes_the_dit_options_to_the_network():
+    from ilct.config import load_config
+    from ilct.run import build_model
+
+    net = build_model(load_config("fmnist-ilct", ["model.mlp_act=relu", "model.qkv_bias=false",
+                                                  "model.norm_eps=1e-5"])).net
+    assert all(isinstance(b.mlp.act, torch.nn.ReLU) and b.attn.qkv.bias is None for b in net.blocks)
+    assert net.blocks[0].norm1.eps == 1e-5 and net.blocks[0].attn.q_norm.eps == 1e-5
+    default = build_model(load_config("fmnist-ilct")).net
+    assert isinstance(default.blocks[0].mlp.act, torch.nn.GELU) and default.blocks[0].mlp.act.approximate == "tanh"
+    assert default.blocks[0].attn.qkv.bias is not None and default.blocks[0].norm1.eps == 1e-6

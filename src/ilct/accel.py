@@ -2,9 +2,10 @@
 
 `train.precision=bf16` (autocast, in train.py) and `train.compile=true` are the
 two switches; the loss maths stay in fp32 either way (ilct.consistency.losses
-casts to fp32). Compilation is regional: each transformer block is compiled
-on its own, so the compiled code is shared by all blocks of a network and the
-compile time does not grow with depth.
+casts to fp32). Compilation is regional: each block of the backbone (a DiT's
+transformer blocks, a UNet's residual blocks: the classes that set
+`compile_region = True`) is compiled on its own, so the compiled code is shared
+by all blocks of one shape and the compile time does not grow with depth.
 """
 
 from __future__ import annotations
@@ -48,16 +49,16 @@ def compile_model(model: nn.Module, scope: str = "blocks", mode: str | None = No
 
 
 def compile_blocks(model: nn.Module, mode: str | None = None) -> nn.Module:
-    """torch.compile every transformer block of the model in place (state-dict keys do not change).
+    """torch.compile every block of the model in place (state-dict keys do not change).
 
     With dropout, Inductor's own random numbers would differ from eager ones and
     between the student's and the teacher's graphs; `fallback_random` keeps
     eager's, so both passes still share their masks (METHOD.md section 3).
     """
     _dynamo_settings()
-    blocks = [m for m in model.modules() if type(m).__name__ == "DiTBlock"]
+    blocks = [m for m in model.modules() if getattr(type(m), "compile_region", False)]
     if not blocks:
-        raise ValueError("compile: no DiT blocks found in the model")
+        raise ValueError("compile: no blocks to compile found in the model (no module sets compile_region)")
     for block in blocks:
         block.compile(mode=mode)
     return model

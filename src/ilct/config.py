@@ -50,13 +50,17 @@ class AutoencoderConfig:
 class ModelConfig:
     """The backbone F of f = c_skip x + c_out F(c_in x, c_noise) (METHOD.md section 3)."""
 
-    arch: str = "DiT-T/2"  # a name from ilct.nets.dit.DIT_SIZES
+    arch: str = "DiT-T/2"  # a name from ilct.nets.ARCHS: a DiT (DiT-B/2, ...) or an ADM UNet (ADM-T, ..., ADM-LCT)
     in_channels: int | None = None  # latent channels; None -> taken from the data
     input_size: int | None = None  # latent side; None -> taken from the data
     dropout: float = 0.0
     num_classes: int = 0  # 0 = unconditional; -1 = from the data (largest label + 1)
     class_dropout: float = 0.1  # label (or caption) dropout to the null condition, when conditional
     text_dim: int = 0  # 0 = no text; 384 = conditioned on caption embeddings (all-MiniLM-L6-v2, ilct.text)
+    # DiT only: the authors' later DiT used relu and no q/k/v bias (docs/method.md, "The backbone")
+    mlp_act: str = "gelu"  # the DiT MLP's activation: gelu (tanh approximation) | relu
+    qkv_bias: bool = True  # a bias in the DiT attention's q/k/v projection
+    norm_eps: float = 1e-6  # eps of every LayerNorm of the DiT
 
 
 @dataclass
@@ -138,9 +142,24 @@ MAX_STEPS = 999_999_999  # checkpoint folders are step_XXXXXXXXX
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("fashion_mnist", "image_folder", "emoji"),
     "data.split": ("train", "test"),
+    "model.mlp_act": ("gelu", "relu"),
     "autoencoder.kind": ("builtin", "taesd", "diffusers"),
     "method.metric": ("cauchy", "cauchy_element", "pseudo_huber", "l2", "geman_mcclure"),
     "train.precision": ("fp32", "bf16"),
+}
+
+# Config fields -> the backbone's keyword options (ilct.nets.build_backbone). A field whose option
+# the chosen model.arch does not take must keep its default (validate says so otherwise).
+BACKBONE_OPTIONS: dict[str, str] = {
+    "model.num_classes": "num_classes",
+    "model.class_dropout": "class_dropout",
+    "model.dropout": "dropout",
+    "model.text_dim": "text_dim",
+    "method.nsln": "nsln",
+    "model.mlp_act": "mlp_act",
+    "model.qkv_bias": "qkv_bias",
+    "model.norm_eps": "norm_eps",
+    "train.bf16_residual": "low_precision_residual",
 }
 
 # Settings that may change when a run is resumed (they do not change the maths).
@@ -301,14 +320,11 @@ def validate(cfg: Config) -> None:
         if value not in allowed:
             raise IlctError(f"config: {name} must be one of {', '.join(allowed)}, got {value!r}")
 
-    from ilct.nets.dit import DIT_SIZES  # late imports: the registries live with the networks and the objectives
-    from ilct.objectives import OBJECTIVES
+    from ilct.objectives import OBJECTIVES  # late import: the registry lives with the objectives
 
     if cfg.train.objective not in OBJECTIVES:
         raise IlctError(f"config: train.objective must be one of {', '.join(OBJECTIVES)}, got {cfg.train.objective!r}")
-
-    if cfg.model.arch not in DIT_SIZES:
-        raise IlctError(f"config: model.arch must be one of {', '.join(DIT_SIZES)}, got {cfg.model.arch!r}")
+    _validate_arch(cfg)
     c, m, t, d, me = cfg.consistency, cfg.model, cfg.train, cfg.data, cfg.method
     need(d.resolution >= 8, "data.resolution", "must be at least 8")
     need(m.in_channels is None or m.in_channels >= 1, "model.in_channels", "must be positive")
@@ -317,6 +333,7 @@ def validate(cfg: Config) -> None:
     need(m.num_classes >= -1, "model.num_classes", "must be >= 0, or -1 (from the data)")
     need(0.0 <= m.class_dropout < 1.0, "model.class_dropout", "must be in [0, 1)")
     need(m.text_dim >= 0, "model.text_dim", "must be >= 0")
+    need(1e-12 <= m.norm_eps <= 1e-1, "model.norm_eps", "must be in [1e-12, 0.1]")
     need(not (m.text_dim > 0 and m.num_classes != 0), "model.text_dim",
          "and model.num_classes are both set: one kind of conditioning, labels or text")
     need(c.sigma_min > 0, "consistency.sigma_min", "must be > 0")
@@ -351,6 +368,33 @@ def validate(cfg: Config) -> None:
     dev = t.device
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "train.device",
          "must be auto, cpu, cuda or cuda:N")
+
+
+def _field(cfg: Config, name: str) -> Any:
+    section, key = name.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def _validate_arch(cfg: Config) -> None:
+    """model.arch is in the backbone registry, and options of another backbone keep their defaults."""
+    from ilct.nets import ARCHS, backbone_family, backbone_options  # late import: the registry lives with the networks
+
+    arch = cfg.model.arch
+    if arch not in ARCHS:
+        raise IlctError(f"config: model.arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    takes, default = backbone_options(arch), Config()
+    for name, option in BACKBONE_OPTIONS.items():
+        if option not in takes and _field(cfg, name) != _field(default, name):
+            raise IlctError(f"config: {name} is not an option of model.arch {arch} (a {backbone_family(arch)}), "
+                            f"got {_field(cfg, name)!r}; leave it at {_field(default, name)!r}")
+
+
+def backbone_kwargs(cfg: Config) -> dict[str, Any]:
+    """The keyword options of cfg's backbone, for ilct.nets.build_backbone (only those it takes)."""
+    from ilct.nets import backbone_options
+
+    takes = backbone_options(cfg.model.arch)
+    return {option: _field(cfg, name) for name, option in BACKBONE_OPTIONS.items() if option in takes}
 
 
 # --------------------------------------------------------------------------- public API

@@ -15,13 +15,12 @@ from torch import nn
 from ilct import flat
 from ilct.autoencoders import Autoencoder, load_autoencoder
 from ilct.checkpoint import latest_checkpoint, load_weights, read_state, whole
-from ilct.config import Config, config_from_yaml_file
+from ilct.config import Config, backbone_kwargs, config_from_yaml_file
 from ilct.data.images import ImageDataset
 from ilct.data.latents import LatentDir, LatentStats, cached_latents
 from ilct.errors import IlctError
-from ilct.nets.dit import build_dit
+from ilct.nets import build_backbone
 from ilct.objectives import make_objective
-
 from ilct.runfolder import CONFIG_FILE, STATS_FILE
 
 
@@ -34,17 +33,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(cfg: Config) -> nn.Module:
-    """The backbone sized by cfg.model (latent shape must be resolved), wrapped in the objective's
-    parameterization (f(x, sigma) for consistency training, D(x, sigma) for EDM)."""
+    """The backbone named by cfg.model.arch, a DiT or an ADM UNet (ilct.nets.ARCHS; the latent shape must be
+    resolved), wrapped in the objective's parameterization (f(x, sigma) for consistency training, D for EDM)."""
     m = cfg.model
     if m.in_channels is None or m.input_size is None:
         raise ValueError("model.in_channels / model.input_size are not resolved")
     try:
-        net = build_dit(
-            m.arch, m.input_size, m.in_channels,
-            num_classes=m.num_classes, class_dropout=m.class_dropout, dropout=m.dropout, nsln=cfg.method.nsln,
-            text_dim=m.text_dim, low_precision_residual=cfg.train.bf16_residual,
-        )
+        net = build_backbone(m.arch, m.input_size, m.in_channels, **backbone_kwargs(cfg))
     except ValueError as e:
         raise IlctError(f"config: model.arch {m.arch} does not fit {m.in_channels}x{m.input_size}x{m.input_size} latents: {e}") from None
     return make_objective(cfg).wrap(net)

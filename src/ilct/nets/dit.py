@@ -11,13 +11,15 @@ net sees t and t - r, METHOD.md section 7; the wrapper is ilct.flowmap.meanflow.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ilct.nets.embedders import LabelEmbedder, TextEmbedder, TimestepEmbedder  # noqa: F401 (also imported from here)
 
 
 # --------------------------------------------------------------------------- size registry
@@ -65,9 +67,9 @@ class NonScalingLayerNorm(nn.Module):
         return F.layer_norm(h, (self.dim,), weight=None, bias=None, eps=self.eps) + self.bias
 
 
-def make_norm(dim: int, nsln: bool) -> nn.Module:
+def make_norm(dim: int, nsln: bool, eps: float = 1e-6) -> nn.Module:
     """The per-head q/k norm: standard affine LayerNorm, or NsLN when nsln is on."""
-    return NonScalingLayerNorm(dim) if nsln else nn.LayerNorm(dim, eps=1e-6, elementwise_affine=True)
+    return NonScalingLayerNorm(dim, eps) if nsln else nn.LayerNorm(dim, eps=eps, elementwise_affine=True)
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -79,71 +81,14 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
-class TimestepEmbedder(nn.Module):
-    """Sinusoidal features of the (scalar) time input, then an MLP."""
-
-    def __init__(self, hidden_size: int, freq_dim: int = 256):
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
-
-    @staticmethod
-    def sinusoid(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-        half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-        args = t.float()[:, None] * freqs[None]
-        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.sinusoid(t, self.freq_dim))
-
-
-class LabelEmbedder(nn.Module):
-    """Class labels -> vectors; index num_classes is the null class used by label dropout."""
-
-    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
-        super().__init__()
-        self.table = nn.Embedding(num_classes + 1, hidden_size)
-        self.num_classes = num_classes
-        self.dropout_prob = dropout_prob
-
-    def forward(self, labels: torch.Tensor, train: bool) -> torch.Tensor:
-        if train and self.dropout_prob > 0:
-            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
-            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
-        return self.table(labels)
-
-
-class TextEmbedder(nn.Module):
-    """Caption embeddings (B, text_dim) -> vectors added to the adaLN conditioning c.
-
-    A row of zeros means "no caption" and maps to a learned null vector; in training,
-    caption dropout replaces a caption by the null with probability `dropout_prob`, so
-    one model also learns the unconditional f and guidance works at sampling time.
-    """
-
-    def __init__(self, text_dim: int, hidden_size: int, dropout_prob: float):
-        super().__init__()
-        self.proj = nn.Sequential(nn.Linear(text_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
-        self.null = nn.Parameter(torch.zeros(hidden_size))
-        self.dropout_prob = dropout_prob
-
-    def forward(self, e: torch.Tensor, train: bool) -> torch.Tensor:
-        drop = e.abs().sum(dim=1) == 0
-        if train and self.dropout_prob > 0:
-            drop = drop | (torch.rand(e.shape[0], device=e.device) < self.dropout_prob)
-        h = self.proj(e)
-        return torch.where(drop[:, None], self.null.to(h.dtype).expand_as(h), h)
-
-
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, nsln: bool, dropout: float):
+    def __init__(self, dim: int, num_heads: int, nsln: bool, dropout: float, qkv_bias: bool = True, eps: float = 1e-6):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = make_norm(self.head_dim, nsln)
-        self.k_norm = make_norm(self.head_dim, nsln)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.q_norm = make_norm(self.head_dim, nsln, eps)
+        self.k_norm = make_norm(self.head_dim, nsln, eps)
         self.proj = nn.Linear(dim, dim)
         self.dropout = dropout
 
@@ -156,26 +101,38 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(B, T, C))
 
 
+# The MLP's activation: tanh-approximated GELU as in the DiT paper, or ReLU as in the authors' later DiT
+# (`--linear-act relu` in quandao10/LCT scripts/train_lct_ot.sh).
+MLP_ACTIVATIONS = {
+    "gelu": partial(nn.GELU, approximate="tanh"),
+    "relu": nn.ReLU,
+}
+
+
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, dropout: float):
+    def __init__(self, dim: int, hidden: int, dropout: float, act: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
+        self.act = MLP_ACTIVATIONS[act]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x), approximate="tanh"))))
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class DiTBlock(nn.Module):
     """Pre-norm transformer block with adaLN-Zero (block norms have no affine parameters)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, nsln: bool, dropout: float):
+    compile_region = True  # ilct.accel.compile_blocks compiles each block on its own
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, nsln: bool, dropout: float,
+                 mlp_act: str = "gelu", qkv_bias: bool = True, eps: float = 1e-6):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, num_heads, nsln, dropout)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
+        self.attn = Attention(dim, num_heads, nsln, dropout, qkv_bias, eps)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout, mlp_act)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -194,9 +151,9 @@ class FinalLayer(nn.Module):
     of r; benchmarks/bf16_noise_floor.py). Outside autocast it changes nothing.
     """
 
-    def __init__(self, dim: int, patch_size: int, out_channels: int, fp32: bool = True):
+    def __init__(self, dim: int, patch_size: int, out_channels: int, fp32: bool = True, eps: float = 1e-6):
         super().__init__()
-        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
         self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
         self.fp32 = fp32
@@ -245,6 +202,12 @@ class DiT(nn.Module):
 
     The final layer runs in fp32 under autocast (`fp32_final_layer`, default on; off only to
     measure what it changes), so F comes out in fp32, not rounded to bf16.
+
+    The authors' later DiT (quandao10/LCT models/network_dit.py, DiTBlockFlashAttn with
+    `--linear-act relu`) makes other choices; three are options here, today's behaviour the default:
+    `mlp_act` ("gelu", tanh-approximated, or "relu"), `qkv_bias` (True, or no bias in the q/k/v
+    projection) and `norm_eps` (the eps of every LayerNorm: block, final and q/k norms; 1e-6 here,
+    1e-5 in that block, 1e-6 in a commented-out version of it). docs/method.md, "The backbone".
     """
 
     def __init__(
@@ -260,8 +223,13 @@ class DiT(nn.Module):
         low_precision_residual: bool = False,
         fp32_final_layer: bool = True,
         two_times: bool = False,
+        mlp_act: str = "gelu",
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-6,
     ):
         super().__init__()
+        if mlp_act not in MLP_ACTIVATIONS:
+            raise ValueError(f"mlp_act must be one of {', '.join(MLP_ACTIVATIONS)}, not {mlp_act!r}")
         self.low_precision_residual = low_precision_residual
         self.two_times = two_times
         if input_size % size.patch_size:
@@ -282,8 +250,11 @@ class DiT(nn.Module):
         self.text_embedder = TextEmbedder(text_dim, D, class_dropout) if text_dim > 0 else None
         pos = torch.from_numpy(sincos_pos_embed_2d(D, self.grid)).float().unsqueeze(0)
         self.register_buffer("pos_embed", pos, persistent=False)
-        self.blocks = nn.ModuleList(DiTBlock(D, size.num_heads, size.mlp_ratio, nsln, dropout) for _ in range(size.depth))
-        self.final_layer = FinalLayer(D, p, in_channels, fp32=fp32_final_layer)
+        self.blocks = nn.ModuleList(
+            DiTBlock(D, size.num_heads, size.mlp_ratio, nsln, dropout, mlp_act, qkv_bias, norm_eps)
+            for _ in range(size.depth)
+        )
+        self.final_layer = FinalLayer(D, p, in_channels, fp32=fp32_final_layer, eps=norm_eps)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
