@@ -40,12 +40,12 @@ demo: install data
 test: install data
 	$(PY) -m pytest
 
-# The paper's ablation on Fashion-MNIST latents (hours on a CPU): see benchmarks/ablation.py.
+# The paper's ablation on Fashion-MNIST latents (hours on a CPU): see benchmarks/quality/ablation.py.
 LATENTS ?= builtin
 BUDGET ?= cpu
 AUTOENCODER ?= runs/demo/autoencoder
 ablation: install data
-	$(PY) benchmarks/ablation.py --latents $(LATENTS) --budget $(BUDGET) --autoencoder $(AUTOENCODER)
+	$(PY) benchmarks/quality/ablation.py --latents $(LATENTS) --budget $(BUDGET) --autoencoder $(AUTOENCODER)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_ablation():
-    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "quality" / "ablation.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -39,7 +39,7 @@ def test_rows_are_cumulative_and_end_at_the_full_method():
 
 
 def test_dry_run_lists_the_commands(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--latents", "taef2",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "ablation.py"), "--latents", "taef2",
                            "--autoencoder", "weights", "--work", str(tmp_path), "--dry-run", "--steps", "10"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -50,7 +50,7 @@ def test_dry_run_lists_the_commands(tmp_path):
 
 
 def test_dry_run_of_both_latent_spaces(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--latents", "builtin,taef2",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "ablation.py"), "--latents", "builtin,taef2",
                            "--autoencoder", "ae,weights", "--work", str(tmp_path), "--dry-run", "--steps", "10"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -59,13 +59,13 @@ def test_dry_run_of_both_latent_spaces(tmp_path):
     assert len(trains) == 20
     assert sum("model.in_channels=32" in line for line in trains) == 10  # the TAEF2 half
     assert any("train.objective=edm" in line and "/taef2/" in line for line in trains)
-    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--latents", "builtin,taef2",
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "ablation.py"), "--latents", "builtin,taef2",
                           "--autoencoder", "ae", "--dry-run"], capture_output=True, text=True)
     assert bad.returncode != 0 and "one --autoencoder per latent space" in bad.stderr
 
 
 def test_throughput_modes_and_a_tiny_cpu_run(tmp_path):
-    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "speed" / "throughput.py")
     tp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tp)
     assert tp.parse_mode("ilct") == ("ilct", "blocks", None, [])
@@ -74,7 +74,7 @@ def test_throughput_modes_and_a_tiny_cpu_run(tmp_path):
     for bad in ("reference+train.compile=true", "ilct[everything]", "fast"):
         with pytest.raises(SystemExit):
             tp.parse_mode(bad)
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--device", "cpu", "--models",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed" / "throughput.py"), "--device", "cpu", "--models",
                            "DiT-T/2", "--batches", "2", "--steps", "1", "--warmup", "1", "--latent", "8", "--no-compile",
                            "--no-sampling", "--modes", "reference,ilct,ilct+train.fused_optimizer=false",
                            "--out", str(tmp_path)], capture_output=True, text=True)
@@ -86,7 +86,7 @@ def test_throughput_modes_and_a_tiny_cpu_run(tmp_path):
 
 def test_optimizer_step_benchmark_runs(tmp_path):
     out = tmp_path / "opt.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "optimizer_step.py"), "--model", "DiT-T/2",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed" / "optimizer_step.py"), "--model", "DiT-T/2",
                            "--device", "cpu", "--reps", "1", "--ways", "lists,flat", "--out", str(out)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -96,7 +96,7 @@ def test_optimizer_step_benchmark_runs(tmp_path):
 
 def test_memory_traffic_counts_less_with_the_bf16_residual_stream(tmp_path):
     out = tmp_path / "traffic.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory_traffic.py"), "--model", "DiT-T/2",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed" / "memory_traffic.py"), "--model", "DiT-T/2",
                            "--latent", "8", "--probe", "2", "4", "--batch", "16", "--out", str(out),
                            "--modes", "ilct,ilct+train.bf16_residual=true"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -109,7 +109,7 @@ def test_memory_traffic_counts_less_with_the_bf16_residual_stream(tmp_path):
 
 
 def test_precision_losses_compares_settings_with_the_first(tmp_path, tiny_autoencoder, fake_fmnist):
-    script = str(ROOT / "benchmarks" / "precision_losses.py")
+    script = str(ROOT / "benchmarks" / "quality" / "precision_losses.py")
     common = ["--autoencoder", str(tiny_autoencoder), "--data-dir", str(fake_fmnist), "--steps", "4",
               "--log-every", "2", "--work", str(tmp_path / "work")]
     one = subprocess.run([sys.executable, script, *common, "--settings", "train.precision=fp32"],
@@ -134,7 +134,7 @@ def test_precision_losses_compares_settings_with_the_first(tmp_path, tiny_autoen
 
 def test_bf16_noise_floor_tiny_run(tmp_path):
     out = tmp_path / "floor.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bf16_noise_floor.py"), "--arch", "DiT-T/4",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "bf16_noise_floor.py"), "--arch", "DiT-T/4",
                            "--latent", "8", "--batch", "4", "--levels", "11,641", "--out", str(out)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -147,7 +147,7 @@ def test_bf16_noise_floor_tiny_run(tmp_path):
 
 def test_unet_vs_dit_tiny_run(tmp_path, tiny_autoencoder, fake_fmnist):
     out = tmp_path / "cmp.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "unet_vs_dit.py"), "--tiny",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "unet_vs_dit.py"), "--tiny",
                            "--autoencoder", str(tiny_autoencoder), "--data-dir", str(fake_fmnist),
                            "--work", str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

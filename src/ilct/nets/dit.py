@@ -148,7 +148,7 @@ class FinalLayer(nn.Module):
     With `fp32=True` (the default, as in the authors' runs) it runs in fp32 even under bf16
     autocast: its inputs are cast up and autocast is off inside, so the network's output F is
     not rounded to bf16 (at N = 641, c is 2.5e-4 and bf16 rounding of F would be a visible part
-    of r; benchmarks/bf16_noise_floor.py). Outside autocast it changes nothing.
+    of r; benchmarks/quality/bf16_noise_floor.py). Outside autocast it changes nothing.
     """
 
     def __init__(self, dim: int, patch_size: int, out_channels: int, fp32: bool = True, eps: float = 1e-6):

@@ -55,7 +55,7 @@ UNET_SIZES: dict[str, UNetSize] = {
     # A guess sized for CPU tests on 8x8x4 latents (levels 8x8 and 4x4, attention at 4x4).
     "ADM-T": UNetSize(32, (1, 2), 1, (2,)),
     # Sized like DiT-T/2 (4.17M parameters), the CPU presets' backbone, for comparisons on their 8x8
-    # latents (benchmarks/unet_vs_dit.py): 4.59M. Not from the authors.
+    # latents (benchmarks/quality/unet_vs_dit.py): 4.59M. Not from the authors.
     "ADM-S": UNetSize(64, (1, 2), 2, (2,)),
     # The authors' argparse defaults in quandao10/LCT train_cm_latent.py (--num-channels 128,
     # --channel-mult 1,2,2,2, --num-res-blocks 2, --attention-resolutions 32,16,8 on 32x32 latents).

@@ -7,7 +7,7 @@ that class's training images, the FID of all samples against the training set,
 and the classifier's accuracy on the samples (does a class-K sample look like K?).
 Also the unconditional samples (the null class) as a reference row.
 
-    python benchmarks/conditional.py --run runs/fmnist-class --weights 0,1,1.5,2,3,4 --steps 1,2 \
+    python benchmarks/quality/conditional.py --run runs/fmnist-class --weights 0,1,1.5,2,3,4 --steps 1,2 \
         --per-class 500 --json docs/results/conditional_fmnist.json --figure docs/figures/conditional_fmnist.png \
         --grid docs/figures/conditional_fmnist_grid.png
 """

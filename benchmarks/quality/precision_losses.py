@@ -6,7 +6,7 @@ losses (the mean over each `--log-every` window) with the first setting's.
 Rounding differences grow over training as the weights drift apart, so what to
 read is each setting's difference next to plain bf16's.
 
-    python benchmarks/precision_losses.py --autoencoder .gpu/builtin_ae --data-dir .gpu/fmnist \\
+    python benchmarks/quality/precision_losses.py --autoencoder .gpu/builtin_ae --data-dir .gpu/fmnist \\
         --steps 1000 --out docs/results/precision_losses_cpu.json
 
 Settings (--settings, `;`-separated, each a space-separated list of KEY=VALUE):

@@ -1,9 +1,9 @@
 """FID versus training step for every row of ablation tables, one panel per latent space.
 
-    python benchmarks/plot_ablation.py --out docs/figures/ablation_gpu_fid.png \
+    python benchmarks/plots/plot_ablation.py --out docs/figures/ablation_gpu_fid.png \
         docs/results/ablation_builtin_gpu.json docs/results/ablation_taef2_gpu.json
 
-Reads the `curve` of each row (benchmarks/ablation.py writes it: earlier checkpoints
+Reads the `curve` of each row (benchmarks/quality/ablation.py writes it: earlier checkpoints
 on --curve-n samples, the last one on --n, so the last point is lower-biased less).
 """
 

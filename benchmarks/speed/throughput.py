@@ -24,11 +24,11 @@ timed in the same run; MFU = achieved FLOP/s / that peak. Also 1-step sampling
 throughput, with and without the decode by a TAESD-architecture decoder (4
 latent channels, random weights: its speed does not depend on them).
 
-    python benchmarks/throughput.py                      # all sizes, batches 128 and 256
-    python benchmarks/throughput.py --models DiT-B/2 --batches 128 --steps 10
-    python benchmarks/throughput.py --device cpu --models DiT-T/2 --batches 4 --steps 2 --latent 8 --no-compile
+    python benchmarks/speed/throughput.py                      # all sizes, batches 128 and 256
+    python benchmarks/speed/throughput.py --models DiT-B/2 --batches 128 --steps 10
+    python benchmarks/speed/throughput.py --device cpu --models DiT-T/2 --batches 4 --steps 2 --latent 8 --no-compile
 
-Writes docs/performance.json and docs/performance.md (--out), after every row,
+Writes performance.json and performance.md into --out (the published ones: docs/results/performance.json, docs/performance.md), after every row,
 so a run stopped by its deadline keeps what it measured.
 """
 

@@ -20,8 +20,8 @@ per setting, relative to fp32's. The network is an untrained DiT with its adaLN-
 opened at random and its final layer scaled so that F has unit RMS, the scale of a trained
 F; its TD residuals are not a trained model's, its rounding is representative.
 
-    python benchmarks/bf16_noise_floor.py --out docs/results/bf16_noise_floor.json
-    python benchmarks/bf16_noise_floor.py --arch DiT-T/4 --latent 8 --batch 4 --levels 11,641 --out /tmp/t.json
+    python benchmarks/quality/bf16_noise_floor.py --out docs/results/bf16_noise_floor.json
+    python benchmarks/quality/bf16_noise_floor.py --arch DiT-T/4 --latent 8 --batch 4 --levels 11,641 --out /tmp/t.json
 """
 
 from __future__ import annotations

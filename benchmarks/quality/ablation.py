@@ -16,8 +16,8 @@ same preset (fmnist-ict / fmnist-ilct family), budget and seeds; `ict-baseline`
 and `ilct-full` run with extra seeds so the seed-to-seed spread is visible.
 FID and recall are in Fashion-MNIST-classifier features (not Inception FID).
 
-    python benchmarks/ablation.py --latents builtin --autoencoder runs/demo/autoencoder --budget cpu
-    python benchmarks/ablation.py --latents taef2 --autoencoder ../shared/weights/taef2 --budget gpu --parallel 9
+    python benchmarks/quality/ablation.py --latents builtin --autoencoder runs/demo/autoencoder --budget cpu
+    python benchmarks/quality/ablation.py --latents taef2 --autoencoder ../shared/weights/taef2 --budget gpu --parallel 9
 
 Budgets: `cpu` (3,000 steps per row, 5,000 samples per FID: one table in about
 3 hours on 2 cores) and `gpu` (8,000 steps per row, all rows at once on one card,

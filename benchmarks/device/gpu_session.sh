@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One lent-GPU session (about 9 minutes on one H100), run from the repository root:
-#   1. benchmarks/throughput.py: reference vs ilct training throughput, DiT-B/2 first;
-#   2. benchmarks/ablation.py --budget gpu: both latent spaces, all 18 runs training at once,
+#   1. benchmarks/speed/throughput.py: reference vs ilct training throughput, DiT-B/2 first;
+#   2. benchmarks/quality/ablation.py --budget gpu: both latent spaces, all 18 runs training at once,
 #      each row given the steps that fit in the time left, then FID/recall and FID-versus-step.
 # Needs, in the ignored folder .gpu/: fmnist/ (the four Fashion-MNIST .gz files), taef2/ (the
 # TAEF2 weights), builtin_ae/ (a built-in autoencoder directory), cache/fmnist_classifier/.
@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" 2>&1
 
 if [ "${THROUGHPUT_S:-230}" != 0 ]; then
-  timeout ${THROUGHPUT_S:-230} python3 benchmarks/throughput.py --deadline ${THROUGHPUT_ROWS_S:-150} --out "$OUT" \
+  timeout ${THROUGHPUT_S:-230} python3 benchmarks/speed/throughput.py --deadline ${THROUGHPUT_ROWS_S:-150} --out "$OUT" \
     ${TP_EXTRA:-} > "$OUT/throughput.log" 2>&1
   echo "throughput done after $(( $(date +%s) - start )) s (exit $?)"; cat "$OUT/performance.md" 2>/dev/null
 fi
@@ -39,7 +39,7 @@ fi
 left=$(( BUDGET - ($(date +%s) - start) ))
 train_s=$(( left - ${RESERVE_S:-150} ))  # encoding ~35 s, timing run ~30 s, evaluation ~70 s, archive
 echo "ablation: $left s left, $train_s s of training"
-OMP_NUM_THREADS=2 timeout $(( left - 15 )) python3 benchmarks/ablation.py --latents builtin,taef2 \
+OMP_NUM_THREADS=2 timeout $(( left - 15 )) python3 benchmarks/quality/ablation.py --latents builtin,taef2 \
   --autoencoder .gpu/builtin_ae,.gpu/taef2 --budget gpu --train-seconds $train_s --probe ${PROBE:-100} --parallel 18 \
   --work $W --out $W/out --train-deadline $(( left - 100 )) --eval-deadline $(( left - 45 )) ${AB_EXTRA:-} > "$OUT/ablation.log" 2>&1
 echo "ablation done after $(( $(date +%s) - start )) s"; tail -25 "$OUT/ablation.log"

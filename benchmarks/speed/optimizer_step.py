@@ -11,7 +11,7 @@ device-side gradient-norm check, RAdam.step, ema_update. The gradients are
 random. Memory traffic of the fused update: read theta, g, m, v and write
 theta, m, v, plus the gradient copy and the EMA (reported as GB/s of that minimum).
 
-    python benchmarks/optimizer_step.py --model DiT-B/2 --device cpu --out docs/results/optimizer_step_cpu.json
+    python benchmarks/speed/optimizer_step.py --model DiT-B/2 --device cpu --out docs/results/optimizer_step_cpu.json
 """
 
 from __future__ import annotations

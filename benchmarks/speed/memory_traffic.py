@@ -19,11 +19,11 @@ step (the weights' casts to bf16). Reported at --batch.
 It is an estimate of the GPU's traffic, not a measurement of it: the kernels are
 Inductor's CPU ones (its fusion choices differ in places from its GPU ones); what
 runs outside the blocks (embedders, final layer, loss maths, and the optimizer and
-EMA: benchmarks/optimizer_step.py) is not counted; CPU autocast would run LayerNorm
+EMA: benchmarks/speed/optimizer_step.py) is not counted; CPU autocast would run LayerNorm
 in bf16 where CUDA's runs it in fp32, so this script makes F.layer_norm upcast its
 input under autocast as CUDA does.
 
-    python benchmarks/memory_traffic.py --model DiT-B/2 --modes "ilct,ilct+train.bf16_residual=true" \\
+    python benchmarks/speed/memory_traffic.py --model DiT-B/2 --modes "ilct,ilct+train.bf16_residual=true" \\
         --out docs/results/memory_traffic_cpu.json
 """
 

@@ -7,7 +7,7 @@ parameter count, wall-clock seconds and logged losses (the mean over each
 presets' backbone) with ADM-S (4.59M, sized to match); the paper's runs used
 the ADM UNet (docs/method.md, "The backbone: DiT or the ADM UNet").
 
-    python benchmarks/unet_vs_dit.py --autoencoder runs/ae --data-dir /usr/share/datasets/fashion-mnist \\
+    python benchmarks/quality/unet_vs_dit.py --autoencoder runs/ae --data-dir /usr/share/datasets/fashion-mnist \\
         --steps 2000 --out docs/results/unet_vs_dit.json
 
 Losses of two different networks are not a quality measure on their own (the

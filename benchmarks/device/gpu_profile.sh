@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The speed checks for one lent H100 (at most $BUDGET = 480 s), from the repository root:
-#   1. benchmarks/optimizer_step.py: the RAdam + EMA update of DiT-B/2 weights as lists of tensors,
+#   1. benchmarks/speed/optimizer_step.py: the RAdam + EMA update of DiT-B/2 weights as lists of tensors,
 #      flat, and flat with the compiled kernel (train.fused_optimizer);
-#   2. benchmarks/throughput.py: the modes in $MODES for every size in $MODELS at batch 128 then 256
+#   2. benchmarks/speed/throughput.py: the modes in $MODES for every size in $MODELS at batch 128 then 256
 #      (the deadline cuts the tail), the ilct[...] / ilct+... variants only for $VARIANT_MODELS, and a
 #      torch.profiler table of 3 extra steps of each ilct row at batch 128;
 #   3. `ilct train` end to end on the GPU (Fashion-MNIST latents of .gpu/builtin_ae, $SMOKE_ARCH):
@@ -14,18 +14,18 @@
 # train_check.log, late/.
 # A CPU rehearsal: OUT=/tmp/gpu_out OPT_EXTRA="--device cpu --model DiT-T/2" VARIANT_MODELS=DiT-T/2 \
 #   TP_EXTRA="--device cpu --models DiT-T/2 --batches 4 --steps 2 --latent 8" SMOKE_ARCH=DiT-T/4 SMOKE_STEPS=20 \
-#   SMOKE_EXTRA="--set train.device=cpu --set train.batch_size=16" LATE_MODES="" bash benchmarks/gpu_profile.sh
+#   SMOKE_EXTRA="--set train.device=cpu --set train.batch_size=16" LATE_MODES="" bash benchmarks/device/gpu_profile.sh
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 start=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
-timeout ${OPT_S:-90} python3 benchmarks/optimizer_step.py --model DiT-B/2 --out "$OUT/optimizer_step.json" ${OPT_EXTRA:-} \
+timeout ${OPT_S:-90} python3 benchmarks/speed/optimizer_step.py --model DiT-B/2 --out "$OUT/optimizer_step.json" ${OPT_EXTRA:-} \
   > "$OUT/optimizer_step.log" 2>&1
 echo "optimizer_step exit $? after $(( $(date +%s) - start )) s"; grep '^{"way' "$OUT/optimizer_step.log" | cut -c1-200
 MODES=${MODES:-reference,ilct,ilct+train.bf16_residual=true,ilct[model:reduce-overhead]+train.bf16_residual=true,ilct[model:reduce-overhead]}
-timeout ${TP_S:-260} python3 benchmarks/throughput.py --modes "$MODES" --models ${MODELS:-DiT-B/2} \
+timeout ${TP_S:-260} python3 benchmarks/speed/throughput.py --modes "$MODES" --models ${MODELS:-DiT-B/2} \
   --variant-models ${VARIANT_MODELS:-DiT-B/2} --profile --deadline ${ROWS_S:-190} --out "$OUT" ${TP_EXTRA:-} \
   > "$OUT/throughput.log" 2>&1
 echo "throughput exit $? after $(( $(date +%s) - start )) s"
@@ -72,7 +72,7 @@ LATE_MODES=${LATE_MODES-ilct[blocks:max-autotune-no-cudagraphs]}
 if [ -n "$LATE_MODES" ]; then
   left=$(( ${BUDGET:-480} - ($(date +%s) - start) ))
   echo "late rows: $left s left"
-  timeout $(( left > 30 ? left - 20 : 10 )) python3 benchmarks/throughput.py --modes "$LATE_MODES" --models DiT-B/2 \
+  timeout $(( left > 30 ? left - 20 : 10 )) python3 benchmarks/speed/throughput.py --modes "$LATE_MODES" --models DiT-B/2 \
     --batches 128 --no-sampling --out "$OUT/late" ${TP_EXTRA:-} > "$OUT/late.log" 2>&1
   echo "late exit $?"; grep "^{" "$OUT/late.log" | cut -c1-240
 fi

@@ -17,7 +17,7 @@ image's caption. Scores, averaged over prompts:
 with their chance levels (the fraction of training images whose caption qualifies).
 w = 0 is the unconditional model (the null caption): the same numbers without the prompt.
 
-    python benchmarks/text_retrieval.py --run runs/emoji-text --weights 0,1,2,3,4 --steps 1,2 \\
+    python benchmarks/quality/text_retrieval.py --run runs/emoji-text --weights 0,1,2,3,4 --steps 1,2 \\
         --prompts 24 --per-prompt 8 --json docs/results/text_emoji.json --grid docs/figures/text_emoji
 """
 

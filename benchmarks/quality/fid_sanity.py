@@ -6,7 +6,7 @@ the project's Fashion-MNIST classifier (not Inception FID), for:
   - the autoencoder's reconstructions of them (the floor any latent model can reach)
   - blank (black) images and uniform noise    (clearly bad)
 
-    python benchmarks/fid_sanity.py --autoencoder runs/demo/autoencoder --out docs/results/fid_sanity.json
+    python benchmarks/quality/fid_sanity.py --autoencoder runs/demo/autoencoder --out docs/results/fid_sanity.json
 """
 
 from __future__ import annotations

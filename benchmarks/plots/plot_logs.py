@@ -1,6 +1,6 @@
 """Training-loss curves of several runs, from their log.jsonl, as one PNG.
 
-    python benchmarks/plot_logs.py --out docs/figures/ablation_builtin_loss.png RUN_DIR [RUN_DIR ...]
+    python benchmarks/plots/plot_logs.py --out docs/figures/ablation_builtin_loss.png RUN_DIR [RUN_DIR ...]
 
 Each run gets its own panel: the losses of different metrics (pseudo-Huber,
 Cauchy, EDM) are on different scales and are not comparable across rows.
