@@ -10,7 +10,7 @@ from conftest import REAL_FMNIST, write_idx
 from ilct.autoencoders.kl import KLAutoencoder, KLAutoencoderConfig
 from ilct.data.fashion_mnist import load_fashion_mnist, read_idx
 from ilct.data.images import ArrayImages, to_uint8
-from ilct.data.latents import LatentStats, cache_key, cached_latents
+from ilct.latents import LatentStats, cache_key, cached_latents
 from ilct.errors import IlctError
 
 

@@ -12,7 +12,7 @@ from conftest import encode_fake, second_autoencoder
 from ilct.analysis import excess_kurtosis, tukey_fractions
 from ilct.cli import main
 from ilct.data.folder import load_image_folder
-from ilct.data.latents import LatentDir
+from ilct.latents import LatentDir
 from ilct.errors import IlctError
 
 
@@ -195,7 +195,7 @@ def test_emoji_captions_travel_with_the_latents(tmp_path):
     from ilct.autoencoders.kl import KLAutoencoder, KLAutoencoderConfig
     from ilct.data import load_dataset
     from ilct.data.images import Subset
-    from ilct.data.latents import encode_to_dir
+    from ilct.latents import encode_to_dir
 
     ds = Subset(load_dataset("emoji", str(font), resolution=32), 6)
     assert all(isinstance(c, str) and c for c in ds.captions)

@@ -435,7 +435,7 @@ def test_hostile_inputs_exit_2_with_one_line_and_change_nothing(world, tmp_path,
 def test_other_autoencoder_or_latents_only_when_asked(world, capsys):
     """Resuming in another latent space or on other data is refused (in the table above) unless asked for;
     asked for, the run trains on and its config and statistics name what it trains on now."""
-    from ilct.data.latents import LatentStats
+    from ilct.latents import LatentStats
 
     run = crashed_copy(world.run, world.cases / "asked", 12, 8)
     assert main(world.resume(run, "--set", f"data.latents={world.lat_small}", "--allow-other-latents")) == 0

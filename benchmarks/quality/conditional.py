@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ilct.data import load_dataset
-from ilct.data.latents import default_cache_dir
+from ilct.latents import default_cache_dir
 from ilct.grid import make_grid, save_png
 from ilct.metrics.evaluate import reference_features
 from ilct.metrics.features import load_fashion_features

@@ -24,7 +24,7 @@ import torch
 from ilct.autoencoders import load_autoencoder
 from ilct.data.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist
 from ilct.data.images import to_uint8
-from ilct.data.latents import default_cache_dir
+from ilct.latents import default_cache_dir
 from ilct.metrics.evaluate import make_extractor, reference_features, scores
 
 

@@ -16,7 +16,7 @@ from ilct import distributed, flat
 from ilct.autoencoders import load_autoencoder
 from ilct.batches import BatchMaker
 from ilct.config import Config
-from ilct.data.latents import LatentStats
+from ilct.latents import LatentStats
 from ilct.errors import IlctError
 from ilct.objectives import Objective, make_objective
 from ilct.optim import RAdam

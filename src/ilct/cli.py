@@ -253,7 +253,7 @@ def cmd_encode(args) -> int:
     from ilct.autoencoders import load_autoencoder
     from ilct.data import load_dataset
     from ilct.data.images import Subset
-    from ilct.data.latents import check_posterior, encode_to_dir
+    from ilct.latents import check_posterior, encode_to_dir
     from ilct.run import resolve_device
 
     from ilct.runfolder import check_out_dir, is_run
@@ -290,7 +290,7 @@ def cmd_analyze(args) -> int:
     from ilct.analysis import box_plot, channel_report, td_residuals, write_report
     from ilct.data import load_dataset
     from ilct.data.images import Subset
-    from ilct.data.latents import LatentDir
+    from ilct.latents import LatentDir
 
     from ilct.outputs import check_file_name, check_output
     from ilct.runfolder import check_out_dir

@@ -17,7 +17,7 @@ from ilct.autoencoders import Autoencoder, load_autoencoder
 from ilct.checkpoint import latest_checkpoint, load_weights, read_state, whole
 from ilct.config import Config, backbone_kwargs, config_from_yaml_file
 from ilct.data.images import ImageDataset
-from ilct.data.latents import LatentDir, LatentStats, cached_latents
+from ilct.latents import LatentDir, LatentStats, cached_latents
 from ilct.errors import IlctError
 from ilct.nets import build_backbone
 from ilct.objectives import make_objective

@@ -2,7 +2,7 @@
 
 Images cross this boundary as float32 NCHW in [-1, 1]; latents as raw
 (unnormalized) float32 NCHW. Latent normalization (METHOD.md section 3) is not
-the autoencoder's business: see ilct.data.latents.
+the autoencoder's business: see ilct.latents.
 """
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ def evaluate_run(
     the exact uint8 arrays the decoder produced (no file, no lossy format in between).
     """
     from ilct.data.fashion_mnist import DEFAULT_ROOT
-    from ilct.data.latents import default_cache_dir
+    from ilct.latents import default_cache_dir
     from ilct.run import open_run
     from ilct.sampling import default_sigmas, generate
 
