@@ -17,9 +17,9 @@ def test_presets_load():
 def test_ict_and_ilct_differ_only_in_the_method_switches(base, full):
     a, b = load_config(base).to_dict(), load_config(full).to_dict()
     assert {s for s in a if a[s] != b[s]} == {"method"}
-    assert a["method"] == {"metric": "pseudo_huber", "diffusion_loss": False, "diffusion_weight": 5.0,
+    assert a["method"] == {"metric": "pseudo_huber", "diffusion_loss": False, "lambda_diff": 5.0,
                            "diffusion_fraction": 0.75, "ot_coupling": False, "adaptive_c": False, "nsln": False}
-    assert b["method"] == {"metric": "cauchy", "diffusion_loss": True, "diffusion_weight": 5.0,
+    assert b["method"] == {"metric": "cauchy", "diffusion_loss": True, "lambda_diff": 5.0,
                            "diffusion_fraction": 0.75, "ot_coupling": True, "adaptive_c": True, "nsln": True}
 
 
@@ -98,3 +98,11 @@ def test_unknown_preset_and_bad_files(tmp_path):
         load_config("ict", ["lr=1"])
     with pytest.raises(IlctError):
         from_dict({"train": 5})
+
+
+def test_a_renamed_key_of_an_older_run_still_loads():
+    """method.diffusion_weight (lambda_diff's old name, also the name of w(sigma)) loads as method.lambda_diff."""
+    from ilct.config import from_dict
+
+    cfg = from_dict({"method": {"diffusion_weight": 2.5}})
+    assert cfg.method.lambda_diff == 2.5 and "diffusion_weight" not in cfg.to_dict()["method"]

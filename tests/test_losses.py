@@ -8,7 +8,7 @@ import torch
 from ilct.config import CHOICES
 from ilct.consistency.losses import (
     ELEMENT_METRICS, METRIC_NAMES, METRICS, cauchy, cauchy_element, consistency_loss, diffusion_loss, diffusion_mask,
-    diffusion_weight, geman_mcclure, l2, pseudo_huber, squared_residual,
+    geman_mcclure, l2, pseudo_huber, squared_residual, w_sigma,
 )
 
 
@@ -93,8 +93,8 @@ def test_diffusion_selection_floor_of_three_quarters():
     assert int(m.float().argmax()) == 480 and int(m.sum()) == 160  # floor(480.75) = 480
 
 
-def test_diffusion_weight_and_loss():
-    assert diffusion_weight(torch.tensor(0.5)).item() == pytest.approx(8.0)  # 1/0.25 + 1/0.25
+def test_w_sigma_and_the_diffusion_loss():
+    assert w_sigma(torch.tensor(0.5)).item() == pytest.approx(8.0)  # 1/0.25 + 1/0.25
     x = torch.zeros(3, 1, 2, 2)
     f = torch.ones(3, 1, 2, 2) * torch.tensor([1.0, 2.0, 3.0]).view(-1, 1, 1, 1)
     sig = torch.tensor([0.5, 1.0, 2.0])

@@ -143,7 +143,7 @@ def reference_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: in
     """The authors' loop: returns seconds per step."""
     model = build_model(cfg).to(device).train()
     ema = make_ema(model)
-    t, c, me = cfg.train, cfg.consistency, cfg.method
+    t, cons, me = cfg.train, cfg.consistency, cfg.method
     opt = torch.optim.RAdam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
     g = torch.Generator().manual_seed(0)
     N, sigmas, c_now = ConsistencyTraining(cfg).state(0, device)  # step 0's levels
@@ -158,7 +158,7 @@ def reference_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: in
         rows, cols = linear_sum_assignment(ot_cost(x, z).cpu().double().numpy())  # host sync
         z = z[torch.as_tensor(cols, device=device)]
         terms = consistency_training_loss(model, x, z, i, sigmas, N, c_now, me.metric, me.diffusion_loss,
-                                          me.diffusion_weight, me.diffusion_fraction, c.sigma_data)
+                                          me.lambda_diff, me.diffusion_fraction, cons.sigma_data)
         opt.zero_grad(set_to_none=True)
         terms.loss.backward()
         if bool(torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]))):

@@ -112,14 +112,14 @@ def td_residuals(run, latents: torch.Tensor, N: int, n: int = 512, seed: int = 0
     of a run's EMA model at N levels, levels drawn as in training."""
     from ilct.consistency.schedule import karras_sigmas, level_probabilities, sample_levels
 
-    c = run.cfg.consistency
+    cons = run.cfg.consistency
     g = torch.Generator().manual_seed(seed)
     device = next(run.model.parameters()).device
     idx = torch.randint(0, latents.shape[0], (n,), generator=g)
-    x = run.stats.normalize(latents[idx], c.sigma_data).to(device)
+    x = run.stats.normalize(latents[idx], cons.sigma_data).to(device)
     z = torch.randn(x.shape, generator=g).to(device)
-    sigmas = karras_sigmas(N, c.sigma_min, c.sigma_max, c.rho)
-    i = sample_levels(level_probabilities(sigmas, c.p_mean, c.p_std).float(), n, g)
+    sigmas = karras_sigmas(N, cons.sigma_min, cons.sigma_max, cons.rho)
+    i = sample_levels(level_probabilities(sigmas, cons.p_mean, cons.p_std).float(), n, g)
     s = sigmas.float().to(device)
     si, sn = s[i], s[i + 1]
     view = (-1, 1, 1, 1)

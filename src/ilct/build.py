@@ -94,7 +94,7 @@ def build_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder
                   dist: distributed.Dist, device: torch.device, allow_other_latents: bool = False) -> RunData:
     """Everything the run reads, checked (writes only to the latent cache; rank 0 encodes first).
     Fills in cfg's latent shape and class count."""
-    main, c = dist.main, cfg.consistency
+    main, cons = dist.main, cfg.consistency
     ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path).to(device)
     stats = LatentStats.load(run_dir / STATS_FILE) if resume else None
     if stats is not None:
@@ -121,9 +121,9 @@ def build_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder
         raise IlctError(f"{run_dir / STATS_FILE} holds statistics of {tuple(stats.mean.shape)} latents, the data gives {C}x{H}x{W}")
     # Small latent sets live in (host) memory; larger ones are gathered per batch from the memory map.
     if latent_set.nbytes <= IN_MEMORY_BYTES:
-        gather = stats.normalize(latent_set.all(), c.sigma_data).__getitem__  # std sigma_d
+        gather = stats.normalize(latent_set.all(), cons.sigma_data).__getitem__  # std sigma_d
     else:
-        gather = lambda idx: stats.normalize(latent_set.gather(idx.numpy()), c.sigma_data)  # noqa: E731
+        gather = lambda idx: stats.normalize(latent_set.gather(idx.numpy()), cons.sigma_data)  # noqa: E731
     labels, kept = _conditions(cfg, latent_set, main)
     n_data = len(latent_set)
     if kept is not None:

@@ -163,16 +163,16 @@ def cmd_sample(args) -> int:
         raise IlctError("--guidance needs --class or --prompt")
     if args.guidance < 0:
         raise IlctError(f"--guidance must be >= 0, got {args.guidance}")
-    c = run.cfg.consistency
+    cons = run.cfg.consistency
     taus = _parse_tau(args.tau, args.steps)
     from ilct.objectives import make_objective
 
     objective = make_objective(run.cfg)
     if taus is not None and not objective.takes_tau:
         raise IlctError(f"--tau applies to consistency sampling; this run's objective is {objective.name}")
-    sigmas = [c.sigma_max] + taus if taus is not None else default_sigmas(args.steps, c.sigma_min, c.sigma_max, c.rho)
-    if any(not (c.sigma_min < s <= c.sigma_max) for s in sigmas) or any(b >= a for a, b in zip(sigmas, sigmas[1:])):
-        raise IlctError(f"--tau values must decrease and lie in ({c.sigma_min}, {c.sigma_max}), got {sigmas[1:]}")
+    sigmas = [cons.sigma_max] + taus if taus is not None else default_sigmas(args.steps, cons.sigma_min, cons.sigma_max, cons.rho)
+    if any(not (cons.sigma_min < s <= cons.sigma_max) for s in sigmas) or any(b >= a for a, b in zip(sigmas, sigmas[1:])):
+        raise IlctError(f"--tau values must decrease and lie in ({cons.sigma_min}, {cons.sigma_max}), got {sigmas[1:]}")
     text = None
     if args.prompt is not None:
         from ilct.text import TextEncoder
@@ -216,13 +216,13 @@ def cmd_schedule(args) -> int:
         D = cfg.model.in_channels * cfg.model.input_size**2
     else:
         raise IlctError("this config leaves the latent shape to the data: pass --latent-shape CxHxW")
-    c = cfg.consistency
-    stages = curriculum(cfg.train.total_steps, c.s0, c.s1, D, cfg.method.adaptive_c, c.c_scale)
+    cons = cfg.consistency
+    stages = curriculum(cfg.train.total_steps, cons.s0, cons.s1, D, cfg.method.adaptive_c, cons.c_scale)
     rows = [{"start_step": s.start_step, "end_step": s.end_step, "N": s.N, "c": s.c} for s in stages]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{cfg.train.total_steps} steps, D = {D}, s0 = {c.s0}, s1 = {c.s1}, "
+        print(f"{cfg.train.total_steps} steps, D = {D}, s0 = {cons.s0}, s1 = {cons.s1}, "
               f"c {'adaptive' if cfg.method.adaptive_c else 'fixed'}, metric {cfg.method.metric}")
         print(f"{'start_step':>10} {'end_step':>10} {'N':>5} {'c':>10}")
         for r in rows:

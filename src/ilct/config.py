@@ -87,7 +87,7 @@ class MethodConfig:
 
     metric: str = "pseudo_huber"  # 1. cauchy | cauchy_element (per element, authors' cauchy_new) | pseudo_huber | l2 | geman_mcclure
     diffusion_loss: bool = False  # 2. early-timestep diffusion loss
-    diffusion_weight: float = 5.0  #    lambda_diff (code)
+    lambda_diff: float = 5.0  #    lambda_diff, the diffusion loss's weight (code)
     diffusion_fraction: float = 0.75  #    levels i >= floor(fraction * N)
     ot_coupling: bool = False  # 3. exact minibatch optimal-transport pairing
     adaptive_c: bool = False  # 4. c(N) = exp(-1.15 ln(N-1) - 0.85) after stage 1
@@ -135,6 +135,9 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+# Keys renamed since runs were made with them: a config.yaml written then still loads (and resumes).
+RENAMED = {"method.diffusion_weight": "lambda_diff"}
 
 MAX_STEPS = 999_999_999  # checkpoint folders are step_XXXXXXXXX
 
@@ -298,6 +301,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
             raise IlctError(f"config: section '{section}' must be a mapping, got {values!r}")
         obj = getattr(cfg, section)
         types = _section_types(type(obj))
+        values = {RENAMED.get(f"{section}.{k}", k): v for k, v in values.items()}  # configs of older runs
         for key, value in values.items():
             if key not in types:
                 raise IlctError(f"config: unknown key '{section}.{key}' (keys: {', '.join(types)})")
@@ -325,7 +329,7 @@ def validate(cfg: Config) -> None:
     if cfg.train.objective not in OBJECTIVES:
         raise IlctError(f"config: train.objective must be one of {', '.join(OBJECTIVES)}, got {cfg.train.objective!r}")
     _validate_arch(cfg)
-    c, m, t, d, me = cfg.consistency, cfg.model, cfg.train, cfg.data, cfg.method
+    cons, m, t, d, me = cfg.consistency, cfg.model, cfg.train, cfg.data, cfg.method
     need(d.resolution >= 8, "data.resolution", "must be at least 8")
     need(m.in_channels is None or m.in_channels >= 1, "model.in_channels", "must be positive")
     need(m.input_size is None or m.input_size >= 1, "model.input_size", "must be positive")
@@ -336,16 +340,16 @@ def validate(cfg: Config) -> None:
     need(1e-12 <= m.norm_eps <= 1e-1, "model.norm_eps", "must be in [1e-12, 0.1]")
     need(not (m.text_dim > 0 and m.num_classes != 0), "model.text_dim",
          "and model.num_classes are both set: one kind of conditioning, labels or text")
-    need(c.sigma_min > 0, "consistency.sigma_min", "must be > 0")
-    need(c.sigma_min < c.sigma_max <= 1e6, "consistency.sigma_max", "must be > consistency.sigma_min and <= 1e6")
-    need(1e-6 <= c.sigma_data <= 1e3, "consistency.sigma_data", "must be in [1e-6, 1e3]")
-    need(0.1 <= c.rho <= 1000, "consistency.rho", "must be in [0.1, 1000]")
-    need(c.s0 >= 1, "consistency.s0", "must be >= 1")
-    need(c.s1 >= c.s0, "consistency.s1", f"must be >= consistency.s0 ({c.s0})")
-    need(c.p_std > 0, "consistency.p_std", "must be > 0")
-    need(0 < c.c_scale <= 1e3, "consistency.c_scale", "must be in (0, 1e3]")
-    need(abs(c.p_mean) <= 100 and c.p_std <= 100, "consistency.p_mean", "and p_std must lie within 100")
-    need(me.diffusion_weight >= 0, "method.diffusion_weight", "must be >= 0")
+    need(cons.sigma_min > 0, "consistency.sigma_min", "must be > 0")
+    need(cons.sigma_min < cons.sigma_max <= 1e6, "consistency.sigma_max", "must be > consistency.sigma_min and <= 1e6")
+    need(1e-6 <= cons.sigma_data <= 1e3, "consistency.sigma_data", "must be in [1e-6, 1e3]")
+    need(0.1 <= cons.rho <= 1000, "consistency.rho", "must be in [0.1, 1000]")
+    need(cons.s0 >= 1, "consistency.s0", "must be >= 1")
+    need(cons.s1 >= cons.s0, "consistency.s1", f"must be >= consistency.s0 ({cons.s0})")
+    need(cons.p_std > 0, "consistency.p_std", "must be > 0")
+    need(0 < cons.c_scale <= 1e3, "consistency.c_scale", "must be in (0, 1e3]")
+    need(abs(cons.p_mean) <= 100 and cons.p_std <= 100, "consistency.p_mean", "and p_std must lie within 100")
+    need(me.lambda_diff >= 0, "method.lambda_diff", "must be >= 0")
     need(0.0 <= me.diffusion_fraction <= 1.0, "method.diffusion_fraction", "must be in [0, 1]")
     need(t.compile or not t.cuda_graphs, "train.cuda_graphs", "needs train.compile=true")
     need(t.precision == "bf16" or not t.bf16_residual, "train.bf16_residual", "needs train.precision=bf16")

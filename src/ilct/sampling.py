@@ -120,7 +120,7 @@ def generate(
 
     from ilct.objectives import make_objective
 
-    c = cfg.consistency
+    cons = cfg.consistency
     objective = make_objective(cfg)  # how `steps` (and `sigmas`) are sampled: consistency steps, Heun steps, ...
     shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
     device = next(model.parameters()).device
@@ -150,5 +150,5 @@ def generate(
             y = e_all[start:start + len(idx)].contiguous().to(device)
             f = guided(model, y, guidance if text is not None else 1.0, 0)
         z = objective.sample(f, seed, idx, shape, steps, sigmas, device)
-        out.append(to_uint8(autoencoder.decode(stats.denormalize(z, c.sigma_data).to(device))))
+        out.append(to_uint8(autoencoder.decode(stats.denormalize(z, cons.sigma_data).to(device))))
     return np.concatenate(out)

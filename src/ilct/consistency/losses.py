@@ -81,7 +81,7 @@ def consistency_loss(
     return weight * METRICS[metric](sq.flatten(1).mean(dim=1), c)
 
 
-def diffusion_weight(sigma: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
+def w_sigma(sigma: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
     """w(s) = 1/s^2 + 1/sigma_d^2 (technique 2)."""
     return 1.0 / sigma**2 + 1.0 / sigma_data**2
 
@@ -98,6 +98,6 @@ def diffusion_loss(
 
     Zero (with a gradient path) when no sample of the batch is selected.
     """
-    per_sample = diffusion_weight(sigma, sigma_data) * squared_residual(student, x)
+    per_sample = w_sigma(sigma, sigma_data) * squared_residual(student, x)
     m = mask.to(per_sample.dtype)
     return (per_sample * m).sum() / m.sum().clamp_min(1.0)

@@ -55,7 +55,7 @@ def consistency_training_loss(
     c: float,
     metric: str,
     diffusion: bool,
-    diffusion_weight: float = 5.0,
+    lambda_diff: float = 5.0,
     diffusion_fraction: float = 0.75,
     sigma_data: float = 0.5,
     labels: torch.Tensor | None = None,
@@ -68,7 +68,7 @@ def consistency_training_loss(
     cons = per_sample.mean()
     if diffusion:
         diff = diffusion_loss(student, x, sigma_i, diffusion_mask(i, N, diffusion_fraction), sigma_data)
-        loss = cons + diffusion_weight * diff
+        loss = cons + lambda_diff * diff
     else:
         diff = torch.zeros((), device=x.device)
         loss = cons

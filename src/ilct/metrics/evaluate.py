@@ -96,7 +96,7 @@ class EvalPoint:
 def eval_points(steps: list[int], taus: list[float] | None, cfg) -> list[EvalPoint]:
     """The settings of `ilct eval`: one per step count, and with `taus` one 2-step setting per tau
     (sigmas [sigma_max, tau]). Raises IlctError for taus that cannot be used."""
-    c = cfg.consistency
+    cons = cfg.consistency
     if not taus:
         return [EvalPoint(str(s), s, None) for s in steps]
     from ilct.objectives import make_objective
@@ -106,15 +106,15 @@ def eval_points(steps: list[int], taus: list[float] | None, cfg) -> list[EvalPoi
         raise IlctError(f"--tau applies to consistency sampling; this run's objective is {objective.name}")
     if 2 not in steps:
         raise IlctError(f"--tau sets the intermediate sigma of 2-step sampling: add 2 to --steps (got {steps})")
-    bad = [t for t in taus if not c.sigma_min < t < c.sigma_max]
+    bad = [t for t in taus if not cons.sigma_min < t < cons.sigma_max]
     if bad:
-        raise IlctError(f"--tau values must lie in ({c.sigma_min:g}, {c.sigma_max:g}), got {bad}")
+        raise IlctError(f"--tau values must lie in ({cons.sigma_min:g}, {cons.sigma_max:g}), got {bad}")
     if len(set(taus)) != len(taus):
         raise IlctError(f"--tau has repeated values: {taus}")
     points = []
     for s in steps:
         if s == 2:
-            points += [EvalPoint(f"2@tau={t:g}", 2, [c.sigma_max, t], t) for t in taus]
+            points += [EvalPoint(f"2@tau={t:g}", 2, [cons.sigma_max, t], t) for t in taus]
         else:
             points.append(EvalPoint(str(s), s, None))
     return points
@@ -168,7 +168,7 @@ def evaluate_run(
     cache_dir = cache_dir or default_cache_dir()
     run = open_run(run_dir, checkpoint, device=device)
     points = eval_points(steps, taus, run.cfg)
-    d, c = run.cfg.data, run.cfg.consistency
+    d, cons = run.cfg.data, run.cfg.consistency
     fm_root = d.root if d.dataset == "fashion_mnist" else DEFAULT_ROOT
     extract = make_extractor(features, cache_dir, fm_root, inception_weights, progress)
     reference = reference_set(features, run.cfg, fm_root, ref_n)
@@ -189,6 +189,6 @@ def evaluate_run(
         m = scores(real, extract(images), n, seed)
         for key in ("fid", "precision", "recall"):
             out[key][p.key] = m[key]
-        sigmas = (p.sigmas or default_sigmas(p.steps, c.sigma_min, c.sigma_max, c.rho)) if takes_tau else None
+        sigmas = (p.sigmas or default_sigmas(p.steps, cons.sigma_min, cons.sigma_max, cons.rho)) if takes_tau else None
         out["rows"].append({"key": p.key, "steps": p.steps, "tau": p.tau, "sigmas": sigmas, **m})
     return out

@@ -28,22 +28,22 @@ class ConsistencyTraining(Objective):
         self._probs: dict[int, torch.Tensor] = {}
 
     def wrap(self, net: nn.Module) -> nn.Module:
-        c = self.cfg.consistency
-        return ConsistencyModel(net, c.sigma_data, c.sigma_min)
+        cons = self.cfg.consistency
+        return ConsistencyModel(net, cons.sigma_data, cons.sigma_min)
 
     def N(self, k: int) -> int:
         """The curriculum's number of levels at step k (METHOD.md section 3)."""
-        c = self.cfg.consistency
-        return num_levels(k, self.cfg.train.total_steps, c.s0, c.s1)
+        cons = self.cfg.consistency
+        return num_levels(k, self.cfg.train.total_steps, cons.s0, cons.s1)
 
     def levels(self, N: int, device: torch.device) -> tuple[int, torch.Tensor, float]:
         """(N, the N Karras sigmas in fp32 on device, c(N)), cached per N and device."""
         key = (N, str(device))
         if key not in self._levels:
-            c, m = self.cfg.consistency, self.cfg.model
-            sigmas = karras_sigmas(N, c.sigma_min, c.sigma_max, c.rho).to(device, torch.float32)
+            cons, m = self.cfg.consistency, self.cfg.model
+            sigmas = karras_sigmas(N, cons.sigma_min, cons.sigma_max, cons.rho).to(device, torch.float32)
             D = m.in_channels * m.input_size**2
-            self._levels[key] = (N, sigmas, scaling_c(N, D, c.s0, self.cfg.method.adaptive_c, c.c_scale))
+            self._levels[key] = (N, sigmas, scaling_c(N, D, cons.s0, self.cfg.method.adaptive_c, cons.c_scale))
         return self._levels[key]
 
     def state(self, k: int, device: torch.device) -> tuple[int, torch.Tensor, float]:
@@ -57,29 +57,29 @@ class ConsistencyTraining(Objective):
         """Level indices i in 0..N-2, P(i) the discretized log-normal (METHOD.md section 3)."""
         N = self.N(k)
         if N not in self._probs:
-            c = self.cfg.consistency
-            sig = karras_sigmas(N, c.sigma_min, c.sigma_max, c.rho).double()
-            self._probs[N] = level_probabilities(sig, c.p_mean, c.p_std).float()
+            cons = self.cfg.consistency
+            sig = karras_sigmas(N, cons.sigma_min, cons.sigma_max, cons.rho).double()
+            self._probs[N] = level_probabilities(sig, cons.p_mean, cons.p_std).float()
         return sample_levels(self._probs[N], batch_size, g)
 
     def loss(self, model: nn.Module, batch, state: Any) -> LossTerms:
         N, sigmas, c_now = state
         me = self.cfg.method
         return consistency_training_loss(model, batch.x, batch.z, batch.draw, sigmas, N, c_now, me.metric,
-                                         me.diffusion_loss, me.diffusion_weight, me.diffusion_fraction,
+                                         me.diffusion_loss, me.lambda_diff, me.diffusion_fraction,
                                          self.cfg.consistency.sigma_data, batch.y)
 
     def sample(self, f, seed, indices, shape, steps, sigmas, device) -> torch.Tensor:
         from ilct.sampling import consistency_sample, default_sigmas, per_sample_noise
 
-        c = self.cfg.consistency
-        sigmas = sigmas or default_sigmas(steps, c.sigma_min, c.sigma_max, c.rho)
-        return consistency_sample(f, per_sample_noise(seed, indices, shape, len(sigmas)), sigmas, c.sigma_min,
+        cons = self.cfg.consistency
+        sigmas = sigmas or default_sigmas(steps, cons.sigma_min, cons.sigma_max, cons.rho)
+        return consistency_sample(f, per_sample_noise(seed, indices, shape, len(sigmas)), sigmas, cons.sigma_min,
                                   device=device)
 
     def describe(self, steps: int, sigmas: list[float] | None) -> str:
         from ilct.sampling import default_sigmas
 
-        c = self.cfg.consistency
-        sigmas = sigmas or default_sigmas(steps, c.sigma_min, c.sigma_max, c.rho)
+        cons = self.cfg.consistency
+        sigmas = sigmas or default_sigmas(steps, cons.sigma_min, cons.sigma_max, cons.rho)
         return f"{len(sigmas)} step(s) at sigmas {[round(s, 4) for s in sigmas]}"

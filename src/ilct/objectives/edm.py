@@ -37,9 +37,9 @@ class EDMDiffusion(Objective):
     def sample(self, f, seed, indices, shape, steps, sigmas, device) -> torch.Tensor:
         from ilct.sampling import per_sample_noise
 
-        c = self.cfg.consistency
-        return heun_sample(f, per_sample_noise(seed, indices, shape, 1)[0].to(device), steps, c.sigma_min,
-                           c.sigma_max, c.rho)
+        cons = self.cfg.consistency
+        return heun_sample(f, per_sample_noise(seed, indices, shape, 1)[0].to(device), steps, cons.sigma_min,
+                           cons.sigma_max, cons.rho)
 
     def nfe(self, steps: int) -> int:
         return heun_nfe(steps)
