@@ -152,9 +152,10 @@ def build_student(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, t
     too the RAdam update is one compiled kernel. Seeded by the caller."""
     t = cfg.train
     model = build_model(cfg).to(device).train()
-    if t.fused_optimizer:
-        flat.flatten_(model)
+    settings = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
+    if not t.fused_optimizer:
+        return model, make_ema(model), RAdam(model.parameters(), **settings)
+    flat.flatten_(model)  # the speed path: weights, EMA and moments as flat buffers, one update kernel with compile
     ema = make_ema(model)
-    opt = RAdam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay,
-                compile=t.compile and t.fused_optimizer)
-    return model, ema, opt
+    flat.flatten_(ema)
+    return model, ema, flat.FlatRAdam(model.parameters(), compile=t.compile, **settings)

@@ -17,15 +17,11 @@ square root):
     r_t = sqrt((rho - 4)(rho - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho))
 
 `radam_update_` writes it once, with multi-tensor (foreach) ops and the device
-scalars as tensors (a per-parameter loop would launch a kernel per tensor). Two
-ways to call it:
-
-- the parameters are views of one flat buffer (ilct.flat, `train.fused_optimizer`):
-  the gradients are copied into one flat buffer, the moments are flat too, and the
-  update is a function of four flat tensors; with `compile=True` torch.compile
-  fuses it into one kernel (one pass over the weights instead of about 35);
-- any other parameters: lists of tensors, the gradients copied into one flat
-  scratch buffer with NaN/inf zeroed.
+scalars as tensors (a per-parameter loop would launch a kernel per tensor).
+`RAdam` calls it on lists of tensors, the gradients copied into one scratch buffer
+with NaN/inf zeroed. The speed path (`train.fused_optimizer`) is ilct.flat's
+`FlatRAdam`: the same formulas on flat buffers, one compiled kernel with
+`train.compile`; this module does not know about it.
 
 The state keys (`step`, `exp_avg`, `exp_avg_sq`) are torch.optim.RAdam's, so
 checkpoints of either load into the other.
@@ -37,7 +33,6 @@ import math
 
 import torch
 
-from ilct import flat as flatbuf
 
 
 def radam_update_(theta: list[torch.Tensor], g: list[torch.Tensor], m: list[torch.Tensor], v: list[torch.Tensor],
@@ -76,27 +71,14 @@ def radam_update_(theta: list[torch.Tensor], g: list[torch.Tensor], m: list[torc
     torch._foreach_add_(theta, u)
 
 
-def flat_update_(theta: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: torch.Tensor,
-                 keep: torch.Tensor, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
-    """radam_update_ on flat tensors, NaN/inf in g zeroed first (a NaN must not reach the moments, even times 0)."""
-    torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
-    radam_update_([theta], [g], [m], [v], [step], keep, lr, beta1, beta2, eps, weight_decay)
-
-
 class RAdam(torch.optim.Optimizer):
+    """The plain update over lists of tensors (ilct.flat.FlatRAdam runs the same formulas on flat buffers)."""
+
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-4,
-                 weight_decay: float = 0.0, compile: bool = False):
-        """compile: torch.compile the flat update (used when the parameters are flat, see ilct.flat)."""
+                 weight_decay: float = 0.0):
         if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid RAdam settings lr={lr} betas={betas} eps={eps} weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
-        self._flat_update = torch.compile(flat_update_, fullgraph=True, dynamic=False) if compile else flat_update_
-        # group index -> (address of its first parameter, (theta, g, m, v, step) or None if not flat)
-        self._flat: dict[int, tuple[int, tuple[torch.Tensor, ...] | None]] = {}
-
-    def load_state_dict(self, state_dict) -> None:
-        super().load_state_dict(state_dict)
-        self._flat.clear()  # the loaded moments are new tensors: gathered into flat buffers at the next step
 
     def check_state(self) -> None:
         """A loaded state that training can go on from: finite hyperparameters in range, and per parameter
@@ -121,33 +103,6 @@ class RAdam(torch.optim.Optimizer):
                 if not isinstance(step, torch.Tensor) or step.numel() != 1 or not (torch.isfinite(step) & (step >= 0)).all():
                     raise ValueError("a step count is not a finite number >= 0")
 
-    def add_param_group(self, param_group) -> None:
-        super().add_param_group(param_group)
-        if hasattr(self, "_flat"):
-            self._flat.clear()
-
-    def _flat_group(self, index: int, params: list[torch.Tensor]) -> tuple[torch.Tensor, ...] | None:
-        """(theta, g, m, v, step) flat buffers of a group whose parameters are flat views, else None.
-        The state's per-parameter moments become views of m and v; every parameter shares one step tensor."""
-        hit = self._flat.get(index)
-        if hit is not None and hit[0] == params[0].data_ptr():
-            return hit[1]
-        theta = flatbuf.flat_buffer(params)
-        found = None
-        if theta is not None:
-            m, v = torch.zeros_like(theta), torch.zeros_like(theta)
-            step = torch.zeros((), dtype=torch.float32, device=theta.device)
-            old = [self.state[p] for p in params]
-            if all(old):  # moments from before (a loaded checkpoint, or steps taken before flattening)
-                torch._foreach_copy_(flatbuf.views(m, params), [st["exp_avg"] for st in old])
-                torch._foreach_copy_(flatbuf.views(v, params), [st["exp_avg_sq"] for st in old])
-                step.copy_(old[0]["step"])
-            for p, mp, vp in zip(params, flatbuf.views(m, params), flatbuf.views(v, params)):
-                self.state[p].update(step=step, exp_avg=mp, exp_avg_sq=vp)
-            found = (theta, torch.zeros_like(theta), m, v, step)
-        self._flat[index] = (params[0].data_ptr(), found)
-        return found
-
     @torch.no_grad()
     def step(self, found_inf: torch.Tensor | None = None) -> None:  # type: ignore[override]
         """One update; with `found_inf` (a 0/1 tensor) nonzero, nothing changes."""
@@ -158,24 +113,21 @@ class RAdam(torch.optim.Optimizer):
             dev, dtype = params[0].device, params[0].dtype
             keep = torch.ones((), device=dev, dtype=dtype) if found_inf is None else 1.0 - found_inf.to(dev, dtype)
             beta1, beta2 = group["betas"]
-            hyper = (group["lr"], beta1, beta2, group["eps"], group["weight_decay"])
-            flat = self._flat_group(index, group["params"]) if len(params) == len(group["params"]) else None
-            if flat is not None:
-                theta, g, m, v, step = flat
-                torch._foreach_copy_(flatbuf.views(g, params), [p.grad for p in params])
-                self._flat_update(theta, g, m, v, step, keep, *hyper)
-                continue
-            for p in params:
-                st = self.state[p]
-                if not st:
-                    st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                elif st["step"].device != p.device:  # loaded from a torch.optim.RAdam checkpoint (CPU step)
-                    st["step"] = st["step"].to(p.device, torch.float32)
-            radam_update_(params, _own_grads([p.grad for p in params]), [self.state[p]["exp_avg"] for p in params],
-                          [self.state[p]["exp_avg_sq"] for p in params], [self.state[p]["step"] for p in params],
-                          keep, *hyper)
+            self.step_group(index, group, params, keep, (group["lr"], beta1, beta2, group["eps"], group["weight_decay"]))
+
+    def step_group(self, index: int, group: dict, params: list[torch.Tensor], keep: torch.Tensor, hyper: tuple) -> None:
+        """radam_update_ over the group's parameters, their moments and step counts (lists of tensors)."""
+        for p in params:
+            st = self.state[p]
+            if not st:
+                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            elif st["step"].device != p.device:  # loaded from a torch.optim.RAdam checkpoint (CPU step)
+                st["step"] = st["step"].to(p.device, torch.float32)
+        radam_update_(params, _own_grads([p.grad for p in params]), [self.state[p]["exp_avg"] for p in params],
+                      [self.state[p]["exp_avg_sq"] for p in params], [self.state[p]["step"] for p in params],
+                      keep, *hyper)
 
 
 def _own_grads(grads: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ilct import flat
 from ilct.autoencoders import Autoencoder, load_autoencoder
 from ilct.checkpoint import latest_checkpoint, load_weights, read_state, whole
 from ilct.config import Config, backbone_kwargs, config_from_yaml_file
@@ -46,11 +45,9 @@ def build_model(cfg: Config) -> nn.Module:
 
 
 def make_ema(model: nn.Module) -> nn.Module:
-    """A frozen copy of the model in eval mode; flat (ilct.flat) when the model's weights are."""
+    """A frozen copy of the model in eval mode."""
     ema = copy.deepcopy(model).eval()
     ema.requires_grad_(False)
-    if flat.module_buffer(model) is not None:
-        flat.flatten_(ema)
     return ema
 
 

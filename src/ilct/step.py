@@ -22,21 +22,11 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, keep: torch.Tensor | None = None) -> None:
-    """ema <- ema + (1 - decay) keep (model - ema): one lerp when both are flat (ilct.flat), else foreach ops;
-    keep = 0 (a skipped step) changes nothing."""
-    e_flat, m_flat = flat.module_buffer(ema), flat.module_buffer(model)
-    if e_flat is not None and m_flat is not None and e_flat.shape == m_flat.shape:
-        w = torch.full((), 1.0 - decay, dtype=e_flat.dtype, device=e_flat.device)
-        e_flat.lerp_(m_flat, w if keep is None else w * keep.to(w.dtype))
-        return
-    e = [p for p in ema.parameters()]
-    m = [p.detach() for p in model.parameters()]
-    if keep is None:
-        torch._foreach_lerp_(e, m, 1.0 - decay)
-    else:  # the weight is a device tensor: sub, mul, add are multi-tensor kernels (a per-tensor lerp is not)
-        d = torch._foreach_sub(m, e)
-        torch._foreach_mul_(d, (1.0 - decay) * keep.to(e[0].dtype))
-        torch._foreach_add_(e, d)
+    """ema <- ema + (1 - decay) keep (model - ema), a lerp per weight tensor (one, when the weights are one flat
+    buffer: ilct.flat); keep = 0 (a skipped step) changes nothing."""
+    for e, m in zip(*flat.weight_tensors(ema, model)):
+        w = torch.full((), 1.0 - decay, dtype=e.dtype, device=e.device)
+        e.lerp_(m, w if keep is None else w * keep.to(w.dtype))
 
 
 def training_step(
