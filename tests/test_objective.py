@@ -2,6 +2,7 @@
 
 import torch
 
+from ilct.config import MethodConfig
 from ilct.consistency.objective import consistency_training_loss, student_teacher
 from ilct.consistency.precond import ConsistencyModel
 from ilct.consistency.schedule import karras_sigmas
@@ -35,9 +36,9 @@ def test_loss_terms_and_switches():
     x, z = torch.randn(16, 4, 8, 8, generator=g) * 0.5, torch.randn(16, 4, 8, 8, generator=g)
     sig = karras_sigmas(11).float()
     i = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 8, 7, 6, 5, 4])
-    off = consistency_training_loss(model, x, z, i, sig, 11, 0.00864, "pseudo_huber", diffusion=False)
+    off = consistency_training_loss(model, x, z, i, sig, 11, 0.00864, MethodConfig("pseudo_huber", diffusion_loss=False))
     assert off.diffusion.item() == 0.0 and torch.isfinite(off.loss)
-    on = consistency_training_loss(model, x, z, i, sig, 11, 0.00864, "pseudo_huber", diffusion=True)
+    on = consistency_training_loss(model, x, z, i, sig, 11, 0.00864, MethodConfig("pseudo_huber", diffusion_loss=True))
     assert on.diffusion.item() > 0
     assert abs(on.loss.item() - (off.consistency.item() + 5.0 * on.diffusion.item())) < 1e-5
     on.loss.backward()

@@ -45,14 +45,13 @@ import torch
 
 from ilct.accel import compile_model, setup_backends
 from ilct.batches import Prefetcher
-from ilct.config import load_config
+from ilct.build import build_student as make_student, make_batch_maker
+from ilct.config import MethodConfig, load_config
 from ilct.consistency.coupling import ot_cost
 from ilct.consistency.objective import consistency_training_loss
 from ilct.consistency.schedule import karras_sigmas
-from ilct.objectives import ConsistencyTraining
+from ilct.objectives import ConsistencyTraining, make_objective
 from ilct.run import build_model, make_ema
-from ilct.objectives import make_objective
-from ilct.build import build_student as make_student, make_batch_maker
 from ilct.step import ema_update, training_step
 
 N_DATA = 2048  # synthetic latents the batches are drawn from
@@ -134,7 +133,7 @@ def count_flops(cfg, device: torch.device, latent: int, probe: int = 8) -> float
     i = torch.randint(0, N - 1, (probe,), device=device)
     counter = FlopCounterMode(display=False)
     with counter:
-        terms = consistency_training_loss(model, x, z, i, sigmas, N, 0.01, "cauchy", True)
+        terms = consistency_training_loss(model, x, z, i, sigmas, N, 0.01, MethodConfig("cauchy", diffusion_loss=True))
         terms.loss.backward()
     return counter.get_total_flops() * cfg.train.batch_size / probe
 
@@ -157,8 +156,7 @@ def reference_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: in
         i = torch.randint(0, N - 1, (t.batch_size,), generator=g).to(device)
         rows, cols = linear_sum_assignment(ot_cost(x, z).cpu().double().numpy())  # host sync
         z = z[torch.as_tensor(cols, device=device)]
-        terms = consistency_training_loss(model, x, z, i, sigmas, N, c_now, me.metric, me.diffusion_loss,
-                                          me.lambda_diff, me.diffusion_fraction, cons.sigma_data)
+        terms = consistency_training_loss(model, x, z, i, sigmas, N, c_now, me, cons.sigma_data)
         opt.zero_grad(set_to_none=True)
         terms.loss.backward()
         if bool(torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]))):

@@ -32,6 +32,7 @@ from ilct import faults
 from ilct.config import Config
 from ilct.errors import IlctError
 from ilct.files import read_json, read_tensors, save_tensors, write_text
+from ilct.runfolder import CHECKPOINTS_DIR
 
 __all__ = ["latest_checkpoint", "list_checkpoints", "load_weights", "read_json", "read_state", "read_tensors",
            "save_checkpoint", "whole"]
@@ -88,7 +89,7 @@ def save_checkpoint(
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise IlctError(f"refusing to save a checkpoint at step {step}: weights '{name}' are not finite")
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS_DIR
     final = root / f"step_{step:09d}"
     tmp = root / f".tmp_step_{step:09d}_{os.getpid()}"
     try:
@@ -141,7 +142,7 @@ def _inside(path: Path, root: Path) -> bool:
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """The run's checkpoint folders (step_XXXXXXXXX directly inside checkpoints/, nothing that leads outside)."""
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if STEP_DIR.match(p.name) and p.is_dir() and _inside(p, root))
@@ -199,7 +200,7 @@ def _pointer(root: Path) -> tuple[Path | None, str]:
 def latest_checkpoint(run_dir: Path, quiet: bool = False) -> Path | None:
     """The whole checkpoint `latest` names; if it names none (or one outside the run, or a damaged one),
     the newest whole checkpoint, with one line on stderr saying so. None if the run has no whole one."""
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS_DIR
     cand, why = _pointer(root)
     if cand is not None:
         return cand

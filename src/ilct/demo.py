@@ -16,7 +16,8 @@ import torch
 from ilct.checkpoint import latest_checkpoint
 from ilct.config import load_config
 from ilct.grid import make_grid, save_png
-from ilct.run import CONFIG_FILE, open_run
+from ilct.run import open_run
+from ilct.runfolder import CONFIG_FILE, LOG_FILE
 
 PRESET = "fmnist-ilct"
 
@@ -78,7 +79,7 @@ def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int =
         "autoencoder_test_psnr_db": ae_metrics.get("test_psnr_db"),
         "seconds": {"autoencoder": round(t_ae, 1), "train": round(t_train, 1), "total": round(time.time() - t0, 1)},
         "files": {
-            "autoencoder": str(ae_dir), "run": str(run_dir), "log": str(run_dir / "log.jsonl"), **grids,
+            "autoencoder": str(ae_dir), "run": str(run_dir), "log": str(run_dir / LOG_FILE), **grids,
         },
         "commands": {
             "more samples": f"ilct sample --run {run_dir} --steps 2 --n 64 --seed 1 --out samples.png",

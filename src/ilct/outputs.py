@@ -11,15 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ilct.errors import IlctError
+from ilct.runfolder import CHECKPOINTS_DIR, CONFIG_FILE, LOCK_FILE, RUN_FILES, STATS_FILE
 
 # Folders ilct makes, recognized by the files they hold.
 _MARKERS = {
-    "run": ("config.yaml", "latent_stats.safetensors"),
+    "run": (CONFIG_FILE, STATS_FILE),
     "checkpoint": ("state.json",),
     "autoencoder": ("config.json", "model.safetensors"),
     "latent directory": ("meta.json",),
 }
-_RUN_FILES = ("config.yaml", "latent_stats.safetensors", "log.jsonl", ".lock")
+_RUN_FILES = (*RUN_FILES, LOCK_FILE)
 
 
 def _made_by_ilct(folder: Path) -> str | None:
@@ -27,7 +28,7 @@ def _made_by_ilct(folder: Path) -> str | None:
     for what, names in _MARKERS.items():
         if all((folder / n).is_file() for n in names):
             return what
-    if folder.name == "checkpoints" and (folder / "latest").exists():
+    if folder.name == CHECKPOINTS_DIR and (folder / "latest").exists():
         return "checkpoint folder"
     return None
 

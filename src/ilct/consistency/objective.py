@@ -11,11 +11,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ilct.consistency.losses import consistency_loss, diffusion_loss, diffusion_mask
 from ilct.consistency.schedule import lambda_weight
+
+if TYPE_CHECKING:
+    from ilct.config import MethodConfig
 
 
 @dataclass
@@ -53,10 +57,7 @@ def consistency_training_loss(
     sigmas: torch.Tensor,
     N: int,
     c: float,
-    metric: str,
-    diffusion: bool,
-    lambda_diff: float = 5.0,
-    diffusion_fraction: float = 0.75,
+    method: MethodConfig,  # the metric, the diffusion-loss switch, lambda_diff and its level fraction
     sigma_data: float = 0.5,
     labels: torch.Tensor | None = None,
 ) -> LossTerms:
@@ -64,11 +65,11 @@ def consistency_training_loss(
     s_i = sigma_i.reshape(-1, *([1] * (x.ndim - 1)))
     s_next = sigma_next.reshape(-1, *([1] * (x.ndim - 1)))
     student, teacher = student_teacher(model, x + s_i * z, sigma_i, x + s_next * z, sigma_next, labels)
-    per_sample = consistency_loss(student, teacher, lambda_weight(sigma_i, sigma_next), metric, c)
+    per_sample = consistency_loss(student, teacher, lambda_weight(sigma_i, sigma_next), method.metric, c)
     cons = per_sample.mean()
-    if diffusion:
-        diff = diffusion_loss(student, x, sigma_i, diffusion_mask(i, N, diffusion_fraction), sigma_data)
-        loss = cons + lambda_diff * diff
+    if method.diffusion_loss:
+        diff = diffusion_loss(student, x, sigma_i, diffusion_mask(i, N, method.diffusion_fraction), sigma_data)
+        loss = cons + method.lambda_diff * diff
     else:
         diff = torch.zeros((), device=x.device)
         loss = cons

@@ -64,9 +64,7 @@ class ConsistencyTraining(Objective):
 
     def loss(self, model: nn.Module, batch, state: Any) -> LossTerms:
         N, sigmas, c_now = state
-        me = self.cfg.method
-        return consistency_training_loss(model, batch.x, batch.z, batch.draw, sigmas, N, c_now, me.metric,
-                                         me.diffusion_loss, me.lambda_diff, me.diffusion_fraction,
+        return consistency_training_loss(model, batch.x, batch.z, batch.draw, sigmas, N, c_now, self.cfg.method,
                                          self.cfg.consistency.sigma_data, batch.y)
 
     def sample(self, f, seed, indices, shape, steps, sigmas, device) -> torch.Tensor:
