@@ -86,16 +86,9 @@ def _train_config(args):
     if args.config is None:
         if not args.resume:
             raise IlctError("--config is required unless --resume is given")
-        from ilct.config import config_from_yaml_file, merge_raw, parse_overrides, from_dict
-        from ilct.runfolder import CONFIG_FILE
+        from ilct.runfolder import saved_config
 
-        from ilct.runfolder import check_out_dir
-
-        path = check_out_dir(args.out) / CONFIG_FILE
-        if not path.is_file():
-            raise IlctError(f"--resume: {args.out} holds no run (no {CONFIG_FILE})")
-        saved = config_from_yaml_file(path)
-        return from_dict(merge_raw(saved.to_dict(), parse_overrides(overrides)))
+        return saved_config(args.out, overrides)  # checked against the run again by resume_config
     return load_config(args.config, overrides)
 
 
@@ -139,9 +132,8 @@ def cmd_sample(args) -> int:
 
     from ilct.grid import make_grid, save_npz, save_png
     from ilct.run import open_run
-    from ilct.sampling import default_sigmas, generate
-
     from ilct.outputs import check_output
+    from ilct.sampling import check_request, default_sigmas, generate
 
     _at_least(args, 1, "steps", "n", "batch_size", "scale")
     _seed(args)
@@ -150,20 +142,9 @@ def cmd_sample(args) -> int:
     check_output(args.out, (".png",), "--out", inputs)
     if args.npz:
         check_output(args.npz, (".npz",), "--npz", inputs)
-    K = run.cfg.model.num_classes
-    if args.cls is not None and K <= 0:
-        raise IlctError(f"--class: {args.run} is not class-conditional (model.num_classes = 0)")
-    if args.cls is not None and not 0 <= args.cls < K:
-        raise IlctError(f"--class must lie in 0..{K - 1}, got {args.cls}")
-    T = run.cfg.model.text_dim
-    if args.prompt is not None and T <= 0:
-        raise IlctError(f"--prompt: {args.run} is not text-conditional (model.text_dim = 0)")
+    check_request(run.cfg, args.cls, args.prompt is not None, args.guidance)
     if args.prompt is not None and not args.prompt.strip():
         raise IlctError("--prompt is empty")
-    if args.guidance != 1.0 and args.cls is None and args.prompt is None:
-        raise IlctError("--guidance needs --class or --prompt")
-    if args.guidance < 0:
-        raise IlctError(f"--guidance must be >= 0, got {args.guidance}")
     cons = run.cfg.consistency
     taus = _parse_tau(args.tau, args.steps)
     from ilct.objectives import make_objective
@@ -179,8 +160,8 @@ def cmd_sample(args) -> int:
         from ilct.text import TextEncoder
 
         text = TextEncoder(args.text_encoder or None).embed([args.prompt])
-        if text.shape[1] != T:
-            raise IlctError(f"--prompt: the text encoder gives {text.shape[1]}-d embeddings, the run wants {T}")
+        if text.shape[1] != run.cfg.model.text_dim:
+            raise IlctError(f"--prompt: the text encoder gives {text.shape[1]}-d embeddings, the run wants {run.cfg.model.text_dim}")
     with torch.inference_mode():
         images = generate(run.model, run.autoencoder, run.stats, run.cfg, args.n, args.steps, args.seed,
                           args.batch_size, sigmas, progress=_progress(args), labels=args.cls, guidance=args.guidance,

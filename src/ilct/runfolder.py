@@ -148,6 +148,16 @@ def _changed_keys(a: Config, b: Config) -> list[str]:
     return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k]]
 
 
+def saved_config(run_dir: str | Path, overrides: list[str]) -> Config:
+    """The run's own config with `--set` overrides applied (`ilct train --resume` without --config)."""
+    from ilct.config import from_dict, merge_raw, parse_overrides
+
+    path = check_out_dir(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise IlctError(f"--resume: {run_dir} holds no run (no {CONFIG_FILE})")
+    return from_dict(merge_raw(config_from_yaml_file(path).to_dict(), parse_overrides(overrides)))
+
+
 def resume_config(cfg: Config, run_dir: Path) -> Config:
     """The run's own config, with the run-time keys the user gives now; other differences are refused."""
     if not (run_dir / CONFIG_FILE).is_file():

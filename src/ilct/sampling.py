@@ -35,6 +35,27 @@ def sample_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+def check_request(cfg, labels, has_text: bool, guidance: float) -> None:
+    """What a sampling request asks of the run: class labels (one, or one per sample) only from a
+    class-conditional run and in 0..K-1; text only from a text-conditional one; a guidance weight >= 0, and
+    other than 1 only with a condition. Raises IlctError (for `ilct sample` and `generate` alike)."""
+    from ilct.errors import IlctError
+
+    K, T = cfg.model.num_classes, cfg.model.text_dim
+    if labels is not None:
+        if K <= 0:
+            raise IlctError("class labels (--class) given, but the run is not class-conditional (model.num_classes = 0)")
+        y = np.asarray(labels)
+        if y.size == 0 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= K:
+            raise IlctError(f"class labels (--class) must lie in 0..{K - 1}, got {labels}")
+    if has_text and T <= 0:
+        raise IlctError("a prompt (--prompt) given, but the run is not text-conditional (model.text_dim = 0)")
+    if guidance < 0:
+        raise IlctError(f"the guidance weight (--guidance) must be >= 0, got {guidance}")
+    if guidance != 1.0 and labels is None and not has_text:
+        raise IlctError("a guidance weight (--guidance) needs a condition: --class or --prompt")
+
+
 def per_sample_noise(seed: int, indices: range | list[int], shape: tuple[int, ...], draws: int) -> list[torch.Tensor]:
     """draws x (B, *shape) standard normal tensors; sample j's come from its own generator."""
     per = []
@@ -124,16 +145,10 @@ def generate(
     objective = make_objective(cfg)  # how `steps` (and `sigmas`) are sampled: consistency steps, Heun steps, ...
     shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
     device = next(model.parameters()).device
-    K = cfg.model.num_classes
-    if labels is not None and K <= 0:
-        raise ValueError("labels given, but the model is not class-conditional (model.num_classes = 0)")
-    if K > 0:
+    check_request(cfg, labels, text is not None, guidance)
+    K, T = cfg.model.num_classes, cfg.model.text_dim
+    if K > 0:  # the null class K draws unconditionally
         y_all = np.full(n, K, dtype=np.int64) if labels is None else np.array(np.broadcast_to(np.asarray(labels, np.int64), (n,)))
-        if ((y_all < 0) | (y_all > K)).any():
-            raise ValueError(f"class labels must lie in 0..{K - 1}")
-    T = cfg.model.text_dim
-    if text is not None and T <= 0:
-        raise ValueError("text given, but the model is not text-conditional (model.text_dim = 0)")
     if T > 0:
         e = torch.zeros(1, T) if text is None else torch.as_tensor(text, dtype=torch.float32).reshape(-1, T)
         if e.shape[0] not in (1, n):
