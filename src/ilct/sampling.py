@@ -164,6 +164,6 @@ def generate(
         elif T > 0:
             y = e_all[start:start + len(idx)].contiguous().to(device)
             f = guided(model, y, guidance if text is not None else 1.0, 0)
-        z = objective.sample(f, seed, idx, shape, steps, sigmas, device)
-        out.append(to_uint8(autoencoder.decode(stats.denormalize(z, cons.sigma_data).to(device))))
+        x0 = objective.sample(f, seed, idx, shape, steps, sigmas, device)  # generated, normalized latents
+        out.append(to_uint8(autoencoder.decode(stats.denormalize(x0, cons.sigma_data).to(device))))
     return np.concatenate(out)

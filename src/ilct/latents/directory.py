@@ -15,7 +15,8 @@ its posterior (`posterior="sample"`), eps for latent j drawn from its own
 generator seeded by (seed, j): the same latents whatever the batch size or a resume. The
 statistics are accumulated in float64 from the shards.
 
-Normalization (METHOD.md section 3, authors' code): z = sigma_d (latent - m) / s.
+Normalization (METHOD.md section 3, authors' code): x = sigma_d (latent - m) / s, the data x the model
+trains on (METHOD.md writes z for it there and for the noise; in ilct, z is only the noise).
 The latent cache used by `ilct train` is a latent directory under
 `$ILCT_CACHE/latents/<key>`, the key naming the autoencoder and the dataset.
 """
@@ -52,12 +53,12 @@ class LatentStats:
     latent_set: str = ""  # the latents they were computed from: "dataset|count" ("" = not recorded)
 
     def normalize(self, latent: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
-        """z = sigma_d (latent - m) / s."""
+        """x = sigma_d (latent - m) / s (normalized data, std sigma_d)."""
         return sigma_data * (latent - self.mean.to(latent.device)) / self.std.to(latent.device)
 
-    def denormalize(self, z: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
-        """latent = z s / sigma_d + m (the inverse of normalize)."""
-        return z * self.std.to(z.device) / sigma_data + self.mean.to(z.device)
+    def denormalize(self, x: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
+        """latent = x s / sigma_d + m (the inverse of normalize)."""
+        return x * self.std.to(x.device) / sigma_data + self.mean.to(x.device)
 
     @classmethod
     def of(cls, latents: torch.Tensor) -> "LatentStats":
