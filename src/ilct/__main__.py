@@ -1,5 +1,16 @@
+"""`python -m ilct`: SIGINT/SIGTERM are recorded from the first line (an import cut short would print a
+traceback), then ilct.cli.main takes them over."""
+
+import signal
 import sys
 
-from ilct.cli import main
+_received: list[int] = []
+for _sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(_sig, lambda signum, frame: _received.append(signum))
 
+from ilct.cli import main  # noqa: E402  (after the handlers)
+
+if _received:
+    print(f"ilct: interrupted by signal {_received[0]}; nothing was trained", file=sys.stderr)
+    sys.exit(128 + _received[0])
 sys.exit(main())

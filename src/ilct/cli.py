@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 
 from ilct.errors import IlctError
-from ilct.runfolder import CHECKPOINTS_DIR
 
 
 def _progress(args) -> bool:
@@ -108,7 +107,7 @@ def cmd_train(args) -> int:
 def _run_inputs(run_dir, cfg) -> tuple[Path, ...]:
     """The folders a command that reads a run must never write into: its checkpoints, its autoencoder
     and its latents (the run's own top-level files are protected by ilct.outputs in any case)."""
-    paths = [Path(run_dir) / CHECKPOINTS_DIR]
+    paths = [Path(run_dir) / "checkpoints"]  # runfolder.CHECKPOINTS_DIR (not imported here: cli loads fast)
     for value in (cfg.autoencoder.path, cfg.data.latents):
         if value and Path(value).is_dir():
             paths.append(Path(value))
@@ -282,7 +281,7 @@ def cmd_analyze(args) -> int:
     out = check_out_dir(args.out)
     lat = LatentDir(args.latents)
     name = check_file_name(args.name, "--name") if args.name is not None else lat.path.name
-    protected = (lat.path,) + ((Path(args.run) / CHECKPOINTS_DIR,) if args.run else ())
+    protected = (lat.path,) + ((Path(args.run) / "checkpoints",) if args.run else ())
     for suffix in (".json", "_boxplot.png"):
         check_output(out / f"{name}{suffix}", (suffix,), "--out/--name", protected)
     if args.run and any(N < 2 for N in args.levels):
@@ -353,7 +352,7 @@ def cmd_eval(args) -> int:
     if args.json:
         from ilct.outputs import check_output
 
-        check_output(args.json, (".json",), "--json", (Path(args.run) / CHECKPOINTS_DIR,))
+        check_output(args.json, (".json",), "--json", (Path(args.run) / "checkpoints",))
     if args.ref_n is not None and args.ref_n < 0:
         raise IlctError("--ref-n must be >= 0 (0 = all reference images)")
     taus = _parse_float_list(args.tau, "--tau")

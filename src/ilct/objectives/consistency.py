@@ -26,6 +26,7 @@ class ConsistencyTraining(Objective):
         super().__init__(cfg)
         self._levels: dict[tuple[int, str], tuple[int, torch.Tensor, float]] = {}
         self._probs: dict[int, torch.Tensor] = {}
+        self._grids: dict[int, torch.Tensor] = {}
 
     def wrap(self, net: nn.Module) -> nn.Module:
         cons = self.cfg.consistency
@@ -36,14 +37,21 @@ class ConsistencyTraining(Objective):
         cons = self.cfg.consistency
         return num_levels(k, self.cfg.train.total_steps, cons.s0, cons.s1)
 
+    def grid(self, N: int) -> torch.Tensor:
+        """The N Karras sigmas (float64, CPU), built once per N for the levels and their probabilities."""
+        if N not in self._grids:
+            cons = self.cfg.consistency
+            self._grids[N] = karras_sigmas(N, cons.sigma_min, cons.sigma_max, cons.rho)
+        return self._grids[N]
+
     def levels(self, N: int, device: torch.device) -> tuple[int, torch.Tensor, float]:
         """(N, the N Karras sigmas in fp32 on device, c(N)), cached per N and device."""
         key = (N, str(device))
         if key not in self._levels:
             cons, m = self.cfg.consistency, self.cfg.model
-            sigmas = karras_sigmas(N, cons.sigma_min, cons.sigma_max, cons.rho).to(device, torch.float32)
             D = m.in_channels * m.input_size**2
-            self._levels[key] = (N, sigmas, scaling_c(N, D, cons.s0, self.cfg.method.adaptive_c, cons.c_scale))
+            self._levels[key] = (N, self.grid(N).to(device, torch.float32),
+                                 scaling_c(N, D, cons.s0, self.cfg.method.adaptive_c, cons.c_scale))
         return self._levels[key]
 
     def state(self, k: int, device: torch.device) -> tuple[int, torch.Tensor, float]:
@@ -58,8 +66,7 @@ class ConsistencyTraining(Objective):
         N = self.N(k)
         if N not in self._probs:
             cons = self.cfg.consistency
-            sig = karras_sigmas(N, cons.sigma_min, cons.sigma_max, cons.rho).double()
-            self._probs[N] = level_probabilities(sig, cons.p_mean, cons.p_std).float()
+            self._probs[N] = level_probabilities(self.grid(N), cons.p_mean, cons.p_std).float()
         return sample_levels(self._probs[N], batch_size, g)
 
     def loss(self, model: nn.Module, batch, state: Any) -> LossTerms:
