@@ -243,9 +243,11 @@ def test_presets_differ_from_their_ilct_counterparts_in_the_objective_only():
 
 
 def test_two_gloo_ranks_match_one_process(mf_run, tmp_path):
+    # class-conditional with guidance: label dropout from the draw and the guidance forward run under DDP too;
+    # two steps, because DDP rebuilds its gradient buckets in the second step's forward (docs/method.md)
     from test_distributed import torchrun
 
-    cfg = tiny_meanflow(tmp_path, total_steps=2, log_every=1, sample_every=0, ckpt_every=2)
+    cfg = tiny_meanflow(tmp_path, "fmnist-meanflow-class", total_steps=2, log_every=1, sample_every=0, ckpt_every=2)
     args = lambda out: train_args(cfg, mf_run["ae"], mf_run["data"], out, mf_run["cache"],  # noqa: E731
                                   "--set", "model.dropout=0.0")
     assert main(args(tmp_path / "one")) == 0
