@@ -391,3 +391,28 @@ def test_jvp_through_ddp_averages_the_gradients_of_the_ranks(tmp_path):
     mean = (local[0] + local[1]) / 2
     for k in range(2):
         torch.testing.assert_close(torch.load(tmp_path / f"rank{k}.pt"), mean, rtol=1e-4, atol=1e-6)
+
+
+def test_the_model_runs_the_jvp_in_its_forward_when_given_a_tangent():
+    # (so that a DDP wrapper's forward work stays outside torch.func.jvp: ilct.objectives.meanflow calls it so)
+    torch.manual_seed(0)
+    model = MeanFlowModel(open_dit(build_dit("DiT-T/4", 8, 4, two_times=True, num_classes=3))).eval()
+    y = torch.tensor([0, 2])
+    z, v = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    r, t = times(2, dtype=torch.float32)
+    u, du_dt = model(z, r, t, y, tangent=v)
+    u_ref, tgt_ref = meanflow_target(lambda z_, r_, t_: model(z_, r_, t_, y), z, r, t, v)
+    assert torch.equal(u, u_ref) and u.requires_grad
+    torch.testing.assert_close(v - (t - r)[:, None, None, None] * du_dt, tgt_ref, rtol=0, atol=0)
+    _, via_model = meanflow_target(None, z, r, t, v, jvp=lambda z_, r_, t_, v_: model(z_, r_, t_, y, tangent=v_))
+    assert torch.equal(via_model, tgt_ref)
+
+
+def test_the_cauchy_metric_has_the_gradient_of_the_adaptive_one_with_c_2c_squared():
+    # d/dr log(1 + r / (2 c^2)) = 1 / (r + 2 c^2): meanflow.metric=cauchy with c is adaptive (p = 1) with 2 c^2
+    u = torch.randn(3, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    tgt = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    c = 0.03
+    (g_cauchy,) = torch.autograd.grad(meanflow_loss(u, tgt, "cauchy", c=c).sum(), u)
+    (g_adaptive,) = torch.autograd.grad(meanflow_loss(u, tgt, "adaptive", p=1.0, c=2 * c**2).sum(), u)
+    assert torch.allclose(g_cauchy, g_adaptive, rtol=1e-12, atol=0)

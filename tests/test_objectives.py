@@ -80,7 +80,7 @@ def test_a_new_objective_is_one_class_and_one_registry_line(tmp_path, tiny_autoe
     assert main(train_args(tiny_config(tmp_path), tiny_autoencoder, fake_fmnist, tmp_path / "x", tmp_path / "cache",
                            "--set", "train.objective=nope")) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "train.objective must be one of consistency, edm, xpred" in err[0]
+    assert len(err) == 1 and "train.objective must be one of consistency, edm, meanflow, xpred" in err[0]
 
 
 def test_the_built_model_is_the_objectives_parameterization(monkeypatch):
@@ -89,9 +89,11 @@ def test_the_built_model_is_the_objectives_parameterization(monkeypatch):
     from ilct.edm import EDMDenoiser
     from ilct.run import build_model
 
+    from ilct.flowmap.meanflow import MeanFlowModel
+
     monkeypatch.setitem(OBJECTIVES, "xpred", XPrediction)
     kinds = {}
-    for name in ("consistency", "edm", "xpred"):
-        cfg = load_config("fmnist-ilct", [f"train.objective={name}", "model.in_channels=4", "model.input_size=8"])
+    for name in ("consistency", "edm", "xpred", "meanflow"):
+        cfg = load_config("fmnist-ict", [f"train.objective={name}", "model.in_channels=4", "model.input_size=8"])
         kinds[name] = type(build_model(cfg))
-    assert kinds == {"consistency": ConsistencyModel, "edm": EDMDenoiser, "xpred": XPredModel}
+    assert kinds == {"consistency": ConsistencyModel, "edm": EDMDenoiser, "xpred": XPredModel, "meanflow": MeanFlowModel}

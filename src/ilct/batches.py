@@ -2,7 +2,7 @@
 
 Every random draw of step k comes from its own generator, seeded by (seed, k):
 the data indices, the noise z, and the objective's per-sample draw (the levels i
-of consistency training, the log-normal draws u of EDM: `Objective.draw`). So any step's batch can be made anywhere and in advance, a
+of consistency training, the log-normal draws u of EDM, MeanFlow's times: `Objective.draw`). So any step's batch can be made anywhere and in advance, a
 resumed run draws exactly what an uninterrupted one would, and the ranks of a
 `torchrun` job draw the same global batch and each keep their slice of it.
 
@@ -40,7 +40,8 @@ def step_seed(seed: int, step: int, stream: int = 0) -> int:
 class Batch:
     x: torch.Tensor  # (b, C, H, W) normalized data latents
     z: torch.Tensor  # (b, C, H, W) noise, reordered by the OT coupling when it is on
-    draw: torch.Tensor  # (b,) the objective's per-sample draw (consistency: level indices i; EDM: u ~ N(0, 1))
+    draw: torch.Tensor  # (b, ...) the objective's per-sample draw (consistency: level indices i; EDM: u ~ N(0, 1);
+    #                    MeanFlow: (b, 3) times r, t and the label-dropout uniform)
     y: torch.Tensor | None  # (b,) class labels (or caption embeddings), when the model is conditional
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":

@@ -22,13 +22,15 @@ from ilct.objectives import Objective, make_objective
 from ilct.optim import RAdam
 from ilct.run import build_model, load_latents, make_ema
 from ilct.runfolder import STATS_FILE
+from ilct.warmstart import warm_start
 
 IN_MEMORY_BYTES = 4 << 30  # latent sets up to 4 GiB are loaded whole
 
 
 def absolute_paths(cfg: Config) -> None:
     """Local paths in the config become absolute, so a run directory works from any folder."""
-    for section, key in (("autoencoder", "path"), ("data", "root"), ("data", "latents"), ("data", "cache_dir")):
+    for section, key in (("autoencoder", "path"), ("data", "root"), ("data", "latents"), ("data", "cache_dir"),
+                         ("train", "init_from")):
         value = getattr(getattr(cfg, section), key)
         if value and Path(value).exists():
             setattr(getattr(cfg, section), key, str(Path(value).resolve()))
@@ -146,12 +148,20 @@ def make_batch_maker(cfg: Config, objective: Objective, gather, n_data: int, sha
                       cfg.method.ot_coupling and objective.couples_noise, rank, world)
 
 
-def build_student(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, RAdam]:
+def build_student(cfg: Config, device: torch.device, init: bool = True,
+                  quiet: bool = False) -> tuple[torch.nn.Module, torch.nn.Module, RAdam]:
     """The network in training mode, its EMA copy and the optimizer; with `train.fused_optimizer` the
     weights (and so the EMA's and the moments) are flat buffers (ilct.flat), and with `train.compile`
-    too the RAdam update is one compiled kernel. Seeded by the caller."""
+    too the RAdam update is one compiled kernel. Seeded by the caller. With `train.init_from` (and `init`:
+    the run starts at step 0, not from a checkpoint of its own) the backbone starts from that run's EMA
+    weights (ilct.warmstart; one line printed unless `quiet`)."""
     t = cfg.train
-    model = build_model(cfg).to(device).train()
+    model = build_model(cfg)
+    if t.init_from and init:
+        line = warm_start(model, cfg)
+        if not quiet:
+            print(line, flush=True)
+    model = model.to(device).train()
     settings = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
     if not t.fused_optimizer:
         return model, make_ema(model), RAdam(model.parameters(), **settings)

@@ -95,10 +95,29 @@ class MethodConfig:
 
 
 @dataclass
+class MeanFlowConfig:
+    """MeanFlow (METHOD.md section 7; read with train.objective = meanflow, else it keeps these defaults)."""
+
+    p_mean: float = -0.4  # times: sigmoid(p_mean + p_std N(0, 1)), two draws, t = max and r = min
+    p_std: float = 1.0
+    equal_fraction: float = 0.75  # share of samples with r = t (flow matching); the paper's best
+    derivative: str = "jvp"  # du/dt: jvp (one forward-mode pass) | finite_difference (central, step fd_eps)
+    fd_eps: float = 1.0e-3
+    metric: str = "adaptive"  # adaptive: sg(w) ||Delta||^2, w = 1/(||Delta||^2 + c)^p | l2 | cauchy (technique 1)
+    p: float = 1.0  # the adaptive weight's power (0: plain L2)
+    c: float = 1.0e-3  # the adaptive weight's c, and the Cauchy metric's c
+    guidance_w: float = 1.0  # guidance trained in: v -> w v + (1 - w - kappa) u(z,t,t | null) + kappa u(z,t,t | y)
+    guidance_kappa: float = 0.0  # (w = 1, kappa = 0: the unguided v; label-dropped samples always keep v)
+    time_scale: float = 1.0  # S: the network's time inputs are S t and S (t - r)
+    two_step_m: float = 0.5  # the intermediate time of 2-step sampling: 1 -> m -> 0
+
+
+@dataclass
 class TrainConfig:
     """Optimizer, budget and run-time settings (METHOD.md section 3, Optimizer)."""
 
-    objective: str = "consistency"  # a name from ilct.objectives.OBJECTIVES: consistency | edm (Heun-sampled reference)
+    objective: str = "consistency"  # a name from ilct.objectives.OBJECTIVES: consistency | edm (Heun-sampled reference) | meanflow
+    init_from: str = ""  # warm start: a run folder whose latest EMA backbone weights this run starts from ("" = fresh)
     total_steps: int = 400_000
     batch_size: int = 128
     lr: float = 1e-4
@@ -130,6 +149,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    meanflow: MeanFlowConfig = field(default_factory=MeanFlowConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,6 +168,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.mlp_act": ("gelu", "relu"),
     "autoencoder.kind": ("builtin", "taesd", "diffusers"),
     "method.metric": ("cauchy", "cauchy_element", "pseudo_huber", "l2", "geman_mcclure"),
+    "meanflow.derivative": ("jvp", "finite_difference"),
+    "meanflow.metric": ("adaptive", "l2", "cauchy"),
     "train.precision": ("fp32", "bf16"),
 }
 
@@ -324,12 +346,8 @@ def validate(cfg: Config) -> None:
         if value not in allowed:
             raise IlctError(f"config: {name} must be one of {', '.join(allowed)}, got {value!r}")
 
-    from ilct.objectives import OBJECTIVES  # late import: the registry lives with the objectives
-
-    if cfg.train.objective not in OBJECTIVES:
-        raise IlctError(f"config: train.objective must be one of {', '.join(OBJECTIVES)}, got {cfg.train.objective!r}")
     _validate_arch(cfg)
-    cons, m, t, d, me = cfg.consistency, cfg.model, cfg.train, cfg.data, cfg.method
+    cons, m, t, d, me, mf = cfg.consistency, cfg.model, cfg.train, cfg.data, cfg.method, cfg.meanflow
     need(d.resolution >= 8, "data.resolution", "must be at least 8")
     need(m.in_channels is None or m.in_channels >= 1, "model.in_channels", "must be positive")
     need(m.input_size is None or m.input_size >= 1, "model.input_size", "must be positive")
@@ -351,6 +369,16 @@ def validate(cfg: Config) -> None:
     need(abs(cons.p_mean) <= 100 and cons.p_std <= 100, "consistency.p_mean", "and p_std must lie within 100")
     need(me.lambda_diff >= 0, "method.lambda_diff", "must be >= 0")
     need(0.0 <= me.diffusion_fraction <= 1.0, "method.diffusion_fraction", "must be in [0, 1]")
+    need(abs(mf.p_mean) <= 100, "meanflow.p_mean", "must lie within 100")
+    need(0 < mf.p_std <= 100, "meanflow.p_std", "must be in (0, 100]")
+    need(0.0 <= mf.equal_fraction <= 1.0, "meanflow.equal_fraction", "must be in [0, 1]")
+    need(0 < mf.fd_eps <= 0.1, "meanflow.fd_eps", "must be in (0, 0.1]")
+    need(0 <= mf.p <= 10, "meanflow.p", "must be in [0, 10]")
+    need(0 < mf.c <= 1e3, "meanflow.c", "must be in (0, 1e3]")
+    need(0 < mf.guidance_w <= 100, "meanflow.guidance_w", "must be in (0, 100]")
+    need(0 <= mf.guidance_kappa < 1, "meanflow.guidance_kappa", "must be in [0, 1)")
+    need(0 < mf.time_scale <= 1e4, "meanflow.time_scale", "must be in (0, 1e4]")
+    need(0 < mf.two_step_m < 1, "meanflow.two_step_m", "must be in (0, 1)")
     need(t.compile or not t.cuda_graphs, "train.cuda_graphs", "needs train.compile=true")
     need(t.precision == "bf16" or not t.bf16_residual, "train.bf16_residual", "needs train.precision=bf16")
     need(1 <= t.total_steps <= MAX_STEPS, "train.total_steps", f"must be in 1..{MAX_STEPS} (9-digit checkpoint names)")
@@ -372,6 +400,37 @@ def validate(cfg: Config) -> None:
     dev = t.device
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "train.device",
          "must be auto, cpu, cuda or cuda:N")
+    _validate_objective(cfg)
+
+
+def _validate_objective(cfg: Config) -> None:
+    """train.objective is in the registry; a section another objective owns keeps its defaults, as do the
+    method.* switches that do not apply to this one; then the objective's own cross-field checks."""
+    from ilct.objectives import OBJECTIVES  # late import: the registry lives with the objectives
+
+    name, default = cfg.train.objective, Config()
+    if name not in OBJECTIVES:
+        raise IlctError(f"config: train.objective must be one of {', '.join(OBJECTIVES)}, got {name!r}")
+    chosen = OBJECTIVES[name]
+    for owner, cls in OBJECTIVES.items():
+        if cls.section and owner != name:
+            for key in _section_types(type(getattr(default, cls.section))):
+                f = f"{cls.section}.{key}"
+                if _field(cfg, f) != _field(default, f):
+                    raise IlctError(f"config: {f} applies to train.objective {owner}, not {name}, "
+                                    f"got {_field(cfg, f)!r}; leave it at {_field(default, f)!r}")
+    if chosen.method_switches is not None:
+        for key in _section_types(MethodConfig):
+            f = f"method.{key}"
+            if key not in chosen.method_switches and _field(cfg, f) != _field(default, f):
+                raise IlctError(f"config: {f} does not apply to train.objective {name} (its method switches: "
+                                f"{', '.join(chosen.method_switches)}), got {_field(cfg, f)!r}; leave it at {_field(default, f)!r}")
+    takes = _backbone_takes(cfg.model.arch)
+    for option in chosen.backbone_options():
+        if option not in takes:
+            raise IlctError(f"config: train.objective {name} needs the backbone option {option!r}, "
+                            f"which model.arch {cfg.model.arch} does not take")
+    chosen.check_config(cfg)
 
 
 def _field(cfg: Config, name: str) -> Any:
@@ -393,12 +452,20 @@ def _validate_arch(cfg: Config) -> None:
                             f"got {_field(cfg, name)!r}; leave it at {_field(default, name)!r}")
 
 
-def backbone_kwargs(cfg: Config) -> dict[str, Any]:
-    """The keyword options of cfg's backbone, for ilct.nets.build_backbone (only those it takes)."""
+def _backbone_takes(arch: str) -> frozenset[str]:
     from ilct.nets import backbone_options
 
-    takes = backbone_options(cfg.model.arch)
-    return {option: _field(cfg, name) for name, option in BACKBONE_OPTIONS.items() if option in takes}
+    return backbone_options(arch)
+
+
+def backbone_kwargs(cfg: Config) -> dict[str, Any]:
+    """The keyword options of cfg's backbone, for ilct.nets.build_backbone (only those it takes), with those
+    the objective sets (two time inputs for MeanFlow: `Objective.backbone_options`)."""
+    from ilct.objectives import OBJECTIVES
+
+    takes = _backbone_takes(cfg.model.arch)
+    options = {option: _field(cfg, name) for name, option in BACKBONE_OPTIONS.items() if option in takes}
+    return {**options, **OBJECTIVES[cfg.train.objective].backbone_options()}
 
 
 # --------------------------------------------------------------------------- public API

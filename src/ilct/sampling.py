@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ilct.consistency.schedule import karras_sigmas
+from ilct.nets.embedders import null_condition
 
 # The authors' 2-step setting: index 22 of a 40-level Karras grid (tau ~ 1.39).
 TWO_STEP_GRID, TWO_STEP_INDEX = 40, 22
@@ -74,8 +75,7 @@ def guided(model, labels: torch.Tensor, w: float, null_label: int):
     """
     if w == 1.0:
         return lambda x, sigma, _labels=None: model(x, sigma, labels)
-    # the null condition: the null class, or (caption embeddings) the zero vector
-    null = torch.zeros_like(labels) if labels.is_floating_point() else torch.full_like(labels, null_label)
+    null = null_condition(labels, null_label)  # the null class, or (caption embeddings) the zero vector
 
     def f(x: torch.Tensor, sigma: torch.Tensor, _labels=None) -> torch.Tensor:
         if w == 0.0:
@@ -160,10 +160,10 @@ def generate(
         f = model
         if K > 0:
             y = torch.from_numpy(np.ascontiguousarray(y_all[start:start + len(idx)])).to(device)
-            f = guided(model, y, guidance, K) if labels is not None else guided(model, y, 1.0, K)
+            f = objective.condition(model, y, guidance if labels is not None else 1.0, K)
         elif T > 0:
             y = e_all[start:start + len(idx)].contiguous().to(device)
-            f = guided(model, y, guidance if text is not None else 1.0, 0)
+            f = objective.condition(model, y, guidance if text is not None else 1.0, 0)
         x0 = objective.sample(f, seed, idx, shape, steps, sigmas, device)  # generated, normalized latents
         out.append(to_uint8(autoencoder.decode(stats.denormalize(x0, cons.sigma_data).to(device))))
     return np.concatenate(out)

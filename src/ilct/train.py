@@ -97,6 +97,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     """Check and build everything, then (rank 0, holding the lock) write a new run or restore the newest
     checkpoint. Nothing is written before every input has been checked."""
     main = dist.main
+    absolute_paths(cfg)  # (before the comparison with a resumed run's config, which holds absolute paths)
     cfg = resume_config(cfg, run_dir) if resume else cfg
     if not resume:
         check_new_run_dir(run_dir, force)
@@ -104,7 +105,8 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     setup_backends(device)
     data = build_data(cfg, run_dir, resume, allow_other[0], progress, dist, device, allow_other[1])
     torch.manual_seed(cfg.train.seed)  # the initial weights, equal on every rank
-    model, ema, opt = build_student(cfg, device)
+    at_step_0 = not resume or ckpt.latest_checkpoint(run_dir, quiet=True) is None  # then train.init_from applies
+    model, ema, opt = build_student(cfg, device, init=at_step_0, quiet=not main)
     # ---- everything is checked: from here on the run folder is written, by this process alone
     if main:
         lock.acquire()
@@ -226,8 +228,8 @@ def _loop(run: Run, stop: StopFlag, progress: bool) -> TrainResult:
             if is_log:
                 now, mean, fields = time.time(), policy.mean_terms(), objective.log_fields(state)
                 last_loss = mean[0]
-                out.log({"step": step, **fields, "loss": mean[0], "consistency": mean[1], "diffusion": mean[2],
-                         "nonfinite_total": policy.total,
+                terms = {name: value for name, value in zip(objective.term_names, mean[1:]) if name}
+                out.log({"step": step, **fields, "loss": mean[0], **terms, "nonfinite_total": policy.total,
                          "img_per_s": round(n_logged * t.batch_size / max(now - t_log, 1e-9), 1),
                          "elapsed_s": round(now - t_start, 1)})
                 bar.set_postfix(**{key: (f"{v:.3g}" if isinstance(v, float) else v) for key, v in fields.items()},

@@ -136,18 +136,27 @@ def meanflow_target(
     v: torch.Tensor,
     method: str = "jvp",
     eps: float = 1e-3,
+    jvp: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(u, u_tgt): u = u_fn(z, r, t) with gradient, u_tgt = sg(v - (t - r) (v . d_z u + d_t u)).
 
     v is the velocity of the path at z (the conditional e - x, or the guided velocity of
-    `guided_velocity`); it is also the tangent of z in the total derivative. For a DDP-wrapped
-    network, u_fn must call the wrapped module (through .module the ranks' gradients are never
-    averaged), and (torch 2.13) DDP must be built with broadcast_buffers=False, as ilct.train does,
-    and without find_unused_parameters or static_graph: torch.func.jvp refuses the in-place buffer
-    sync of DDP's forward and the autograd.Function those two options wrap the output in.
+    `guided_velocity`); it is also the tangent of z in the total derivative. `jvp(z, r, t, v)`, when
+    given, returns (u, du/dt) in place of `total_derivative_jvp(u_fn, ...)`: a MeanFlowModel called
+    with tangent=v, which runs the JVP inside its forward.
+
+    For a DDP-wrapped network the JVP must go through the wrapped module (through .module the ranks'
+    gradients are never averaged), and (torch 2.13) DDP must be built with broadcast_buffers=False,
+    as ilct.train does, and without find_unused_parameters or static_graph: torch.func.jvp refuses
+    the in-place buffer sync of DDP's forward and the autograd.Function those two options wrap the
+    output in. Best call the wrapper with the tangent (`jvp=lambda z, r, t, v: ddp(z, r, t, y,
+    tangent=v)`): DDP's own forward work then stays outside the transform. With u_fn = ddp the JVP
+    wraps DDP's forward, which works for one step only: on the second, DDP rebuilds its gradient
+    buckets inside the forward, under the transform, and fails ("Cannot access data pointer of
+    Tensor that doesn't have storage").
     """
     if method == "jvp":
-        u, du_dt = total_derivative_jvp(u_fn, z, r, t, v)
+        u, du_dt = jvp(z, r, t, v) if jvp is not None else total_derivative_jvp(u_fn, z, r, t, v)
     elif method == "finite_difference":
         u, du_dt = total_derivative_fd(u_fn, z, r, t, v, eps)
     else:
@@ -250,7 +259,13 @@ class MeanFlowModel(nn.Module):
         self.time_scale = time_scale
 
     def forward(
-        self, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+        tangent: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """u (B, C, H, W); with `tangent` v: (u, du/dt), one JVP at (z, r, t) with tangent (v, 0, 1)
+        (`total_derivative_jvp`), run inside this forward so that a DDP wrapper's own forward work stays
+        outside the transform (see `meanflow_target`)."""
+        if tangent is not None:
+            return total_derivative_jvp(lambda z_, r_, t_: self.forward(z_, r_, t_, cond), z, r, t, tangent)
         u = self.net(z, self.time_scale * t, cond, t2=self.time_scale * (t - r))
         return u.to(torch.float32)  # the target maths stay in fp32 under autocast

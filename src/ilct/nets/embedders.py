@@ -34,6 +34,12 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(self.sinusoid(t, self.freq_dim))
 
 
+def null_condition(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The null condition shaped like y: the null class `num_classes` for labels (B,), zero rows for
+    caption embeddings (B, text_dim) (what label / caption dropout trains, and guidance samples with)."""
+    return torch.zeros_like(y) if y.is_floating_point() else torch.full_like(y, num_classes)
+
+
 class LabelEmbedder(nn.Module):
     """Class labels -> vectors; index num_classes is the null class used by label dropout."""
 

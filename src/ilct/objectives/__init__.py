@@ -5,10 +5,12 @@ from __future__ import annotations
 from ilct.objectives.base import LossTerms, Objective
 from ilct.objectives.consistency import ConsistencyTraining
 from ilct.objectives.edm import EDMDiffusion
+from ilct.objectives.meanflow import MeanFlow
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "consistency": ConsistencyTraining,
     "edm": EDMDiffusion,
+    "meanflow": MeanFlow,
 }
 
 
@@ -17,4 +19,4 @@ def make_objective(cfg) -> Objective:
     return OBJECTIVES[cfg.train.objective](cfg)
 
 
-__all__ = ["OBJECTIVES", "ConsistencyTraining", "EDMDiffusion", "LossTerms", "Objective", "make_objective"]
+__all__ = ["OBJECTIVES", "ConsistencyTraining", "EDMDiffusion", "LossTerms", "MeanFlow", "Objective", "make_objective"]

@@ -26,9 +26,29 @@ class Objective(ABC):
     couples_noise: bool = True  # whether method.ot_coupling pairs data and noise for this objective
     grid_steps: int = 1  # steps of the periodic sample grids written during training
     takes_tau: bool = True  # whether multistep sampling takes intermediate sigmas (--tau)
+    term_names: tuple[str | None, str | None] = ("consistency", "diffusion")  # the log's names of LossTerms' main
+    #                                                                       and auxiliary terms (None: not logged)
+    time_inputs: int = 1  # time inputs of the backbone: 1 (sigma), or 2 (MeanFlow's t and t - r)
+    drops_condition: bool = False  # the objective drops labels / captions to the null itself (the backbone does not)
+    section: str | None = None  # a config section that only this objective reads (elsewhere it keeps its defaults)
+    method_switches: tuple[str, ...] | None = None  # the method.* switches that apply (None: all of them)
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
+
+    @classmethod
+    def backbone_options(cls) -> dict[str, Any]:
+        """Options of the backbone (ilct.nets.build_backbone) that the objective sets, beyond the config's."""
+        options: dict[str, Any] = {}
+        if cls.time_inputs == 2:
+            options["two_times"] = True
+        if cls.drops_condition:
+            options["class_dropout"] = 0.0  # model.class_dropout is applied by the objective's loss instead
+        return options
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Cross-field checks of a config that trains with this objective (IlctError naming the field)."""
 
     @abstractmethod
     def wrap(self, net: nn.Module) -> nn.Module:
@@ -54,6 +74,13 @@ class Objective(ABC):
     def sample(self, f, seed: int, indices: range, shape: tuple[int, ...], steps: int, sigmas: list[float] | None,
                device: torch.device) -> torch.Tensor:
         """Normalized latents of samples `indices` (sample j's noise seeded by (seed, j)) in `steps` steps."""
+
+    def condition(self, model: nn.Module, cond: torch.Tensor, w: float, null_index: int):
+        """What `sample` evaluates for condition `cond` (labels or caption embeddings) at guidance weight w:
+        by default classifier-free guidance of f(x, sigma) (ilct.sampling.guided)."""
+        from ilct.sampling import guided
+
+        return guided(model, cond, w, null_index)
 
     def nfe(self, steps: int) -> int:
         """Network evaluations of `steps` sampling steps."""

@@ -1,0 +1,121 @@
+"""MeanFlow as an objective (Geng et al. 2025; METHOD.md section 7; the maths in ilct.flowmap.meanflow).
+
+A step draws, per sample, the times (r, t) (logit-normal, r = t with probability meanflow.equal_fraction)
+and a uniform that decides whether the sample is trained with the null condition (label / caption
+dropout at rate model.class_dropout: the objective drops, not the backbone, because it must know which
+samples keep the unguided velocity). The loss:
+
+    z_t, v  = (1 - t) x + t e,  e - x                x: data, e: the batch's noise (OT-paired when method.ot_coupling)
+    v~      = w v + (1 - w - kappa) u(z_t, t, t | null) + kappa u(z_t, t, t | y)   guidance trained in (no gradient);
+              v itself where w = 1, kappa = 0, for unconditional models and for label-dropped samples
+    u, u_tgt = u_theta(z_t, r, t), sg(v~ - (t - r) (v~ d_z u + d_t u))           one JVP (or a central difference)
+    loss    = mean over the batch of the metric of Delta = u - u_tgt (adaptive | l2 | cauchy)
+
+The JVP runs through the model as the step passes it: the DDP wrapper under torchrun, so the backward
+through u all-reduces; the model is called with the tangent, so the JVP runs inside the wrapped forward
+(ilct.flowmap.meanflow.meanflow_target says why). Sampling walks z_r = z_t - (t - r) u from
+noise in 1 step, 2 steps (through meanflow.two_step_m) or n uniform steps; guidance is trained in, so
+sampling takes no guidance weight, and no intermediate sigmas (--tau).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ilct.consistency.losses import squared_residual
+from ilct.errors import IlctError
+from ilct.flowmap.meanflow import (MeanFlowModel, flow_path, guided_velocity, meanflow_loss, meanflow_sample,
+                                   meanflow_target, per_sample, sample_times, sampling_times)
+from ilct.nets.embedders import null_condition
+from ilct.objectives.base import LossTerms, Objective
+
+
+class MeanFlow(Objective):
+    name = "meanflow"
+    takes_tau = False
+    term_names = ("delta_sq", None)  # the log's main term: the unweighted mean ||Delta||^2 (the adaptive loss sits near 1)
+    time_inputs = 2  # u_theta(z, r, t): the backbone sees t and t - r
+    drops_condition = True
+    section = "meanflow"
+    method_switches = ("ot_coupling", "nsln")  # techniques 3 and 5; technique 1 is meanflow.metric: cauchy
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        mf, m = cfg.meanflow, cfg.model
+        if mf.guidance_w == 1.0 and mf.guidance_kappa == 0.0:
+            return
+        if m.num_classes == 0 and m.text_dim == 0:
+            raise IlctError(f"config: meanflow.guidance_w / guidance_kappa guide toward a condition: they need a class- "
+                            f"or text-conditional model (model.num_classes or model.text_dim), got w = "
+                            f"{mf.guidance_w}, kappa = {mf.guidance_kappa}")
+        if m.class_dropout == 0:
+            raise IlctError("config: meanflow.guidance_w / guidance_kappa need model.class_dropout > 0 "
+                            "(the null condition they guide away from must be trained), got 0.0")
+
+    def wrap(self, net: nn.Module) -> nn.Module:
+        return MeanFlowModel(net, self.cfg.meanflow.time_scale)
+
+    def draw(self, k: int, batch_size: int, g: torch.Generator) -> torch.Tensor:
+        """(B, 3): r, t (ilct.flowmap.meanflow.sample_times) and a uniform; below model.class_dropout
+        the sample is trained with the null condition."""
+        mf = self.cfg.meanflow
+        r, t = sample_times(batch_size, g, mf.p_mean, mf.p_std, mf.equal_fraction)
+        return torch.stack([r, t, torch.rand(batch_size, generator=g)], dim=1)
+
+    def conditions(self, batch) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """(the condition the model is trained with, the batch's own condition, which samples were dropped to
+        the null); all None for an unconditional model."""
+        y = batch.y
+        if y is None:
+            return None, None, None
+        dropped = batch.draw[:, 2] < self.cfg.model.class_dropout  # (b,)
+        y_in = torch.where(dropped.reshape(-1, *([1] * (y.ndim - 1))), null_condition(y, self.cfg.model.num_classes), y)
+        return y_in, y, dropped
+
+    def velocity(self, model: nn.Module, z: torch.Tensor, t: torch.Tensor, v: torch.Tensor, y: torch.Tensor | None,
+                 dropped: torch.Tensor | None) -> torch.Tensor:
+        """The training velocity v~: guided where meanflow.guidance_w / kappa ask for it, v for the dropped samples."""
+        mf = self.cfg.meanflow
+        if y is None or (mf.guidance_w == 1.0 and mf.guidance_kappa == 0.0):
+            return v
+        null = null_condition(y, self.cfg.model.num_classes)
+        with torch.no_grad():  # the instantaneous velocities u(z_t, t, t | .), in one forward
+            if mf.guidance_kappa:
+                u_null, u_cond = model(torch.cat([z, z]), torch.cat([t, t]), torch.cat([t, t]),
+                                       torch.cat([null, y])).chunk(2)
+            else:
+                u_null, u_cond = model(z, t, t, null), None
+        g = guided_velocity(v, u_null, mf.guidance_w, mf.guidance_kappa, u_cond)
+        return torch.where(per_sample(dropped, v), v, g)
+
+    def loss(self, model: nn.Module, batch, state: Any) -> LossTerms:
+        """(the loss, the unweighted mean ||Delta||^2, 0)."""
+        mf = self.cfg.meanflow
+        r, t = batch.draw[:, 0], batch.draw[:, 1]
+        y_in, y, dropped = self.conditions(batch)
+        z, v = flow_path(batch.x, batch.z, t)
+        v = self.velocity(model, z, t, v, y, dropped)
+        u, u_tgt = meanflow_target(lambda z_, r_, t_: model(z_, r_, t_, y_in), z, r, t, v, mf.derivative, mf.fd_eps,
+                                   jvp=lambda z_, r_, t_, v_: model(z_, r_, t_, y_in, tangent=v_))
+        loss = meanflow_loss(u, u_tgt, mf.metric, mf.p, mf.c).mean()
+        return LossTerms(loss, squared_residual(u.detach(), u_tgt).mean(), torch.zeros((), device=batch.x.device))
+
+    def condition(self, model: nn.Module, cond: torch.Tensor, w: float, null_index: int):
+        if w != 1.0:
+            mf = self.cfg.meanflow
+            raise IlctError(f"--guidance: a meanflow run has its guidance trained in (meanflow.guidance_w = "
+                            f"{mf.guidance_w:g}, guidance_kappa = {mf.guidance_kappa:g}); sample it with guidance 1")
+        return lambda z, r, t: model(z, r, t, cond)
+
+    def sample(self, f, seed, indices, shape, steps, sigmas, device) -> torch.Tensor:
+        from ilct.sampling import per_sample_noise
+
+        e = per_sample_noise(seed, indices, shape, 1)[0].to(device)
+        return meanflow_sample(f, e, steps, self.cfg.meanflow.two_step_m)
+
+    def describe(self, steps: int, sigmas: list[float] | None) -> str:
+        times = sampling_times(steps, self.cfg.meanflow.two_step_m)
+        return f"{steps} step(s) at times {[round(s, 4) for s in times]}"
