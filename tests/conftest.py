@@ -112,3 +112,18 @@ def crashed_copy(run: Path, to: Path, last: int, back_to: int) -> Path:
     shutil.rmtree(to / "checkpoints" / f"step_{last:09d}")
     (to / "checkpoints" / "latest").write_text(f"step_{back_to:09d}\n")
     return to
+
+
+def fixed_net_and_inputs(build, name: str, **kwargs):
+    """A class-conditional backbone (build(name, 8, 4, ...), eval mode) with every weight drawn from a seeded
+    generator, and fixed inputs: (net, x, t, y) for golden-value tests of the DiT and the UNet."""
+    import torch
+
+    torch.manual_seed(0)
+    net = build(name, 8, 4, num_classes=10, **kwargs).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    x = torch.randn(3, 4, 8, 8, generator=g)
+    return net, x, torch.tensor([0.5, -200.0, 300.0]), torch.tensor([1, 2, 10])

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import fixed_net_and_inputs
 from ilct.nets.dit import DIT_SIZES, NonScalingLayerNorm, build_dit
 
 
@@ -162,14 +163,7 @@ DEFAULT_OUT_SUM, DEFAULT_OUT_ABS_SUM = 69.41523146256804, 380.51993410661817
 
 
 def _fixed_net_and_inputs(**kwargs):
-    torch.manual_seed(0)
-    net = build_dit("DiT-T/2", 8, 4, num_classes=10, **kwargs).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    x = torch.randn(3, 4, 8, 8, generator=g)
-    return net, x, torch.tensor([0.5, -200.0, 300.0]), torch.tensor([1, 2, 10])
+    return fixed_net_and_inputs(build_dit, "DiT-T/2", **kwargs)
 
 
 @torch.no_grad()

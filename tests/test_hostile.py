@@ -134,9 +134,7 @@ def edit_json(path: Path, change) -> None:
 
 
 def state(w, name, change):
-    run = w.copy(name)
-    edit_json(run / "checkpoints" / CKPT / "state.json", change)
-    return run
+    return edit_json_run(w, name, "state.json", change)
 
 
 def tensors(path: Path, change) -> None:

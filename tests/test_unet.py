@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import assert_guidance_interpolates
+from conftest import assert_guidance_interpolates, fixed_net_and_inputs
 from ilct.checkpoint import latest_checkpoint, read_tensors
 from ilct.cli import main
 from ilct.config import load_config
@@ -92,14 +92,7 @@ def test_blocks_and_attention_follow_the_size():
 
 
 def _fixed_net_and_inputs(**kwargs):
-    torch.manual_seed(0)
-    net = build_unet("ADM-T", 8, 4, num_classes=10, **kwargs).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    x = torch.randn(3, 4, 8, 8, generator=g)
-    return net, x, torch.tensor([0.5, -200.0, 300.0]), torch.tensor([1, 2, 10])
+    return fixed_net_and_inputs(build_unet, "ADM-T", **kwargs)
 
 
 GOLDEN_KEYS_SHA256 = "cf3036d1d6e97474f70006b9f6414a579143b6806c3152239e734f374deae14f"
