@@ -227,3 +227,5 @@ def test_objectives_tiny_run_trains_evaluates_and_reports(tmp_path, tiny_autoenc
     for row in (meanflow, warm):
         assert row["latents"] == "builtin" and row["seconds"] > 0
         assert set(row["fid"]) == set(row["recall"]) == {"1", "2"} and all(np.isfinite(list(row["fid"].values())))
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "fig.png").stat().st_size > 0
