@@ -157,3 +157,75 @@ def test_unet_vs_dit_tiny_run(tmp_path, tiny_autoencoder, fake_fmnist):
     for row in (dit, unet):
         assert list(row["losses"]) == ["2", "4"] and all(np.isfinite(v) for v in row["losses"].values())
         assert row["seconds"] > 0 and (Path(row["run"]) / "checkpoints").is_dir()
+
+
+def objectives_script() -> str:
+    return str(ROOT / "benchmarks" / "quality" / "objectives.py")
+
+
+def test_objectives_dry_run_lists_each_rows_settings_seeds_and_the_halved_warm_start(tmp_path):
+    proc = subprocess.run([sys.executable, objectives_script(), "--latents", "builtin", "--autoencoder", "ae",
+                           "--work", str(tmp_path), "--dry-run", "--steps", "11"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    trains = [line.split() for line in proc.stdout.splitlines() if " train " in line]
+    by_run = {Path(c[c.index("--out") + 1]).name: c for c in trains}
+    sets = {run: [c[i + 1] for i, a in enumerate(c) if a == "--set"] for run, c in by_run.items()}
+    preset = {run: c[c.index("--config") + 1] for run, c in by_run.items()}
+    expected = {"ict": ("fmnist-ict", []), "ilct": ("fmnist-ilct", []), "meanflow": ("fmnist-meanflow", []),
+                "meanflow+cauchy+ot": ("fmnist-meanflow", ["meanflow.metric=cauchy", "method.ot_coupling=true"]),
+                "meanflow+cauchy+ot+nsln": ("fmnist-meanflow", ["meanflow.metric=cauchy", "method.ot_coupling=true",
+                                                                "method.nsln=true"]),
+                "edm-heun": ("fmnist-ilct", ["train.objective=edm"])}
+    assert sorted(by_run) == sorted(["ict_s0", "ict_s1", "ilct_s0", "ilct_s1", "meanflow_s0", "meanflow_s1",
+                                     "meanflow+cauchy+ot_s0", "meanflow+cauchy+ot+nsln_s0", "edm-heun_s0",
+                                     "edm-then-ilct.edm_s0", "edm-then-ilct_s0"])
+    common = {"train.sample_every=0", "train.ckpt_every=11", "train.log_every=1", "train.total_steps=11"}
+    for run, c in sets.items():
+        row, seed = run.rsplit("_s", 1)
+        assert f"train.seed={seed}" in c
+        if row in expected:
+            assert preset[run] == expected[row][0] and set(c) - common - {f"train.seed={seed}"} == {
+                f"data.latents={tmp_path / 'builtin' / 'latents'}", *expected[row][1]}, (run, c)
+    # the warm start: 5 EDM steps on fmnist-ilct, then 6 steps of fmnist-ilct from that run: 11 in all
+    edm, then = sets["edm-then-ilct.edm_s0"], sets["edm-then-ilct_s0"]
+    assert preset["edm-then-ilct.edm_s0"] == preset["edm-then-ilct_s0"] == "fmnist-ilct"
+    assert "train.objective=edm" in edm and "train.total_steps=5" in edm
+    assert "train.total_steps=6" in then and not any(s.startswith("train.objective") for s in then)
+    assert f"train.init_from={tmp_path / 'builtin' / 'runs' / 'edm-then-ilct.edm_s0'}" in then
+    lines = proc.stdout.splitlines()
+    assert lines.index(" ".join(by_run["edm-then-ilct_s0"])) > lines.index(" ".join(by_run["edm-then-ilct.edm_s0"]))
+    evals = [line for line in lines if " eval " in line]
+    assert len(evals) == 10 and all("--steps 1,2" in e for e in evals if "edm-heun" not in e)
+    assert any("edm-heun_s0" in e and "--steps 18" in e for e in evals)
+    timed = subprocess.run([sys.executable, objectives_script(), "--latents", "builtin", "--autoencoder", "ae", "--rows",
+                            "edm-then-ilct", "--work", str(tmp_path), "--dry-run", "--seconds", "60", "--probe", "7"],
+                           capture_output=True, text=True)
+    assert timed.returncode == 0, timed.stderr
+    probes = [line for line in timed.stdout.splitlines() if "/calibration/" in line]
+    assert len(probes) == 2 and all("train.total_steps=7" in p and "init_from" not in p for p in probes)
+
+
+def test_objectives_tiny_run_trains_evaluates_and_reports(tmp_path, tiny_autoencoder, fake_fmnist):
+    from test_eval import PoolDetector
+
+    import torch
+
+    detector = tmp_path / "inception-2015-12-05.pt"
+    torch.jit.script(PoolDetector()).save(str(detector))
+    out = tmp_path / "objectives.json"
+    proc = subprocess.run([sys.executable, objectives_script(), "--tiny", "--latents", "builtin", "--autoencoder",
+                           str(tiny_autoencoder), "--data-dir", str(fake_fmnist), "--rows", "meanflow,edm-then-ilct",
+                           "--seeds", "0", "--features", "inception", "--inception-weights", str(detector),
+                           "--cache-dir", str(tmp_path / "cache"), "--work", str(tmp_path / "work"), "--out", str(out),
+                           "--figure", str(tmp_path / "fig.png")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert "objectives.py" in report["command"] and report["machine"]
+    meanflow, warm = report["rows"]
+    assert (meanflow["name"], meanflow["seed"], meanflow["steps"]) == ("meanflow", 0, 4)
+    assert warm["name"] == "edm-then-ilct" and warm["phase_steps"] == {"edm-then-ilct.edm_s0": 2, "edm-then-ilct_s0": 2}
+    for row in (meanflow, warm):
+        assert row["latents"] == "builtin" and row["seconds"] > 0
+        assert set(row["fid"]) == set(row["recall"]) == {"1", "2"} and all(np.isfinite(list(row["fid"].values())))
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "fig.png").stat().st_size > 0
