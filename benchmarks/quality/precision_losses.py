@@ -28,6 +28,17 @@ import torch
 DEFAULT_SETTINGS = "train.precision=fp32;train.precision=bf16;train.precision=bf16 train.bf16_residual=true"
 
 
+def write_report(what: str, device: str, rows: list[dict], out: str) -> None:
+    """The JSON report of a training benchmark (also used by unet_vs_dit.py): what, the device, torch, the
+    command and the rows; nothing is written without `out`."""
+    if not out:
+        return
+    report = {"what": what, "device": device if device != "cpu" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
+              "torch": torch.__version__, "command": "python " + " ".join(sys.argv), "rows": rows}
+    with open(out, "w") as f:
+        json.dump(report, f, indent=1)
+
+
 def losses(run: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
@@ -78,12 +89,8 @@ def main() -> None:
         row["last5_mean_loss"] = round(sum(row["losses"][k] for k in last) / len(last), 3)
         print(f"{row['setting']:45s} {row['vs_first']['mean_abs_rel_diff']:16.3g} "
               f"{row['vs_first']['max_abs_rel_diff']:8.3g} {row['last5_mean_loss']:17.3f}")
-    report = {"what": "logged training losses (fmnist-ilct) per setting, compared with the first setting's",
-              "device": args.device if args.device != "cpu" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
-              "torch": torch.__version__, "command": "python " + " ".join(sys.argv), "rows": rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+    write_report("logged training losses (fmnist-ilct) per setting, compared with the first setting's",
+                 args.device, rows, args.out)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,12 @@ run for the tests: 4 steps of DiT-T/4 against ADM-T at batch 8.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import importlib.util
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
 
 PRESET = "fmnist-ilct"
 
@@ -41,9 +39,16 @@ def parameters(arch: str) -> tuple[int, str]:
     return sum(p.numel() for p in net.parameters()), backbone_family(arch)
 
 
-def losses(run: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+def _shared():
+    """precision_losses.py, for its `losses` and `write_report` (benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("precision_losses", Path(__file__).resolve().with_name("precision_losses.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+shared = _shared()
+losses = shared.losses
 
 
 def train(arch: str, args: argparse.Namespace, work: Path) -> dict:
@@ -88,12 +93,8 @@ def main() -> None:
     print(f"{'arch':10s} {'family':6s} {'parameters':>12s} {'seconds':>8s} {'last-5 mean loss':>17s}")
     for r in rows:
         print(f"{r['arch']:10s} {r['family']:6s} {r['parameters']:12,d} {r['seconds']:8.1f} {r['last5_mean_loss']:17.4f}")
-    report = {"what": f"{PRESET} with a DiT and an ADM UNet at an equal step budget ({args.steps} steps), same seed",
-              "device": args.device if args.device != "cpu" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
-              "torch": torch.__version__, "command": "python " + " ".join(sys.argv), "rows": rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+    shared.write_report(f"{PRESET} with a DiT and an ADM UNet at an equal step budget ({args.steps} steps), same seed",
+                        args.device, rows, args.out)
 
 
 if __name__ == "__main__":
