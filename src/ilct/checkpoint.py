@@ -85,7 +85,10 @@ def save_checkpoint(
     rng: dict[str, torch.Tensor],
     state: dict[str, Any],
     keep: int = 3,
+    protect: int | None = None,
 ) -> Path:
+    """Write step `step` atomically, point `latest` at it, and delete all but the newest `keep` checkpoints
+    (the checkpoint of step `protect`, the best one by FID, is never deleted)."""
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise IlctError(f"refusing to save a checkpoint at step {step}: weights '{name}' are not finite")
@@ -119,7 +122,8 @@ def save_checkpoint(
             raise IlctError(f"cannot write checkpoint {final}: {e.strerror or e} (earlier checkpoints are intact)") from None
         raise
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if protect is None or old.name != f"step_{protect:09d}":
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

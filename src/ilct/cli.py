@@ -358,9 +358,9 @@ def cmd_eval(args) -> int:
     taus = _parse_float_list(args.tau, "--tau")
     result = evaluate_run(args.run, steps, args.n, args.seed, args.features, args.inception_weights,
                           Path(args.cache_dir) if args.cache_dir else None, args.batch_size, args.device, _progress(args),
-                          args.checkpoint, taus=taus, ref_n=args.ref_n)
+                          args.checkpoint, taus=taus, ref_n=args.ref_n, split=args.split)
     print(f"features: {result['features']}")
-    print(f"reference: {result['reference']}")
+    print(f"reference: {result['reference']}, {args.split} split")
     for row in result["rows"]:
         how = f"{row['steps']} step(s)" + (f", tau {row['tau']:g}" if row["tau"] is not None else "")
         print(f"{how}: FID {row['fid']:.3f}  precision {row['precision']:.3f}  recall {row['recall']:.3f}  (n = {args.n})")
@@ -417,6 +417,9 @@ def add_eval_parser(sub, fmt) -> None:
     v.add_argument("--ref-n", type=int, help="reference images for the FID statistics: the first N of the "
                    "reference set, all if fewer; 0 = all (default: 50,000 for an image folder, all for the "
                    "built-in datasets)")
+    v.add_argument("--split", default="train", choices=["train", "test"],
+                   help="the real images' split (Fashion-MNIST): train, the field's convention for FID, or test, for "
+                        "final numbers when checkpoints were chosen on train (train.fid_every); default train")
     v.add_argument("--n", type=int, default=10000, help="generated samples per step count")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--json", help="write the results here (replaced atomically; never a file of a run, checkpoint, "

@@ -140,6 +140,12 @@ class TrainConfig:
     keep_checkpoints: int = 3
     num_sample_images: int = 64  # images in the periodic 1-step grids
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
+    # choosing a checkpoint without the test set (ilct.metrics.monitor): FID of fid_n EMA samples every
+    # fid_every steps against the training split's statistics; the best step is kept and named in best.json
+    fid_every: int = 0  # 0 = off
+    fid_n: int = 1000  # samples per measurement
+    fid_features: str = "fmnist"  # fmnist (the Fashion-MNIST classifier, trained once and cached) | inception
+    fid_inception_weights: str = ""  # with fid_features=inception: a TorchScript FID Inception file
 
 
 @dataclass
@@ -199,6 +205,10 @@ RUNTIME_KEYS = frozenset(
         "train.ckpt_every",
         "train.keep_checkpoints",
         "train.num_sample_images",
+        "train.fid_every",
+        "train.fid_n",
+        "train.fid_features",
+        "train.fid_inception_weights",
         "data.cache_dir",
         "data.root",
         "data.latents",
@@ -397,6 +407,11 @@ def validate(cfg: Config) -> None:
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
     need(t.num_sample_images >= 1, "train.num_sample_images", "must be >= 1")
     need(t.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1")
+    need(t.fid_every >= 0, "train.fid_every", "must be >= 0 (0 = off)")
+    need(10 <= t.fid_n <= 1_000_000, "train.fid_n", "must be in 10..1,000,000")
+    need(t.fid_features in ("fmnist", "inception"), "train.fid_features", "must be fmnist or inception")
+    need(t.fid_features != "inception" or not t.fid_every or bool(t.fid_inception_weights),
+         "train.fid_inception_weights", "must name a TorchScript FID Inception file when fid_features=inception")
     dev = t.device
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "train.device",
          "must be auto, cpu, cuda or cuda:N")

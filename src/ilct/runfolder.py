@@ -30,7 +30,8 @@ LOG_FILE = "log.jsonl"
 SAMPLES_DIR = "samples"
 CHECKPOINTS_DIR = "checkpoints"
 LOCK_FILE = ".lock"
-RUN_FILES = (CONFIG_FILE, STATS_FILE, LOG_FILE)
+BEST_FILE = "best.json"  # the best step by FID on the training split (train.fid_every, ilct.metrics.monitor)
+RUN_FILES = (CONFIG_FILE, STATS_FILE, LOG_FILE, BEST_FILE)
 RUN_DIRS = (SAMPLES_DIR, CHECKPOINTS_DIR)
 
 

@@ -64,6 +64,7 @@ class Run:
     policy: NonFinitePolicy
     dist: distributed.Dist
     device: torch.device
+    monitor: Any = None  # rank 0's FidMonitor when train.fid_every is set (ilct.metrics.monitor)
 
 
 def train(
@@ -107,6 +108,11 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     torch.manual_seed(cfg.train.seed)  # the initial weights, equal on every rank
     at_step_0 = not resume or ckpt.latest_checkpoint(run_dir, quiet=True) is None  # then train.init_from applies
     model, ema, opt = build_student(cfg, device, init=at_step_0, quiet=not main)
+    monitor = None
+    if main and cfg.train.fid_every:  # the feature extractor and the training split's statistics (cached)
+        from ilct.metrics.monitor import FidMonitor
+
+        monitor = FidMonitor(cfg, run_dir, resume, progress)
     # ---- everything is checked: from here on the run folder is written, by this process alone
     if main:
         lock.acquire()
@@ -131,7 +137,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
         (run_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
     stop.raise_if_stopped()  # a signal during start-up's writes: nothing trained yet
     policy = NonFinitePolicy(device, cfg.train.max_nonfinite, state.get("nonfinite_total", 0), state.get("lr_halved", False))
-    return Run(cfg, run_dir, data, model, ema, opt, state.get("step", 0), policy, dist, device)
+    return Run(cfg, run_dir, data, model, ema, opt, state.get("step", 0), policy, dist, device, monitor)
 
 
 def _student(run: Run) -> torch.nn.Module:
@@ -169,8 +175,23 @@ class _Outputs:
             ckpt.save_checkpoint(r.run_dir, step, r.model, r.ema, r.opt, rng_tensors,
                                  {"nonfinite_total": r.policy.total, "lr_halved": r.policy.lr_halved,
                                   "arch": r.cfg.model.arch, "world_size": r.dist.world, "rng": rng_scalars, **extra},
-                                 keep=r.cfg.train.keep_checkpoints)
+                                 keep=r.cfg.train.keep_checkpoints, protect=r.monitor and r.monitor.best and r.monitor.best.step)
         distributed.barrier(r.dist)
+
+    def fid(self, step: int, saving: bool) -> dict | None:
+        """train.fid_every: FID on the training split. A new best is checkpointed here unless this step is
+        saved anyway (`saving`; then the caller writes best.json after its save). Every rank joins: the
+        save synchronizes them."""
+        r = self.run
+        record = r.monitor.measure(r.ema, r.data.ae, r.data.stats, step) if self.main else None
+        if record:
+            self.log(record)
+        new_best = distributed.any_rank(r.dist, bool(record and record["new_best"]), r.device)
+        if new_best and not saving:
+            self.save(step)
+            if self.main:
+                r.monitor.record_best()
+        return record
 
     def grid(self, step: int) -> None:
         r = self.run
@@ -211,7 +232,8 @@ def _loop(run: Run, stop: StopFlag, progress: bool) -> TrainResult:
             is_log = step % t.log_every == 0 or step == t.total_steps
             is_ckpt = step % t.ckpt_every == 0 and step != t.total_steps
             is_grid = bool(t.sample_every) and step % t.sample_every == 0 and step != t.total_steps
-            if not (is_log or is_ckpt or is_grid or stopping):
+            is_fid = bool(t.fid_every) and (step % t.fid_every == 0 or step == t.total_steps)
+            if not (is_log or is_ckpt or is_grid or is_fid or stopping):
                 continue
             bad_now, roll_back = policy.check()
             if bad_now:
@@ -237,8 +259,13 @@ def _loop(run: Run, stop: StopFlag, progress: bool) -> TrainResult:
                 n_logged, t_log = 0, now
             if is_grid:
                 out.grid(step)
+            fid = out.fid(step, saving=is_ckpt) if is_fid else None
+            if fid:
+                bar.set_postfix(fid=f"{fid['fid']:.3g}", best=fid["best_step"], loss=f"{last_loss:.4g}")
             if is_ckpt:
                 out.save(step)
+                if fid and fid["new_best"]:
+                    run.monitor.record_best()
             if stopping and step != t.total_steps:
                 if step % t.ckpt_every:
                     out.save(step)
@@ -264,6 +291,7 @@ def _finish(run: Run, out: _Outputs, last_loss: float, t_start: float) -> TrainR
     latest = ckpt.latest_checkpoint(run.run_dir)
     if latest is None or latest.name != f"step_{end_step:09d}":
         out.save(end_step, replica_digests=digests)
+    if not (run.run_dir / SAMPLES_DIR / f"step_{end_step:09d}.png").is_file():
         out.grid(end_step)
     return TrainResult(run.run_dir, end_step, last_loss, time.time() - t_start, run.policy.total)
 

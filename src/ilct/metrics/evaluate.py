@@ -120,16 +120,26 @@ def eval_points(steps: list[int], taus: list[float] | None, cfg) -> list[EvalPoi
     return points
 
 
-def reference_set(features: str, cfg, fm_root: str, ref_n: int | None) -> ImageDataset:
-    """The real images: Fashion-MNIST train for the classifier features, else the run's own data;
-    the first ref_n of them (all when ref_n is 0 or the set is smaller). ref_n None: 50,000 for an
-    image folder, all images of the built-in datasets (the protocol of the numbers in docs/)."""
+SPLITS = ("train", "test")
+
+
+def reference_set(features: str, cfg, fm_root: str, ref_n: int | None, split: str = "train") -> ImageDataset:
+    """The real images: Fashion-MNIST `split` for the classifier features, else the run's own data (its
+    `split` for Fashion-MNIST; other datasets have one split, train); the first ref_n of them (all when
+    ref_n is 0 or the set is smaller). ref_n None: 50,000 for an image folder, all images of the built-in
+    datasets (the protocol of the numbers in docs/)."""
     from ilct.data import load_dataset
     from ilct.data.images import Subset
 
     d = cfg.data
+    if split not in SPLITS:
+        raise IlctError(f"--split must be train or test, got {split!r}")
     if features == "fmnist":
-        reference = load_dataset("fashion_mnist", fm_root, "train", 32)
+        reference = load_dataset("fashion_mnist", fm_root, split, 32)
+    elif d.dataset == "fashion_mnist":
+        reference = load_dataset(d.dataset, d.root, split, d.resolution, d.rgb)
+    elif split != "train":
+        raise IlctError(f"--split {split}: the {d.dataset} dataset has no test split (use --features fmnist or --split train)")
     else:
         reference = load_dataset(d.dataset, d.root, d.split, d.resolution, d.rgb, d.labels_from_subfolders)
     if ref_n is None:
@@ -151,6 +161,7 @@ def evaluate_run(
     checkpoint: str | None = None,
     taus: list[float] | None = None,
     ref_n: int | None = None,
+    split: str = "train",
 ) -> dict:
     """FID, precision and recall per sampler setting (eval_points), against the reference set.
 
@@ -165,17 +176,19 @@ def evaluate_run(
 
     if ref_n is not None and ref_n < 0:
         raise IlctError(f"--ref-n must be >= 0 (0 = all), got {ref_n}")
+    if split not in SPLITS:
+        raise IlctError(f"--split must be train or test, got {split!r}")
     cache_dir = cache_dir or default_cache_dir()
     run = open_run(run_dir, checkpoint, device=device)
     points = eval_points(steps, taus, run.cfg)
     d, cons = run.cfg.data, run.cfg.consistency
     fm_root = d.root if d.dataset == "fashion_mnist" else DEFAULT_ROOT
     extract = make_extractor(features, cache_dir, fm_root, inception_weights, progress)
-    reference = reference_set(features, run.cfg, fm_root, ref_n)
+    reference = reference_set(features, run.cfg, fm_root, ref_n, split)
     real = reference_features(extract, reference, cache_dir, progress)
     out: dict = {"fid": {}, "precision": {}, "recall": {}, "rows": [], "n": n, "seed": seed, "features": extract.name,
                  "features_fingerprint": extract.fingerprint(), "reference": f"{reference.name} ({len(reference)} images)",
-                 "reference_n": len(reference), "samples": "uint8 arrays straight from the decoder (no image files)",
+                 "reference_n": len(reference), "split": split, "samples": "uint8 arrays straight from the decoder (no image files)",
                  "run": str(run_dir), "checkpoint": str(run.checkpoint), "step": run.step}
     if features == "fmnist":
         out["classifier_test_accuracy"] = extract.meta["test_accuracy"]
