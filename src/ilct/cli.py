@@ -375,9 +375,11 @@ def cmd_eval(args) -> int:
 def cmd_demo(args) -> int:
     from ilct.demo import run_demo
 
-    run_demo(Path(args.out), data_dir=args.data_dir, steps=args.steps, ae_steps=args.ae_steps,
-             progress=_progress(args))
-    return 0
+    if args.quality_n != 0 and args.quality_n < 10:
+        raise IlctError("--quality-n must be 0 (skip) or >= 10")
+    summary = run_demo(Path(args.out), data_dir=args.data_dir, steps=args.steps, ae_steps=args.ae_steps,
+                       progress=_progress(args), quality_n=args.quality_n)
+    return 0 if summary is not None else 130
 
 
 # --------------------------------------------------------------------------- parser
@@ -527,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     d.add_argument("--steps", type=int, default=None, help="consistency training steps (default: the preset's)")
     d.add_argument("--ae-steps", type=int, default=1000, help="autoencoder training steps")
+    d.add_argument("--quality-n", type=int, default=2000,
+                   help="samples per FID of the summary (Fashion-MNIST classifier features, test split); 0 = skip")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=cmd_demo)
     return p

@@ -22,7 +22,12 @@ from ilct.runfolder import CONFIG_FILE, LOG_FILE
 PRESET = "fmnist-ilct"
 
 
-def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int = 1000, progress: bool = True) -> dict:
+QUALITY_N = 2000  # samples per FID of the demo's summary (a quick number: docs/evaluation.md for the protocol)
+
+
+def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int = 1000, progress: bool = True,
+             quality_n: int = QUALITY_N) -> dict | None:
+    """The demo's summary; None when a signal stopped its training (checkpointed: running it again resumes)."""
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -59,7 +64,10 @@ def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int =
 
         print(f"[demo] training {PRESET} for {cfg.train.total_steps} steps into {run_dir}"
               + (" (resuming)" if resume else ""))
-        train(cfg, run_dir, resume=resume, progress=progress)
+        result = train(cfg, run_dir, resume=resume, progress=progress)
+        if result.preempted:
+            print("[demo] stopped before the end of training; `make demo` again continues where it stopped")
+            return None
     t_train = time.time() - t0 - t_ae
 
     # 3. sample grids
@@ -73,11 +81,15 @@ def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int =
             path = out / f"samples_{steps_}step.png"
             save_png(make_grid(images), path, scale=3)
             grids[f"{steps_}-step"] = str(path)
+    t_quality = time.time()
+    quality = measure_quality(run, data_dir, quality_n, progress) if quality_n else None
     summary = {
         "preset": PRESET,
         "train_steps": run.step,
         "autoencoder_test_psnr_db": ae_metrics.get("test_psnr_db"),
-        "seconds": {"autoencoder": round(t_ae, 1), "train": round(t_train, 1), "total": round(time.time() - t0, 1)},
+        "quality": quality,
+        "seconds": {"autoencoder": round(t_ae, 1), "train": round(t_train, 1),
+                    "quality": round(time.time() - t_quality, 1), "total": round(time.time() - t0, 1)},
         "files": {
             "autoencoder": str(ae_dir), "run": str(run_dir), "log": str(run_dir / LOG_FILE), **grids,
         },
@@ -90,4 +102,41 @@ def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int =
     print(f"[demo] done in {summary['seconds']['total']:.0f} s")
     for name, path in summary["files"].items():
         print(f"[demo]   {name:>12}: {path}")
+    if quality:
+        q = quality
+        print(f"[demo] quality ({q['n']} samples against the {q['reference']}, {q['features']}; "
+              f"{summary['seconds']['quality']:.0f} s):")
+        print(f"[demo]   1 step: FID {q['fid']['1']:.2f}, recall {q['recall']['1']:.3f}; "
+              f"2 steps: FID {q['fid']['2']:.2f}, recall {q['recall']['2']:.3f}")
+        print(f"[demo]   the autoencoder's floor (its reconstructions of {q['n']} test images): FID "
+              f"{q['autoencoder_floor_fid']:.2f}")
     return summary
+
+
+def measure_quality(run, data_dir: str, n: int, progress: bool = True) -> dict:
+    """FID and recall of n 1- and 2-step samples in the Fashion-MNIST classifier's features (trained once
+    and cached, like `ilct eval`'s), against the test split; and the floor the autoencoder sets: the FID of
+    its reconstructions of n test images."""
+    import numpy as np
+
+    from ilct.data.fashion_mnist import load_fashion_mnist
+    from ilct.data.images import to_uint8
+    from ilct.latents import default_cache_dir
+    from ilct.metrics.evaluate import reference_features, scores
+    from ilct.metrics.features import load_fashion_features
+    from ilct.sampling import generate
+
+    cache = default_cache_dir()
+    extract = load_fashion_features(cache, data_dir, progress)
+    test = load_fashion_mnist(data_dir, "test")
+    real = reference_features(extract, test, cache, progress)
+    out: dict = {"split": "test", "n": n, "features": extract.name, "reference": f"{test.name} ({len(test)} images)",
+                 "fid": {}, "recall": {}}
+    with torch.inference_mode():
+        for steps in (1, 2):
+            m = scores(real, extract(generate(run.model, run.autoencoder, run.stats, run.cfg, n, steps, seed=0)), n, 0)
+            out["fid"][str(steps)], out["recall"][str(steps)] = m["fid"], m["recall"]
+        x = test.batch_indices(np.arange(min(n, len(test))))
+        recon = torch.cat([run.autoencoder.decode(run.autoencoder.encode(b)) for b in x.split(500)])
+    out["autoencoder_floor_fid"] = scores(real, extract(to_uint8(recon)), n, 0)["fid"]
+    return out

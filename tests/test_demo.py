@@ -1,0 +1,42 @@
+"""`ilct demo` (what `make demo` runs) end to end at toy size: autoencoder, training, grids, and the
+quality lines (FID and recall at 1 and 2 steps on the test split, beside the autoencoder's floor)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from ilct.cli import main
+
+
+def demo_args(out, data, *extra):
+    return ["demo", "--out", str(out), "--data-dir", str(data), "--steps", "4", "--ae-steps", "3",
+            "--quality-n", "20", "--no-progress", *extra]
+
+
+def test_demo_reports_its_quality(tmp_path, fake_fmnist, monkeypatch, capsys):
+    monkeypatch.setenv("ILCT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(demo_args(out, fake_fmnist)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    q = summary["quality"]
+    assert q["split"] == "test" and q["n"] == 20 and "(64 images)" in q["reference"]
+    for key in ("fid", "recall"):
+        assert set(q[key]) == {"1", "2"} and all(math.isfinite(v) for v in q[key].values())
+    assert math.isfinite(q["autoencoder_floor_fid"]) and q["autoencoder_floor_fid"] >= 0
+    assert summary["train_steps"] == 4 and summary["seconds"]["quality"] >= 0
+    printed = capsys.readouterr().out
+    assert "1 step: FID" in printed and "the autoencoder's floor" in printed
+    assert (out / "samples_1step.png").is_file() and (out / "samples_2step.png").is_file()
+    # run again: everything is reused, the same numbers come out (the samples are seeded)
+    assert main(demo_args(out, fake_fmnist)) == 0
+    assert json.loads((out / "summary.json").read_text())["quality"]["fid"] == q["fid"]
+
+
+def test_demo_without_quality_and_bad_quality_n(tmp_path, fake_fmnist, monkeypatch, capsys):
+    monkeypatch.setenv("ILCT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(demo_args(out, fake_fmnist, "--quality-n", "5")) == 2
+    assert "--quality-n" in capsys.readouterr().err and not out.exists()
+    assert main(demo_args(out, fake_fmnist, "--quality-n", "0")) == 0
+    assert json.loads((out / "summary.json").read_text())["quality"] is None
