@@ -1,8 +1,9 @@
 """Clip datasets: uint8 clips by index, converted to float [-1, 1] per batch.
 
 The video counterpart of ilct.data.images. One clip is T frames of H x W x C:
-`clips_at(idx)` gives uint8 (n, T, H, W, C), `batch_indices(idx)` float32
-(n, T, C, H, W) in [-1, 1]. Each clip has a caption (where the dataset has
+`clips_at(idx)` gives uint8 (n, T, H, W, C) (what GIFs, strips and .npz files
+hold), `batch_indices(idx)` float32 (n, C, T, H, W) in [-1, 1] (channels
+first, as torch's Conv3d and ilct.nets.dit take clips). Each clip has a caption (where the dataset has
 them), a class label and a motion label (index into `motion_names`; -1 where
 unknown), so a benchmark can score "what" and "how it moves" separately.
 
@@ -35,7 +36,7 @@ class ClipDataset:
     name: str  # identifies the data, e.g. "moving_fmnist/train@32x8s1"
     labels: np.ndarray  # (N,) int64 class of the (first) object; -1 where unlabelled
     motions: np.ndarray  # (N,) int64 index into motion_names of the (first) object's motion; -1 where unknown
-    shape: tuple[int, int, int, int]  # (T, C, H, W) of one clip
+    shape: tuple[int, int, int, int]  # (C, T, H, W) of one clip in a batch
     class_names: tuple[str, ...] = ()
     motion_names: tuple[str, ...] = ()
     skipped: int = 0  # unreadable files passed over
@@ -49,9 +50,9 @@ class ClipDataset:
         raise NotImplementedError
 
     def batch_indices(self, idx: np.ndarray) -> torch.Tensor:
-        """float32 (n, T, C, H, W) in [-1, 1]."""
-        x = torch.from_numpy(np.ascontiguousarray(self.clips_at(np.asarray(idx))))
-        return x.permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+        """float32 (n, C, T, H, W) in [-1, 1]."""
+        x = torch.from_numpy(np.ascontiguousarray(self.clips_at(np.asarray(idx))))  # (n, T, H, W, C)
+        return x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
     def batch(self, start: int, stop: int) -> torch.Tensor:
         return self.batch_indices(np.arange(start, min(stop, len(self))))
@@ -67,7 +68,7 @@ class ArrayClips(ClipDataset):
         self.clips, self.labels, self.name, self.captions = clips, np.asarray(labels, np.int64), name, captions
         self.motions = np.full(len(clips), -1, np.int64) if motions is None else np.asarray(motions, np.int64)
         n, t, h, w, c = clips.shape
-        self.shape = (t, c, h, w)
+        self.shape = (c, t, h, w)
 
     def clips_at(self, idx: np.ndarray) -> np.ndarray:
         return self.clips[idx]
@@ -79,10 +80,11 @@ class ClipFrames(ImageDataset):
 
     def __init__(self, base: ClipDataset):
         self.base = base
-        self.frames = base.shape[0]
+        self.frames = base.shape[1]
         self.labels = np.repeat(base.labels, self.frames)
         self.captions = [c for c in base.captions for _ in range(self.frames)] if base.captions else None
-        self.shape, self.skipped = base.shape[1:], base.skipped
+        c, t, h, w = base.shape
+        self.shape, self.skipped = (c, h, w), base.skipped
         self.name = f"{base.name}/frames"
 
     def images_at(self, idx: np.ndarray) -> np.ndarray:
@@ -102,6 +104,13 @@ def check_clip_size(frames: int, frame_stride: int) -> None:
         raise IlctError(f"frames must be >= 1, got {frames}")
     if frame_stride < 1:
         raise IlctError(f"frame_stride must be >= 1, got {frame_stride}")
+
+
+def uniforms(seed: int, split: str, n: int, k: int, fields: int) -> np.ndarray:
+    """(fields, n, k) uniforms in [0, 1): field f from its own generator seeded with (seed, split, f),
+    so row i (clip i) is the same whatever n (numpy's random() fills arrays in order)."""
+    split_code = SPLITS.index(split)
+    return np.stack([np.random.default_rng([seed, split_code, f]).random((n, k)) for f in range(fields)])
 
 
 def bounce(p: np.ndarray, length: int) -> np.ndarray:

@@ -16,7 +16,8 @@ Unicode) doing one of MOTIONS:
 `heldout_motion(name)` (the CRC-32 of the name modulo 8, so two glyphs with one
 name share it); `train` and `test` never show a held-out (name, motion) pair,
 `heldout` shows only those. `train` and `test` differ only in their draws.
-Deterministic from (seed, split); clip i shows glyph i % n.
+Deterministic from (seed, split), clip i the same whatever the number of
+clips; clip i shows glyph i % n.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ilct.data.clips import (DIRECTION_STEPS, DIRECTIONS, SPLITS, ClipDataset, check_clip_size, check_split,
-                             net_starts, track)
+from ilct.data.clips import (DIRECTION_STEPS, DIRECTIONS, ClipDataset, check_clip_size, check_split, net_starts, track,
+                             uniforms)
 
 MOTIONS = tuple(f"sliding {d}" for d in DIRECTIONS) + (
     "zooming in", "zooming out", "turning clockwise", "turning counterclockwise")
@@ -63,29 +64,28 @@ class EmojiClips(ClipDataset):
             raise ValueError(f"resolution must be >= 8, got {resolution}")
         self.glyphs, self.class_names = glyphs, tuple(names)
         self.resolution, self.frames, self.frame_stride, self.split = resolution, frames, frame_stride, split
-        self.shape = (frames, 3, resolution, resolution)
+        self.shape = (3, frames, resolution, resolution)
         self.name = f"emoji_clips:{source}/{split}@{resolution}x{frames}s{frame_stride}n{count}seed{seed}"
 
-        rng = np.random.default_rng([seed, SPLITS.index(split)])
+        u = uniforms(seed, split, count, 1, 5)[..., 0]  # (5, count); clip i's draws do not depend on count
         self.labels = np.arange(count, dtype=np.int64) % len(glyphs)  # the glyph index
         held = np.asarray([heldout_motion(n) for n in names])[self.labels]
         if split == "heldout":
             motion = held
         else:  # one of the other motions, uniformly
-            motion = rng.integers(0, len(MOTIONS) - 1, count)
+            motion = (u[0] * (len(MOTIONS) - 1)).astype(np.int64)
             motion = motion + (motion >= held)
         self.motions = motion.astype(np.int64)
-        self.speed = np.asarray(SPEEDS)[rng.integers(0, len(SPEEDS), count)]
-        self.turn = np.asarray(TURNS)[rng.integers(0, len(TURNS), count)]
-        self.across = rng.integers(0, self._slide_length() + 1, count)
-        along_u = rng.random(count)
+        self.speed = np.asarray(SPEEDS)[(u[1] * len(SPEEDS)).astype(np.int64)]
+        self.turn = np.asarray(TURNS)[(u[2] * len(TURNS)).astype(np.int64)]
+        self.across = (u[3] * (self._slide_length() + 1)).astype(np.int64)
         self.along = np.zeros(count, np.int64)
         for s in SPEEDS:
             for d, name in enumerate(DIRECTIONS):
                 at = (self.speed == s) & (self.motions == d)
                 if at.any():
                     starts = net_starts(sum(DIRECTION_STEPS[name]), s * frame_stride, frames, self._slide_length())
-                    self.along[at] = starts[(along_u[at] * len(starts)).astype(np.int64)]
+                    self.along[at] = starts[(u[4][at] * len(starts)).astype(np.int64)]
         self.captions = [f"{names[g]} {MOTIONS[m]}" for g, m in zip(self.labels, self.motions)]
 
     def _slide_length(self) -> int:
@@ -126,11 +126,8 @@ class EmojiClips(ClipDataset):
 
     def clips_at(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx).reshape(-1)
-        return np.stack([self._render(int(i)) for i in idx]) if len(idx) else np.zeros((0, *self._hwc()), np.uint8)
-
-    def _hwc(self) -> tuple[int, int, int, int]:
-        t, c, h, w = self.shape
-        return (t, h, w, c)
+        c, t, h, w = self.shape
+        return np.stack([self._render(int(i)) for i in idx]) if len(idx) else np.zeros((0, t, h, w, c), np.uint8)
 
 
 def load_emoji_clips(font: str | Path = "", split: str = "train", resolution: int = 32, frames: int = 8,

@@ -15,9 +15,10 @@ Held out: one direction per class, `HELDOUT[class]` (the direction `class % 4`:
 t-shirt left, trouser right, pullover up, dress down, coat left, ...). Splits
 `train` (Fashion-MNIST train images) and `test` (test images) never show a
 held-out (class, direction) pair; `heldout` (test images) shows only those,
-for every object of the clip. Everything is drawn from one generator seeded
-with (seed, split), so the same seed gives identical clips and captions;
-clip i's first garment is image i % n of the split.
+for every object of the clip. Every draw comes from generators seeded with
+(seed, split), so the same seed gives identical clips and captions, and clip
+i is the same whatever the number of clips; its first garment is image i % n
+of the split.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ilct.data.clips import (DIRECTION_STEPS, DIRECTIONS, SPLITS, ClipDataset, check_clip_size, check_split,
-                             net_starts, track)
+from ilct.data.clips import (DIRECTION_STEPS, DIRECTIONS, ClipDataset, check_clip_size, check_split, net_starts, track,
+                             uniforms)
 from ilct.data.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist
 from ilct.errors import IlctError
 
@@ -78,33 +79,31 @@ class MovingFashionMNIST(ClipDataset):
         self.garments, self.garment_labels = garments, np.asarray(garment_labels, np.int64)
         self.resolution, self.size, self.rgb, self.split = resolution, size, rgb, split
         self.frames, self.frame_stride = frames, frame_stride
-        self.shape = (frames, 3 if rgb else 1, resolution, resolution)
+        self.shape = (3 if rgb else 1, frames, resolution, resolution)
         self.name = (f"moving_fmnist:{source}/{split}@{resolution}x{frames}s{frame_stride}"
                      f"o{objects}n{count}z{size}seed{seed}{'rgb' if rgb else ''}")
 
-        rng = np.random.default_rng([seed, SPLITS.index(split)])
         length = resolution - size  # positions 0..length keep the garment inside the canvas
         n, k = count, objects
+        u = uniforms(seed, split, n, k, 5)  # (5, n, k); clip i's draws do not depend on count
         image = np.empty((n, k), np.int64)
         image[:, 0] = np.arange(n) % len(garments)
-        image[:, 1:] = rng.integers(0, len(garments), (n, k - 1))
+        image[:, 1:] = (u[0, :, 1:] * len(garments)).astype(np.int64)
         label = self.garment_labels[image]
-        pick = rng.random((n, k))
         direction = np.empty((n, k), np.int64)
         for c in np.unique(label):
             allowed = [DIRECTIONS.index(d) for d in allowed_directions(int(c), split)]
             at = label == c
-            direction[at] = np.asarray(allowed)[(pick[at] * len(allowed)).astype(np.int64)]
-        speed = np.asarray(SPEEDS)[rng.integers(0, len(SPEEDS), (n, k))]
-        across = rng.integers(0, length + 1, (n, k))  # position on the other axis, fixed
-        along_u = rng.random((n, k))
+            direction[at] = np.asarray(allowed)[(u[1][at] * len(allowed)).astype(np.int64)]
+        speed = np.asarray(SPEEDS)[(u[2] * len(SPEEDS)).astype(np.int64)]
+        across = (u[3] * (length + 1)).astype(np.int64)  # position on the other axis, fixed
         along = np.empty((n, k), np.int64)
         for s in SPEEDS:
             for d, name in enumerate(DIRECTIONS):
                 at = (speed == s) & (direction == d)
                 if at.any():
                     starts = net_starts(sum(DIRECTION_STEPS[name]), s * frame_stride, frames, length)
-                    along[at] = starts[(along_u[at] * len(starts)).astype(np.int64)]
+                    along[at] = starts[(u[4][at] * len(starts)).astype(np.int64)]
         self.image, self.object_labels, self.object_motions = image, label, direction
         self.speed, self.along, self.across = speed, along, across
         self.labels, self.motions = label[:, 0].copy(), direction[:, 0].copy()
@@ -122,7 +121,7 @@ class MovingFashionMNIST(ClipDataset):
 
     def clips_at(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx).reshape(-1)
-        t, c, h, w = self.shape
+        c, t, h, w = self.shape
         out = np.zeros((len(idx), t, h, w), np.uint8)
         s = self.size
         for row, i in enumerate(idx):

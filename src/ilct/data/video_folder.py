@@ -112,7 +112,7 @@ class VideoFolder(ClipDataset):
         self.resolution, self.frames, self.frame_stride = resolution, frames, frame_stride
         self.labels = np.full(len(self.files), -1, np.int64)
         self.motions = np.full(len(self.files), -1, np.int64)
-        self.shape = (frames, 3, resolution, resolution)
+        self.shape = (3, frames, resolution, resolution)
         self.name = f"video_folder:{root_path.resolve()}@{resolution}x{frames}s{frame_stride}"
 
     def clips_at(self, idx: np.ndarray) -> np.ndarray:
