@@ -293,3 +293,34 @@ def test_strip_rows_are_clips_and_columns_frames(tmp_path):
     save_npz(clips, tmp_path / "c.npz")
     with np.load(tmp_path / "c.npz") as f:
         assert np.array_equal(f["images"], clips)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_ilct_clips_renders_a_strip_a_gif_and_the_captions(tmp_path, fake_fmnist, capsys):
+    from ilct.cli import main
+
+    out = tmp_path / "out"
+    assert main(["clips", "--data", f"moving_fmnist:{fake_fmnist}", "--out", str(out), "--split", "heldout",
+                 "--n", "3", "--frames", "5", "--scale", "1"]) == 0
+    caps = (out / "moving_fmnist.txt").read_text().splitlines()
+    assert len(caps) == 3 and all(re.fullmatch(r"an? .+ moving (left|right|up|down)", c) for c in caps)
+    with Image.open(out / "moving_fmnist.png") as im:
+        assert im.size == (5 * 34 + 2, 3 * 34 + 2)  # rows = clips, columns = frames, 2 px padding
+    with Image.open(out / "moving_fmnist.gif") as im:
+        assert im.n_frames == 5
+    for argv, msg in [(["--data", "fashion_mnist"], "--data expects one of moving_fmnist, emoji_clips, video_folder"),
+                      (["--data", f"video_folder:{tmp_path / 'none'}"], "video folder not found"),
+                      (["--data", "moving_fmnist", "--frames", "0"], "--frames must be >= 1, got 0")]:
+        capsys.readouterr()
+        assert main(["clips", "--out", str(out), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ilct: error: ") and msg in err and err.count("\n") == 1
+
+
+def test_training_on_clips_is_refused_in_one_line():
+    from ilct.run import load_dataset as run_dataset
+
+    with pytest.raises(IlctError, match="gives clips, and training on clips is not supported yet"):
+        run_dataset(from_dict({"data": {"dataset": "emoji_clips"}}))

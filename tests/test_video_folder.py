@@ -122,3 +122,23 @@ def test_caption_files_that_do_not_fit_are_one_line_errors(tmp_path, content, pa
     path = tmp_path / "captions.json"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     assert re.search(pattern, error_of(tmp_path, frames=2))
+
+
+def test_ilct_clips_reads_a_video_folder_and_exits_2_on_a_corrupt_video(tmp_path, capsys):
+    from ilct.cli import main
+
+    root = tmp_path / "v"
+    write_video(root / "a.mkv", moving_bar())
+    (root / "captions.json").write_text('{"a.mkv": "a red bar"}')
+    out = tmp_path / "out"
+    assert main(["clips", "--data", f"video_folder:{root}", "--out", str(out), "--frames", "3"]) == 0
+    assert (out / "video_folder.txt").read_text() == "a red bar\n" and (out / "video_folder.gif").is_file()
+    assert main(["clips", "--data", f"video_folder:{root}", "--out", str(root)]) == 2  # never writes into the data
+    assert "lies inside" in capsys.readouterr().err
+    (root / "b.mp4").write_bytes(b"not a video")
+    assert main(["clips", "--data", f"video_folder:{root}", "--out", str(out)]) == 2
+    assert "has no caption for 1 video(s): 'b.mp4'" in capsys.readouterr().err  # the captions are checked first
+    (root / "captions.json").unlink()
+    assert main(["clips", "--data", f"video_folder:{root}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ilct: error: cannot decode video ") and "b.mp4" in err and err.count("\n") == 1
