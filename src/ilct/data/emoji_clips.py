@@ -30,6 +30,7 @@ from PIL import Image
 
 from ilct.data.clips import (DIRECTION_STEPS, DIRECTIONS, ClipDataset, check_clip_size, check_split, net_starts, track,
                              uniforms)
+from ilct.errors import IlctError
 
 MOTIONS = tuple(f"sliding {d}" for d in DIRECTIONS) + (
     "zooming in", "zooming out", "turning clockwise", "turning counterclockwise")
@@ -59,9 +60,9 @@ class EmojiClips(ClipDataset):
             raise ValueError(f"expected uint8 (n, h, w, 3) glyphs with n names, got {glyphs.dtype} {glyphs.shape}")
         count = len(glyphs) if count is None else count
         if count < 1:
-            raise ValueError(f"count must be >= 1, got {count}")
+            raise IlctError(f"emoji_clips: count must be >= 1, got {count}")
         if resolution < 8:
-            raise ValueError(f"resolution must be >= 8, got {resolution}")
+            raise IlctError(f"emoji_clips: resolution must be >= 8, got {resolution}")
         self.glyphs, self.class_names = glyphs, tuple(names)
         self.resolution, self.frames, self.frame_stride, self.split = resolution, frames, frame_stride, split
         self.shape = (3, frames, resolution, resolution)
