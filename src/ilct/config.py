@@ -337,6 +337,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
 
 def validate(cfg: Config) -> None:
     """Range and cross-field checks; raises IlctError naming the first bad field."""
+    from ilct.data import CLIP_DATASETS  # late import: the dataset registry lives with the data
 
     def need(ok: bool, name: str, msg: str) -> None:
         if not ok:
@@ -352,8 +353,6 @@ def validate(cfg: Config) -> None:
     _validate_arch(cfg)
     cons, m, t, d, me, mf = cfg.consistency, cfg.model, cfg.train, cfg.data, cfg.method, cfg.meanflow
     need(d.resolution >= 8, "data.resolution", "must be at least 8")
-    from ilct.data import CLIP_DATASETS  # late import: the dataset registry lives with the data
-
     clips = d.dataset in CLIP_DATASETS
     need(1 <= d.frames <= MAX_FRAMES, "data.frames", f"must be in 1..{MAX_FRAMES}")
     need(1 <= d.frame_stride <= MAX_FRAMES, "data.frame_stride", f"must be in 1..{MAX_FRAMES}")
