@@ -372,6 +372,36 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_clips(args) -> int:
+    import numpy as np
+
+    from ilct.animation import grid_frames, save_clip_strip, save_gif
+    from ilct.data import CLIP_DATASETS, load_dataset
+    from ilct.files import write_text
+    from ilct.outputs import check_file_name, check_output
+    from ilct.runfolder import check_out_dir
+
+    name, _, root = args.data.partition(":")
+    if name not in CLIP_DATASETS:
+        raise IlctError(f"--data expects one of {', '.join(CLIP_DATASETS)} (optionally NAME:PATH), got {args.data!r}")
+    _at_least(args, 1, "n", "frames", "frame_stride", "scale", "duration")
+    if args.resolution < 8:
+        raise IlctError("--resolution must be >= 8")
+    out = check_out_dir(args.out)
+    base = check_file_name(args.name if args.name is not None else name, "--name")
+    protected = (Path(root),) if root else ()
+    paths = [check_output(out / f"{base}{s}", (s,), "--out/--name", protected) for s in (".png", ".gif", ".txt")]
+    data = load_dataset(name, root, args.split, args.resolution, args.rgb, frames=args.frames,
+                        frame_stride=args.frame_stride)
+    n = min(args.n, len(data))
+    clips = data.clips_at(np.arange(n))  # (n, T, H, W, C)
+    save_clip_strip(clips, paths[0], scale=args.scale)
+    save_gif(grid_frames(clips), paths[1], duration=args.duration, scale=args.scale)
+    write_text(paths[2], "".join(f"{c}\n" for c in (data.captions or ["(no caption)"] * n)[:n]))
+    print(f"{n} of {len(data)} clips of {data.name}: {paths[0]} (rows = clips), {paths[1]}, {paths[2]} (captions)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from ilct.demo import run_demo
 
@@ -523,6 +553,22 @@ def build_parser() -> argparse.ArgumentParser:
     z.set_defaults(func=cmd_analyze)
 
     add_eval_parser(sub, fmt)
+
+    k = sub.add_parser("clips", help="render the first clips of a clip dataset: PNG strip, GIF, captions",
+                       formatter_class=fmt)
+    k.add_argument("--data", required=True, help="moving_fmnist[:DIR], emoji_clips[:FONT] or video_folder:DIR")
+    k.add_argument("--out", required=True, help="folder for NAME.png (rows = clips), NAME.gif and NAME.txt")
+    k.add_argument("--name", help="file name stem (default: the dataset)")
+    k.add_argument("--split", default="train", choices=["train", "test", "heldout"],
+                   help="moving_fmnist, emoji_clips: heldout = only the held-out (class, motion) pairs")
+    k.add_argument("--resolution", type=int, default=32)
+    k.add_argument("--rgb", action="store_true", help="moving_fmnist: three channels")
+    k.add_argument("--frames", type=int, default=8)
+    k.add_argument("--frame-stride", type=int, default=1)
+    k.add_argument("--n", type=int, default=8, help="clips to render")
+    k.add_argument("--scale", type=int, default=2, help="pixel enlargement of the PNG and GIF")
+    k.add_argument("--duration", type=int, default=125, help="GIF milliseconds per frame")
+    k.set_defaults(func=cmd_clips)
 
     d = sub.add_parser("demo", help="autoencoder + latents + fmnist-ilct training + 1/2-step grids", formatter_class=fmt)
     d.add_argument("--out", default="runs/demo")

@@ -27,12 +27,14 @@ from ilct.files import read_text
 class DataConfig:
     """Where the training images come from (they are encoded once and cached)."""
 
-    dataset: str = "fashion_mnist"  # fashion_mnist | image_folder | emoji
-    root: str = "/usr/share/datasets/fashion-mnist"  # data directory, image folder or emoji font
-    split: str = "train"  # train | test (Fashion-MNIST)
+    dataset: str = "fashion_mnist"  # images: fashion_mnist | image_folder | emoji; clips: moving_fmnist | emoji_clips | video_folder
+    root: str = "/usr/share/datasets/fashion-mnist"  # data directory, image or video folder, or emoji font
+    split: str = "train"  # train | test (Fashion-MNIST); clips also heldout (only the held-out caption pairs)
     resolution: int = 32  # image side (Fashion-MNIST: 28x28 padded to 32, then resized)
     rgb: bool = False  # render grayscale data as RGB (for RGB autoencoders such as TAEF2)
     labels_from_subfolders: bool = False  # image_folder: first-level sub-folders are classes
+    frames: int = 8  # clips: frames per clip
+    frame_stride: int = 1  # clips: every frame_stride-th frame of the video or motion
     caption_holdout: str = ""  # regex: images whose caption matches are left out of training (held-out prompts)
     latents: str = ""  # a latent directory from `ilct encode`; "" -> encode via the cache
     cache_dir: str = ""  # latent cache; "" -> $ILCT_CACHE or ~/.cache/ilct
@@ -166,11 +168,12 @@ class Config:
 RENAMED = {"method.diffusion_weight": "lambda_diff"}
 
 MAX_STEPS = 999_999_999  # checkpoint folders are step_XXXXXXXXX
+MAX_FRAMES = 1024  # data.frames and data.frame_stride
 
 # Allowed values of the string fields that are choices.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.dataset": ("fashion_mnist", "image_folder", "emoji"),
-    "data.split": ("train", "test"),
+    "data.dataset": ("fashion_mnist", "image_folder", "emoji", "moving_fmnist", "emoji_clips", "video_folder"),
+    "data.split": ("train", "test", "heldout"),
     "model.mlp_act": ("gelu", "relu"),
     "autoencoder.kind": ("builtin", "taesd", "diffusers"),
     "method.metric": ("cauchy", "cauchy_element", "pseudo_huber", "l2", "geman_mcclure"),
@@ -344,6 +347,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
 
 def validate(cfg: Config) -> None:
     """Range and cross-field checks; raises IlctError naming the first bad field."""
+    from ilct.data import CLIP_DATASETS  # late import: the dataset registry lives with the data
 
     def need(ok: bool, name: str, msg: str) -> None:
         if not ok:
@@ -359,6 +363,13 @@ def validate(cfg: Config) -> None:
     _validate_arch(cfg)
     cons, m, t, d, me, mf = cfg.consistency, cfg.model, cfg.train, cfg.data, cfg.method, cfg.meanflow
     need(d.resolution >= 8, "data.resolution", "must be at least 8")
+    clips = d.dataset in CLIP_DATASETS
+    need(1 <= d.frames <= MAX_FRAMES, "data.frames", f"must be in 1..{MAX_FRAMES}")
+    need(1 <= d.frame_stride <= MAX_FRAMES, "data.frame_stride", f"must be in 1..{MAX_FRAMES}")
+    need(clips or (d.frames, d.frame_stride) == (8, 1), "data.frames",
+         f"and data.frame_stride apply to clip datasets, not {d.dataset}; leave them at 8 and 1")
+    need(d.split != "heldout" or d.dataset in ("moving_fmnist", "emoji_clips"), "data.split",
+         f"heldout applies to moving_fmnist and emoji_clips, not {d.dataset}")
     need(m.in_channels is None or m.in_channels >= 1, "model.in_channels", "must be positive")
     need(m.input_size is None or m.input_size >= 1, "model.input_size", "must be positive")
     need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")

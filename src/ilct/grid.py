@@ -35,10 +35,11 @@ def save_png(image: np.ndarray, path: str | Path, scale: int = 1) -> None:
 
 
 def save_npz(images: np.ndarray, path: str | Path) -> None:
-    """uint8 (N, H, W, C) samples, written atomically under two keys: `images`, and `arr_0`, the key
-    the ADM evaluator (guided-diffusion's evaluations/evaluator.py) reads sample batches from."""
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"samples must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+    """uint8 (N, H, W, C) samples, or (N, T, H, W, C) clips, written atomically under two keys: `images`,
+    and `arr_0`, the key the ADM evaluator (guided-diffusion's evaluations/evaluator.py) reads sample
+    batches from."""
+    if images.dtype != np.uint8 or images.ndim not in (4, 5):
+        raise ValueError(f"samples must be uint8 (N, H, W, C) or (N, T, H, W, C), got {images.dtype} {images.shape}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")

@@ -52,9 +52,12 @@ def make_ema(model: nn.Module) -> nn.Module:
 
 
 def load_dataset(cfg: Config) -> ImageDataset:
-    from ilct.data import load_dataset as load
+    from ilct.data import CLIP_DATASETS, load_dataset as load
 
     d = cfg.data
+    if d.dataset in CLIP_DATASETS:  # ilct.data.clips: the clip datasets exist, training on them is not wired yet
+        raise IlctError(f"data.dataset={d.dataset} gives clips, and training on clips is not supported yet "
+                        "(see `ilct clips` to render and check them)")
     return load(d.dataset, d.root, d.split, d.resolution, d.rgb, d.labels_from_subfolders)
 
 
