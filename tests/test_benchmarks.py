@@ -229,3 +229,26 @@ def test_objectives_tiny_run_trains_evaluates_and_reports(tmp_path, tiny_autoenc
         assert set(row["fid"]) == set(row["recall"]) == {"1", "2"} and all(np.isfinite(list(row["fid"].values())))
     if importlib.util.find_spec("matplotlib"):
         assert (tmp_path / "fig.png").stat().st_size > 0
+
+
+def test_faithful_tiny_run_reports_rows_and_the_tau_sweep(tmp_path, tiny_autoencoder, fake_fmnist):
+    from test_eval import PoolDetector
+
+    import torch
+
+    detector = tmp_path / "inception-2015-12-05.pt"
+    torch.jit.script(PoolDetector()).save(str(detector))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "faithful.py"), "--tiny",
+                           "--autoencoder", str(tiny_autoencoder), "--data-dir", str(fake_fmnist), "--rows",
+                           "mean,sample,cauchy-element", "--steps", "4", "--taus", "0.5,1.0", "--features", "inception",
+                           "--inception-weights", str(detector), "--work", str(tmp_path / "work"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "faithful.json").read_text())
+    assert [r["name"] for r in report["rows"]] == ["mean", "sample", "cauchy-element"] and report["split"] == "test"
+    assert all(r["steps"] == 4 and set(r["fid"]) == {"1", "2"} for r in report["rows"])
+    assert len({r["fid"]["1"] for r in report["rows"]}) == 3  # three different models
+    meta = json.loads((tmp_path / "work" / "latents" / "sample" / "meta.json").read_text())
+    assert meta["posterior"] == "sample"
+    sweep = json.loads((tmp_path / "out" / "tau_sweep.json").read_text())
+    assert [(r["tau"], r["nfe"], r["latents"]) for r in sweep["rows"]] == [(0.5, 2, "builtin"), (1.0, 2, "builtin")]
