@@ -4,6 +4,8 @@ vector and the tokens, guidance, the token cache, and `ilct train` / `ilct sampl
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -230,3 +232,59 @@ def test_train_and_sample_with_caption_tokens(tmp_path, tiny_autoencoder, fake_f
     assert main(["sample", "--run", str(run), "--n", "4", "--out", str(out), "--npz", str(tmp_path / "n.npz"),
                  "--no-progress"]) == 0
     assert np.array_equal(np.load(tmp_path / "u.npz")["images"], np.load(tmp_path / "n.npz")["images"])  # w = 0
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def xattn_script() -> str:
+    return str(Path(__file__).resolve().parents[1] / "benchmarks" / "quality" / "text_xattn.py")
+
+
+def test_xattn_benchmark_dry_run_differs_only_in_the_tokens(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, xattn_script(), "--autoencoder", "ae", "--work", str(tmp_path), "--dry-run",
+                           "--steps", "123"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split() for line in proc.stdout.splitlines()]
+    trains = {c[c.index("--out") + 1]: c for c in lines if "train" in c}
+    evals = [c for c in lines if c[1].endswith("text_retrieval.py")]
+    pooled, xattn = trains[str(tmp_path / "pooled")], trains[str(tmp_path / "xattn")]
+    assert pooled[pooled.index("--config") + 1] == xattn[xattn.index("--config") + 1] == "emoji-ilct-text"
+    sets = [{c[i + 1] for i, a in enumerate(c) if a == "--set"} for c in (pooled, xattn)]
+    assert sets[1] - sets[0] == {"model.text_tokens=24"} and sets[0] <= sets[1]  # the one switch
+    assert {"train.total_steps=123", "train.seed=0"} <= sets[0]
+    assert len(evals) == 2 and all(c[c.index("--weights") + 1] == "0,1,2,3,4" for c in evals)
+    assert [Path(c[c.index("--run") + 1]).name for c in evals] == ["pooled", "xattn"]
+
+
+def test_xattn_benchmark_tiny_run(tmp_path, tiny_autoencoder, fake_fmnist, encoder):
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+    from test_text import captioned_latents
+
+    lat, _ = captioned_latents(tmp_path, tiny_autoencoder, fake_fmnist)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "base": "fmnist-ilct", "model": {"arch": "DiT-T/4", "text_dim": 384},
+        "data": {"root": str(fake_fmnist), "latents": str(lat), "caption_holdout": "boot|sandal"},
+        "train": {"num_sample_images": 2}}))
+    out = tmp_path / "xattn.json"
+    proc = subprocess.run([sys.executable, xattn_script(), "--tiny", "--config", str(cfg), "--autoencoder",
+                           str(tiny_autoencoder), "--work", str(tmp_path / "work"), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    pooled, xattn = json.loads(out.read_text())["rows"]
+    assert (pooled["name"], xattn["name"]) == ("pooled", "xattn") and xattn["settings"] == ["model.text_tokens=8"]
+    assert xattn["parameters"] > pooled["parameters"] > 0
+    assert pooled["prompts"] == xattn["prompts"]  # the same prompts for both
+    for row in (pooled, xattn):
+        assert list(row["losses"]) == ["2", "4"] and row["train_seconds"] > 0
+        scored = [r for r in row["retrieval"] if r["steps"] == 1]
+        assert {(r["prompts"], r["w"]) for r in scored} == {("seen", 0.0), ("seen", 2.0), ("held-out", 0.0), ("held-out", 2.0)}
+        assert all(0 <= r["near"] <= 1 and -1 <= r["cos"] <= 1 for r in scored)
