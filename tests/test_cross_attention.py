@@ -124,6 +124,34 @@ def test_forward_mode_through_the_cross_attention():
     torch.testing.assert_close(dout, fd, atol=2e-2, rtol=2e-2)
 
 
+def test_meanflow_drops_packed_captions_to_the_null_and_trains_through_them():
+    """The MeanFlow objective drops captions itself (torch.where with the all-zero null) and guides with the
+    null in its target; with packed conditions its loss runs (JVP included) and gives gradients to the tokens' path."""
+    from ilct.batches import Batch
+    from ilct.objectives import make_objective
+    from ilct.run import build_model
+
+    cfg = load_config("fmnist-meanflow", ["model.arch=DiT-T/4", "model.in_channels=4", "model.input_size=8",
+                                          f"model.text_dim={T}", f"model.text_tokens={L}", "model.class_dropout=0.5",
+                                          "meanflow.guidance_kappa=0.5"])
+    objective, model = make_objective(cfg), build_model(cfg).train()
+    torch.manual_seed(0)
+    for m in model.modules():  # adaLN-Zero's zero start undone, so gradients reach the blocks
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=0.05)
+    g = torch.Generator().manual_seed(7)
+    draw = objective.draw(0, 3, g)
+    draw[:, 2] = torch.tensor([0.1, 0.9, 0.8])  # sample 0 dropped at class_dropout 0.5
+    batch = Batch(torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g), draw, packed())
+    y_in, y, dropped = objective.conditions(batch)
+    assert dropped.tolist() == [True, False, False] and (y_in[0] == 0).all() and torch.equal(y_in[1:], y[1:])
+    terms = objective.loss(model, batch, None)
+    terms.loss.backward()
+    assert torch.isfinite(terms.loss)
+    assert model.net.blocks[0].cross_attn.kv.weight.grad.abs().sum() > 0  # through the tokens' keys and values
+    assert model.net.token_embedder.proj[0].weight.grad.abs().sum() > 0
+
+
 def test_text_tokens_settings_are_checked():
     for bad in ("model.text_tokens=-1", "model.text_tokens=257"):
         with pytest.raises(IlctError, match="model.text_tokens"):
