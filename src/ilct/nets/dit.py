@@ -344,7 +344,7 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
-    def caption_tokens(self, y: torch.Tensor | None, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def embed_caption(self, y: torch.Tensor | None, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The packed caption condition y (B, 1 + L, text_dim + 1) (None: the null caption for all) ->
         c plus the pooled caption's vector, the cross-attention context (B, 1 + L, D) and its key mask.
         One dropout decision per sample replaces both the pooled vector and the tokens by the null."""
@@ -385,7 +385,7 @@ class DiT(nn.Module):
         elif self.text_embedder is not None and y is not None and self.token_embedder is None:
             c = c + self.text_embedder(y, self.training)
         elif self.token_embedder is not None:
-            c, context, keep = self.caption_tokens(y, c)
+            c, context, keep = self.embed_caption(y, c)
         for block in self.blocks:
             h = block(h, c, context, keep)
         return self.unpatchify(self.final_layer(h, c))  # (B, C, H, W)
