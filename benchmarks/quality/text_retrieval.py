@@ -16,6 +16,9 @@ image's caption. Scores, averaged over prompts:
 
 with their chance levels (the fraction of training images whose caption qualifies).
 w = 0 is the unconditional model (the null caption): the same numbers without the prompt.
+A run with caption tokens (model.text_tokens > 0) gets each prompt's tokens as well
+(TextEncoder.condition). The captions are the dataset's, or (a dataset without them, as in
+the tests) those stored with the run's latents (data.latents/captions.json).
 
     python benchmarks/quality/text_retrieval.py --run runs/emoji-text --weights 0,1,2,3,4 --steps 1,2 \\
         --prompts 24 --per-prompt 8 --json docs/results/text_emoji.json --grid docs/figures/text_emoji
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 
 from ilct.grid import make_grid, save_png
+from ilct.latents import LatentDir
 from ilct.run import load_dataset, open_run
 from ilct.sampling import generate
 from ilct.text import TextEncoder, kept_indices
@@ -72,7 +76,7 @@ def main() -> None:
     if cfg.model.text_dim <= 0:
         raise SystemExit(f"{args.run} is not text-conditional (model.text_dim = 0)")
     data = load_dataset(cfg)
-    captions = list(data.captions or [])
+    captions = list(data.captions or (LatentDir(cfg.data.latents).captions if cfg.data.latents else None) or [])
     if not captions:
         raise SystemExit("the run's dataset has no captions")
     train_idx = kept_indices(captions, cfg.data.caption_holdout) if cfg.data.caption_holdout else list(range(len(captions)))
@@ -90,6 +94,7 @@ def main() -> None:
     cap_emb = enc.embed(uniq)
     prompt_sets = {"seen": seen, "held-out": heldout}
     prompt_emb = {k: enc.embed(v) for k, v in prompt_sets.items() if v}
+    prompt_cond = {k: enc.condition(v, cfg.model.text_tokens) for k, v in prompt_sets.items() if v}  # what the model takes
     near = {}
     for kind, ps in prompt_sets.items():
         if not ps:
@@ -133,7 +138,7 @@ def main() -> None:
             for kind, ps in prompt_sets.items():
                 if not ps:
                     continue
-                text = prompt_emb[kind].repeat_interleave(args.per_prompt, dim=0)
+                text = prompt_cond[kind].repeat_interleave(args.per_prompt, dim=0)
                 with torch.inference_mode():
                     imgs = generate(run.model, run.autoencoder, run.stats, cfg, len(text), steps, args.seed,
                                     256, text=None if w == 0 else text, guidance=w if w else 1.0)
@@ -142,7 +147,7 @@ def main() -> None:
                 rows.append(row)
                 grids[(kind, steps, w)] = imgs
                 print(json.dumps(row), flush=True)
-    report = {"run": str(args.run), "checkpoint": str(run.checkpoint), "step": run.step,
+    report = {"run": str(args.run), "checkpoint": str(run.checkpoint), "step": run.step, "text_tokens": cfg.model.text_tokens,
               "command": "python " + " ".join(sys.argv), "machine": f"{platform.machine()} CPU, torch {torch.__version__}",
               "feature_space": f"RGB pixels area-averaged to {FEATURE_SIDE}x{FEATURE_SIDE}, L2", "near_k": NEAR_K,
               "n_train_images": len(train_idx), "n_train_captions": len(uniq), "n_heldout_captions": len(held),

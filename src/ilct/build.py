@@ -58,7 +58,7 @@ class RunData:
 
 
 def _conditions(cfg: Config, latent_set, main: bool):
-    """The labels (or caption embeddings) the model is conditioned on, and the indices kept for training."""
+    """The labels (or caption conditions) the model is conditioned on, and the indices kept for training."""
     labels = None
     if cfg.model.num_classes != 0:  # class-conditional: labels stored with the latents
         if latent_set.labels is None or len(latent_set.labels) == 0:
@@ -79,14 +79,16 @@ def _conditions(cfg: Config, latent_set, main: bool):
         from ilct.text import kept_indices
 
         kept = torch.tensor(kept_indices(latent_set.captions, cfg.data.caption_holdout), dtype=torch.long)
-    if cfg.model.text_dim > 0:  # text-conditional: caption embeddings, cached with the latents
+    if cfg.model.text_dim > 0:  # text-conditional: caption embeddings (and tokens), cached with the latents
         if not latent_set.captions:
             raise IlctError("config: model.text_dim is set but the latents carry no captions (the emoji dataset has them)")
-        from ilct.text import caption_embeddings
+        from ilct.text import caption_conditions
 
-        labels = caption_embeddings(latent_set.path, latent_set.captions)
-        if labels.shape[1] != cfg.model.text_dim:
-            raise IlctError(f"config: model.text_dim={cfg.model.text_dim} but the text encoder gives {labels.shape[1]}-d embeddings")
+        # (n, text_dim) pooled, or with model.text_tokens = L the packed (n, 1 + L, text_dim + 1) (ilct.nets.embedders)
+        labels = caption_conditions(latent_set.path, latent_set.captions, cfg.model.text_tokens)
+        dim = labels.shape[-1] - (cfg.model.text_tokens > 0)
+        if dim != cfg.model.text_dim:
+            raise IlctError(f"config: model.text_dim={cfg.model.text_dim} but the text encoder gives {dim}-d embeddings")
     if kept is not None and main:
         print(f"caption_holdout {cfg.data.caption_holdout!r}: training on {len(kept)} of {len(latent_set)} latents", flush=True)
     return labels, kept

@@ -158,9 +158,10 @@ def cmd_sample(args) -> int:
     if args.prompt is not None:
         from ilct.text import TextEncoder
 
-        text = TextEncoder(args.text_encoder or None).embed([args.prompt])
-        if text.shape[1] != run.cfg.model.text_dim:
-            raise IlctError(f"--prompt: the text encoder gives {text.shape[1]}-d embeddings, the run wants {run.cfg.model.text_dim}")
+        encoder = TextEncoder(args.text_encoder or None)
+        if encoder.dim != run.cfg.model.text_dim:
+            raise IlctError(f"--prompt: the text encoder gives {encoder.dim}-d embeddings, the run wants {run.cfg.model.text_dim}")
+        text = encoder.condition([args.prompt], run.cfg.model.text_tokens)  # pooled, or packed with its tokens
     with torch.inference_mode():
         images = generate(run.model, run.autoencoder, run.stats, run.cfg, args.n, args.steps, args.seed,
                           args.batch_size, sigmas, progress=_progress(args), labels=args.cls, guidance=args.guidance,

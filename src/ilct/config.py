@@ -59,6 +59,8 @@ class ModelConfig:
     num_classes: int = 0  # 0 = unconditional; -1 = from the data (largest label + 1)
     class_dropout: float = 0.1  # label (or caption) dropout to the null condition, when conditional
     text_dim: int = 0  # 0 = no text; 384 = conditioned on caption embeddings (all-MiniLM-L6-v2, ilct.text)
+    text_tokens: int = 0  # 0 = the pooled caption embedding only (adaLN); L > 0 = also the caption's first L token
+    #                       embeddings ([CLS] and [SEP] included, padded, masked), cross-attended in every DiT block
     # DiT only: the authors' later DiT used relu and no q/k/v bias (docs/method.md, "The backbone")
     mlp_act: str = "gelu"  # the DiT MLP's activation: gelu (tanh approximation) | relu
     qkv_bias: bool = True  # a bias in the DiT attention's q/k/v projection
@@ -169,6 +171,7 @@ RENAMED = {"method.diffusion_weight": "lambda_diff"}
 
 MAX_STEPS = 999_999_999  # checkpoint folders are step_XXXXXXXXX
 MAX_FRAMES = 1024  # data.frames and data.frame_stride
+MAX_TEXT_TOKENS = 256  # the sentence encoder's own limit (all-MiniLM-L6-v2: max_seq_length 256)
 
 # Allowed values of the string fields that are choices.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -189,6 +192,7 @@ BACKBONE_OPTIONS: dict[str, str] = {
     "model.class_dropout": "class_dropout",
     "model.dropout": "dropout",
     "model.text_dim": "text_dim",
+    "model.text_tokens": "text_tokens",
     "method.nsln": "nsln",
     "model.mlp_act": "mlp_act",
     "model.qkv_bias": "qkv_bias",
@@ -376,6 +380,8 @@ def validate(cfg: Config) -> None:
     need(m.num_classes >= -1, "model.num_classes", "must be >= 0, or -1 (from the data)")
     need(0.0 <= m.class_dropout < 1.0, "model.class_dropout", "must be in [0, 1)")
     need(m.text_dim >= 0, "model.text_dim", "must be >= 0")
+    need(0 <= m.text_tokens <= MAX_TEXT_TOKENS, "model.text_tokens", f"must be in 0..{MAX_TEXT_TOKENS} (0 = pooled only)")
+    need(m.text_tokens == 0 or m.text_dim > 0, "model.text_tokens", "needs a text-conditional model (model.text_dim > 0)")
     need(1e-12 <= m.norm_eps <= 1e-1, "model.norm_eps", "must be in [1e-12, 0.1]")
     need(not (m.text_dim > 0 and m.num_classes != 0), "model.text_dim",
          "and model.num_classes are both set: one kind of conditioning, labels or text")

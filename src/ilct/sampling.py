@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ilct.consistency.schedule import karras_sigmas
-from ilct.nets.embedders import null_condition
+from ilct.nets.embedders import null_condition, text_condition_shape
 
 # The authors' 2-step setting: index 22 of a 40-level Karras grid (tau ~ 1.39).
 TWO_STEP_GRID, TWO_STEP_INDEX = 40, 22
@@ -70,7 +70,8 @@ def per_sample_noise(seed: int, indices: range | list[int], shape: tuple[int, ..
 def guided(model, labels: torch.Tensor, w: float, null_label: int):
     """Classifier-free guidance of a conditional f: x, sigma -> f_u + w (f_c - f_u).
 
-    f_c = f(x, sigma, y), f_u = f(x, sigma, null) (y: class labels or caption embeddings); w = 1 is the conditional model,
+    f_c = f(x, sigma, y), f_u = f(x, sigma, null) (y: class labels, caption embeddings or packed caption conditions,
+    whose null is all zeros); w = 1 is the conditional model,
     w = 0 the unconditional one. Both evaluations share one batched forward.
     """
     if w == 1.0:
@@ -132,8 +133,9 @@ def generate(
 
     For a class-conditional model, `labels` (one class for all, or one per sample)
     with classifier-free guidance weight `guidance`; None draws unconditionally (the null class).
-    For a text-conditional one, `text`: caption embeddings (ilct.text.TextEncoder), one row for all
-    samples or one per sample, with the same guidance; None draws unconditionally (the null caption).
+    For a text-conditional one, `text`: caption conditions (ilct.text.TextEncoder.condition: pooled
+    embeddings, or packed with their tokens when model.text_tokens > 0), one for all samples or one per
+    sample, with the same guidance; None draws unconditionally (the null caption).
     """
     from tqdm import tqdm
 
@@ -150,10 +152,11 @@ def generate(
     if K > 0:  # the null class K draws unconditionally
         y_all = np.full(n, K, dtype=np.int64) if labels is None else np.array(np.broadcast_to(np.asarray(labels, np.int64), (n,)))
     if T > 0:
-        e = torch.zeros(1, T) if text is None else torch.as_tensor(text, dtype=torch.float32).reshape(-1, T)
+        cond = text_condition_shape(T, cfg.model.text_tokens)  # (T,), or (1 + L, T + 1) with the caption's tokens
+        e = torch.zeros(1, *cond) if text is None else torch.as_tensor(text, dtype=torch.float32).reshape(-1, *cond)
         if e.shape[0] not in (1, n):
             raise ValueError(f"text: one embedding or one per sample ({n}), got {e.shape[0]}")
-        e_all = e.expand(n, T)
+        e_all = e.expand(n, *cond)
     out = []
     for start in tqdm(range(0, n, batch_size), desc=f"sample {steps}-step", disable=not progress, dynamic_ncols=True):
         idx = range(start, min(start + batch_size, n))

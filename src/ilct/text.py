@@ -9,6 +9,14 @@ zero vector is never one, so it stands for "no caption" (the null condition).
 Training images' caption embeddings are computed once and cached next to their latents
 (`text_embeddings.npy` in the latent directory, with the encoder and a digest of the
 captions in `text_embeddings.json`).
+
+With `model.text_tokens` = L > 0 the model also cross-attends to the caption's per-token embeddings
+(the encoder's last hidden states, [CLS] and [SEP] included, the caption truncated to L tokens), padded
+to L with a mask: `TextEncoder.tokens`. They are cached the same way, in one safetensors file
+(`text_tokens.safetensors`: tokens (n, L, 384) float16, mask (n, L) bool, the encoder, L and the captions'
+digest in its metadata); the encoder rounds its own token outputs to float16 too, so a prompt embedded at
+sampling time gets exactly what its caption got in training. `condition` gives what a model of either
+kind takes (ilct.nets.embedders.pack_text).
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ import numpy as np
 import torch
 
 from ilct.errors import IlctError
+from ilct.files import save_tensors, write_text
 
 ENCODER = "all-MiniLM-L6-v2"
 TEXT_DIM = 384
 CACHE_FILE = "text_embeddings.npy"
 CACHE_META = "text_embeddings.json"
+TOKENS_FILE = "text_tokens.safetensors"
 
 
 def encoder_path(path: str | Path | None = None) -> Path:
@@ -81,6 +91,40 @@ class TextEncoder:
                                 normalize_embeddings=True, show_progress_bar=False)
         return out.float().cpu()
 
+    @torch.no_grad()
+    def tokens(self, texts: list[str], max_tokens: int, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token embeddings of each text, truncated to `max_tokens` tokens ([CLS] and [SEP] count) and
+        padded with zeros: (n, max_tokens, dim) float32 (values rounded to float16, as cached) and the
+        mask (n, max_tokens) bool (True: a real token)."""
+        if isinstance(texts, str):
+            raise TypeError("tokens takes a list of strings")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        n = len(texts)
+        tok, mask = torch.zeros(n, max_tokens, self.dim), torch.zeros(n, max_tokens, dtype=torch.bool)
+        if not n:
+            return tok, mask
+        before = self.model.max_seq_length
+        self.model.max_seq_length = max_tokens  # the input is truncated, as a text-to-image model's would be
+        try:
+            out = self.model.encode(list(texts), batch_size=batch_size, output_value="token_embeddings",
+                                    show_progress_bar=False)
+        finally:
+            self.model.max_seq_length = before
+        for j, t in enumerate(out):  # one (length_j, dim) tensor per text, its padding already cut
+            t = torch.as_tensor(t)[:max_tokens]
+            tok[j, : len(t)] = t.float().cpu().half().float()
+            mask[j, : len(t)] = True
+        return tok, mask
+
+    def condition(self, texts: list[str], max_tokens: int = 0) -> torch.Tensor:
+        """What a text-conditional model takes: the pooled embeddings (n, dim) when max_tokens = 0, else
+        the packed (pooled, tokens, mask) condition (n, 1 + max_tokens, dim + 1) (ilct.nets.embedders)."""
+        from ilct.nets.embedders import pack_text
+
+        pooled = self.embed(texts)
+        return pooled if max_tokens == 0 else pack_text(pooled, *self.tokens(texts, max_tokens))
+
 
 def kept_indices(captions: list[str], holdout: str) -> list[int]:
     """Indices of the captions that the regex `holdout` does not match (data.caption_holdout)."""
@@ -122,7 +166,48 @@ def caption_embeddings(latent_dir: str | Path, captions: list[str], path: str | 
         tmp = latent_dir / f"{CACHE_FILE}.{os.getpid()}.tmp.npy"
         np.save(tmp, e)
         os.replace(tmp, data_file)
-        meta_file.write_text(json.dumps(want))
+        write_text(meta_file, json.dumps(want))  # after the data: a half-written cache never matches
     except OSError:  # a read-only latent directory: use the embeddings uncached
         pass
     return torch.from_numpy(e)
+
+
+def caption_tokens(latent_dir: str | Path, captions: list[str], max_tokens: int,
+                   path: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token embeddings (n, max_tokens, 384) and masks (n, max_tokens) of a latent set's captions: from the
+    cache in `latent_dir`, or computed and written there atomically (a cache made for other captions, another
+    encoder or another max_tokens is recomputed; a read-only latent directory leaves them uncached)."""
+    from safetensors import SafetensorError, safe_open
+
+    data_file = Path(latent_dir) / TOKENS_FILE
+    want = {"encoder": ENCODER if not path else str(path), "n": str(len(captions)),
+            "captions": captions_digest(captions), "max_tokens": str(max_tokens)}
+    if data_file.is_file():
+        try:
+            with safe_open(str(data_file), "pt") as f:
+                if f.metadata() == want:
+                    tok, mask = f.get_tensor("tokens"), f.get_tensor("mask")
+                    if tok.shape[:2] == mask.shape == (len(captions), max_tokens):
+                        return tok.float(), mask.bool()
+        except (SafetensorError, OSError, ValueError, KeyError):  # an unreadable or damaged cache: recompute
+            pass
+    unique = sorted(set(captions))
+    table, table_mask = TextEncoder(path).tokens(unique, max_tokens)
+    pos = {c: j for j, c in enumerate(unique)}
+    idx = torch.tensor([pos[c] for c in captions], dtype=torch.long)
+    tok, mask = table[idx], table_mask[idx]
+    try:
+        save_tensors({"tokens": tok.half(), "mask": mask}, data_file, metadata=want)
+    except OSError:  # a read-only latent directory: use the tokens uncached
+        pass
+    return tok, mask
+
+
+def caption_conditions(latent_dir: str | Path, captions: list[str], max_tokens: int = 0,
+                       path: str | Path | None = None) -> torch.Tensor:
+    """A latent set's caption conditions, cached: the pooled embeddings (n, 384) when max_tokens = 0, else
+    the packed (pooled, tokens, mask) conditions (n, 1 + max_tokens, 385) (ilct.nets.embedders.pack_text)."""
+    from ilct.nets.embedders import pack_text
+
+    pooled = caption_embeddings(latent_dir, captions, path)
+    return pooled if max_tokens == 0 else pack_text(pooled, *caption_tokens(latent_dir, captions, max_tokens, path))

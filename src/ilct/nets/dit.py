@@ -6,7 +6,9 @@ reference DiT: per-head query/key LayerNorm, which is a Non-scaling LayerNorm
 (METHOD.md section 4, technique 5) when `nsln=True`; dropout in attention and
 MLP; `F.scaled_dot_product_attention`; with `two_times=True`, a second time input t2
 embedded by its own timestep embedder and added to the adaLN conditioning (the MeanFlow
-net sees t and t - r, METHOD.md section 7; the wrapper is ilct.flowmap.meanflow.MeanFlowModel).
+net sees t and t - r, METHOD.md section 7; the wrapper is ilct.flowmap.meanflow.MeanFlowModel);
+with `text_tokens` = L > 0, a cross-attention sublayer in every block that attends to the caption's
+token embeddings (as text-to-image DiTs do: PixArt-alpha), the pooled caption vector still in adaLN.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ilct.nets.embedders import LabelEmbedder, TextEmbedder, TimestepEmbedder  # noqa: F401 (also imported from here)
+from ilct.nets.embedders import (LabelEmbedder, TextEmbedder, TimestepEmbedder,  # noqa: F401 (also imported from here)
+                                 TokenEmbedder, text_condition_shape, unpack_text)
 
 
 # --------------------------------------------------------------------------- size registry
@@ -101,6 +104,34 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(B, T, C))
 
 
+class CrossAttention(nn.Module):
+    """Queries from the image tokens x (B, N, D), keys and values from the caption context (B, S, D);
+    per-head q/k norms as in `Attention` (NsLN when nsln is on); `keep` (B, S) bool masks out padded
+    caption tokens (their attention weight is exactly 0)."""
+
+    def __init__(self, dim: int, num_heads: int, nsln: bool, dropout: float, qkv_bias: bool = True, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.q_norm = make_norm(self.head_dim, nsln, eps)
+        self.k_norm = make_norm(self.head_dim, nsln, eps)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        S = context.shape[1]
+        q = self.q(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, head_dim)
+        kv = self.kv(context)  # (B, S, 2 D)
+        k, v = kv.reshape(B, S, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, S, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :],  # (B, 1, 1, S): True = attended
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
 # The MLP's activation: tanh-approximated GELU as in the DiT paper, or ReLU as in the authors' later DiT
 # (`--linear-act relu` in quandao10/LCT scripts/train_lct_ot.sh).
 MLP_ACTIVATIONS = {
@@ -122,22 +153,33 @@ class Mlp(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """Pre-norm transformer block with adaLN-Zero (block norms have no affine parameters)."""
+    """Pre-norm transformer block with adaLN-Zero (block norms have no affine parameters).
+
+    With `cross_attn`, a third sublayer between attention and MLP, as in PixArt-alpha:
+    x = x + CrossAttn(norm(x), context), not modulated by adaLN; its norm is an affine LayerNorm, or
+    NsLN (no gain) when nsln is on (`make_norm`), and its output projection starts at zero (closed).
+    """
 
     compile_region = True  # ilct.accel.compile_blocks compiles each block on its own
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, nsln: bool, dropout: float,
-                 mlp_act: str = "gelu", qkv_bias: bool = True, eps: float = 1e-6):
+                 mlp_act: str = "gelu", qkv_bias: bool = True, eps: float = 1e-6, cross_attn: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
         self.attn = Attention(dim, num_heads, nsln, dropout, qkv_bias, eps)
+        # created only when on, so a block without text tokens draws the same initial weights as before
+        self.norm_cross = make_norm(dim, nsln, eps) if cross_attn else None
+        self.cross_attn = CrossAttention(dim, num_heads, nsln, dropout, qkv_bias, eps) if cross_attn else None
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout, mlp_act)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor | None = None,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.norm_cross(x), context, keep)  # (B, N, D) attends to (B, 1 + L, D)
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
 
@@ -194,6 +236,10 @@ class DiT(nn.Module):
 
     y: class labels (B,) int64 for a class-conditional net (num_classes > 0; num_classes is the
     null class), or caption embeddings (B, text_dim) for a text-conditional one (zeros: no caption).
+    With text_tokens = L > 0, y is the packed caption condition (B, 1 + L, text_dim + 1) of
+    ilct.nets.embedders.pack_text (pooled vector, L token embeddings, their mask; zeros: no caption):
+    the pooled vector goes into adaLN as before, the tokens (`TokenEmbedder`) into a cross-attention
+    sublayer in every block; one dropout decision per sample nulls both.
 
     Under autocast the residual stream h between the blocks is fp32 (the positional embedding and
     the gated residual sums promote it); `low_precision_residual` keeps it in the autocast dtype
@@ -220,6 +266,7 @@ class DiT(nn.Module):
         dropout: float = 0.0,
         nsln: bool = False,
         text_dim: int = 0,
+        text_tokens: int = 0,
         low_precision_residual: bool = False,
         fp32_final_layer: bool = True,
         two_times: bool = False,
@@ -248,10 +295,15 @@ class DiT(nn.Module):
             raise ValueError("one kind of conditioning: class labels or text, not both")
         self.y_embedder = LabelEmbedder(num_classes, D, class_dropout) if num_classes > 0 else None
         self.text_embedder = TextEmbedder(text_dim, D, class_dropout) if text_dim > 0 else None
+        if text_tokens < 0 or (text_tokens > 0 and text_dim <= 0):
+            raise ValueError("text_tokens must be >= 0, and > 0 only with text_dim > 0")
+        self.text_dim, self.text_tokens = text_dim, text_tokens
+        self.token_embedder = TokenEmbedder(text_dim, D) if text_tokens > 0 else None
         pos = torch.from_numpy(sincos_pos_embed_2d(D, self.grid)).float().unsqueeze(0)
         self.register_buffer("pos_embed", pos, persistent=False)
         self.blocks = nn.ModuleList(
-            DiTBlock(D, size.num_heads, size.mlp_ratio, nsln, dropout, mlp_act, qkv_bias, norm_eps)
+            DiTBlock(D, size.num_heads, size.mlp_ratio, nsln, dropout, mlp_act, qkv_bias, norm_eps,
+                     cross_attn=text_tokens > 0)
             for _ in range(size.depth)
         )
         self.final_layer = FinalLayer(D, p, in_channels, fp32=fp32_final_layer, eps=norm_eps)
@@ -278,13 +330,36 @@ class DiT(nn.Module):
         if self.text_embedder is not None:
             nn.init.normal_(self.text_embedder.proj[0].weight, std=0.02)
             nn.init.normal_(self.text_embedder.proj[2].weight, std=0.02)
+        if self.token_embedder is not None:
+            nn.init.normal_(self.token_embedder.proj[0].weight, std=0.02)
+            nn.init.normal_(self.token_embedder.proj[2].weight, std=0.02)
         for block in self.blocks:  # adaLN-Zero: every residual branch starts closed
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
+            if block.cross_attn is not None:  # the cross-attention branch too (PixArt-alpha)
+                nn.init.zeros_(block.cross_attn.proj.weight)
+                nn.init.zeros_(block.cross_attn.proj.bias)
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+
+    def embed_caption(self, y: torch.Tensor | None, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The packed caption condition y (B, 1 + L, text_dim + 1) (None: the null caption for all) ->
+        c plus the pooled caption's vector, the cross-attention context (B, 1 + L, D) and its key mask.
+        One dropout decision per sample replaces both the pooled vector and the tokens by the null."""
+        B = c.shape[0]
+        want = text_condition_shape(self.text_dim, self.text_tokens)
+        if y is None:
+            y = c.new_zeros((B, *want), dtype=torch.float32)
+        if tuple(y.shape[1:]) != want:
+            raise ValueError(f"this DiT takes packed caption conditions of shape (B, {want[0]}, {want[1]}) "
+                             f"(text_tokens={self.text_tokens}), got {tuple(y.shape)}")
+        pooled, tokens, mask = unpack_text(y)  # (B, T), (B, L, T), (B, L)
+        drop = self.text_embedder.dropped(pooled, self.training)  # (B,) the null caption
+        c = c + self.text_embedder(pooled, self.training, drop)
+        context, keep = self.token_embedder(tokens, mask & ~drop[:, None])  # (B, 1 + L, D), (B, 1 + L)
+        return c, context, keep
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         B, p, g, C = x.shape[0], self.patch_size, self.grid, self.in_channels
@@ -304,12 +379,15 @@ class DiT(nn.Module):
             c = c + self.t2_embedder(t2)  # (B, D)
         elif t2 is not None:
             raise ValueError("a second time input t2 needs a DiT built with two_times=True")
+        context = keep = None
         if self.y_embedder is not None and y is not None:
             c = c + self.y_embedder(y, self.training)
-        elif self.text_embedder is not None and y is not None:
+        elif self.text_embedder is not None and y is not None and self.token_embedder is None:
             c = c + self.text_embedder(y, self.training)
+        elif self.token_embedder is not None:
+            c, context, keep = self.embed_caption(y, c)
         for block in self.blocks:
-            h = block(h, c)
+            h = block(h, c, context, keep)
         return self.unpatchify(self.final_layer(h, c))  # (B, C, H, W)
 
 

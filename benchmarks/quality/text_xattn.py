@@ -1,0 +1,142 @@
+"""Caption tokens cross-attended against the pooled caption in adaLN, on the emoji retrieval, at an equal budget.
+
+Trains `--config` (emoji-ilct-text: the pooled all-MiniLM-L6-v2 caption embedding in the adaLN vector)
+twice from the same seed, so that every step draws the same batch, noise and levels, for the same steps
+and batch size:
+
+    pooled  the preset as it is
+    xattn   the same with model.text_tokens = --tokens (the preset emoji-ilct-text-xattn): the caption's
+            token embeddings cross-attended in every DiT block, the pooled vector still in adaLN
+
+then scores each run with text_retrieval.py (the same prompts, sample seeds, guidance weights and step
+counts; exact / near / cos, docs/conditional.md) and writes one report: per row the parameter count,
+the training seconds, the logged losses and the retrieval rows.
+
+    python benchmarks/quality/text_xattn.py --autoencoder ../shared/weights/taef2 --steps 10000 \\
+        --work runs/text_xattn --out docs/results/text_xattn.json
+
+The budget is equal in steps (and so in images seen), not in wall-clock time or parameters: the xattn
+network is larger, and the report gives both counts and both times. `--dry-run` prints the commands and
+exits; `--tiny` is a run of seconds for the tests (4 steps at batch 8, 8 tokens, 2 prompts of each kind,
+2 samples each, w in {0, 2}, 1 step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PRESET = "emoji-ilct-text"
+
+
+def rows(tokens: int) -> dict[str, list[str]]:
+    """Each row's settings beyond the shared ones: the only difference is model.text_tokens."""
+    return {"pooled": [], "xattn": [f"model.text_tokens={tokens}"]}
+
+
+def train_command(args: argparse.Namespace, name: str, settings: list[str]) -> list[str]:
+    run = Path(args.work) / name
+    sets = [f"train.total_steps={args.steps}", f"train.log_every={args.log_every}", "train.sample_every=0",
+            f"train.ckpt_every={args.steps}", f"train.device={args.device}", f"train.seed={args.seed}",
+            *([f"train.batch_size={args.batch_size}"] if args.batch_size else []), *args.set, *settings]
+    return [sys.executable, "-m", "ilct", "train", "--config", args.config, "--autoencoder", args.autoencoder,
+            "--out", str(run), "--force", "--no-progress", *[a for s in sets for a in ("--set", s)]]
+
+
+def retrieval_command(args: argparse.Namespace, name: str) -> list[str]:
+    run = Path(args.work) / name
+    return [sys.executable, str(HERE / "text_retrieval.py"), "--run", str(run), "--weights", args.weights,
+            "--steps", args.sample_steps, "--prompts", str(args.prompts), "--per-prompt", str(args.per_prompt),
+            "--seed", str(args.seed), "--json", str(run / "retrieval.json")]
+
+
+def _shared():
+    """precision_losses.py, for its `losses` and `write_report` (benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("precision_losses", HERE / "precision_losses.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parameters(run: Path) -> int:
+    from ilct.config import config_from_yaml_file
+    from ilct.run import build_model
+
+    return sum(p.numel() for p in build_model(config_from_yaml_file(run / "config.yaml")).net.parameters())
+
+
+def call(name: str, cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed: {shlex.join(cmd)}\n{proc.stderr.strip()[-2000:]}")
+
+
+def run_row(args: argparse.Namespace, name: str, settings: list[str], shared) -> dict:
+    run = Path(args.work) / name
+    t0 = time.perf_counter()
+    call(name, train_command(args, name, settings))
+    seconds = round(time.perf_counter() - t0, 1)
+    call(name, retrieval_command(args, name))
+    logged = shared.losses(run)
+    last = sorted(logged)[-5:]
+    retrieval = json.loads((run / "retrieval.json").read_text())
+    return {"name": name, "settings": settings, "parameters": parameters(run), "train_seconds": seconds,
+            "run": str(run), "losses": logged, "last5_mean_loss": round(sum(logged[k] for k in last) / len(last), 4),
+            "retrieval": retrieval["rows"], "prompts": retrieval["prompts"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=PRESET, help="the pooled row's preset or YAML (the xattn row adds the tokens)")
+    p.add_argument("--autoencoder", required=True)
+    p.add_argument("--tokens", type=int, default=24, help="model.text_tokens of the xattn row (emoji captions: <= 24)")
+    p.add_argument("--steps", type=int, default=10000, help="the step budget of each run")
+    p.add_argument("--batch-size", type=int, default=0, help="0 = the preset's (64)")
+    p.add_argument("--seed", type=int, default=0, help="training seed of both runs, and the prompts' and samples' seed")
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="for both runs (repeatable)")
+    p.add_argument("--weights", default="0,1,2,3,4", help="guidance weights of the retrieval")
+    p.add_argument("--sample-steps", default="1,2", help="sampling step counts of the retrieval")
+    p.add_argument("--prompts", type=int, default=24)
+    p.add_argument("--per-prompt", type=int, default=8)
+    p.add_argument("--work", default="runs/text_xattn", help="run directories (replaced)")
+    p.add_argument("--out", default="", help="also write the JSON report to this file")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    p.add_argument("--tiny", action="store_true", help="4 steps at batch 8, 8 tokens, a small retrieval (the tests)")
+    args = p.parse_args()
+    if args.tiny:
+        args.steps, args.batch_size, args.log_every, args.tokens = 4, 8, 2, 8
+        args.weights, args.sample_steps, args.prompts, args.per_prompt = "0,2", "1", 2, 2
+    if args.dry_run:
+        for name, settings in rows(args.tokens).items():
+            print(shlex.join(train_command(args, name, settings)))
+            print(shlex.join(retrieval_command(args, name)))
+        return
+    shared = _shared()
+    out = [run_row(args, name, settings, shared) for name, settings in rows(args.tokens).items()]
+    print(f"{'row':7s} {'parameters':>11s} {'train s':>8s} {'loss':>8s}  retrieval (near / cos at the best w per kind and NFE)")
+    for r in out:
+        best = {}
+        for x in r["retrieval"]:
+            if not x["w"]:  # w = 0 (unconditional) and the calibration row (real images, w None)
+                continue
+            key = (x["prompts"], x["steps"])
+            if key not in best or x["near"] > best[key]["near"]:
+                best[key] = x
+        cells = "  ".join(f"{k}/{s}: {b['near']:.3f}/{b['cos']:.3f} (w {b['w']:g})" for (k, s), b in sorted(best.items()))
+        print(f"{r['name']:7s} {r['parameters']:11,d} {r['train_seconds']:8.1f} {r['last5_mean_loss']:8.4f}  {cells}")
+    shared.write_report(f"{args.config}: pooled caption in adaLN against caption tokens cross-attended "
+                        f"(model.text_tokens={args.tokens}), {args.steps} steps each, seed {args.seed}",
+                        args.device, out, args.out)
+
+
+if __name__ == "__main__":
+    main()
