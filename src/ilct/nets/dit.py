@@ -152,8 +152,9 @@ class TemporalAttention(nn.Module):
     """Factorized space-time attention's time half: the tokens at one spatial position attend across
     the frames (Latte's / TimeSformer's divided attention). Pre-norm, with its own adaLN-Zero
     (shift, scale, gate from c; the gate starts at zero, so a new one passes h through unchanged)
-    and its own q/k norms (NsLN when `nsln`, as in the blocks). Extra weights per block:
-    q/k/v and the output projection (4 D^2 + 4 D) and the adaLN map (3 D^2 + 3 D)."""
+    and its own q/k norms (NsLN when `nsln`, as in the blocks). Extra weights per block: q/k/v and
+    the output projection (4 D^2 + 4 D), the adaLN map (3 D^2 + 3 D) and the q/k norms: about 7/18 of a
+    DiT block's weights (DiT-T/2: 4.17 M -> 5.72 M parameters)."""
 
     compile_region = True  # ilct.accel.compile_blocks compiles each block on its own
 
