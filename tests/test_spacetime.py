@@ -245,3 +245,61 @@ def test_consistency_model_on_clips_keeps_the_boundary_condition():
     with torch.no_grad():
         assert torch.equal(f(x, torch.tensor(0.002)), x)  # c_skip(sigma_min) = 1, c_out(sigma_min) = 0
         assert f(x, torch.tensor([80.0, 1.0, 0.1])).shape == x.shape
+
+
+# --------------------------------------------------------------------------- clips from a latent directory
+
+
+def write_clip_latents(root, fingerprint: str, shape=(4, 4, 8, 8), n: int = 8):
+    """A finished latent directory of n clip latents (C, T, H, W), as `ilct encode` of clips would write it."""
+    import json
+
+    from ilct.latents import LatentStats
+    from ilct.latents.directory import FORMAT
+
+    root.mkdir()
+    lat = np.random.default_rng(0).standard_normal((n, *shape)).astype(np.float32)
+    np.save(root / "shard_00000.npy", lat)
+    np.save(root / "labels_00000.npy", np.zeros(n, np.int64))
+    LatentStats(torch.from_numpy(lat.mean(0)), torch.from_numpy(lat.std(0))).save(root / "stats.safetensors")
+    (root / "meta.json").write_text(json.dumps({
+        "format": FORMAT, "complete": True, "autoencoder": "builtin", "autoencoder_fingerprint": fingerprint,
+        "dataset": "clips", "data": {}, "flip": False, "count": n, "shape": list(shape),
+        "shards": [{"file": "shard_00000.npy", "labels": "labels_00000.npy", "start": 0, "stop": n}],
+        "posterior": "mean", "posterior_seed": None}))
+    return root
+
+
+@pytest.mark.parametrize("attention", ["full", "factorized"])
+def test_build_data_takes_the_frames_from_clip_latents_and_a_step_trains(tmp_path, attention):
+    from ilct import distributed
+    from ilct.autoencoders import KLAutoencoder, KLAutoencoderConfig
+    from ilct.build import build_data
+    from ilct.run import build_model
+
+    KLAutoencoder(KLAutoencoderConfig(1, 4, (8, 16))).save(tmp_path / "ae")
+    from ilct.autoencoders import load_autoencoder
+
+    fp = load_autoencoder("builtin", str(tmp_path / "ae")).fingerprint()
+    lat = write_clip_latents(tmp_path / "lat", fp)
+    cfg = load_config("ilct", ["autoencoder.kind=builtin", f"autoencoder.path={tmp_path / 'ae'}", f"data.latents={lat}",
+                               "model.arch=DiT-T/2", "model.patch_t=2", f"model.attention={attention}",
+                               "train.batch_size=4", "train.device=cpu"])
+    cfg.model.in_channels = cfg.model.input_size = None  # all three from the data
+    data = build_data(cfg, tmp_path / "run", False, False, False, distributed.Dist(), torch.device("cpu"))
+    assert (cfg.model.in_channels, cfg.model.frames, cfg.model.input_size) == (4, 4, 8)  # from the data
+    assert data.shape == (4, 4, 8, 8) and latent_dim(cfg) == 4 * 4 * 8 * 8
+    model = build_model(cfg)
+    assert model.net.frames == 4 and model.net.patch_t == 2
+    state = data.objective.state(0, torch.device("cpu"))
+    assert state[2] == pytest.approx(0.00054 * (4 * 4 * 8 * 8) ** 0.5)  # c = 0.00054 sqrt(D), D = C T H W
+    batch = data.maker.make(0)
+    assert batch.x.shape == batch.z.shape == (4, 4, 4, 8, 8)
+    model.train()
+    terms = data.objective.loss(model, batch, state)
+    terms.loss.backward()
+    assert torch.isfinite(terms.loss) and all(p.grad is not None for p in model.net.x_embedder.parameters())
+    with pytest.raises(IlctError, match="model.frames=2 but the autoencoder gives 4x4x8x8 latents"):
+        cfg2 = load_config("ilct", ["autoencoder.kind=builtin", f"autoencoder.path={tmp_path / 'ae'}",
+                                    f"data.latents={lat}", "model.frames=2", "model.input_size=8"])
+        build_data(cfg2, tmp_path / "run2", False, False, False, distributed.Dist(), torch.device("cpu"))
