@@ -1,5 +1,6 @@
 """Clips (B, C, T, H, W): the space-time DiT (patches, 3D positions, full and factorized attention),
-the parameterizations and losses on 5-D tensors, the config's clip fields (issue #19, items 3-4)."""
+the parameterizations and losses on 5-D tensors, the config's clip fields and build_data on clip
+latents (issue #19, item 4; the clip autoencoders of item 3 are tests/test_clip_autoencoders.py)."""
 
 import numpy as np
 import pytest
