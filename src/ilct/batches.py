@@ -38,7 +38,7 @@ def step_seed(seed: int, step: int, stream: int = 0) -> int:
 
 @dataclass
 class Batch:
-    x: torch.Tensor  # (b, C, H, W) normalized data latents
+    x: torch.Tensor  # (b, C, H, W) normalized data latents; (b, C, T, H, W) for clips
     z: torch.Tensor  # (b, C, H, W) noise, reordered by the OT coupling when it is on
     draw: torch.Tensor  # (b, ...) the objective's per-sample draw (consistency: level indices i; EDM: u ~ N(0, 1);
     #                    MeanFlow: (b, 3) times r, t and the label-dropout uniform)
@@ -61,7 +61,7 @@ class BatchMaker:
         self,
         gather: Callable[[torch.Tensor], torch.Tensor],  # indices -> normalized latents (CPU)
         n_data: int,
-        shape: tuple[int, int, int],
+        shape: tuple[int, ...],
         labels: torch.Tensor | None,
         batch_size: int,  # global
         seed: int,

@@ -51,7 +51,7 @@ class RunData:
 
     ae: torch.nn.Module
     stats: LatentStats
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]  # (C, H, W), or (C, T, H, W) for clips
     maker: BatchMaker
     latent_set: str
     objective: Objective
@@ -109,20 +109,25 @@ def build_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder
     if main:
         distributed.barrier(dist)
     latent_set.check_finite()
-    C, H, W = latent_set.shape
+    shape = tuple(latent_set.shape)  # (C, H, W) images, (C, T, H, W) clips of T latent frames
+    if len(shape) not in (3, 4):
+        raise IlctError(f"latents must be images (C, H, W) or clips (C, T, H, W), got {shape}")
+    C, H, W, T = shape[0], shape[-2], shape[-1], (shape[1] if len(shape) == 4 else 0)
+    dims = "x".join(map(str, shape))
     if H != W:
-        raise IlctError(f"latents must be square, got {C}x{H}x{W}")
-    for name, have, want in (("in_channels", C, cfg.model.in_channels), ("input_size", H, cfg.model.input_size)):
+        raise IlctError(f"latents must be square, got {dims}")
+    for name, have, want in (("in_channels", C, cfg.model.in_channels), ("input_size", H, cfg.model.input_size),
+                             ("frames", T, cfg.model.frames)):
         if want is not None and want != have:
-            raise IlctError(f"config: model.{name}={want} but the autoencoder gives {C}x{H}x{W} latents")
-    cfg.model.in_channels, cfg.model.input_size = C, H
+            raise IlctError(f"config: model.{name}={want} but the autoencoder gives {dims} latents")
+    cfg.model.in_channels, cfg.model.input_size, cfg.model.frames = C, H, T
     if stats is None:
         stats = replace(latent_set.stats, fingerprint=ae.fingerprint(), latent_set=latent_set.identity)
     elif stats.latent_set and stats.latent_set != latent_set.identity and not allow_other_latents:
         raise IlctError(f"--resume: {run_dir} was trained on other latents ({stats.latent_set}; these are "
                         f"{latent_set.identity}): pass --allow-other-latents to train on with them")
-    elif tuple(stats.mean.shape) != (C, H, W):
-        raise IlctError(f"{run_dir / STATS_FILE} holds statistics of {tuple(stats.mean.shape)} latents, the data gives {C}x{H}x{W}")
+    elif tuple(stats.mean.shape) != shape:
+        raise IlctError(f"{run_dir / STATS_FILE} holds statistics of {tuple(stats.mean.shape)} latents, the data gives {dims}")
     # Small latent sets live in (host) memory; larger ones are gathered per batch from the memory map.
     if latent_set.nbytes <= IN_MEMORY_BYTES:
         gather = stats.normalize(latent_set.all(), cons.sigma_data).__getitem__  # std sigma_d
@@ -136,13 +141,13 @@ def build_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder
         labels = labels[kept] if labels is not None else None
     objective = make_objective(cfg)
     try:
-        maker = make_batch_maker(cfg, objective, gather, n_data, (C, H, W), labels, dist.rank, dist.world)
+        maker = make_batch_maker(cfg, objective, gather, n_data, shape, labels, dist.rank, dist.world)
     except ValueError as e:
         raise IlctError(f"config: {e}") from None
-    return RunData(ae, stats, (C, H, W), maker, latent_set.identity, objective)
+    return RunData(ae, stats, shape, maker, latent_set.identity, objective)
 
 
-def make_batch_maker(cfg: Config, objective: Objective, gather, n_data: int, shape: tuple[int, int, int],
+def make_batch_maker(cfg: Config, objective: Objective, gather, n_data: int, shape: tuple[int, ...],
                      labels: torch.Tensor | None = None, rank: int = 0, world: int = 1) -> BatchMaker:
     """The BatchMaker of cfg's run: its seed and batch size, the objective's draw, OT where it applies."""
     t = cfg.train

@@ -180,7 +180,9 @@ def cmd_sample(args) -> int:
 
 
 def cmd_schedule(args) -> int:
-    from ilct.config import load_config
+    import math
+
+    from ilct.config import latent_dim, load_config
     from ilct.consistency.schedule import curriculum
 
     cfg = load_config(args.config, args.set)
@@ -190,12 +192,14 @@ def cmd_schedule(args) -> int:
         cfg.train.total_steps = args.total_steps
     if args.latent_shape:
         try:
-            C, H, W = (int(v) for v in args.latent_shape.lower().split("x"))
+            dims = [int(v) for v in args.latent_shape.lower().split("x")]
         except ValueError:
-            raise IlctError(f"--latent-shape expects CxHxW, e.g. 4x32x32, got {args.latent_shape!r}") from None
-        D = C * H * W
+            dims = []
+        if len(dims) not in (3, 4) or min(dims) < 1:
+            raise IlctError(f"--latent-shape expects CxHxW or CxTxHxW (clips), e.g. 4x32x32, got {args.latent_shape!r}")
+        D = math.prod(dims)
     elif cfg.model.in_channels and cfg.model.input_size:
-        D = cfg.model.in_channels * cfg.model.input_size**2
+        D = latent_dim(cfg)
     else:
         raise IlctError("this config leaves the latent shape to the data: pass --latent-shape CxHxW")
     cons = cfg.consistency
@@ -534,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", required=True, help=f"preset name ({presets}) or YAML file")
     c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     c.add_argument("--total-steps", type=int, help="K (default: the config's train.total_steps)")
-    c.add_argument("--latent-shape", help="CxHxW, when the config leaves it to the data")
+    c.add_argument("--latent-shape", help="CxHxW (CxTxHxW for clips), when the config leaves it to the data")
     c.add_argument("--json", action="store_true", help="JSON list of {start_step, end_step, N, c}")
     c.set_defaults(func=cmd_schedule)
 

@@ -55,6 +55,7 @@ class ModelConfig:
     arch: str = "DiT-T/2"  # a name from ilct.nets.ARCHS: a DiT (DiT-B/2, ...) or an ADM UNet (ADM-T, ..., ADM-LCT)
     in_channels: int | None = None  # latent channels; None -> taken from the data
     input_size: int | None = None  # latent side; None -> taken from the data
+    frames: int | None = None  # latent frames of a clip; 0 = images (no time axis); None -> taken from the data
     dropout: float = 0.0
     num_classes: int = 0  # 0 = unconditional; -1 = from the data (largest label + 1)
     class_dropout: float = 0.1  # label (or caption) dropout to the null condition, when conditional
@@ -65,6 +66,9 @@ class ModelConfig:
     mlp_act: str = "gelu"  # the DiT MLP's activation: gelu (tanh approximation) | relu
     qkv_bias: bool = True  # a bias in the DiT attention's q/k/v projection
     norm_eps: float = 1e-6  # eps of every LayerNorm of the DiT
+    # DiT only, for clips (an image is a clip of one frame): space-time patches and attention (ilct.nets.dit)
+    patch_t: int = 1  # latent frames per space-time patch (model.frames must be a multiple)
+    attention: str = "full"  # full: all space-time tokens | factorized: within each frame, then across frames (extra weights)
 
 
 @dataclass
@@ -178,6 +182,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("fashion_mnist", "image_folder", "emoji", "moving_fmnist", "emoji_clips", "video_folder"),
     "data.split": ("train", "test", "heldout"),
     "model.mlp_act": ("gelu", "relu"),
+    "model.attention": ("full", "factorized"),
     "autoencoder.kind": ("builtin", "taesd", "diffusers"),
     "method.metric": ("cauchy", "cauchy_element", "pseudo_huber", "l2", "geman_mcclure"),
     "meanflow.derivative": ("jvp", "finite_difference"),
@@ -197,6 +202,8 @@ BACKBONE_OPTIONS: dict[str, str] = {
     "model.mlp_act": "mlp_act",
     "model.qkv_bias": "qkv_bias",
     "model.norm_eps": "norm_eps",
+    "model.patch_t": "patch_t",
+    "model.attention": "attention",
     "train.bf16_residual": "low_precision_residual",
 }
 
@@ -376,6 +383,10 @@ def validate(cfg: Config) -> None:
          f"heldout applies to moving_fmnist and emoji_clips, not {d.dataset}")
     need(m.in_channels is None or m.in_channels >= 1, "model.in_channels", "must be positive")
     need(m.input_size is None or m.input_size >= 1, "model.input_size", "must be positive")
+    need(m.frames is None or 0 <= m.frames <= 4096, "model.frames", "must be in 0..4096 (0: images)")
+    need(1 <= m.patch_t <= 64, "model.patch_t", "must be in 1..64")
+    need(m.frames is None or max(m.frames, 1) % m.patch_t == 0, "model.patch_t",
+         f"must divide the latent frames (model.frames={m.frames}; an image is one frame)")
     need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
     need(m.num_classes >= -1, "model.num_classes", "must be >= 0, or -1 (from the data)")
     need(0.0 <= m.class_dropout < 1.0, "model.class_dropout", "must be in [0, 1)")
@@ -541,8 +552,16 @@ def config_from_yaml_file(path: str | Path) -> Config:
     return from_dict(_read_yaml(read_text(path, "config file"), str(path)))
 
 
-def latent_dim(cfg: Config) -> int:
-    """D = C * H * W of the model's latents (needs the resolved shape)."""
-    if cfg.model.in_channels is None or cfg.model.input_size is None:
+def latent_shape(cfg: Config) -> tuple[int, ...]:
+    """One sample's latent shape: (C, H, W) for images, (C, T, H, W) for clips of T = model.frames
+    latent frames (needs the resolved shape; model.frames None, not taken from the data or a run from
+    before clips, counts as images)."""
+    m = cfg.model
+    if m.in_channels is None or m.input_size is None:
         raise ValueError("latent shape not resolved yet (model.in_channels / model.input_size)")
-    return cfg.model.in_channels * cfg.model.input_size**2
+    return (m.in_channels, *((m.frames,) if m.frames else ()), m.input_size, m.input_size)
+
+
+def latent_dim(cfg: Config) -> int:
+    """D = C * H * W of the model's latents, C * T * H * W for clips (needs the resolved shape)."""
+    return math.prod(latent_shape(cfg))

@@ -14,7 +14,7 @@ from torch import nn
 
 from ilct.autoencoders import Autoencoder, load_autoencoder
 from ilct.checkpoint import latest_checkpoint, load_weights, read_state, whole
-from ilct.config import Config, backbone_kwargs, config_from_yaml_file
+from ilct.config import Config, backbone_kwargs, config_from_yaml_file, latent_shape
 from ilct.data.images import ImageDataset
 from ilct.latents import LatentDir, LatentStats, cached_latents
 from ilct.errors import IlctError
@@ -38,9 +38,10 @@ def build_model(cfg: Config) -> nn.Module:
     if m.in_channels is None or m.input_size is None:
         raise ValueError("model.in_channels / model.input_size are not resolved")
     try:
-        net = build_backbone(m.arch, m.input_size, m.in_channels, **backbone_kwargs(cfg))
+        net = build_backbone(m.arch, m.input_size, m.in_channels, m.frames or 0, **backbone_kwargs(cfg))
     except ValueError as e:
-        raise IlctError(f"config: model.arch {m.arch} does not fit {m.in_channels}x{m.input_size}x{m.input_size} latents: {e}") from None
+        dims = "x".join(map(str, latent_shape(cfg)))
+        raise IlctError(f"config: model.arch {m.arch} does not fit {dims} latents: {e}") from None
     return make_objective(cfg).wrap(net)
 
 

@@ -164,7 +164,8 @@ def resume_config(cfg: Config, run_dir: Path) -> Config:
     if not (run_dir / CONFIG_FILE).is_file():
         raise IlctError(f"--resume: {run_dir} holds no run (no {CONFIG_FILE})")
     saved = config_from_yaml_file(run_dir / CONFIG_FILE)
-    wanted = replace(cfg, model=replace(cfg.model, in_channels=saved.model.in_channels, input_size=saved.model.input_size))
+    wanted = replace(cfg, model=replace(cfg.model, in_channels=saved.model.in_channels, input_size=saved.model.input_size,
+                                        frames=saved.model.frames))
     bad = [k for k in _changed_keys(saved, wanted) if k not in RUNTIME_KEYS]
     if bad:
         raise IlctError(f"--resume: the run was made with other settings ({', '.join(bad[:4])}); "

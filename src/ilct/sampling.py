@@ -141,11 +141,12 @@ def generate(
 
     from ilct.data.images import to_uint8
 
+    from ilct.config import latent_shape
     from ilct.objectives import make_objective
 
     cons = cfg.consistency
     objective = make_objective(cfg)  # how `steps` (and `sigmas`) are sampled: consistency steps, Heun steps, ...
-    shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
+    shape = latent_shape(cfg)  # (C, H, W), or (C, T, H, W) for clips
     device = next(model.parameters()).device
     check_request(cfg, labels, text is not None, guidance)
     K, T = cfg.model.num_classes, cfg.model.text_dim

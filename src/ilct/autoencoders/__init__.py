@@ -1,8 +1,12 @@
-"""Autoencoders: one protocol (base.Autoencoder), and the backends behind `load_autoencoder`."""
+"""Autoencoders: one protocol (base.Autoencoder), and the backends behind `load_autoencoder`.
+
+Clips: `for_clips(ae)` is a video VAE itself (diffusers_video) or an image autoencoder frame by frame (frames).
+"""
 
 from __future__ import annotations
 
 from ilct.autoencoders.base import Autoencoder
+from ilct.autoencoders.frames import FrameByFrame, for_clips
 from ilct.autoencoders.kl import KLAutoencoder, KLAutoencoderConfig
 from ilct.errors import IlctError
 
@@ -18,11 +22,12 @@ def load_autoencoder(kind: str, path: str) -> Autoencoder:
         from ilct.autoencoders.taesd import TAESD
 
         return TAESD.load(path)
-    if kind == "diffusers":
+    if kind == "diffusers":  # an AutoencoderKL (images), or a video VAE by its config's class name
+        from ilct.autoencoders.diffusers_video import VIDEO_VAES, DiffusersVideoVAE, diffusers_class
         from ilct.autoencoders.diffusers_vae import DiffusersVAE
 
-        return DiffusersVAE.load(path)
+        return DiffusersVideoVAE.load(path) if diffusers_class(path) in VIDEO_VAES else DiffusersVAE.load(path)
     raise IlctError(f"unknown autoencoder kind {kind!r}")
 
 
-__all__ = ["Autoencoder", "KLAutoencoder", "KLAutoencoderConfig", "load_autoencoder"]
+__all__ = ["Autoencoder", "FrameByFrame", "KLAutoencoder", "KLAutoencoderConfig", "for_clips", "load_autoencoder"]

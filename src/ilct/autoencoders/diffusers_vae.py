@@ -53,8 +53,24 @@ class DiffusersVAE(Autoencoder):
         return self.vae.decode(z / self.scaling_factor).sample
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256(json.dumps(dict(self.vae.config), sort_keys=True, default=str).encode())
-        for k, v in sorted(self.vae.state_dict().items())[:8]:
-            h.update(k.encode())
-            h.update(v.detach().cpu().float().contiguous().numpy().tobytes()[:4096])
-        return "diffusers-" + h.hexdigest()[:16]
+        return "diffusers-" + config_and_weights_digest(self.vae)
+
+
+def config_and_weights_digest(model, salt: str = "") -> str:
+    """16 hex digits of sha256 over `salt`, the model's diffusers config, and the names and first 4 KiB
+    of its first 8 state-dict tensors (by name): changes with the architecture or the weights.
+
+    Two entries of the config that diffusers adds are tamed: `_name_or_path` (where it was loaded from:
+    a moved folder, or an id against its download, is the same autoencoder) is left out, and
+    `_use_default_values` (the keys config.json lacks) is sorted, since diffusers builds it from a set:
+    its order, and with it the fingerprint, changed from one process to the next when config.json
+    lacked two keys or more (as older hub configs such as sd-vae-ft-ema do)."""
+    config = {k: v for k, v in dict(model.config).items() if k != "_name_or_path"}
+    if isinstance(config.get("_use_default_values"), list):
+        config["_use_default_values"] = sorted(config["_use_default_values"])
+    h = hashlib.sha256(salt.encode())
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for k, v in sorted(model.state_dict().items())[:8]:
+        h.update(k.encode())
+        h.update(v.detach().cpu().float().contiguous().numpy().tobytes()[:4096])
+    return h.hexdigest()[:16]

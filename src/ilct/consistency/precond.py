@@ -32,7 +32,7 @@ def c_noise(sigma: torch.Tensor) -> torch.Tensor:
 
 
 def sigma_per_sample(sigma: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """sigma as (B,) float32 (a scalar is repeated) and as (B, 1, 1, 1) to multiply x with."""
+    """sigma as (B,) float32 (a scalar is repeated) and as (B, 1, ..., 1) to multiply x with (any x.ndim)."""
     sigma = sigma.to(torch.float32).reshape(-1)
     if sigma.numel() == 1 and x.shape[0] != 1:
         sigma = sigma.expand(x.shape[0])

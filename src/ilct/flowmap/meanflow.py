@@ -49,7 +49,7 @@ TIME_SCALE = 1.0
 
 
 def per_sample(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, 1, 1), to multiply the (B, C, H, W) tensor x with."""
+    """(B,) -> (B, 1, 1, 1), to multiply the (B, C, H, W) tensor x with ((B, 1, 1, 1, 1) for clips)."""
     return s.reshape(-1, *([1] * (x.ndim - 1)))
 
 
@@ -262,7 +262,7 @@ class MeanFlowModel(nn.Module):
         self, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
         tangent: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """u (B, C, H, W); with `tangent` v: (u, du/dt), one JVP at (z, r, t) with tangent (v, 0, 1)
+        """u (B, C, H, W), or (B, C, T, H, W) for clips; with `tangent` v: (u, du/dt), one JVP at (z, r, t) with tangent (v, 0, 1)
         (`total_derivative_jvp`), run inside this forward so that a DDP wrapper's own forward work stays
         outside the transform (see `meanflow_target`)."""
         if tangent is not None:

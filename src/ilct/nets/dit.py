@@ -9,6 +9,12 @@ embedded by its own timestep embedder and added to the adaLN conditioning (the M
 net sees t and t - r, METHOD.md section 7; the wrapper is ilct.flowmap.meanflow.MeanFlowModel);
 with `text_tokens` = L > 0, a cross-attention sublayer in every block that attends to the caption's
 token embeddings (as text-to-image DiTs do: PixArt-alpha), the pooled caption vector still in adaLN.
+
+One network over space and time: the DiT takes images (B, C, H, W) and clips (B, C, T, H, W); an
+image is a clip of one frame. A clip is cut into (patch_t, p, p) space-time patches with 3D sin-cos
+positions (frame 0's are the image's 2D ones), and its tokens attend to each other either all at once
+(`attention="full"`) or factorized: within each frame (the DiT blocks), then across the frames at each
+position (one `TemporalAttention` after each block, extra weights).
 """
 
 from __future__ import annotations
@@ -184,6 +190,36 @@ class DiTBlock(nn.Module):
         return x
 
 
+class TemporalAttention(nn.Module):
+    """Factorized space-time attention's time half: the tokens at one spatial position attend across
+    the frames (Latte's / TimeSformer's divided attention). Pre-norm, with its own adaLN-Zero
+    (shift, scale, gate from c; the gate starts at zero, so a new one passes h through unchanged)
+    and its own q/k norms (NsLN when `nsln`, as in the blocks). Extra weights per block: q/k/v and
+    the output projection (4 D^2 + 4 D), the adaLN map (3 D^2 + 3 D) and the q/k norms: about 7/18 of a
+    DiT block's weights (DiT-T/2: 4.17 M -> 5.72 M parameters)."""
+
+    compile_region = True  # ilct.accel.compile_blocks compiles each block on its own
+
+    def __init__(self, dim: int, num_heads: int, nsln: bool, dropout: float, qkv_bias: bool = True, eps: float = 1e-6):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
+        self.attn = Attention(dim, num_heads, nsln, dropout, qkv_bias, eps)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim))
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor, n_t: int) -> torch.Tensor:
+        B, L, D = h.shape  # L = n_t * N tokens, frame-major (n_t frames of tokens, N per frame)
+        N = L // n_t
+        shift, scale, gate = self.adaLN_modulation(c).chunk(3, dim=1)  # each (B, D)
+        a = modulate(self.norm(h), shift, scale)
+        a = a.reshape(B, n_t, N, D).transpose(1, 2).reshape(B * N, n_t, D)  # one sequence per position
+        a = self.attn(a).reshape(B, N, n_t, D).transpose(1, 2).reshape(B, L, D)
+        return h + gate.unsqueeze(1) * a
+
+
+# Attention over a clip's space-time tokens: every token to every token, or factorized (space, then time).
+ATTENTIONS = ("full", "factorized")
+
+
 class FinalLayer(nn.Module):
     """Final norm, adaLN modulation and linear projection to patches.
 
@@ -211,24 +247,49 @@ class FinalLayer(nn.Module):
             return self.project(at_least_fp32(x), at_least_fp32(c))
 
 
+def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
+    """Sin-cos features of positions pos (any shape) -> (pos.size, dim): [sin(omega pos), cos(omega pos)],
+    omega_d = 10000^(-d / (dim/2)), as in MAE / DiT."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    out = np.einsum("m,d->md", pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
 def sincos_pos_embed_2d(dim: int, grid: int) -> np.ndarray:
     """Fixed 2D sin-cos position embedding, (grid*grid, dim), as in MAE / DiT."""
     coords = np.arange(grid, dtype=np.float64)
     gw, gh = np.meshgrid(coords, coords)  # w first, as in the reference
+    return np.concatenate([sincos_1d(dim // 2, gw), sincos_1d(dim // 2, gh)], axis=1)
 
-    def one_axis(d: int, pos: np.ndarray) -> np.ndarray:
-        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
-        out = np.einsum("m,d->md", pos.reshape(-1), omega)
-        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
-    return np.concatenate([one_axis(dim // 2, gw), one_axis(dim // 2, gh)], axis=1)
+def sincos_pos_embed_3d(dim: int, frames: int, grid: int) -> np.ndarray:
+    """Fixed space-time sin-cos positions, (frames*grid*grid, dim), frame-major (t, h, w) token order.
+
+    pos(t, h, w) = pos_2d(h, w) + (s(t) - s(0)), s = sincos_1d over all `dim` channels: the usual
+    1D embedding of the frame index, less its value at t = 0, so frame 0's positions are exactly the
+    2D ones of an image (an image is a clip of one frame, and a one-frame clip gives the image's output).
+    """
+    space = sincos_pos_embed_2d(dim, grid)  # (grid*grid, dim)
+    t = np.arange(frames, dtype=np.float64)
+    time = sincos_1d(dim, t) - sincos_1d(dim, np.zeros(1))  # (frames, dim), row 0 exactly zero
+    return (time[:, None, :] + space[None, :, :]).reshape(frames * grid * grid, dim)
 
 
 # --------------------------------------------------------------------------- the network
 
 
 class DiT(nn.Module):
-    """F(x, t, y[, t2]): latents (B, C, H, H), time input (B,), optional condition y -> (B, C, H, H).
+    """F(x, t, y[, t2]): latents (B, C, H, H) or clips (B, C, T, H, H), time input (B,), optional
+    condition y -> the shape of x.
+
+    Clips (`frames` > 0: the latent frames T of the data, which size the position table; shorter clips
+    use its first rows): (patch_t, p, p) patches, patch_t frames folded into the patch embedding's
+    channels (with patch_t = 1 it is the image DiT's embedding, same weights); 3D sin-cos positions,
+    frame 0's equal to the image's (`sincos_pos_embed_3d`). An image is a clip of one frame: x (B, C, H, H)
+    runs as (B, C, 1, H, H), and a one-frame clip gives exactly the image's output. `attention`: "full"
+    (all T/patch_t * (H/p)^2 tokens attend to each other, the blocks unchanged) or "factorized" (each
+    block attends within each frame, then a `TemporalAttention` across the frames at each position:
+    less memory for long clips, extra weights; off, the state dict is the image DiT's).
 
     two_times: a second time input t2 (B,) with its own embedder, c = emb(t) + emb2(t2) [+ emb(y)]
     (MeanFlow: t2 = t - r, scaled, METHOD.md section 7). Off by default, and then the network, its
@@ -273,6 +334,9 @@ class DiT(nn.Module):
         mlp_act: str = "gelu",
         qkv_bias: bool = True,
         norm_eps: float = 1e-6,
+        frames: int = 0,
+        patch_t: int = 1,
+        attention: str = "full",
     ):
         super().__init__()
         if mlp_act not in MLP_ACTIVATIONS:
@@ -283,11 +347,20 @@ class DiT(nn.Module):
             raise ValueError(f"latent side {input_size} is not divisible by patch size {size.patch_size}")
         if size.hidden_size % size.num_heads or (size.hidden_size // size.num_heads) % 2:
             raise ValueError("hidden size must split into heads of even width")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, not {attention!r}")
+        if frames < 0 or patch_t < 1:
+            raise ValueError(f"frames must be >= 0 (0: images) and patch_t >= 1, got {frames} and {patch_t}")
+        if max(frames, 1) % patch_t:
+            raise ValueError(f"{max(frames, 1)} latent frames (an image is one) are not divisible by patch_t {patch_t}")
         self.in_channels = in_channels
         self.patch_size = p = size.patch_size
+        self.patch_t = patch_t
         self.grid = input_size // p
+        self.frames = frames
         D = size.hidden_size
-        self.x_embedder = nn.Conv2d(in_channels, D, kernel_size=p, stride=p)
+        # a (patch_t, p, p) patch: patch_t frames folded into the channels of one 2D patch embedding
+        self.x_embedder = nn.Conv2d(in_channels * patch_t, D, kernel_size=p, stride=p)
         self.t_embedder = TimestepEmbedder(D)
         # created only when on, so a one-time DiT draws the same initial weights as before
         self.t2_embedder = TimestepEmbedder(D) if two_times else None
@@ -299,14 +372,19 @@ class DiT(nn.Module):
             raise ValueError("text_tokens must be >= 0, and > 0 only with text_dim > 0")
         self.text_dim, self.text_tokens = text_dim, text_tokens
         self.token_embedder = TokenEmbedder(text_dim, D) if text_tokens > 0 else None
-        pos = torch.from_numpy(sincos_pos_embed_2d(D, self.grid)).float().unsqueeze(0)
+        # (1, T/patch_t * grid^2, D); for images the 2D table exactly (sincos_pos_embed_3d, frame 0)
+        pos = torch.from_numpy(sincos_pos_embed_3d(D, max(frames, 1) // patch_t, self.grid)).float().unsqueeze(0)
         self.register_buffer("pos_embed", pos, persistent=False)
         self.blocks = nn.ModuleList(
             DiTBlock(D, size.num_heads, size.mlp_ratio, nsln, dropout, mlp_act, qkv_bias, norm_eps,
                      cross_attn=text_tokens > 0)
             for _ in range(size.depth)
         )
-        self.final_layer = FinalLayer(D, p, in_channels, fp32=fp32_final_layer, eps=norm_eps)
+        self.final_layer = FinalLayer(D, p, in_channels * patch_t, fp32=fp32_final_layer, eps=norm_eps)
+        # created only when factorized, so a full-attention DiT's weights, init draws and state dict are the image DiT's
+        self.temporal = nn.ModuleList(
+            TemporalAttention(D, size.num_heads, nsln, dropout, qkv_bias, norm_eps) for _ in range(size.depth)
+        ) if attention == "factorized" else None
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -333,7 +411,7 @@ class DiT(nn.Module):
         if self.token_embedder is not None:
             nn.init.normal_(self.token_embedder.proj[0].weight, std=0.02)
             nn.init.normal_(self.token_embedder.proj[2].weight, std=0.02)
-        for block in self.blocks:  # adaLN-Zero: every residual branch starts closed
+        for block in [*self.blocks, *(self.temporal or [])]:  # adaLN-Zero: every residual branch starts closed
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
             if block.cross_attn is not None:  # the cross-attention branch too (PixArt-alpha)
@@ -361,15 +439,42 @@ class DiT(nn.Module):
         context, keep = self.token_embedder(tokens, mask & ~drop[:, None])  # (B, 1 + L, D), (B, 1 + L)
         return c, context, keep
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        B, p, g, C = x.shape[0], self.patch_size, self.grid, self.in_channels
-        x = x.reshape(B, g, g, p, p, C)  # (B, h, w, p, q, C)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(B, C, g * p, g * p)
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """Clips (B, C, T, H, W) -> tokens (B, T/pt * (H/p)^2, D), frame-major: the (pt, p, p) patches."""
+        B, C, T, H, W = x.shape
+        pt = self.patch_t
+        x = x.reshape(B, C, T // pt, pt, H, W).transpose(1, 2).reshape(B * (T // pt), C * pt, H, W)
+        h = self.x_embedder(x).flatten(2).transpose(1, 2)  # (B T/pt, N, D)
+        return h.reshape(B, -1, h.shape[-1])
+
+    def unpatchify(self, x: torch.Tensor, n_t: int | None = None) -> torch.Tensor:
+        """Tokens (B, n_t * g^2, p*p*C*pt) -> clips (B, C, n_t * pt, g*p, g*p), n_t frames of tokens;
+        n_t None: one frame, returned as images (B, C, g*p, g*p)."""
+        B, p, g, C, pt = x.shape[0], self.patch_size, self.grid, self.in_channels, self.patch_t
+        x = x.reshape(B, n_t or 1, g, g, p, p, C, pt)  # (B, t, h, w, p, q, C, k)
+        x = torch.einsum("nthwpqck->nctkhpwq", x).reshape(B, C, (n_t or 1) * pt, g * p, g * p)
+        return x.squeeze(2) if n_t is None else x
+
+    def token_frames(self, x: torch.Tensor) -> int:
+        """n_t = T / patch_t, the frames of tokens of a clip x (B, C, T, H, W), checked against the net."""
+        if x.ndim != 5:
+            raise ValueError(f"a DiT takes latents (B, C, H, W) or clips (B, C, T, H, W), got shape {tuple(x.shape)}")
+        T = x.shape[2]
+        if T % self.patch_t:
+            raise ValueError(f"a clip of {T} latent frames is not divisible by patch_t {self.patch_t}")
+        if T // self.patch_t * self.grid**2 > self.pos_embed.shape[1]:
+            raise ValueError(f"a clip of {T} latent frames is longer than this DiT's {max(self.frames, 1)} (model.frames)")
+        return T // self.patch_t
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, t2: torch.Tensor | None = None
     ) -> torch.Tensor:
-        h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, D)
+        image = x.ndim == 4
+        if image:
+            x = x.unsqueeze(2)  # an image is a clip of one frame: (B, C, 1, H, W)
+        n_t = self.token_frames(x)
+        h = self.patchify(x)  # (B, L, D), L = n_t * N tokens, frame-major
+        h = h + self.pos_embed[:, : h.shape[1]]
         if self.low_precision_residual and torch.is_autocast_enabled(h.device.type):
             h = h.to(torch.get_autocast_dtype(h.device.type))  # the residual stream in bf16, not fp32
         c = self.t_embedder(t)  # (B, D)
@@ -386,9 +491,18 @@ class DiT(nn.Module):
             c = c + self.text_embedder(y, self.training)
         elif self.token_embedder is not None:
             c, context, keep = self.embed_caption(y, c)
-        for block in self.blocks:
-            h = block(h, c, context, keep)
-        return self.unpatchify(self.final_layer(h, c))  # (B, C, H, W)
+        if self.temporal is None:
+            for block in self.blocks:
+                h = block(h, c, context, keep)  # full attention over all L tokens
+        else:
+            B, L, D = h.shape
+            c_frames = c.repeat_interleave(n_t, dim=0)  # (B n_t, D): each frame of tokens one sequence
+            ctx_frames = context.repeat_interleave(n_t, dim=0) if context is not None else None
+            keep_frames = keep.repeat_interleave(n_t, dim=0) if keep is not None else None
+            for block, temporal in zip(self.blocks, self.temporal):
+                h = block(h.reshape(B * n_t, L // n_t, D), c_frames, ctx_frames, keep_frames).reshape(B, L, D)
+                h = temporal(h, c, n_t)  # across the frames, per position
+        return self.unpatchify(self.final_layer(h, c), None if image else n_t)  # the shape of x
 
 
 def build_dit(arch: str, input_size: int, in_channels: int, **kwargs) -> DiT:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ilct.errors import IlctError
 from ilct.nets.dit import at_least_fp32
 from ilct.nets.embedders import LabelEmbedder, TextEmbedder, TimestepEmbedder
 
@@ -173,6 +174,8 @@ class UNet(nn.Module):
     (num_classes > 0; index num_classes is the null class) or caption embeddings (B, text_dim)
     (zeros: no caption); class_dropout drops either to the null condition in training; dropout
     is the residual blocks' dropout; two_times adds a second time input t2 with its own embedder.
+    Images only: a clip (B, C, T, H, W) is refused (clips need a DiT; `build_backbone` refuses
+    model.frames > 0 for a UNet before it is built).
     """
 
     def __init__(
@@ -262,6 +265,9 @@ class UNet(nn.Module):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, t2: torch.Tensor | None = None
     ) -> torch.Tensor:
+        if x.ndim != 4:
+            raise IlctError(f"the ADM UNet takes images (B, C, H, W), not clips or other shapes ({tuple(x.shape)}): "
+                            "train clips with a DiT (model.arch DiT-...)")
         emb = self.embed(t, y, t2)  # (B, E)
         h = self.conv_in(x)  # (B, C * mult[0], H, W)
         skips = [h]

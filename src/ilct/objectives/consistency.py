@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ilct.config import latent_dim
 from ilct.consistency.objective import consistency_training_loss
 from ilct.consistency.precond import ConsistencyModel
 from ilct.consistency.schedule import karras_sigmas, level_probabilities, num_levels, sample_levels, scaling_c
@@ -48,8 +49,8 @@ class ConsistencyTraining(Objective):
         """(N, the N Karras sigmas in fp32 on device, c(N)), cached per N and device."""
         key = (N, str(device))
         if key not in self._levels:
-            cons, m = self.cfg.consistency, self.cfg.model
-            D = m.in_channels * m.input_size**2
+            cons = self.cfg.consistency
+            D = latent_dim(self.cfg)  # C*H*W, C*T*H*W for clips
             self._levels[key] = (N, self.grid(N).to(device, torch.float32),
                                  scaling_c(N, D, cons.s0, self.cfg.method.adaptive_c, cons.c_scale))
         return self._levels[key]
