@@ -304,3 +304,29 @@ def test_build_data_takes_the_frames_from_clip_latents_and_a_step_trains(tmp_pat
         cfg2 = load_config("ilct", ["autoencoder.kind=builtin", f"autoencoder.path={tmp_path / 'ae'}",
                                     f"data.latents={lat}", "model.frames=2", "model.input_size=8"])
         build_data(cfg2, tmp_path / "run2", False, False, False, distributed.Dist(), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("attention", ["full", "factorized"])
+def test_caption_tokens_condition_clips_and_padding_stays_masked(attention):
+    """Cross-attention to caption tokens on clips: every frame attends to the caption (factorized: the
+    context repeated per frame), and padded tokens have no influence."""
+    from ilct.nets.dit import build_dit
+    from ilct.nets.embedders import pack_text
+
+    torch.manual_seed(0)
+    net = build_dit("DiT-T/4", 8, 4, text_dim=6, text_tokens=3, frames=4, attention=attention).eval()
+    for p in net.parameters():  # open every zero-initialized branch so the caption reaches the output
+        if p.dim() >= 1 and not p.any():
+            torch.nn.init.normal_(p, std=0.05)
+    pooled, tokens = torch.randn(2, 6), torch.randn(2, 3, 6)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    x, t = torch.randn(2, 4, 4, 8, 8), torch.rand(2)
+    with torch.no_grad():
+        out = net(x, t, pack_text(pooled, tokens, mask))
+        assert out.shape == x.shape
+        y = pack_text(pooled, tokens, mask)
+        y[0, 3, :6], y[1, 2:, :6] = torch.randn(6), torch.randn(2, 6)  # padded rows (mask bit 0) hold junk
+        assert torch.equal(net(x, t, y), out)
+        y[0, 1, :6] += 1.0  # a real token changes every frame of its clip
+        changed = (net(x, t, y) - out).abs().amax(dim=(1, 3, 4))  # (B, T)
+        assert (changed[0] > 0).all() and (changed[1] == 0).all()

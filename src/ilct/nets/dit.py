@@ -414,7 +414,7 @@ class DiT(nn.Module):
         for block in [*self.blocks, *(self.temporal or [])]:  # adaLN-Zero: every residual branch starts closed
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
-            if block.cross_attn is not None:  # the cross-attention branch too (PixArt-alpha)
+            if getattr(block, "cross_attn", None) is not None:  # the cross-attention branch too (PixArt-alpha)
                 nn.init.zeros_(block.cross_attn.proj.weight)
                 nn.init.zeros_(block.cross_attn.proj.bias)
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
