@@ -110,6 +110,29 @@ def pool(cmds: list[tuple[str, list[str], Path]], parallel: int, dry_run: bool, 
     return seconds
 
 
+def encode_latents(spaces: list[str], aes: list[str], work: Path, ilct: list[str], limit: int | None,
+                   dry_run: bool) -> dict[str, list[str]]:
+    """Encode Fashion-MNIST once per latent space (skipped when done); the `ilct train` arguments of each space."""
+    ae_sets: dict[str, list[str]] = {}
+    for space, ae in zip(spaces, aes):
+        lat = work / space / "latents"
+        if space == "builtin":
+            encode = ilct + ["encode", "--data", "fashion_mnist", "--autoencoder", f"builtin:{ae}", "--out", str(lat)]
+            ae_sets[space] = ["--autoencoder", ae]
+        else:
+            encode = ilct + ["encode", "--data", "fashion_mnist", "--resolution", "64", "--rgb",
+                             "--autoencoder", f"taesd:{ae}", "--out", str(lat)]
+            ae_sets[space] = ["--autoencoder", ae, "--set", "autoencoder.kind=taesd", "--set", "model.in_channels=32",
+                              "--set", "data.rgb=true", "--set", "data.resolution=64"]
+        if limit:
+            encode += ["--limit", str(limit)]
+        if dry_run:
+            print(" ".join(encode))
+        elif not (lat / "meta.json").is_file():
+            subprocess.run(encode + ["--no-progress"], check=True)
+    return ae_sets
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--latents", required=True, help="builtin, taef2, or both: builtin,taef2")
@@ -150,24 +173,7 @@ def main() -> None:
     work = Path(args.work)
     ilct = [sys.executable, "-m", "ilct"]
 
-    # 1. latents, encoded once per space
-    ae_sets: dict[str, list[str]] = {}
-    for space, ae in zip(spaces, aes):
-        lat = work / space / "latents"
-        if space == "builtin":
-            encode = ilct + ["encode", "--data", "fashion_mnist", "--autoencoder", f"builtin:{ae}", "--out", str(lat)]
-            ae_sets[space] = ["--autoencoder", ae]
-        else:
-            encode = ilct + ["encode", "--data", "fashion_mnist", "--resolution", "64", "--rgb",
-                             "--autoencoder", f"taesd:{ae}", "--out", str(lat)]
-            ae_sets[space] = ["--autoencoder", ae, "--set", "autoencoder.kind=taesd", "--set", "model.in_channels=32",
-                              "--set", "data.rgb=true", "--set", "data.resolution=64"]
-        if args.limit:
-            encode += ["--limit", str(args.limit)]
-        if args.dry_run:
-            print(" ".join(encode))
-        elif not (lat / "meta.json").is_file():
-            subprocess.run(encode + ["--no-progress"], check=True)
+    ae_sets = encode_latents(spaces, aes, work, ilct, args.limit, args.dry_run)  # 1. latents, once per space
     todo = [(space, row, seed) for space in spaces for row, seed in jobs(rows, seeds)]
 
     def run_dir(space: str, row: str, seed: int, root: str = "runs") -> Path:
