@@ -298,6 +298,8 @@ def cmd_analyze(args) -> int:
     protected = (lat.path,) + ((Path(args.run) / "checkpoints",) if args.run else ())
     for suffix in (".json", "_boxplot.png"):
         check_output(out / f"{name}{suffix}", (suffix,), "--out/--name", protected)
+    if args.checkpoint and not args.run:
+        raise IlctError("--checkpoint is a checkpoint of --run: give the run too")
     if args.run and any(N < 2 for N in args.levels):
         raise IlctError("--levels must be >= 2")
     n = min(args.n, len(lat))
@@ -318,7 +320,7 @@ def cmd_analyze(args) -> int:
     if args.run:
         from ilct.run import open_run
 
-        run = open_run(args.run, device=args.device)
+        run = open_run(args.run, args.checkpoint, device=args.device)
         lat.check_autoencoder(run.autoencoder)
         report["td"] = [td_residuals(run, latents, N, n=min(512, n), seed=args.seed) for N in args.levels]
     write_report(report, out / f"{name}.json")
@@ -566,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--seed", type=int, default=0)
     z.add_argument("--no-pixels", action="store_true", help="skip the pixel statistics")
     z.add_argument("--run", help="a trained run: also analyze its temporal-difference residuals")
+    z.add_argument("--checkpoint", help="with --run: a checkpoint directory of the run (default: its latest)")
     z.add_argument("--levels", type=int, nargs="+", default=[11, 161, 641], help="N for the TD residuals")
     z.add_argument("--device", default="auto")
     z.set_defaults(func=cmd_analyze)
