@@ -20,6 +20,7 @@ import yaml
 from conftest import second_autoencoder
 from ilct.checkpoint import list_checkpoints, read_tensors
 from ilct.cli import main
+from ilct.latents import LatentStats
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,8 @@ def test_branch_without_a_change_reproduces_the_source(source, tmp_path, capsys)
             assert same(tensors(new, step, name), tensors(source["run"], step, name)), (step, name)
     record = yaml.safe_load((new / "config.yaml").read_text())["branch"]
     assert record == {"run": str(source["run"].resolve()), "step": 3, "changes": ""}
-    assert (new / "latent_stats.safetensors").read_bytes() == (source["run"] / "latent_stats.safetensors").read_bytes()
+    a, b = (LatentStats.load(r / "latent_stats.safetensors") for r in (new, source["run"]))  # the source's statistics
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.std, b.std) and (a.fingerprint, a.latent_set) == (b.fingerprint, b.latent_set)
     log = [json.loads(line) for line in (new / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [4, 5, 6]  # the branch's log starts after the branch point
     assert digest(source["run"]) == before
@@ -140,3 +142,23 @@ def test_bad_branches_write_nothing(source, tmp_path, capsys):
     expect_error(capsys, base + ["--config", str(tmp_path / "claimed.yaml")], "branch.run is set")
     assert not new.exists()
     assert digest(run) == before
+
+
+def test_analyze_measures_the_residuals_of_a_chosen_checkpoint(source, tmp_path, capsys):
+    """`ilct analyze --run R --checkpoint C` (what the stability study calls per checkpoint)."""
+    from conftest import encode_fake
+
+    lat = encode_fake(tmp_path / "lat", source["ae"], source["data"])
+    medians = []
+    for step in (3, 6):
+        name = f"s{step}"
+        assert main(["analyze", "--run", str(source["run"]), "--checkpoint", ckpt(source["run"], step), "--latents",
+                     str(lat), "--levels", "21", "--n", "16", "--no-pixels", "--out", str(tmp_path / "a"),
+                     "--name", name, "--device", "cpu"]) == 0
+        td = json.loads((tmp_path / "a" / f"{name}.json").read_text())["td"][0]
+        rms = td["rms_per_sample"]
+        assert td["N"] == 21 and 0 < rms["q1"] <= rms["median"] <= rms["q3"]
+        medians.append(rms["median"])
+    assert medians[0] != medians[1]
+    expect_error(capsys, ["analyze", "--latents", str(lat), "--checkpoint", ckpt(source["run"], 3), "--out",
+                          str(tmp_path / "b")], "give the run too")
