@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import second_autoencoder
+from conftest import crashed_copy, second_autoencoder
 from ilct.checkpoint import list_checkpoints, read_tensors
 from ilct.cli import main
 from ilct.latents import LatentStats
@@ -93,6 +93,10 @@ def test_branch_with_a_method_change_differs_and_records_it(source, tmp_path):
     new_log = {r["step"]: r for r in map(json.loads, (new / "log.jsonl").read_text().splitlines())}
     assert new_log[4]["N"] == src_log[4]["N"] and new_log[4]["c"] != src_log[4]["c"]  # same stage, the fixed c
     assert digest(source["run"]) == before
+    # a branch stopped after its branch point resumes from it with its own settings (the lr in its optimizer)
+    resumed = crashed_copy(new, tmp_path / "resumed", 6, 3)
+    assert main(["train", "--out", str(resumed), "--resume", "--no-progress"]) == 0
+    assert same(tensors(resumed, 6, "model"), tensors(new, 6, "model"))
     # and a branch of the branch, from its run folder (its latest checkpoint, step 6) with a longer budget
     again = tmp_path / "longer"
     assert main(["train", "--branch-from", str(new), "--out", str(again), "--no-progress",

@@ -87,10 +87,13 @@ def branch_config(source: str | Path, overrides: list[str]) -> Config:
 
 def _as_set(value: Any) -> str:
     """A config value as `--set` writes it (read back by config.parse_overrides to the same value)."""
-    text = value if isinstance(value, str) else json.dumps(value)
-    if isinstance(value, str) and (";" in text or yaml.safe_load(text) != value):
-        text = json.dumps(value)  # e.g. "", "true", "1e-3" as strings
-    return text
+    if not isinstance(value, str):
+        return json.dumps(value)
+    try:
+        plain = ";" not in value and yaml.safe_load(value) == value
+    except yaml.YAMLError:
+        plain = False
+    return value if plain else json.dumps(value)  # quoted: "", "true", "1e-3" as strings
 
 
 def changed_keys(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
@@ -130,6 +133,8 @@ def restore_branch(src: Source, model: torch.nn.Module, ema: torch.nn.Module, op
     try:
         state = restore(src.checkpoint, model, ema, opt, cfg)
     except IlctError as e:
+        if "does not match" not in str(e):  # a damaged checkpoint, not another network
+            raise IlctError(f"{FLAG}: {e}") from None
         shape = [k for k in changed_keys(src.cfg, cfg) if k.startswith(SHAPE_SECTIONS)]
         why = f" (changed: {', '.join(shape)})" if shape else ""
         raise IlctError(f"{FLAG}: the checkpoint's network does not fit this config's{why}; a branch keeps the "
