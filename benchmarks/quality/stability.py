@@ -124,16 +124,16 @@ def checkpoints(run: Path, after: int = 0) -> list[tuple[int, Path]]:
 
 
 def stage_at(run: Path, step: int) -> tuple[int, float, float]:
-    """(N, the run's c, the adaptive c(N)) of the last update before checkpoint `step`, from the run's own
+    """(N, the run's c, the adaptive schedule's c(N)) of the last update before checkpoint `step`, from the run's own
     config.yaml (the curriculum of ilct.consistency.schedule)."""
     from ilct.config import config_from_yaml_file, latent_dim
-    from ilct.consistency.schedule import adaptive_c, curriculum
+    from ilct.consistency.schedule import curriculum, scaling_c
 
     cfg = config_from_yaml_file(run / "config.yaml")
-    c = cfg.consistency
-    for s in curriculum(cfg.train.total_steps, c.s0, c.s1, latent_dim(cfg), cfg.method.adaptive_c, c.c_scale):
-        if s.start_step <= step - 1 < s.end_step:
-            return s.N, s.c, adaptive_c(s.N)
+    c, D = cfg.consistency, latent_dim(cfg)
+    for s in curriculum(cfg.train.total_steps, c.s0, c.s1, D, cfg.method.adaptive_c, c.c_scale):
+        if s.start_step <= step - 1 < s.end_step:  # (the adaptive schedule keeps the fixed c in its first stage)
+            return s.N, s.c, scaling_c(s.N, D, c.s0, True, c.c_scale)
     raise ValueError(f"step {step} lies outside {run}'s curriculum")
 
 
@@ -233,9 +233,13 @@ def main(argv: list[str] | None = None) -> None:
              if not finished(args, run_dir(args, name))]
     branches = [(b, branch_cmd(args, ilct, b), logs / f"{branch_run(args, b)}.train.log") for b in args.branches
                 if not finished(args, run_dir(args, branch_run(args, b)))]
-    seconds = {}
+    timing = work / "train_seconds.json"  # kept across runs of the study (a resumed training adds its seconds)
+    seconds = json.loads(timing.read_text()) if timing.is_file() else {}
     for wave in (bases, branches):
-        seconds.update(ablation.pool(wave, args.parallel, args.dry_run))
+        for key, s in ablation.pool(wave, args.parallel, args.dry_run).items():
+            seconds[key] = round(seconds.get(key, 0.0) + s, 1)
+        if not args.dry_run:
+            timing.write_text(json.dumps(seconds, indent=2) + "\n")
     if args.dry_run:
         print(f"then per checkpoint (every {args.every} steps; a branch's from {args.branch_step + args.every} on): "
               "ilct eval --run R --checkpoint C --split test --steps 1,2 ... and ilct analyze --run R --checkpoint C "
