@@ -3,7 +3,7 @@
 A 6-step source run with checkpoints at 3 and 6; branches from step 3. Covers: no change reproduces the
 source's step 6 bit for bit; a method change and a halved lr differ, reach the loop and the optimizer, and are
 recorded in the new config.yaml; a branch resumes; the source is never written; bad inputs are one line and
-exit 2 with nothing written.
+exit 2 with nothing written. Also `ilct analyze --run --checkpoint`, which the stability study calls per checkpoint.
 """
 
 from __future__ import annotations
