@@ -252,3 +252,76 @@ def test_faithful_tiny_run_reports_rows_and_the_tau_sweep(tmp_path, tiny_autoenc
     assert meta["posterior"] == "sample"
     sweep = json.loads((tmp_path / "out" / "tau_sweep.json").read_text())
     assert [(r["tau"], r["nfe"], r["latents"]) for r in sweep["rows"]] == [(0.5, 2, "builtin"), (1.0, 2, "builtin")]
+
+
+def stability_script() -> str:
+    return str(ROOT / "benchmarks" / "quality" / "stability.py")
+
+
+def load_stability():
+    spec = importlib.util.spec_from_file_location("stability", stability_script())
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stability_branches_are_one_switch_each_against_the_preset(tmp_path):
+    st = load_stability()
+    ilct = load_config("fmnist-ilct")
+    values = {name: change.split("=") for name, (change, _) in st.BRANCHES.items()}
+    assert all(len(v) == 2 for v in values.values())
+    assert values["fixed-c"] == ["method.adaptive_c", "false"] and ilct.method.adaptive_c
+    assert float(values["lr-half"][1]) == ilct.train.lr / 2
+    assert float(values["lambda-diff-half"][1]) == ilct.method.lambda_diff / 2
+    assert int(values["s1-double"][1]) == 2 * ilct.consistency.s1 and int(values["s1-half"][1]) == ilct.consistency.s1 // 2
+    assert float(values["ema-0.999"][1]) == 0.999 != ilct.train.ema_decay
+    assert values["pseudo-huber"][1] != ilct.method.metric
+    for key, value in values.values():  # each a valid change of the source's config
+        load_config("fmnist-ilct", [f"{key}={value}"])
+    proc = subprocess.run([sys.executable, stability_script(), "--autoencoder", "ae", "--work", str(tmp_path), "--dry-run"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    trains = [line.split() for line in proc.stdout.splitlines() if " train " in line]
+    assert [c[c.index("--config") + 1] for c in trains[:2]] == ["fmnist-ict", "fmnist-ilct"]
+    assert all("train.total_steps=8000" in c and "train.ckpt_every=1000" in c and "train.keep_checkpoints=9" in c
+               for c in trains[:2])
+    source = str(tmp_path / "runs" / "ilct" / "checkpoints" / "step_000004000")
+    branches = trains[2:]
+    assert len(branches) == len(st.BRANCHES) and all(c[c.index("--branch-from") + 1] == source for c in branches)
+    assert [c[c.index("--set") + 1] for c in branches] == [change for change, _ in st.BRANCHES.values()]
+    assert "44000 training steps" in proc.stdout and "CPU hours" in proc.stdout
+    bad = subprocess.run([sys.executable, stability_script(), "--autoencoder", "ae", "--dry-run", "--branch-step", "4500"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--branch-step" in bad.stderr
+
+
+def test_stability_tiny_run_curves_branches_and_residuals(tmp_path, tiny_autoencoder, fake_fmnist):
+    from test_eval import PoolDetector
+
+    import torch
+
+    detector = tmp_path / "inception-2015-12-05.pt"
+    torch.jit.script(PoolDetector()).save(str(detector))
+    out = tmp_path / "stability.json"
+    argv = [sys.executable, stability_script(), "--tiny", "--autoencoder", str(tiny_autoencoder), "--data-dir",
+            str(fake_fmnist), "--branches", "fixed-c", "--features", "inception", "--inception-weights", str(detector),
+            "--cache-dir", str(tmp_path / "cache"), "--work", str(tmp_path / "work"), "--out", str(out),
+            "--figure", str(tmp_path / "fig.png")]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert "stability.py" in report["command"] and report["machine"]
+    points = {(p["run"], p["step"]): p for p in report["curves"]}
+    assert sorted(points) == [("ict", 2), ("ict", 4), ("ilct", 2), ("ilct", 4), ("ilct@2+fixed-c", 4)]
+    for p in points.values():
+        assert set(p["fid"]) == set(p["recall"]) == {"1", "2"} and all(np.isfinite(list(p["fid"].values())))
+        assert p["residual_scale"]["N"] == p["N"] and p["residual_scale"]["rms_median"] > 0
+    fixed, adaptive = points[("ilct@2+fixed-c", 4)], points[("ilct", 4)]
+    assert fixed["branch"] == {"from_step": 2, "change": "method.adaptive_c=false", "name": "fixed-c"}
+    assert adaptive["branch"] is None and fixed["N"] == adaptive["N"] == 81  # the tiny curriculum's stage at step 4
+    assert adaptive["c"] == pytest.approx(adaptive["c_adaptive"]) and fixed["c"] == pytest.approx(points[("ict", 4)]["c"])
+    assert fixed["fid"] != adaptive["fid"]
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "fig.png").stat().st_size > 0
+    again = subprocess.run(argv, capture_output=True, text=True)  # run again: everything is there, nothing redone
+    assert again.returncode == 0 and json.loads(out.read_text())["curves"] == report["curves"]

@@ -109,7 +109,8 @@ def box_plot(reports: dict[str, np.ndarray], path: str | Path, title: str = "") 
 @torch.no_grad()
 def td_residuals(run, latents: torch.Tensor, N: int, n: int = 512, seed: int = 0) -> dict:
     """Temporal-difference residuals f(x + sigma_i z, sigma_i) - f(x + sigma_{i+1} z, sigma_{i+1})
-    of a run's EMA model at N levels, levels drawn as in training."""
+    of a run's EMA model at N levels, levels drawn as in training. `rms_per_sample` gives the quartiles of
+    sqrt(r), r the per-sample mean of the squared residual: the scale to hold against the metric's c."""
     from ilct.consistency.schedule import karras_sigmas, level_probabilities, sample_levels
 
     cons = run.cfg.consistency
@@ -124,9 +125,12 @@ def td_residuals(run, latents: torch.Tensor, N: int, n: int = 512, seed: int = 0
     si, sn = s[i], s[i + 1]
     view = (-1, 1, 1, 1)
     d = run.model(x + si.view(view) * z, si) - run.model(x + sn.view(view) * z, sn)
-    r = d.pow(2).flatten(1).mean(1)
+    r = d.pow(2).flatten(1).mean(1)  # the metric's r (ilct.consistency.losses): per-sample mean of d^2
+    rms = r.sqrt().double().cpu().numpy()  # sqrt(r), the scale the metric's c is set against
+    q1, med, q3 = np.percentile(rms, [25, 50, 75])
     return {"N": N, "samples": n, "residual": summarize(d.cpu().numpy()),
-            "r_per_sample": summarize(r.cpu().numpy())}
+            "r_per_sample": summarize(r.cpu().numpy()),
+            "rms_per_sample": {"q1": float(q1), "median": float(med), "q3": float(q3), "mean": float(rms.mean())}}
 
 
 def write_report(report: dict, path: str | Path) -> None:

@@ -36,12 +36,15 @@ def absolute_paths(cfg: Config) -> None:
             setattr(getattr(cfg, section), key, str(Path(value).resolve()))
 
 
-def check_autoencoder(stats: LatentStats, ae, run_dir: Path, allow_other: bool) -> None:
-    """A resumed run trains on in the latent space it started in: the autoencoder must be the same one
-    (its fingerprint, recorded with the run's statistics), unless the user asks for another explicitly."""
+def check_autoencoder(stats: LatentStats, ae, run_dir: Path, allow_other: bool, flag: str = "--resume") -> None:
+    """A resumed (or branched) run trains on in the latent space it started in: the autoencoder must be the
+    same one (its fingerprint, recorded with the run's statistics), unless the user asks for another explicitly
+    (a resumed run only: a branch keeps its source's latent space)."""
     if stats.fingerprint and stats.fingerprint != ae.fingerprint() and not allow_other:
-        raise IlctError(f"--resume: {run_dir} was trained with another autoencoder (fingerprint {stats.fingerprint}, "
-                        f"this one is {ae.fingerprint()}): pass --allow-other-autoencoder to train on in its latent space")
+        how = ("pass --allow-other-autoencoder to train on in its latent space" if flag == "--resume" else
+               "a branch trains in its source's latent space: give the source's autoencoder")
+        raise IlctError(f"{flag}: {run_dir} was trained with another autoencoder (fingerprint {stats.fingerprint}, "
+                        f"this one is {ae.fingerprint()}): {how}")
 
 
 @dataclass
@@ -95,14 +98,18 @@ def _conditions(cfg: Config, latent_set, main: bool):
 
 
 def build_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder: bool, progress: bool,
-                  dist: distributed.Dist, device: torch.device, allow_other_latents: bool = False) -> RunData:
+                  dist: distributed.Dist, device: torch.device, allow_other_latents: bool = False,
+                  stats_from: Path | None = None) -> RunData:
     """Everything the run reads, checked (writes only to the latent cache; rank 0 encodes first).
-    Fills in cfg's latent shape and class count."""
+    Fills in cfg's latent shape and class count. The latent statistics are the run's own when resumed, the
+    source run's (`stats_from`) for a branch (ilct.branch), else measured on the latents."""
     main, cons = dist.main, cfg.consistency
     ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path).to(device)
-    stats = LatentStats.load(run_dir / STATS_FILE) if resume else None
+    flag = "--branch-from" if stats_from else "--resume"
+    stats_run = stats_from or (run_dir if resume else None)
+    stats = LatentStats.load(stats_run / STATS_FILE) if stats_run else None
     if stats is not None:
-        check_autoencoder(stats, ae, run_dir, allow_other_autoencoder)
+        check_autoencoder(stats, ae, stats_run, allow_other_autoencoder and not stats_from, flag)
     if not main:
         distributed.barrier(dist)
     latent_set = load_latents(cfg, ae, device, progress and main)
@@ -124,10 +131,10 @@ def build_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder
     if stats is None:
         stats = replace(latent_set.stats, fingerprint=ae.fingerprint(), latent_set=latent_set.identity)
     elif stats.latent_set and stats.latent_set != latent_set.identity and not allow_other_latents:
-        raise IlctError(f"--resume: {run_dir} was trained on other latents ({stats.latent_set}; these are "
+        raise IlctError(f"{flag}: {stats_run} was trained on other latents ({stats.latent_set}; these are "
                         f"{latent_set.identity}): pass --allow-other-latents to train on with them")
     elif tuple(stats.mean.shape) != shape:
-        raise IlctError(f"{run_dir / STATS_FILE} holds statistics of {tuple(stats.mean.shape)} latents, the data gives {dims}")
+        raise IlctError(f"{stats_run / STATS_FILE} holds statistics of {tuple(stats.mean.shape)} latents, the data gives {dims}")
     # Small latent sets live in (host) memory; larger ones are gathered per batch from the memory map.
     if latent_set.nbytes <= IN_MEMORY_BYTES:
         gather = stats.normalize(latent_set.all(), cons.sigma_data).__getitem__  # std sigma_d

@@ -82,6 +82,14 @@ def _train_config(args):
         overrides.append(f"autoencoder.path={args.autoencoder}")
     if args.data_dir:
         overrides.append(f"data.root={args.data_dir}")
+    if args.branch_from is not None:
+        if args.config is not None:
+            raise IlctError("--branch-from takes the source run's config: change it with --set, not --config")
+        if args.resume:
+            raise IlctError("--branch-from starts a new run and --resume continues the run in --out: give one of them")
+        from ilct.branch import branch_config
+
+        return branch_config(args.branch_from, overrides)  # checked against the checkpoint again in train
     if args.config is None:
         if not args.resume:
             raise IlctError("--config is required unless --resume is given")
@@ -98,7 +106,8 @@ def cmd_train(args) -> int:
         raise IlctError("--resume and --force exclude each other")
     cfg = _train_config(args)
     result = train(cfg, args.out, resume=args.resume, force=args.force, progress=_progress(args),
-                   allow_other_autoencoder=args.allow_other_autoencoder, allow_other_latents=args.allow_other_latents)
+                   allow_other_autoencoder=args.allow_other_autoencoder, allow_other_latents=args.allow_other_latents,
+                   branch_from=args.branch_from)
     print(f"trained to step {result.step} in {result.seconds:.0f} s (last logged loss {result.last_loss:.4g}); "
           f"run directory: {result.run_dir}")
     return 0
@@ -289,6 +298,8 @@ def cmd_analyze(args) -> int:
     protected = (lat.path,) + ((Path(args.run) / "checkpoints",) if args.run else ())
     for suffix in (".json", "_boxplot.png"):
         check_output(out / f"{name}{suffix}", (suffix,), "--out/--name", protected)
+    if args.checkpoint and not args.run:
+        raise IlctError("--checkpoint is a checkpoint of --run: give the run too")
     if args.run and any(N < 2 for N in args.levels):
         raise IlctError("--levels must be >= 2")
     n = min(args.n, len(lat))
@@ -309,7 +320,7 @@ def cmd_analyze(args) -> int:
     if args.run:
         from ilct.run import open_run
 
-        run = open_run(args.run, device=args.device)
+        run = open_run(args.run, args.checkpoint, device=args.device)
         lat.check_autoencoder(run.autoencoder)
         report["td"] = [td_residuals(run, latents, N, n=min(512, n), seed=args.seed) for N in args.levels]
     write_report(report, out / f"{name}.json")
@@ -501,13 +512,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--autoencoder", help="shortcut for --set autoencoder.path=DIR")
     t.add_argument("--data-dir", help="shortcut for --set data.root=DIR")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    t.add_argument("--branch-from", metavar="RUN_OR_CHECKPOINT",
+                   help="start --out from this run's latest checkpoint (or this checkpoint folder): its weights, EMA, "
+                        "optimizer state and step, with the source's config and your --set changes (recorded under "
+                        "branch: in the new config.yaml); the source is only read")
     t.add_argument("--force", action="store_true",
                    help="discard the run already in --out and start over (only a folder holding an ilct run; "
                         "deleted only after every input is checked)")
     t.add_argument("--allow-other-autoencoder", action="store_true",
                    help="with --resume: train on with an autoencoder other than the run's (another latent space)")
     t.add_argument("--allow-other-latents", action="store_true",
-                   help="with --resume: train on with latents of other data than the run's (data.latents, data.root)")
+                   help="with --resume or --branch-from: train on with latents of other data than the run's (data.latents, data.root)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -553,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--seed", type=int, default=0)
     z.add_argument("--no-pixels", action="store_true", help="skip the pixel statistics")
     z.add_argument("--run", help="a trained run: also analyze its temporal-difference residuals")
+    z.add_argument("--checkpoint", help="with --run: a checkpoint directory of the run (default: its latest)")
     z.add_argument("--levels", type=int, nargs="+", default=[11, 161, 641], help="N for the TD residuals")
     z.add_argument("--device", default="auto")
     z.set_defaults(func=cmd_analyze)

@@ -157,6 +157,19 @@ class TrainConfig:
 
 
 @dataclass
+class BranchConfig:
+    """Where a branched run started (`ilct train --branch-from`, ilct.branch): written by ilct, not set by hand.
+
+    A branch starts from another run's checkpoint (student, EMA, optimizer moments, step) with the source's
+    config except `changes`; all three are empty / 0 in a run that is not a branch.
+    """
+
+    run: str = ""  # the source run folder (absolute)
+    step: int = 0  # the source checkpoint's step: the branch trains from step + 1 on
+    changes: str = ""  # the keys changed from the source's config, as `--set` values: "method.adaptive_c=false; ..."
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
@@ -165,6 +178,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     meanflow: MeanFlowConfig = field(default_factory=MeanFlowConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    branch: BranchConfig = field(default_factory=BranchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -440,6 +454,10 @@ def validate(cfg: Config) -> None:
     need(t.fid_features in ("fmnist", "inception"), "train.fid_features", "must be fmnist or inception")
     need(t.fid_features != "inception" or not t.fid_every or bool(t.fid_inception_weights),
          "train.fid_inception_weights", "must name a TorchScript FID Inception file when fid_features=inception")
+    b = cfg.branch
+    need(0 <= b.step <= MAX_STEPS, "branch.step", f"must be in 0..{MAX_STEPS}")
+    need(bool(b.run) or (b.step, b.changes) == (0, ""), "branch.step",
+         "and branch.changes record a branch, so they need branch.run (the source run)")
     dev = t.device
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "train.device",
          "must be auto, cpu, cuda or cuda:N")

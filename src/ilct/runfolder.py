@@ -165,7 +165,8 @@ def resume_config(cfg: Config, run_dir: Path) -> Config:
         raise IlctError(f"--resume: {run_dir} holds no run (no {CONFIG_FILE})")
     saved = config_from_yaml_file(run_dir / CONFIG_FILE)
     wanted = replace(cfg, model=replace(cfg.model, in_channels=saved.model.in_channels, input_size=saved.model.input_size,
-                                        frames=saved.model.frames))
+                                        frames=saved.model.frames),
+                     branch=saved.branch)  # a branched run's record (ilct.branch) stays as it was written
     bad = [k for k in _changed_keys(saved, wanted) if k not in RUNTIME_KEYS]
     if bad:
         raise IlctError(f"--resume: the run was made with other settings ({', '.join(bad[:4])}); "

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ilct import branch
 from ilct import checkpoint as ckpt
 from ilct import distributed
 from ilct.accel import compile_blocks, compile_model, setup_backends
@@ -75,10 +76,12 @@ def train(
     progress: bool = True,
     allow_other_autoencoder: bool = False,
     allow_other_latents: bool = False,
+    branch_from: str | Path | None = None,
 ) -> TrainResult:
-    """Train (or resume) the run in `run_dir`. Every input is checked before the run folder is touched;
-    the caller's `cfg` is not changed. Raises IlctError for bad input and preempt.Interrupted for a
-    signal before training began."""
+    """Train (or resume) the run in `run_dir`; with `branch_from` (a run or one of its checkpoints), a new run
+    that starts from that checkpoint's training state with cfg's settings (ilct.branch). Every input is checked
+    before the run folder is touched; the caller's `cfg` is not changed. Raises IlctError for bad input and
+    preempt.Interrupted for a signal before training began."""
     cfg = copy.deepcopy(cfg)
     run_dir = check_out_dir(run_dir)
     with StopFlag() as stop:
@@ -86,7 +89,7 @@ def train(
         lock = RunLock(run_dir)
         try:
             run = _start(cfg, run_dir, resume, force, progress, dist, device, stop, lock,
-                         (allow_other_autoencoder, allow_other_latents))
+                         (allow_other_autoencoder, allow_other_latents), branch_from)
             return _loop(run, stop, progress)
         finally:
             lock.release()
@@ -94,20 +97,39 @@ def train(
 
 
 def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool, dist: distributed.Dist,
-           device: torch.device, stop: StopFlag, lock: RunLock, allow_other: tuple[bool, bool]) -> Run:
-    """Check and build everything, then (rank 0, holding the lock) write a new run or restore the newest
-    checkpoint. Nothing is written before every input has been checked."""
+           device: torch.device, stop: StopFlag, lock: RunLock, allow_other: tuple[bool, bool],
+           branch_from: str | Path | None = None) -> Run:
+    """Check and build everything, then (rank 0, holding the lock) write a new run (a branch: with its
+    source's checkpoint as its first) or restore the newest checkpoint. Nothing is written before every
+    input has been checked."""
     main = dist.main
     absolute_paths(cfg)  # (before the comparison with a resumed run's config, which holds absolute paths)
     cfg = resume_config(cfg, run_dir) if resume else cfg
+    source = None
+    if branch_from is not None:
+        if resume:
+            raise IlctError("--branch-from starts a new run from another run's checkpoint and --resume continues "
+                            "the run in --out: give one of them")
+        if allow_other[0]:
+            raise IlctError("--allow-other-autoencoder applies to --resume: a branch keeps its source's latent space")
+        source = branch.prepare(cfg, branch_from, run_dir)
+    elif not resume and cfg.branch.run:
+        raise IlctError(f"config: branch.run is set ({cfg.branch.run}): branch.* records where a run branched from "
+                        "and is written by --branch-from; to start a new run from this config, add --set branch.run= "
+                        "--set branch.step=0 --set branch.changes=")
     if not resume:
         check_new_run_dir(run_dir, force)
     absolute_paths(cfg)
     setup_backends(device)
-    data = build_data(cfg, run_dir, resume, allow_other[0], progress, dist, device, allow_other[1])
+    data = build_data(cfg, run_dir, resume, allow_other[0], progress, dist, device, allow_other[1],
+                      stats_from=source and source.run)
     torch.manual_seed(cfg.train.seed)  # the initial weights, equal on every rank
-    at_step_0 = not resume or ckpt.latest_checkpoint(run_dir, quiet=True) is None  # then train.init_from applies
+    # train.init_from applies to a run that starts at step 0 (not a branch, not a resumed run with a checkpoint)
+    at_step_0 = source is None and (not resume or ckpt.latest_checkpoint(run_dir, quiet=True) is None)
     model, ema, opt = build_student(cfg, device, init=at_step_0, quiet=not main)
+    state: dict[str, Any] = {}
+    if source is not None:  # read and checked now; written into the new run below
+        state = branch.restore_branch(source, model, ema, opt, cfg)
     monitor = None
     if main and cfg.train.fid_every:  # the feature extractor and the training split's statistics (cached)
         from ilct.metrics.monitor import FidMonitor
@@ -117,15 +139,20 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     if main:
         lock.acquire()
     stop.defer()
+    if source is not None and allow_other[1]:  # --allow-other-latents: the branch's statistics name its latents
+        data.stats = replace(data.stats, latent_set=data.stats.latent_set and data.latent_set)
     if main and not resume:
         start_run_dir(cfg, run_dir, force, data.stats)
+        if source is not None:
+            branch.write_branch_point(run_dir, source, model, ema, opt, state, cfg)
+            print(f"branched from {source.checkpoint} (step {source.step}); changed: {cfg.branch.changes or 'nothing'}",
+                  flush=True)
     elif main and any(allow_other):  # --allow-other-*: the run's config and statistics name what it trains on now
         s = data.stats
         data.stats = replace(s, fingerprint=s.fingerprint and data.ae.fingerprint(), latent_set=s.latent_set and data.latent_set)
         data.stats.save(run_dir / STATS_FILE)
         dump_config(cfg, run_dir / CONFIG_FILE)
     distributed.barrier(dist)
-    state: dict[str, Any] = {}
     if resume:
         resume_from, state = ckpt.restore_newest(run_dir, model, ema, opt, cfg)
         made_on = state.get("world_size", 1)
