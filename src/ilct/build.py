@@ -13,14 +13,13 @@ from pathlib import Path
 import torch
 
 from ilct import distributed, flat
-from ilct.autoencoders import load_autoencoder
 from ilct.batches import BatchMaker
 from ilct.config import Config
 from ilct.latents import LatentStats
 from ilct.errors import IlctError
 from ilct.objectives import Objective, make_objective
 from ilct.optim import RAdam
-from ilct.run import build_model, load_latents, make_ema
+from ilct.run import build_model, clip_data, load_latents, make_ema, run_autoencoder
 from ilct.runfolder import STATS_FILE
 from ilct.warmstart import warm_start
 
@@ -99,7 +98,9 @@ def build_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder
     """Everything the run reads, checked (writes only to the latent cache; rank 0 encodes first).
     Fills in cfg's latent shape and class count."""
     main, cons = dist.main, cfg.consistency
-    ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path).to(device)
+    if cfg.train.fid_every and clip_data(cfg):
+        raise IlctError("config: train.fid_every measures FID on images; this run trains on clips (set it to 0)")
+    ae = run_autoencoder(cfg).to(device)  # clips: frame by frame (for_clips), as the latents are encoded
     stats = LatentStats.load(run_dir / STATS_FILE) if resume else None
     if stats is not None:
         check_autoencoder(stats, ae, run_dir, allow_other_autoencoder)
