@@ -102,10 +102,10 @@ def test_a_clip_run_resumes_bit_for_bit(clip_run, tiny_autoencoder, tmp_path):
     a = read_tensors(clip_run["out"] / "checkpoints" / "step_000000004" / "model.safetensors")
     b = read_tensors(out / "checkpoints" / "step_000000004" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # --force on a clip run deletes its GIFs as well as its PNGs
+    # --force on a clip run deletes its GIFs as well as its PNGs (the new run writes its last step's)
     assert main(train_args(clip_run["cfg"], tiny_autoencoder, out, "--force", "--set", "train.total_steps=1",
                            "--set", "train.sample_every=0")) == 0
-    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000000001.png"]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000000001.gif", "step_000000001.png"]
 
 
 def test_ilct_sample_writes_a_strip_a_gif_and_clips_in_the_npz(clip_run, tmp_path, capsys):
@@ -124,8 +124,8 @@ def test_ilct_sample_writes_a_strip_a_gif_and_clips_in_the_npz(clip_run, tmp_pat
         assert im.size == (3 * 34 + 2, 2 * 34 + 2) and im.info["duration"] == 100  # a 3x2 grid of 5 clips
         assert np.array_equal(np.asarray(im.convert("L"))[2:34, 2:34], clips[0, 0, ..., 0])  # grayscale: exact
     only_gif = tmp_path / "only.gif"
-    assert main(["sample", "--run", run, "--n", "2", "--out", str(only_gif), "--npz", str(tmp_path / "o.npz"),
-                 "--no-progress"]) == 0
+    assert main(["sample", "--run", run, "--n", "2", "--steps", "2", "--batch-size", "1", "--out", str(only_gif),
+                 "--npz", str(tmp_path / "o.npz"), "--no-progress"]) == 0
     assert only_gif.is_file() and np.array_equal(np.load(tmp_path / "o.npz")["arr_0"], clips[:2])  # per-sample seeds
     capsys.readouterr()
     assert main(["sample", "--run", run, "--n", "2", "--out", str(tmp_path / "x.jpg")]) == 2
@@ -169,7 +169,10 @@ def test_a_one_frame_clip_takes_the_image_path(tmp_path, tiny_autoencoder, fake_
     a = encode_to_dir(ae, clips, tmp_path / "clip_lat", progress=False)
     b = encode_to_dir(ae, ClipFrames(clips), tmp_path / "image_lat", progress=False)
     assert a.shape == (4, 1, 8, 8) and b.shape == (4, 8, 8)
-    assert torch.equal(a.all()[:, :, 0], b.all()) and torch.equal(a.stats.std[:, 0], b.stats.std)
+    # equal up to the convolution's rounding: an image batch comes channels-last from (n, H, W, C) uint8, a clip's
+    # frames contiguous, and the CPU convolution sums in another order (differences ~1e-5)
+    torch.testing.assert_close(a.all()[:, :, 0], b.all(), rtol=0, atol=1e-4)
+    torch.testing.assert_close(a.stats.std[:, 0], b.stats.std, rtol=1e-4, atol=1e-5)
     runs = []
     for lat in (a, b):
         cfg = clip_config(tmp_path, f"{lat.path.name}.yaml", data={"latents": str(lat.path)}, sample_every=0, ckpt_every=4)
