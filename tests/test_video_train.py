@@ -83,6 +83,25 @@ def test_clips_encode_frame_by_frame_with_captions_and_per_element_statistics(cl
     torch.testing.assert_close(lat.stats.mean, every.mean(0).float(), rtol=1e-4, atol=1e-5)
 
 
+def test_flip_mirrors_every_frame_and_is_refused_for_captioned_clips(tmp_path, tiny_autoencoder):
+    from ilct.autoencoders import FrameByFrame, load_autoencoder
+    from ilct.data import ArrayClips
+    from ilct.errors import IlctError
+    from ilct.latents import encode_to_dir
+
+    rng = np.random.default_rng(0)
+    data = ArrayClips(rng.integers(0, 256, (4, 2, 32, 32, 1), dtype=np.uint8), np.arange(4), "noise")
+    ae = load_autoencoder("builtin", str(tiny_autoencoder))
+    lat = encode_to_dir(ae, data, tmp_path / "flip", flip=True, progress=False)
+    assert lat.count == 8 and lat.shape == (4, 2, 8, 8)
+    with torch.no_grad():
+        mirrored = FrameByFrame(ae).encode(data.batch_indices(np.arange(4)).flip(-1))
+    torch.testing.assert_close(lat.gather(np.arange(4, 8)), mirrored, rtol=1e-5, atol=1e-5)
+    data.captions = ["a square moving left"] * 4
+    with pytest.raises(IlctError, match="reverses their motion"):
+        encode_to_dir(ae, data, tmp_path / "flip2", flip=True, progress=False)
+
+
 def test_a_clip_run_trains_checkpoints_and_writes_strips_and_gifs(clip_run):
     out = clip_run["out"]
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -143,29 +162,28 @@ def test_ilct_eval_and_fid_every_refuse_clip_runs(clip_run, tiny_autoencoder, cl
     assert "train.fid_every measures FID on images" in one_error_line(capsys)
 
 
-def test_analyze_reports_clip_latents(clip_latents, tmp_path, capsys):
-    assert main(["analyze", "--latents", str(clip_latents), "--out", str(tmp_path / "a"), "--n", "16"]) == 0
+def test_analyze_reports_clip_latents_and_a_clip_run_s_residuals(clip_latents, clip_run, tmp_path, capsys):
+    assert main(["analyze", "--latents", str(clip_latents), "--out", str(tmp_path / "a"), "--n", "16",
+                 "--run", str(clip_run["out"]), "--levels", "11", "--device", "cpu"]) == 0
     report = json.loads((tmp_path / "a" / "lat.json").read_text())
     assert report["latent"]["shape"] == [4, FRAMES, 8, 8] and report["pixel"]["shape"] == [1, FRAMES, 32, 32]
+    assert report["td"][0]["N"] == 11 and report["td"][0]["samples"] == 16
     assert (tmp_path / "a" / "lat_boxplot.png").is_file()
 
 
-def test_a_one_frame_clip_takes_the_image_path(tmp_path, tiny_autoencoder, fake_fmnist):
+def test_a_one_frame_clip_takes_the_image_path(tmp_path, tiny_autoencoder, fake_fmnist, capsys):
     """Encode -> train -> sample of 1-frame clips equals the same frames as images: the FrameByFrame latents
     are the image latents, and (the DiT, the draws, the losses being shape-generic) the trained weights and the
     decoded samples are the image run's."""
     from ilct.autoencoders import load_autoencoder
-    from ilct.data.clips import ClipFrames
+    from ilct.data.clips import ClipFrames, subset
     from ilct.data.moving_fmnist import load_moving_fmnist
     from ilct.latents import encode_to_dir
     from ilct.run import open_run
     from ilct.sampling import generate
 
     ae = load_autoencoder("builtin", str(tiny_autoencoder))
-    clips = load_moving_fmnist(fake_fmnist, "train", 32, frames=1)
-    from ilct.data.clips import subset
-
-    clips = subset(clips, 32)
+    clips = subset(load_moving_fmnist(fake_fmnist, "train", 32, frames=1), 32)
     a = encode_to_dir(ae, clips, tmp_path / "clip_lat", progress=False)
     b = encode_to_dir(ae, ClipFrames(clips), tmp_path / "image_lat", progress=False)
     assert a.shape == (4, 1, 8, 8) and b.shape == (4, 8, 8)
@@ -190,6 +208,12 @@ def test_a_one_frame_clip_takes_the_image_path(tmp_path, tiny_autoencoder, fake_
     clip_samples, image_samples = (generate(r.model, r.autoencoder, r.stats, r.cfg, 4, 1, seed=3) for r in runs)
     assert clip_samples.shape == (4, 1, 32, 32, 1) and image_samples.shape == (4, 32, 32, 1)
     assert np.abs(clip_samples[:, 0].astype(int) - image_samples.astype(int)).max() <= 1
+    image_run = str(tmp_path / "run_image_lat")  # an image run takes neither a GIF nor --gif
+    assert main(["sample", "--run", image_run, "--n", "2", "--out", str(tmp_path / "x.gif")]) == 2
+    assert "--out must end with .png" in one_error_line(capsys)
+    assert main(["sample", "--run", image_run, "--n", "2", "--out", str(tmp_path / "x.png"),
+                 "--gif", str(tmp_path / "x.gif")]) == 2
+    assert "--gif applies to clip runs" in one_error_line(capsys)
 
 
 def test_text_to_video_trains_on_captions_and_samples_prompts(tmp_path, tiny_autoencoder, clip_latents, capsys):
@@ -212,8 +236,7 @@ def test_text_to_video_trains_on_captions_and_samples_prompts(tmp_path, tiny_aut
 
 
 def test_bad_clip_input_is_one_line(tmp_path, tiny_autoencoder, fake_fmnist, clip_latents, capsys):
-    av = pytest.importorskip("av")
-    del av
+    pytest.importorskip("av")
     from test_video_folder import moving_bar, write_video
 
     root = tmp_path / "videos"
