@@ -257,3 +257,24 @@ def test_bad_clip_input_is_one_line(tmp_path, tiny_autoencoder, fake_fmnist, cli
         assert main(train_args(cfg, tiny_autoencoder, tmp_path / "r")) == 2
         assert msg in one_error_line(capsys)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_video_folder_encodes_with_an_rgb_autoencoder_and_its_captions(tmp_path, capsys):
+    from conftest import SHARED_WEIGHTS
+    from ilct.latents import LatentDir
+
+    pytest.importorskip("av")
+    if not SHARED_WEIGHTS.is_dir():
+        pytest.skip("TAEF2 weights not available")
+    from test_video_folder import moving_bar, write_video
+
+    root = tmp_path / "videos"
+    for k in range(2):
+        write_video(root / f"{k}.mkv", moving_bar(5, seed=k))
+    (root / "captions.json").write_text('{"0.mkv": "a red bar moving right", "1.mkv": "another red bar"}')
+    assert main(["encode", "--data", f"video_folder:{root}", "--autoencoder", f"taesd:{SHARED_WEIGHTS}", "--out",
+                 str(tmp_path / "lat"), "--resolution", "16", "--frames", "2", "--frame-stride", "2",
+                 "--no-progress", "--device", "cpu"]) == 0
+    lat = LatentDir(tmp_path / "lat")
+    assert lat.shape == (32, 2, 2, 2) and lat.captions == ["a red bar moving right", "another red bar"]
+    assert "2 latents of shape 32x2x2x2" in capsys.readouterr().out

@@ -80,7 +80,8 @@ def _conditions(cfg: Config, latent_set, main: bool):
         kept = torch.tensor(kept_indices(latent_set.captions, cfg.data.caption_holdout), dtype=torch.long)
     if cfg.model.text_dim > 0:  # text-conditional: caption embeddings (and tokens), cached with the latents
         if not latent_set.captions:
-            raise IlctError("config: model.text_dim is set but the latents carry no captions (the emoji dataset has them)")
+            raise IlctError("config: model.text_dim is set but the latents carry no captions (emoji, moving_fmnist, "
+                            "emoji_clips and captioned video folders have them)")
         from ilct.text import caption_conditions
 
         # (n, text_dim) pooled, or with model.text_tokens = L the packed (n, 1 + L, text_dim + 1) (ilct.nets.embedders)
