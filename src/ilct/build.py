@@ -99,9 +99,10 @@ def build_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder
     """Everything the run reads, checked (writes only to the latent cache; rank 0 encodes first).
     Fills in cfg's latent shape and class count."""
     main, cons = dist.main, cfg.consistency
-    if cfg.train.fid_every and clip_data(cfg):
+    clips = clip_data(cfg)
+    if cfg.train.fid_every and clips:
         raise IlctError("config: train.fid_every measures FID on images; this run trains on clips (set it to 0)")
-    ae = run_autoencoder(cfg).to(device)  # clips: frame by frame (for_clips), as the latents are encoded
+    ae = run_autoencoder(cfg, clips).to(device)  # clips: frame by frame (for_clips), as the latents are encoded
     stats = LatentStats.load(run_dir / STATS_FILE) if resume else None
     if stats is not None:
         check_autoencoder(stats, ae, run_dir, allow_other_autoencoder)

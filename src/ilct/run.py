@@ -63,8 +63,8 @@ def load_dataset(cfg: Config) -> ImageDataset | ClipDataset:
 
 
 def clip_data(cfg: Config) -> bool:
-    """Whether a run's data are clips: the latent directory's shape is (C, T, H, W) (data.latents), or the
-    dataset is a clip dataset; for a run whose latent shape is resolved, model.frames > 0."""
+    """Whether the data a run trains on are clips: model.frames > 0 where it is set; else the latent
+    directory's shape is (C, T, H, W) (data.latents), or the dataset is a clip dataset."""
     from ilct.data import CLIP_DATASETS
 
     if cfg.model.frames is not None:
@@ -74,11 +74,11 @@ def clip_data(cfg: Config) -> bool:
     return cfg.data.dataset in CLIP_DATASETS
 
 
-def run_autoencoder(cfg: Config) -> Autoencoder:
+def run_autoencoder(cfg: Config, clips: bool) -> Autoencoder:
     """The run's autoencoder: cfg.autoencoder, and for clips `for_clips` of it (an image autoencoder frame by
-    frame, fingerprint `frames-...`; a video VAE as it is), the same one the latents were encoded with."""
+    frame, fingerprint `frames-...`; a video VAE as it is), the one the latents were encoded with."""
     ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path)
-    return for_clips(ae) if clip_data(cfg) else ae
+    return for_clips(ae) if clips else ae
 
 
 def load_latents(cfg: Config, ae: Autoencoder, device: torch.device, progress: bool) -> LatentDir:
@@ -125,6 +125,6 @@ def open_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     model = build_model(cfg)
     load_weights(model, ckpt / "ema.safetensors", f"model {cfg.model.arch} of {run_dir}")
     stats = LatentStats.load(run_dir / STATS_FILE)
-    ae = run_autoencoder(cfg)  # for a clip run (model.frames > 0): frame by frame, as in training
+    ae = run_autoencoder(cfg, bool(cfg.model.frames))  # the saved config's resolved shape: clips frame by frame
     step = read_state(ckpt)["step"]
     return OpenedRun(cfg, model.to(dev).eval(), ae.to(dev).eval(), stats, ckpt, step)
