@@ -278,3 +278,12 @@ def test_a_video_folder_encodes_with_an_rgb_autoencoder_and_its_captions(tmp_pat
     lat = LatentDir(tmp_path / "lat")
     assert lat.shape == (32, 2, 2, 2) and lat.captions == ["a red bar moving right", "another red bar"]
     assert "2 latents of shape 32x2x2x2" in capsys.readouterr().out
+
+
+def test_the_video_presets_leave_the_latent_shape_to_the_data():
+    from ilct.config import load_config
+
+    cfg = load_config("fmnist-video-ilct")
+    assert cfg.data.dataset == "moving_fmnist" and cfg.data.frames == 8 and cfg.model.arch == "DiT-T/2"
+    assert (cfg.model.in_channels, cfg.model.input_size, cfg.model.frames) == (None, None, None)
+    assert cfg.model.text_dim == 384 and cfg.model.text_tokens == 8 and cfg.train.fid_every == 0
