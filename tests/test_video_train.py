@@ -287,3 +287,20 @@ def test_the_video_presets_leave_the_latent_shape_to_the_data():
     assert cfg.data.dataset == "moving_fmnist" and cfg.data.frames == 8 and cfg.model.arch == "DiT-T/2"
     assert (cfg.model.in_channels, cfg.model.input_size, cfg.model.frames) == (None, None, None)
     assert cfg.model.text_dim == 384 and cfg.model.text_tokens == 8 and cfg.train.fid_every == 0
+
+
+def test_clips_from_the_cache_train_and_resume_with_the_frame_by_frame_fingerprint(tmp_path, tiny_autoencoder,
+                                                                                   fake_fmnist):
+    from ilct.latents import LatentStats
+
+    cfg = clip_config(tmp_path, data={"root": str(fake_fmnist), "frames": 2, "frame_stride": 2,
+                                      "cache_dir": str(tmp_path / "cache")}, total_steps=2, ckpt_every=1,
+                      sample_every=0)
+    out = tmp_path / "run"
+    assert main(train_args(cfg, tiny_autoencoder, out)) == 0
+    stats = LatentStats.load(out / "latent_stats.safetensors")
+    assert stats.fingerprint.startswith("frames-builtin-") and stats.mean.shape == (4, 2, 8, 8)
+    assert stats.latent_set.startswith("moving_fmnist:") and "x2s2" in stats.latent_set
+    resumed = crashed_copy(out, tmp_path / "resumed", 2, 1)  # the fingerprint check passes on --resume
+    assert main(train_args(cfg, tiny_autoencoder, resumed, "--resume")) == 0
+    assert (resumed / "checkpoints" / "step_000000002").is_dir()
