@@ -319,8 +319,11 @@ def test_ilct_clips_renders_a_strip_a_gif_and_the_captions(tmp_path, fake_fmnist
         assert err.startswith("ilct: error: ") and msg in err and err.count("\n") == 1
 
 
-def test_training_on_clips_is_refused_in_one_line():
+
+def test_a_run_loads_clip_datasets_with_their_frames(fake_fmnist):
+    """Training on clips is wired (tests/test_video_train.py); the run's data are the config's clips."""
     from ilct.run import load_dataset as run_dataset
 
-    with pytest.raises(IlctError, match="gives clips, and training on clips is not supported yet"):
-        run_dataset(from_dict({"data": {"dataset": "emoji_clips"}}))
+    cfg = from_dict({"data": {"dataset": "moving_fmnist", "root": str(fake_fmnist), "frames": 3, "frame_stride": 2}})
+    data = run_dataset(cfg)
+    assert data.shape == (1, 3, 32, 32) and data.frame_stride == 2

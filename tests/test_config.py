@@ -13,7 +13,8 @@ def test_presets_load():
         assert isinstance(load_config(name), Config)
 
 
-@pytest.mark.parametrize("base,full", [("ict", "ilct"), ("fmnist-ict", "fmnist-ilct"), ("emoji-ict", "emoji-ilct")])
+@pytest.mark.parametrize("base,full", [("ict", "ilct"), ("fmnist-ict", "fmnist-ilct"), ("emoji-ict", "emoji-ilct"),
+                                       ("fmnist-video-ict", "fmnist-video-ilct")])
 def test_ict_and_ilct_differ_only_in_the_method_switches(base, full):
     a, b = load_config(base).to_dict(), load_config(full).to_dict()
     assert {s for s in a if a[s] != b[s]} == {"method"}

@@ -279,9 +279,9 @@ def test_build_data_takes_the_frames_from_clip_latents_and_a_step_trains(tmp_pat
     from ilct.run import build_model
 
     KLAutoencoder(KLAutoencoderConfig(1, 4, (8, 16))).save(tmp_path / "ae")
-    from ilct.autoencoders import load_autoencoder
+    from ilct.autoencoders import for_clips, load_autoencoder
 
-    fp = load_autoencoder("builtin", str(tmp_path / "ae")).fingerprint()
+    fp = for_clips(load_autoencoder("builtin", str(tmp_path / "ae"))).fingerprint()  # clip latents: frame by frame
     lat = write_clip_latents(tmp_path / "lat", fp)
     cfg = load_config("ilct", ["autoencoder.kind=builtin", f"autoencoder.path={tmp_path / 'ae'}", f"data.latents={lat}",
                                "model.arch=DiT-T/2", "model.patch_t=2", f"model.attention={attention}",

@@ -58,15 +58,15 @@ def summarize(values: np.ndarray) -> dict[str, float]:
 
 def normalize(x: np.ndarray, mode: str) -> np.ndarray:
     """(x - mean) / std with statistics per element (over samples, as ilct normalizes latents)
-    or per channel (over samples and positions)."""
+    or per channel (over samples and positions: (H, W), or (T, H, W) for clips)."""
     x = np.asarray(x, np.float64)
-    axes = (0,) if mode == "element" else (0, 2, 3)
+    axes = (0,) if mode == "element" else (0, *range(2, x.ndim))
     std = x.std(axes, keepdims=True)
     return (x - x.mean(axes, keepdims=True)) / np.where(std > 0, std, 1.0)
 
 
 def channel_report(x: np.ndarray) -> dict:
-    """x: (N, C, H, W). Statistics pooled and per channel, under both normalizations."""
+    """x: (N, C, H, W), or clips (N, C, T, H, W). Statistics pooled and per channel, under both normalizations."""
     out: dict = {"shape": list(x.shape[1:])}
     for mode in ("channel", "element"):
         z = normalize(x, mode)
@@ -123,7 +123,7 @@ def td_residuals(run, latents: torch.Tensor, N: int, n: int = 512, seed: int = 0
     i = sample_levels(level_probabilities(sigmas, cons.p_mean, cons.p_std).float(), n, g)
     s = sigmas.float().to(device)
     si, sn = s[i], s[i + 1]
-    view = (-1, 1, 1, 1)
+    view = (-1, *[1] * (x.ndim - 1))  # (n, C, [T,] H, W)
     d = run.model(x + si.view(view) * z, si) - run.model(x + sn.view(view) * z, sn)
     r = d.pow(2).flatten(1).mean(1)  # the metric's r (ilct.consistency.losses): per-sample mean of d^2
     rms = r.sqrt().double().cpu().numpy()  # sqrt(r), the scale the metric's c is set against

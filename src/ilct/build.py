@@ -13,14 +13,13 @@ from pathlib import Path
 import torch
 
 from ilct import distributed, flat
-from ilct.autoencoders import load_autoencoder
 from ilct.batches import BatchMaker
 from ilct.config import Config
 from ilct.latents import LatentStats
 from ilct.errors import IlctError
 from ilct.objectives import Objective, make_objective
 from ilct.optim import RAdam
-from ilct.run import build_model, load_latents, make_ema
+from ilct.run import build_model, clip_data, load_latents, make_ema, run_autoencoder
 from ilct.runfolder import STATS_FILE
 from ilct.warmstart import warm_start
 
@@ -84,7 +83,8 @@ def _conditions(cfg: Config, latent_set, main: bool):
         kept = torch.tensor(kept_indices(latent_set.captions, cfg.data.caption_holdout), dtype=torch.long)
     if cfg.model.text_dim > 0:  # text-conditional: caption embeddings (and tokens), cached with the latents
         if not latent_set.captions:
-            raise IlctError("config: model.text_dim is set but the latents carry no captions (the emoji dataset has them)")
+            raise IlctError("config: model.text_dim is set but the latents carry no captions (emoji, moving_fmnist, "
+                            "emoji_clips and captioned video folders have them)")
         from ilct.text import caption_conditions
 
         # (n, text_dim) pooled, or with model.text_tokens = L the packed (n, 1 + L, text_dim + 1) (ilct.nets.embedders)
@@ -104,7 +104,10 @@ def build_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder
     Fills in cfg's latent shape and class count. The latent statistics are the run's own when resumed, the
     source run's (`stats_from`) for a branch (ilct.branch), else measured on the latents."""
     main, cons = dist.main, cfg.consistency
-    ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path).to(device)
+    clips = clip_data(cfg)
+    if cfg.train.fid_every and clips:
+        raise IlctError("config: train.fid_every measures FID on images; this run trains on clips (set it to 0)")
+    ae = run_autoencoder(cfg, clips).to(device)  # clips: frame by frame (for_clips), as the latents are encoded
     flag = "--branch-from" if stats_from else "--resume"
     stats_run = stats_from or (run_dir if resume else None)
     stats = LatentStats.load(stats_run / STATS_FILE) if stats_run else None

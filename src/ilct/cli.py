@@ -138,16 +138,21 @@ def _parse_tau(text: str | None, steps: int) -> list[float] | None:
 def cmd_sample(args) -> int:
     import torch
 
-    from ilct.grid import make_grid, save_npz, save_png
+    from ilct.grid import save_npz
     from ilct.run import open_run
     from ilct.outputs import check_output
     from ilct.sampling import check_request, default_sigmas, generate
 
-    _at_least(args, 1, "steps", "n", "batch_size", "scale")
+    _at_least(args, 1, "steps", "n", "batch_size", "scale", "duration")
     _seed(args)
     run = open_run(args.run, args.checkpoint, args.device)
+    clips = bool(run.cfg.model.frames)  # a clip run: samples (n, T, H, W, C)
     inputs = _run_inputs(args.run, run.cfg)
-    check_output(args.out, (".png",), "--out", inputs)
+    check_output(args.out, (".png", ".gif") if clips else (".png",), "--out", inputs)
+    if args.gif:
+        if not clips:
+            raise IlctError(f"--gif applies to clip runs; {args.run} makes images (model.frames = 0)")
+        check_output(args.gif, (".gif",), "--gif", inputs)
     if args.npz:
         check_output(args.npz, (".npz",), "--npz", inputs)
     check_request(run.cfg, args.cls, args.prompt is not None, args.guidance)
@@ -175,7 +180,7 @@ def cmd_sample(args) -> int:
         images = generate(run.model, run.autoencoder, run.stats, run.cfg, args.n, args.steps, args.seed,
                           args.batch_size, sigmas, progress=_progress(args), labels=args.cls, guidance=args.guidance,
                           text=text)
-    save_png(make_grid(images), args.out, scale=args.scale)
+    written = _save_samples(images, args.out, args.gif, args.scale, args.duration)
     if args.npz:
         save_npz(images, args.npz)
     how = objective.describe(args.steps, sigmas)
@@ -183,9 +188,26 @@ def cmd_sample(args) -> int:
         how += f", class {args.cls}, guidance {args.guidance:g}"
     if args.prompt is not None:
         how += f", prompt {args.prompt!r}, guidance {args.guidance:g}"
-    print(f"{args.n} samples, {how}, from {run.checkpoint} (step {run.step}) -> {args.out}"
-          + (f" and {args.npz}" if args.npz else ""))
+    what = f"{args.n} clips of {images.shape[1]} frames" if clips else f"{args.n} samples"
+    print(f"{what}, {how}, from {run.checkpoint} (step {run.step}) -> {' and '.join(written + ([args.npz] if args.npz else []))}")
     return 0
+
+
+def _save_samples(images, out: str, gif: str | None, scale: int, duration: int) -> list[str]:
+    """Images (n, H, W, C) as one PNG grid; clips (n, T, H, W, C) as a PNG strip (rows = samples, columns =
+    frames) for a .png, and one animated GIF of every sample playing side by side for a .gif (`out` or `gif`)."""
+    from ilct.animation import grid_frames, save_clip_strip, save_gif
+    from ilct.grid import make_grid, save_png
+
+    if images.ndim == 4:
+        save_png(make_grid(images), out, scale=scale)
+        return [out]
+    for path in (out, gif):
+        if path and path.lower().endswith(".gif"):
+            save_gif(grid_frames(images), path, duration=duration, scale=scale)
+        elif path:
+            save_clip_strip(images, path, scale=scale)
+    return [p for p in (out, gif) if p]
 
 
 def cmd_schedule(args) -> int:
@@ -210,7 +232,7 @@ def cmd_schedule(args) -> int:
     elif cfg.model.in_channels and cfg.model.input_size:
         D = latent_dim(cfg)
     else:
-        raise IlctError("this config leaves the latent shape to the data: pass --latent-shape CxHxW")
+        raise IlctError("this config leaves the latent shape to the data: pass --latent-shape CxHxW (CxTxHxW for clips)")
     cons = cfg.consistency
     stages = curriculum(cfg.train.total_steps, cons.s0, cons.s1, D, cfg.method.adaptive_c, cons.c_scale)
     rows = [{"start_step": s.start_step, "end_step": s.end_step, "N": s.N, "c": s.c} for s in stages]
@@ -233,21 +255,30 @@ def _autoencoder_spec(spec: str) -> tuple[str, str]:
 
 
 def _data_spec(args) -> dict:
-    from ilct.data import DATASETS
+    """ilct.data.load_dataset's arguments; for a clip dataset with its frames and frame stride."""
+    from ilct.data import CLIP_DATASETS, DATASETS
 
     name, _, root = args.data.partition(":")
-    if name not in DATASETS:
-        raise IlctError(f"--data expects one of {', '.join(DATASETS)} (optionally NAME:PATH), got {args.data!r}")
+    if name not in DATASETS + CLIP_DATASETS:
+        raise IlctError(f"--data expects one of {', '.join(DATASETS + CLIP_DATASETS)} (optionally NAME:PATH), got {args.data!r}")
     if args.resolution < 8:
         raise IlctError("--resolution must be >= 8")
-    return {"dataset": name, "root": root, "split": args.split, "resolution": args.resolution, "rgb": args.rgb,
+    if args.split == "heldout" and name not in ("moving_fmnist", "emoji_clips"):
+        raise IlctError(f"--split heldout applies to moving_fmnist and emoji_clips, not {name}")
+    spec = {"dataset": name, "root": root, "split": args.split, "resolution": args.resolution, "rgb": args.rgb,
             "labels_from_subfolders": args.labels_from_subfolders}
+    if name in CLIP_DATASETS:
+        _at_least(args, 1, "frames", "frame_stride")
+        spec.update(frames=args.frames, frame_stride=args.frame_stride)
+    elif (args.frames, args.frame_stride) != (8, 1):
+        raise IlctError(f"--frames and --frame-stride apply to clip datasets ({', '.join(CLIP_DATASETS)}), not {name}")
+    return spec
 
 
 def cmd_encode(args) -> int:
     from ilct.autoencoders import load_autoencoder
     from ilct.data import load_dataset
-    from ilct.data.images import Subset
+    from ilct.data.clips import subset
     from ilct.latents import check_posterior, encode_to_dir
     from ilct.run import resolve_device
 
@@ -265,7 +296,7 @@ def cmd_encode(args) -> int:
     if args.limit is not None:
         if args.limit < 1:
             raise IlctError("--limit must be >= 1")
-        data = Subset(data, args.limit)
+        data = subset(data, args.limit)
         spec["limit"] = args.limit
     if data.skipped:
         print(f"skipped {data.skipped} unreadable file(s)")
@@ -273,7 +304,8 @@ def cmd_encode(args) -> int:
                         shard_size=args.shard_size, batch_size=args.batch_size, flip=args.flip,
                         device=resolve_device(args.device), progress=_progress(args),
                         posterior=args.posterior, seed=args.seed)
-    how = "posterior means" if args.posterior == "mean" else f"one posterior sample per image, seed {args.seed}"
+    unit = "clip" if len(data.shape) == 4 else "image"
+    how = "posterior means" if args.posterior == "mean" else f"one posterior sample per {unit}, seed {args.seed}"
     print(f"{out.count} latents of shape {'x'.join(map(str, out.shape))} in {out.path} "
           f"({len(out.meta['shards'])} shard(s); {data.name}; {how})")
     return 0
@@ -284,7 +316,7 @@ def cmd_analyze(args) -> int:
 
     from ilct.analysis import box_plot, channel_report, td_residuals, write_report
     from ilct.data import load_dataset
-    from ilct.data.images import Subset
+    from ilct.data.clips import subset
     from ilct.latents import LatentDir
 
     from ilct.outputs import check_file_name, check_output
@@ -313,7 +345,7 @@ def cmd_analyze(args) -> int:
     if spec and not args.no_pixels:
         limit = spec.pop("limit", None)
         data = load_dataset(**spec)
-        data = Subset(data, limit) if limit else data
+        data = subset(data, limit) if limit else data
         pix_idx = idx[idx < len(data)]  # flipped copies map past the end
         arrays["pixels"] = data.batch_indices(pix_idx).numpy()
         report["pixel"] = channel_report(arrays["pixels"])
@@ -433,15 +465,21 @@ def cmd_demo(args) -> int:
 
 def add_encode_parser(sub, fmt) -> None:
     e = sub.add_parser("encode", help="encode a dataset into a latent directory (sharded, resumable)", formatter_class=fmt)
-    e.add_argument("--data", required=True, help="fashion_mnist[:DIR], image_folder:DIR or emoji[:FONT]")
+    e.add_argument("--data", required=True, help="fashion_mnist[:DIR], image_folder:DIR or emoji[:FONT]; clips: "
+                   "moving_fmnist[:DIR], emoji_clips[:FONT] or video_folder:DIR")
     e.add_argument("--autoencoder", required=True, help="builtin:DIR, taesd:DIR or diffusers:ID_OR_DIR")
     e.add_argument("--out", required=True, help="latent directory")
     e.add_argument("--resolution", type=int, default=32, help="image side fed to the encoder")
     e.add_argument("--rgb", action="store_true", help="render grayscale data as RGB")
-    e.add_argument("--split", default="train", choices=["train", "test"], help="Fashion-MNIST split")
+    e.add_argument("--split", default="train", choices=["train", "test", "heldout"],
+                   help="Fashion-MNIST, moving_fmnist, emoji_clips split (heldout: only the held-out (class, motion) "
+                   "pairs of the clip datasets, never trained on)")
+    e.add_argument("--frames", type=int, default=8, help="clip datasets: frames per clip")
+    e.add_argument("--frame-stride", type=int, default=1, help="clip datasets: every s-th frame of the motion or video")
     e.add_argument("--labels-from-subfolders", action="store_true", help="image_folder: sub-folders are classes")
-    e.add_argument("--flip", action="store_true", help="also encode horizontally flipped copies")
-    e.add_argument("--limit", type=int, help="encode only the first N images")
+    e.add_argument("--flip", action="store_true", help="also encode horizontally flipped copies (clips: every frame "
+                   "mirrored; refused for captioned clips, whose motion the mirror reverses)")
+    e.add_argument("--limit", type=int, help="encode only the first N images or clips")
     e.add_argument("--posterior", default="mean", choices=["mean", "sample"],
                    help="KL autoencoders (builtin, diffusers): store the posterior mean, or one draw mean + std * eps "
                    "per image (TAESD-family encoders have no posterior: mean only)")
@@ -532,9 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=64, help="number of samples")
     s.add_argument("--seed", type=int, default=0, help="sample j uses noise seeded by (seed, j)")
     s.add_argument("--out", required=True, help="PNG grid (replaced atomically if it exists; never a file of a run, "
-                   "checkpoint, autoencoder or latent directory)")
-    s.add_argument("--npz", help="also write the samples as uint8 (N, H, W, C) under the keys 'images' and 'arr_0' "
-                   "(the same rules as --out)")
+                   "checkpoint, autoencoder or latent directory); clip runs: a PNG strip (rows = samples, columns = "
+                   "frames) for x.png, one animated GIF of all samples for x.gif")
+    s.add_argument("--gif", help="clip runs: also an animated GIF of all samples side by side (the same rules as --out)")
+    s.add_argument("--duration", type=int, default=125, help="clip runs: GIF milliseconds per frame")
+    s.add_argument("--npz", help="also write the samples as uint8 (N, H, W, C), clips (N, T, H, W, C), under the keys "
+                   "'images' and 'arr_0' (the same rules as --out)")
     s.add_argument("--tau", help="intermediate sigmas, comma-separated (default for 2 steps: index 22 of a 40-level Karras grid, ~1.39)")
     s.add_argument("--checkpoint", help="a checkpoint directory (default: the run's latest)")
     s.add_argument("--class", dest="cls", type=int, help="class label for a class-conditional run (default: unconditional)")

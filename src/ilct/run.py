@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ilct.autoencoders import Autoencoder, load_autoencoder
+from ilct.autoencoders import Autoencoder, for_clips, load_autoencoder
 from ilct.checkpoint import latest_checkpoint, load_weights, read_state, whole
 from ilct.config import Config, backbone_kwargs, config_from_yaml_file, latent_shape
+from ilct.data.clips import ClipDataset
 from ilct.data.images import ImageDataset
 from ilct.latents import LatentDir, LatentStats, cached_latents
 from ilct.errors import IlctError
@@ -52,21 +53,46 @@ def make_ema(model: nn.Module) -> nn.Module:
     return ema
 
 
-def load_dataset(cfg: Config) -> ImageDataset:
-    from ilct.data import CLIP_DATASETS, load_dataset as load
+def load_dataset(cfg: Config) -> ImageDataset | ClipDataset:
+    """The images, or the clips (ilct.data.CLIP_DATASETS: data.frames frames data.frame_stride apart), of
+    a run's config."""
+    from ilct.data import load_dataset as load
 
     d = cfg.data
-    if d.dataset in CLIP_DATASETS:  # ilct.data.clips: the clip datasets exist, training on them is not wired yet
-        raise IlctError(f"data.dataset={d.dataset} gives clips, and training on clips is not supported yet "
-                        "(see `ilct clips` to render and check them)")
-    return load(d.dataset, d.root, d.split, d.resolution, d.rgb, d.labels_from_subfolders)
+    return load(d.dataset, d.root, d.split, d.resolution, d.rgb, d.labels_from_subfolders, d.frames, d.frame_stride)
+
+
+def clip_data(cfg: Config) -> bool:
+    """Whether the data a run trains on are clips: model.frames > 0 where it is set; else the latent
+    directory's shape is (C, T, H, W) (data.latents), or the dataset is a clip dataset."""
+    from ilct.data import CLIP_DATASETS
+
+    if cfg.model.frames is not None:
+        return cfg.model.frames > 0
+    if cfg.data.latents:
+        return len(LatentDir(cfg.data.latents).shape) == 4
+    return cfg.data.dataset in CLIP_DATASETS
+
+
+def run_autoencoder(cfg: Config, clips: bool) -> Autoencoder:
+    """The run's autoencoder: cfg.autoencoder, and for clips `for_clips` of it (an image autoencoder frame by
+    frame, fingerprint `frames-...`; a video VAE as it is), the one the latents were encoded with."""
+    ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path)
+    return for_clips(ae) if clips else ae
 
 
 def load_latents(cfg: Config, ae: Autoencoder, device: torch.device, progress: bool) -> LatentDir:
-    """The run's latents: a given latent directory, or the cache (encoding on first use)."""
+    """The run's latents: a given latent directory, or the cache (encoding on first use). Never a clip
+    dataset's `heldout` split: it holds only the held-out (class, motion) pairs, never trained on."""
+    if cfg.data.split == "heldout" and not cfg.data.latents:
+        raise IlctError(f"data.split=heldout: {cfg.data.dataset}'s held-out (class, motion) pairs are never trained on "
+                        "(train on split train; sample their captions with `ilct sample --prompt`)")
     if cfg.data.latents:
         latents = LatentDir(cfg.data.latents)
         latents.check_autoencoder(ae)
+        if (latents.meta.get("data") or {}).get("split") == "heldout":
+            raise IlctError(f"data.latents={latents.path} holds the held-out split of {latents.meta.get('dataset', '?')}: "
+                            "its (class, motion) pairs are never trained on (encode split train)")
         return latents
     return cached_latents(ae, load_dataset(cfg), cfg.data.cache_dir or None, device=device, progress=progress)
 
@@ -82,7 +108,7 @@ class OpenedRun:
 
 
 def open_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto") -> OpenedRun:
-    """The EMA model, autoencoder and statistics of a run, for sampling."""
+    """The EMA model, autoencoder and statistics of a run, for sampling (clip runs: the autoencoder takes clips)."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise IlctError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
@@ -99,6 +125,6 @@ def open_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     model = build_model(cfg)
     load_weights(model, ckpt / "ema.safetensors", f"model {cfg.model.arch} of {run_dir}")
     stats = LatentStats.load(run_dir / STATS_FILE)
-    ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path)
+    ae = run_autoencoder(cfg, bool(cfg.model.frames))  # the saved config's resolved shape: clips frame by frame
     step = read_state(ckpt)["step"]
     return OpenedRun(cfg, model.to(dev).eval(), ae.to(dev).eval(), stats, ckpt, step)

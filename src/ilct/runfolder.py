@@ -3,7 +3,7 @@
     RUN_DIR/config.yaml                the resolved config (latent shape filled in)
     RUN_DIR/latent_stats.safetensors   m and s the run normalizes with (and the autoencoder's fingerprint)
     RUN_DIR/log.jsonl                  one JSON object per logged step
-    RUN_DIR/samples/                   periodic 1-step grids
+    RUN_DIR/samples/                   periodic 1-step grids (clip runs: PNG strips and GIFs)
     RUN_DIR/checkpoints/               see ilct.checkpoint
     RUN_DIR/.lock                      held (flock) by the one training process writing the run
 
@@ -81,7 +81,8 @@ def clear_run(run_dir: Path) -> None:
     """Delete what a run made and nothing else (a file of the user's in its folders stays); the caller holds
     the run's lock."""
     ckpts, samples = run_dir / CHECKPOINTS_DIR, run_dir / SAMPLES_DIR
-    made = [*ckpts.glob("step_?????????"), *ckpts.glob(".tmp_step_*"), ckpts / "latest", *samples.glob("step_?????????.png")]
+    made = [*ckpts.glob("step_?????????"), *ckpts.glob(".tmp_step_*"), ckpts / "latest", *samples.glob("step_?????????.png"),
+            *samples.glob("step_?????????.gif")]
     for path in made:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

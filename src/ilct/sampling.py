@@ -129,7 +129,8 @@ def generate(
     guidance: float = 1.0,
     text: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """n decoded samples as uint8 (n, H, W, C); sample j depends only on (seed, j).
+    """n decoded samples as uint8 (n, H, W, C), or clips (n, T, H, W, C) for a clip run (model.frames > 0; the
+    autoencoder takes clips, ilct.run.run_autoencoder); sample j depends only on (seed, j).
 
     For a class-conditional model, `labels` (one class for all, or one per sample)
     with classifier-free guidance weight `guidance`; None draws unconditionally (the null class).

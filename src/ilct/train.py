@@ -27,6 +27,7 @@ from ilct import branch
 from ilct import checkpoint as ckpt
 from ilct import distributed
 from ilct.accel import compile_blocks, compile_model, setup_backends
+from ilct.animation import grid_frames, save_clip_strip, save_gif
 from ilct.batches import Prefetcher, step_seed
 from ilct.build import RunData, absolute_paths, build_data, build_student
 from ilct.config import Config, dump_config
@@ -225,7 +226,12 @@ class _Outputs:
         if self.main:
             images = generate(r.ema, r.data.ae, r.data.stats, r.cfg, r.cfg.train.num_sample_images,
                               r.data.objective.grid_steps, seed=0)
-            save_png(make_grid(images), r.run_dir / SAMPLES_DIR / f"step_{step:09d}.png", scale=2)
+            path = r.run_dir / SAMPLES_DIR / f"step_{step:09d}.png"
+            if images.ndim == 5:  # clips (n, T, H, W, C): a strip (rows = samples, columns = frames) and a GIF
+                save_clip_strip(images, path, scale=2)
+                save_gif(grid_frames(images), path.with_suffix(".gif"), scale=2)
+            else:
+                save_png(make_grid(images), path, scale=2)
 
     def close(self) -> None:
         if self.file is not None:

@@ -74,6 +74,28 @@ class ArrayClips(ClipDataset):
         return self.clips[idx]
 
 
+class ClipSubset(ClipDataset):
+    """The first n clips of another clip dataset (ilct.data.images.Subset for clips)."""
+
+    def __init__(self, base: ClipDataset, n: int):
+        self.base = base
+        self.labels, self.motions = base.labels[: min(n, len(base))], base.motions[: min(n, len(base))]
+        self.shape, self.skipped = base.shape, base.skipped
+        self.class_names, self.motion_names = base.class_names, base.motion_names
+        self.captions = base.captions[: len(self.labels)] if base.captions else None
+        self.name = f"{base.name}[:{len(self.labels)}]"
+
+    def clips_at(self, idx: np.ndarray) -> np.ndarray:
+        return self.base.clips_at(idx)
+
+
+def subset(data, n: int):
+    """The first n images or clips of a dataset."""
+    from ilct.data.images import Subset
+
+    return ClipSubset(data, n) if isinstance(data, ClipDataset) else Subset(data, n)
+
+
 class ClipFrames(ImageDataset):
     """Every frame of a clip dataset as an image: image k is frame k % T of clip k // T (labels and
     captions repeated), so clips can be encoded with an image autoencoder into (N*T, c, h, w) latents."""

@@ -81,6 +81,6 @@ class Subset(ImageDataset):
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] NCHW -> uint8 NHWC (what grids and .npz files hold)."""
+    """[-1, 1] NCHW -> uint8 NHWC (what grids and .npz files hold); clips (N, C, T, H, W) -> (N, T, H, W, C)."""
     x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    return x.movedim(1, -1).cpu().numpy()

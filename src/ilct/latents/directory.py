@@ -2,10 +2,16 @@
 
     LATENT_DIR/meta.json            autoencoder fingerprint, dataset name, count, shape, shards,
                                     posterior (mean, or one seeded sample per image)
-    LATENT_DIR/shard_00000.npy      raw latents, float32 (n, C, H, W), memory-mappable
+    LATENT_DIR/shard_00000.npy      raw latents, float32 (n, C, H, W), or (n, C, T, H, W) for clips
+                                    (T latent frames), memory-mappable
     LATENT_DIR/labels_00000.npy     int64 (n,)
-    LATENT_DIR/stats.safetensors    per-element mean m and std s (C, H, W)
-    LATENT_DIR/captions.json        one caption per latent, where the dataset has captions (emoji)
+    LATENT_DIR/stats.safetensors    per-element mean m and std s (C, H, W), or (C, T, H, W): every
+                                    frame position has its own statistics, as every pixel position has
+    LATENT_DIR/captions.json        one caption per latent, where the dataset has captions (emoji, clips)
+
+Clips (ilct.data.clips, data.shape = (C, T, H, W)) go through an autoencoder that takes clips:
+`for_clips(ae)`, any image autoencoder frame by frame (fingerprint `frames-...`) or a video VAE as it is;
+their latents are `ae.clip_latent_shape(H, T)`.
 
 Encoding streams the images through the encoder one batch at a time, writes a
 shard at a time (atomically), and resumes by skipping finished shards. Each
@@ -34,6 +40,8 @@ import torch
 from tqdm import tqdm
 
 from ilct.autoencoders.base import Autoencoder
+from ilct.autoencoders.frames import for_clips
+from ilct.data.clips import ClipDataset
 from ilct.data.images import ImageDataset
 from ilct.errors import IlctError
 from ilct.files import read_json, read_tensors, save_tensors, write_text
@@ -47,8 +55,8 @@ POSTERIORS = ("mean", "sample")
 
 @dataclass
 class LatentStats:
-    mean: torch.Tensor  # (C, H, W) m
-    std: torch.Tensor  # (C, H, W) s
+    mean: torch.Tensor  # (C, H, W) m; (C, T, H, W) for clips
+    std: torch.Tensor  # (C, H, W) s; (C, T, H, W) for clips
     fingerprint: str = ""  # the autoencoder whose latent space these describe ("" = not recorded)
     latent_set: str = ""  # the latents they were computed from: "dataset|count" ("" = not recorded)
 
@@ -108,7 +116,7 @@ class LatentDir:
         if not self.meta.get("complete"):
             raise IlctError(f"{self.path} is incomplete: run the same `ilct encode` again to finish it")
         try:
-            self.shape: tuple[int, int, int] = tuple(int(v) for v in self.meta["shape"])  # type: ignore[assignment]
+            self.shape: tuple[int, ...] = tuple(int(v) for v in self.meta["shape"])  # type: ignore[assignment]
             self.count: int = int(self.meta["count"])
             self.fingerprint: str = str(self.meta["autoencoder_fingerprint"])
             shards = [(str(s["file"]), str(s["labels"])) for s in self.meta["shards"]]
@@ -149,7 +157,7 @@ class LatentDir:
         return f"{self.meta.get('dataset', '?')}|{self.count}"
 
     def gather(self, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Raw latents at the given global indices (float32, (len(idx), C, H, W))."""
+        """Raw latents at the given global indices (float32, (len(idx), *shape))."""
         idx = np.asarray(idx, dtype=np.int64)
         out = np.empty((len(idx), *self.shape), np.float32)
         shard = np.searchsorted(self._starts, idx, side="right") - 1
@@ -189,7 +197,7 @@ def posterior_noise(seed: int, indices: np.ndarray, shape: tuple[int, ...]) -> t
 
 
 def encode_batch(ae: Autoencoder, x: torch.Tensor, posterior: str, seed: int, indices: np.ndarray) -> torch.Tensor:
-    """The latents of images x: the posterior mean (encode), or mean + std * eps with eps seeded per latent index."""
+    """The latents of images (or clips) x: the posterior mean (encode), or mean + std * eps with eps seeded per latent index."""
     if posterior == "mean":
         return ae.encode(x)
     mean, std = ae.posterior_moments(x)
@@ -207,7 +215,7 @@ def check_posterior(ae: Autoencoder, posterior: str, autoencoder_name: str) -> N
 @torch.no_grad()
 def encode_to_dir(
     ae: Autoencoder,
-    data: ImageDataset,
+    data: ImageDataset | ClipDataset,
     out: str | Path,
     autoencoder_name: str = "",
     data_spec: dict | None = None,
@@ -221,21 +229,29 @@ def encode_to_dir(
 ) -> LatentDir:
     """Encode `data` (and, with flip, its horizontal mirror images) into a latent directory.
 
+    Clips (data.shape = (C, T, H, W)) go through `for_clips(ae)` (an image autoencoder frame by frame;
+    its fingerprint is what the directory records) into (c, T', h, w) latents; flip mirrors every frame.
     posterior: "mean", or "sample" (one draw per latent, seeded by (seed, latent index); only for
     autoencoders with a posterior). Safe to re-run: a finished directory is returned as it is,
     finished shards are skipped; a directory made by another autoencoder, dataset or posterior
     setting is refused.
     """
     out = Path(out)
+    clips = len(data.shape) == 4  # (C, T, H, W)
+    if clips:
+        ae = for_clips(ae)
     check_posterior(ae, posterior, autoencoder_name)
     if len(data) == 0:
         raise IlctError(f"dataset {data.name} is empty")
+    if clips and flip and data.captions:
+        raise IlctError(f"flip: mirroring the clips of {data.name} reverses their motion, and their captions "
+                        "(\"... moving left\") would be wrong for the copies; encode them without flip")
     if data.shape[0] != ae.image_channels:
         raise IlctError(f"dataset {data.name} has {data.shape[0]} channels, the autoencoder expects {ae.image_channels}")
     n_images = len(data)
     count = n_images * (2 if flip else 1)
     try:
-        shape = ae.latent_shape(data.shape[1])
+        shape = ae.clip_latent_shape(data.shape[2], data.shape[1]) if clips else ae.latent_shape(data.shape[1])
     except ValueError as e:
         raise IlctError(f"{data.name} does not fit the autoencoder: {e} (choose another --resolution)") from None
     shards = [
@@ -265,7 +281,7 @@ def encode_to_dir(
         raise IlctError(f"{out} exists and is not a latent directory; choose another --out")
     write_text(meta_path, json.dumps(meta, indent=1))
     ae = ae.to(device).eval()
-    bar = tqdm(total=count, desc="encode", disable=not progress, dynamic_ncols=True, unit="img")
+    bar = tqdm(total=count, desc="encode", disable=not progress, dynamic_ncols=True, unit="clip" if clips else "img")
     for shard in shards:
         path = out / shard["file"]
         n = shard["stop"] - shard["start"]
@@ -284,7 +300,7 @@ def encode_to_dir(
             x = data.batch_indices(src).to(device)
             if flip:
                 mirrored = torch.from_numpy(np.arange(b, e) >= n_images).to(device)
-                x = torch.where(mirrored.view(-1, 1, 1, 1), x.flip(-1), x)
+                x = torch.where(mirrored.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)  # (n, C, [T,] H, W)
             z = encode_batch(ae, x, posterior, seed, np.arange(b, e))
             lat[b - shard["start"] : e - shard["start"]] = z.float().cpu().numpy()
             labels[b - shard["start"] : e - shard["start"]] = data.labels[src]
@@ -319,14 +335,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ILCT_CACHE", Path.home() / ".cache" / "ilct"))
 
 
-def cache_key(ae: Autoencoder, data: ImageDataset) -> str:
+def cache_key(ae: Autoencoder, data: ImageDataset | ClipDataset) -> str:
+    if len(data.shape) == 4:
+        ae = for_clips(ae)
     h = hashlib.sha256(f"{ae.fingerprint()}|{data.name}|{len(data)}|{data.shape}".encode())
     return h.hexdigest()[:20]
 
 
 def cached_latents(
     ae: Autoencoder,
-    data: ImageDataset,
+    data: ImageDataset | ClipDataset,
     cache_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,

@@ -180,6 +180,9 @@ def evaluate_run(
         raise IlctError(f"--split must be train or test, got {split!r}")
     cache_dir = cache_dir or default_cache_dir()
     run = open_run(run_dir, checkpoint, device=device)
+    if run.cfg.model.frames:
+        raise IlctError(f"{run_dir} is a clip run (model.frames = {run.cfg.model.frames}): `ilct eval` measures FID on "
+                        "images only; clips are scored by the video benchmark (docs/video.md)")
     points = eval_points(steps, taus, run.cfg)
     d, cons = run.cfg.data, run.cfg.consistency
     fm_root = d.root if d.dataset == "fashion_mnist" else DEFAULT_ROOT
