@@ -41,8 +41,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ilct.metrics.clips import (ClipData, MOTIONS, frame_fid, frame_stats, load_clip_classifier, score_clips,
-                                temporal_consistency)
+from ilct.metrics.clips import ClipData, MOTIONS, frame_fid, frame_stats, load_clip_classifier, score_clips
 
 SPLITS = ("seen", "heldout")
 
@@ -171,9 +170,9 @@ def evaluate(sampler, root: str, cache_dir: Path, guidance: list[float], nfe: li
     classifier = load_clip_classifier(cache_dir, root, data, progress, **(classifier_options or {}))
     report: dict = {"sampler": sampler.what, "data": data.key(), "per_prompt": per_prompt, "seed": seed,
                     "features": features.name, "fashion_classifier_test_accuracy": features.meta["test_accuracy"],
-                    "clip_classifier": {k: classifier.meta[k] for k in ("test_accuracy", "heldout_accuracy",
-                                                                        "train_seconds", "steps", "trained_on",
-                                                                        "fingerprint")},
+                    "clip_classifier": {k: classifier.meta.get(k) for k in (
+                        "test_accuracy", "heldout_accuracy", "train_seconds", "train_cpu_seconds", "steps", "trained_on",
+                        "fingerprint")},
                     "real": {}, "rows": [], "figures": []}
     for split in SPLITS:
         ps = prompts(split)[:max_prompts or None]

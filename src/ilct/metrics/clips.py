@@ -154,7 +154,7 @@ def train_clip_classifier(root: str, out: Path, data: ClipData = ClipData(), ste
     garments) and saves weights + record in `out`."""
     from ilct.data.moving_fmnist import load_moving_fmnist
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     seen, held = training_clips(root, data, seed)
     n_seen, n_all = len(seen), len(seen) + len(held)
     torch.manual_seed(seed)
@@ -184,7 +184,7 @@ def train_clip_classifier(root: str, out: Path, data: ClipData = ClipData(), ste
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    train_seconds = time.perf_counter() - t0
+    train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     model.eval()
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
@@ -194,6 +194,7 @@ def train_clip_classifier(root: str, out: Path, data: ClipData = ClipData(), ste
             "trained_on": "Fashion-MNIST train garments, every (class, direction) pair (train split + heldout split "
                           "rendered from the train images)",
             "steps": steps, "batch_size": batch_size, "seed": seed, "train_seconds": round(train_seconds, 1),
+            "train_cpu_seconds": round(train_cpu, 1), "threads": torch.get_num_threads(),
             "fingerprint": "clip-cls-" + h.hexdigest()[:16]}
     scorer = ClipScorer(model, meta)
     for split in ("test", "heldout"):  # test garments, seen and held-out directions
