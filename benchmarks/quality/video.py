@@ -188,10 +188,14 @@ def evaluate(sampler, root: str, cache_dir: Path, guidance: list[float], nfe: li
         real["frame_fid"] = frame_fid(clips, ref, features)
         real["garments"] = "test" if split == "seen" else "train"
         report["real"][split] = real
-        if figures is not None:
-            path = figures / f"video_real_{split}.gif"
-            write_gif(clips[:gif_prompts], path, cols=gif_prompts)
-            report["figures"].append({"file": str(path), "split": split, "real": True})
+        if figures is not None:  # a real clip of each of the first captions, beside the generated GIFs
+            shown = [p for p in ps[:gif_prompts] if ((labels == p.cls) & (motions == p.motion)).any()]
+            picks = [int(np.flatnonzero((labels == p.cls) & (motions == p.motion))[0]) for p in shown]
+            if picks:
+                path = figures / f"video_real_{split}.gif"
+                write_gif(clips[picks], path, cols=len(picks))
+                report["figures"].append({"file": str(path), "split": split, "real": True,
+                                          "captions": [p.caption for p in shown]})
         for s in nfe:
             for w in guidance:
                 t0 = time.perf_counter()
