@@ -156,7 +156,7 @@ def test_video_report_with_a_stub_sampler(tmp_path, cache, fake_fmnist, monkeypa
     monkeypatch.setattr(video, "make_sampler", lambda args: stub)
     out, figures = tmp_path / "video.json", tmp_path / "figures"
     video.main(["--run", "runs/none", "--tiny", "--guidance", "2,4", "--nfe", "1,2", "--data-dir", str(fake_fmnist),
-                "--cache-dir", str(cache), "--out", str(out), "--figures", str(figures), "--no-progress"])
+                "--cache-dir", str(cache), "--out", str(out), "--figures", str(figures), "--plot", str(figures / "acc.png"), "--no-progress"])
     report = json.loads(out.read_text())
     assert report["command"].startswith("python benchmarks/quality/video.py --run runs/none --tiny")
     assert report["machine"] and report["tiny"] and report["sampler"] == "stub"
@@ -170,6 +170,7 @@ def test_video_report_with_a_stub_sampler(tmp_path, cache, fake_fmnist, monkeypa
     for split in ("seen", "heldout"):
         assert {"class_acc", "motion_acc", "frame_fid", "temporal_consistency"} <= set(report["real"][split])
     assert {"test_accuracy", "heldout_accuracy", "train_seconds"} <= set(report["clip_classifier"])
+    assert report["plot"] == str(figures / "acc.png") and (figures / "acc.png").is_file()
     files = [f["file"] for f in report["figures"]]
     assert str(figures / "video_seen_1step_w2.gif") in files and str(figures / "video_heldout_1step_w2.gif") in files
     for f in report["figures"]:  # real clips only of the captions shown (where the few real clips have one)

@@ -16,7 +16,7 @@ row samples): the classifier's own accuracy, and the frame-FID floor at that sam
 Every row samples with the same noise: clip j of a setting starts from the seed (seed, j).
 
     python benchmarks/quality/video.py --run runs/video --guidance 1,2,4 --nfe 1,2 --per-prompt 16 \\
-        --out docs/results/video.json --figures docs/figures
+        --out docs/results/video.json --figures docs/figures --plot docs/figures/video_accuracy.png
 
 `--train PRESET --train-steps K` first trains the run (`ilct train --config PRESET --out RUN --force`) and
 records its time, so one command does it all. Sampling is in-process (ilct.run.open_run, ilct.sampling.generate:
@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cache-dir", default="", help="classifier cache (default: ilct's cache directory)")
     p.add_argument("--out", default="docs/results/video.json")
     p.add_argument("--figures", default="docs/figures", help="folder of the GIFs ('' = none)")
+    p.add_argument("--plot", default="docs/figures/video_accuracy.png", help="PNG of the accuracies against w ('' = none)")
     p.add_argument("--gif-guidance", type=float, default=None, help="w of the GIFs (default: the middle of --guidance)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--tiny", action="store_true", help="seconds, for the tests")
@@ -282,10 +283,45 @@ def main(argv: list[str] | None = None) -> dict:
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
     if args.tiny:  # two captions of each kind would not be the benchmark: say so in the file
         report["tiny"] = True
+    if args.plot:
+        plot(report, Path(args.plot))
+        report["plot"] = args.plot
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     summary(report)
     return report
+
+
+def plot(report: dict, path: Path) -> None:
+    """Class and motion accuracy against w, one line per split and NFE; chance dotted, 3x chance dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, what in zip(axes, ("class", "motion")):
+        for k, split in enumerate(SPLITS):
+            rows = [r for r in report["rows"] if r["split"] == split]
+            for s in sorted({r["nfe"] for r in rows}):
+                r = sorted((x for x in rows if x["nfe"] == s), key=lambda x: x["guidance"])
+                ax.plot([x["guidance"] for x in r], [x[f"{what}_acc"] for x in r], marker="os"[k % 2],
+                        ls="-" if s == 1 else "--", color=f"C{k}", label=f"{split}, {s} NFE")
+            if rows:
+                ax.axhline(rows[0][f"{what}_chance"], color=f"C{k}", lw=0.8, ls=":")
+                ax.axhline(3 * rows[0][f"{what}_chance"], color=f"C{k}", lw=0.8, ls="-.")
+            real = report["real"].get(split)
+            if real:
+                ax.axhline(real[f"{what}_acc"], color=f"C{k}", lw=2, alpha=0.25)
+        ax.set_xlabel("guidance w")
+        ax.set_ylabel(f"{what} accuracy")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{what} asked vs {what} seen (dotted: chance, dash-dot: 3x chance, thick: real clips)", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def summary(report: dict) -> None:
