@@ -21,9 +21,12 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
+TRAIN = {"steps": 60, "batch_size": 32, "eval_clips": 64}
+
+
 @pytest.fixture(scope="module")
 def scorer(cache, fake_fmnist):
-    return mc.load_clip_classifier(cache, str(fake_fmnist), DATA, progress=False, steps=60, batch_size=32, eval_clips=64)
+    return mc.load_clip_classifier(cache, str(fake_fmnist), DATA, progress=False, **TRAIN)
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +110,16 @@ def test_cache_is_reused_and_a_damaged_one_trained_again(scorer, cache, fake_fmn
         raise AssertionError("trained again")
 
     monkeypatch.setattr(mc, "train_clip_classifier", no_training)
-    assert mc.load_clip_classifier(cache, str(fake_fmnist), DATA).fingerprint() == scorer.fingerprint()
+    assert mc.load_clip_classifier(cache, str(fake_fmnist), DATA, **TRAIN).fingerprint() == scorer.fingerprint()
+    assert mc.classifier_folder(cache, DATA, TRAIN).name == "moving_fmnist-32x4s1-batch_size32-eval_clips64-steps60"
+    assert mc.classifier_folder(cache, DATA, {}).name == "moving_fmnist-32x4s1"  # the real one: never a test's
     monkeypatch.undo()
-    other = mc.ClipData(32, 2, 1)
-    folder = cache / "clip_classifier" / other.key()
+    other, tiny = mc.ClipData(32, 2, 1), {"steps": 2, "batch_size": 4, "eval_clips": 4}
+    folder = mc.classifier_folder(cache, other, tiny)
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"not safetensors")
     (folder / "config.json").write_text("{}")
-    fresh = mc.load_clip_classifier(cache, str(fake_fmnist), other, progress=False, steps=2, batch_size=4, eval_clips=4)
+    fresh = mc.load_clip_classifier(cache, str(fake_fmnist), other, progress=False, **tiny)
     assert "damaged; training it again" in capsys.readouterr().err
     assert fresh.meta["frames"] == 2 and json.loads((folder / "config.json").read_text())["steps"] == 2
 

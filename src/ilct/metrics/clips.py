@@ -206,10 +206,16 @@ def train_clip_classifier(root: str, out: Path, data: ClipData = ClipData(), ste
     return scorer
 
 
+def classifier_folder(cache_dir: Path, data: ClipData, train_options: dict) -> Path:
+    extra = "".join(f"-{k}{v}" for k, v in sorted(train_options.items()))
+    return Path(cache_dir) / "clip_classifier" / f"{data.key()}{extra}"
+
+
 def load_clip_classifier(cache_dir: Path, data_root: str, data: ClipData = ClipData(), progress: bool = True,
                          **train_options) -> ClipScorer:
-    """The cached clip classifier for `data`, trained on first use (a few CPU minutes)."""
-    out = Path(cache_dir) / "clip_classifier" / data.key()
+    """The cached clip classifier for `data`, trained on first use (a few CPU minutes). Training options other
+    than the defaults (the tests' few steps) name their own folder, so they never stand in for the real one."""
+    out = classifier_folder(cache_dir, data, train_options)
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
         try:
             model = ClipClassifier(data.frames)
