@@ -1,0 +1,183 @@
+"""ilct.metrics.clips (the clip classifier, score_clips, temporal consistency, frame FID) and the video benchmark's
+report (benchmarks/quality/video.py with a stub sampler), on the fake Fashion-MNIST files of conftest."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ilct.data.moving_fmnist import load_moving_fmnist
+from ilct.metrics import clips as mc
+from ilct.metrics.features import load_fashion_features
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = mc.ClipData(32, 4, 1)  # 4 frames: the tests' classifier trains in seconds
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+TRAIN = {"steps": 60, "batch_size": 32, "eval_clips": 64}
+
+
+@pytest.fixture(scope="module")
+def scorer(cache, fake_fmnist):
+    return mc.load_clip_classifier(cache, str(fake_fmnist), DATA, progress=False, **TRAIN)
+
+
+@pytest.fixture(scope="module")
+def features(cache, fake_fmnist):
+    return load_fashion_features(cache, str(fake_fmnist), progress=False)
+
+
+def real(fake_fmnist, split="test", n=64):
+    d = load_moving_fmnist(str(fake_fmnist), split, DATA.resolution, DATA.frames, DATA.frame_stride, count=n)
+    return d.clips_at(np.arange(n)), d.labels, d.motions
+
+
+def test_chance_is_the_most_asked_values_frequency():
+    assert mc.chance(np.repeat(np.arange(10), 3)) == pytest.approx(0.1)
+    assert mc.chance([0, 0, 1, 2]) == 0.5
+    assert mc.MOTIONS[mc.FLIPPED[mc.MOTIONS.index("left")]] == "right"
+    assert mc.MOTIONS[mc.FLIPPED[mc.MOTIONS.index("up")]] == "up"
+
+
+def test_classifier_records_its_real_accuracy_and_scores_real_clips_far_above_chance(scorer, features, fake_fmnist):
+    meta = scorer.meta
+    assert meta["data"] == DATA.key() and meta["fingerprint"].startswith("clip-cls-") and meta["train_seconds"] > 0
+    for split in ("test", "heldout"):
+        assert set(meta[f"{split}_accuracy"]) == {"class", "motion", "clips"}
+    clips, labels, motions = real(fake_fmnist)
+    s = mc.score_clips(clips, labels, motions, scorer, features)
+    assert s["n"] == 64 and 0 < s["class_chance"] < 0.5 and 0 < s["motion_chance"] < 0.6
+    assert s["motion_acc"] >= 3 * 0.25 and s["class_acc"] >= 3 * 0.1
+    assert s["motion_acc"] == pytest.approx(meta["test_accuracy"]["motion"])  # the same 64 clips
+    held = mc.score_clips(*real(fake_fmnist, "heldout"), scorer, features)
+    assert held["motion_acc"] >= 3 * 0.25 and held["class_acc"] >= 3 * 0.1  # directions the train split never shows
+    # asked for something else: shuffled requests score near chance
+    rng = np.random.default_rng(0)
+    wrong = mc.score_clips(clips, rng.permutation(labels), (motions + rng.integers(1, 4, len(motions))) % 4, scorer, features)
+    assert wrong["class_acc"] < s["class_acc"] - 0.2 and wrong["motion_acc"] < 0.3
+
+
+def test_static_clips_have_chance_motion_and_full_consistency(scorer, features, fake_fmnist):
+    clips = real(fake_fmnist, n=16)[0]
+    static = np.repeat(clips[:, :1], DATA.frames, axis=1)  # frame 0 held still
+    asked = np.repeat(static, 4, axis=0)  # each still clip asked for every direction once
+    s = mc.score_clips(asked, np.zeros(len(asked)), np.tile(np.arange(4), 16), scorer, features)
+    assert s["motion_acc"] == pytest.approx(0.25) and s["motion_chance"] == pytest.approx(0.25)
+    assert s["temporal_consistency"] == 1.0
+
+
+class Brightness:
+    """A stand-in for FashionFeatures: class 1 for a frame brighter than mid-gray, else 0."""
+
+    def predict(self, images):
+        return (images.reshape(len(images), -1).mean(1) > 127).astype(np.int64)
+
+
+def test_temporal_consistency_counts_clips_whose_frame_class_never_changes():
+    clips = np.zeros((4, 3, 8, 8, 1), np.uint8)
+    clips[1] = 255  # bright throughout
+    clips[2, 1] = 255  # one bright frame
+    clips[3, 2:] = 255  # bright from frame 2
+    assert mc.temporal_consistency(clips, Brightness()) == 0.5
+    assert mc.frame_classes(clips, Brightness()).tolist() == [[0, 0, 0], [1, 1, 1], [0, 1, 0], [0, 0, 1]]
+
+
+def test_frame_fid_is_zero_against_itself_and_large_against_noise(features, fake_fmnist):
+    clips = real(fake_fmnist, n=96)[0]
+    assert abs(mc.frame_fid(clips, clips, features)) < 1e-6
+    assert mc.frame_fid(clips, mc.frame_stats(clips, features), features) == pytest.approx(mc.frame_fid(clips, clips, features))
+    noise = np.random.default_rng(0).integers(0, 256, clips.shape, dtype=np.uint8)
+    assert mc.frame_fid(noise, clips, features) > 10 * max(mc.frame_fid(real(fake_fmnist, "train", 96)[0], clips, features), 1e-3)
+
+
+def test_score_clips_rejects_mismatched_requests(scorer, features, fake_fmnist):
+    clips = real(fake_fmnist, n=4)[0]
+    with pytest.raises(ValueError, match="4 clips, 3 classes"):
+        mc.score_clips(clips, [0, 1, 2], [0, 1, 2, 3], scorer, features)
+    with pytest.raises(ValueError, match="uint8"):
+        mc.clips_input(clips.astype(np.float32))
+
+
+def test_cache_is_reused_and_a_damaged_one_trained_again(scorer, cache, fake_fmnist, monkeypatch, capsys):
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(mc, "train_clip_classifier", no_training)
+    assert mc.load_clip_classifier(cache, str(fake_fmnist), DATA, **TRAIN).fingerprint() == scorer.fingerprint()
+    assert mc.classifier_folder(cache, DATA, TRAIN).name == "moving_fmnist-32x4s1-batch_size32-eval_clips64-steps60"
+    assert mc.classifier_folder(cache, DATA, {}).name == "moving_fmnist-32x4s1"  # the real one: never a test's
+    monkeypatch.undo()
+    other, tiny = mc.ClipData(32, 2, 1), {"steps": 2, "batch_size": 4, "eval_clips": 4}
+    folder = mc.classifier_folder(cache, other, tiny)
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    (folder / "config.json").write_text("{}")
+    fresh = mc.load_clip_classifier(cache, str(fake_fmnist), other, progress=False, **tiny)
+    assert "damaged; training it again" in capsys.readouterr().err
+    assert fresh.meta["frames"] == 2 and json.loads((folder / "config.json").read_text())["steps"] == 2
+
+
+def load_video():
+    spec = importlib.util.spec_from_file_location("video", ROOT / "benchmarks" / "quality" / "video.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prompts_cover_the_seen_and_held_out_pairs():
+    video = load_video()
+    seen, held = video.prompts("seen"), video.prompts("heldout")
+    assert len(seen) == 30 and len(held) == 10
+    assert {(p.cls, p.motion) for p in seen}.isdisjoint({(p.cls, p.motion) for p in held})
+    assert held[0].caption == "a t-shirt moving left" and held[0].motion == mc.MOTIONS.index("left")
+    assert mc.chance([p.motion for p in seen]) == pytest.approx(8 / 30)
+    assert mc.chance([p.motion for p in held]) == pytest.approx(3 / 10)
+
+
+class StubSampler:
+    """Noise clips of DATA's shape, recording what was asked."""
+
+    data, what = DATA, "stub"
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, captions, per_prompt, nfe, guidance, seed):
+        self.calls.append((tuple(captions), per_prompt, nfe, guidance, seed))
+        rng = np.random.default_rng(seed)
+        return rng.integers(0, 256, (len(captions) * per_prompt, DATA.frames, 32, 32, 1), dtype=np.uint8)
+
+
+def test_video_report_with_a_stub_sampler(tmp_path, cache, fake_fmnist, monkeypatch):
+    video = load_video()
+    stub = StubSampler()
+    monkeypatch.setattr(video, "make_sampler", lambda args: stub)
+    out, figures = tmp_path / "video.json", tmp_path / "figures"
+    video.main(["--run", "runs/none", "--tiny", "--guidance", "2,4", "--nfe", "1,2", "--data-dir", str(fake_fmnist),
+                "--cache-dir", str(cache), "--out", str(out), "--figures", str(figures), "--plot", str(figures / "acc.png"), "--no-progress"])
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("python benchmarks/quality/video.py --run runs/none --tiny")
+    assert report["machine"] and report["tiny"] and report["sampler"] == "stub"
+    rows = report["rows"]
+    assert [(r["split"], r["nfe"], r["guidance"]) for r in rows] == [("seen", 1, 2.0), ("heldout", 1, 2.0)]
+    for r in rows:
+        assert {"split", "nfe", "guidance", "class_acc", "motion_acc", "class_chance", "motion_chance", "frame_fid"} <= set(r)
+        assert 0 <= r["class_acc"] <= 1 and 0 <= r["motion_acc"] <= 1 and np.isfinite(r["frame_fid"])
+    assert stub.calls[0] == (("a t-shirt moving right", "a t-shirt moving up"), 2, 1, 2.0, 0)
+    assert stub.calls[1][0] == ("a t-shirt moving left", "a pair of trousers moving right")
+    for split in ("seen", "heldout"):
+        assert {"class_acc", "motion_acc", "frame_fid", "temporal_consistency"} <= set(report["real"][split])
+    assert {"test_accuracy", "heldout_accuracy", "train_seconds"} <= set(report["clip_classifier"])
+    assert report["plot"] == str(figures / "acc.png") and (figures / "acc.png").is_file()
+    files = [f["file"] for f in report["figures"]]
+    assert str(figures / "video_seen_1step_w2.gif") in files and str(figures / "video_heldout_1step_w2.gif") in files
+    for f in report["figures"]:  # real clips only of the captions shown (where the few real clips have one)
+        assert f["captions"] and (not f.get("real") or Path(f["file"]).name.startswith("video_real_"))
+    assert all(Path(f).is_file() for f in files)
