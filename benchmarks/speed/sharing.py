@@ -105,12 +105,14 @@ def main() -> None:
         return
     result = {"command": "python " + " ".join([sys.argv[0], *sys.argv[1:]]),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs",
-              "torch": __import__("torch").__version__, "seconds_per_scenario": args.seconds, "rows": []}
+              "torch": __import__("torch").__version__, "seconds_per_scenario": args.seconds,
+              "load_average_1min_before": round(os.getloadavg()[0], 2), "rows": []}
     for name in args.scenarios.split(","):
         for policy in args.policies.split(","):
             rows = scenario(SCENARIOS[name], POLICIES[policy], args.seconds)
             t = rows[0]
-            line = {"scenario": name, "policy": policy, **{k: v for k, v in t.items() if k != "kind"}}
+            line = {"scenario": name, "policy": policy, **{k: v for k, v in t.items() if k != "kind"},
+                    "load_average_1min_after": round(os.getloadavg()[0], 2)}
             if name == "+matmul":
                 line["matmul_per_s"] = rows[1]["matmul_per_s"]
             result["rows"].append(line)
