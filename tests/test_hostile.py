@@ -200,6 +200,11 @@ def cases(w: World, mp, tmp: Path) -> list[tuple[str, str, object]]:
     ckpt = w.run / "checkpoints" / CKPT
     T = w.train
     lat_train = lambda lat, *x: T(fresh, "--set", f"data.latents={lat}", *x)  # noqa: E731
+    return _input_cases(w, tmp, T, fresh, lat_train) + _run_cases(w, mp, tmp, fresh, ckpt, T, lat_train)
+
+
+def _input_cases(w: World, tmp: Path, T, fresh: str, lat_train) -> list[tuple[str, str, object]]:
+    """Numbers and encodings."""
     return [
         # numbers
         ("numbers", "train.seed beyond 64 bits", T(fresh, "--set", f"train.seed={2**64 + 1}")),
@@ -237,6 +242,12 @@ def cases(w: World, mp, tmp: Path) -> list[tuple[str, str, object]]:
          lambda: w.sample(non_utf8(w.copy("state_utf8") / "checkpoints" / CKPT / "state.json").parents[2])),
         ("encodings", "latent meta.json with non-UTF-8 bytes",
          lambda: lat_train(non_utf8(w.lat_copy("meta_utf8") / "meta.json").parent)),
+    ]
+
+
+def _run_cases(w: World, mp, tmp: Path, fresh: str, ckpt: Path, T, lat_train) -> list[tuple[str, str, object]]:
+    """Run files, path escapes, outputs onto inputs, --force, filesystem faults."""
+    return [
         # malformed run files
         ("malformed run files", "state.json is a list", lambda: w.resume(state(w, "st_list", lambda s: []))),
         ("malformed run files", "state.json step is a string", lambda: w.resume(state(w, "st_str", lambda s: {**s, "step": "12"}))),

@@ -520,6 +520,36 @@ def add_eval_parser(sub, fmt) -> None:
     v.set_defaults(func=cmd_eval)
 
 
+def add_clips_parser(sub, fmt) -> None:
+    k = sub.add_parser("clips", help="render the first clips of a clip dataset: PNG strip, GIF, captions",
+                       formatter_class=fmt)
+    k.add_argument("--data", required=True, help="moving_fmnist[:DIR], emoji_clips[:FONT] or video_folder:DIR")
+    k.add_argument("--out", required=True, help="folder for NAME.png (rows = clips), NAME.gif and NAME.txt")
+    k.add_argument("--name", help="file name stem (default: the dataset)")
+    k.add_argument("--split", default="train", choices=["train", "test", "heldout"],
+                   help="moving_fmnist, emoji_clips: heldout = only the held-out (class, motion) pairs")
+    k.add_argument("--resolution", type=int, default=32)
+    k.add_argument("--rgb", action="store_true", help="moving_fmnist: three channels")
+    k.add_argument("--frames", type=int, default=8)
+    k.add_argument("--frame-stride", type=int, default=1)
+    k.add_argument("--n", type=int, default=8, help="clips to render")
+    k.add_argument("--scale", type=int, default=2, help="pixel enlargement of the PNG and GIF")
+    k.add_argument("--duration", type=int, default=125, help="GIF milliseconds per frame")
+    k.set_defaults(func=cmd_clips)
+
+
+def add_demo_parser(sub, fmt) -> None:
+    d = sub.add_parser("demo", help="autoencoder + latents + fmnist-ilct training + 1/2-step grids", formatter_class=fmt)
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    d.add_argument("--steps", type=int, default=None, help="consistency training steps (default: the preset's)")
+    d.add_argument("--ae-steps", type=int, default=1000, help="autoencoder training steps")
+    d.add_argument("--quality-n", type=int, default=2000,
+                   help="samples per FID of the summary (Fashion-MNIST classifier features, test split); 0 = skip")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ilct.config import preset_names
 
@@ -616,31 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(sub, fmt)
 
-    k = sub.add_parser("clips", help="render the first clips of a clip dataset: PNG strip, GIF, captions",
-                       formatter_class=fmt)
-    k.add_argument("--data", required=True, help="moving_fmnist[:DIR], emoji_clips[:FONT] or video_folder:DIR")
-    k.add_argument("--out", required=True, help="folder for NAME.png (rows = clips), NAME.gif and NAME.txt")
-    k.add_argument("--name", help="file name stem (default: the dataset)")
-    k.add_argument("--split", default="train", choices=["train", "test", "heldout"],
-                   help="moving_fmnist, emoji_clips: heldout = only the held-out (class, motion) pairs")
-    k.add_argument("--resolution", type=int, default=32)
-    k.add_argument("--rgb", action="store_true", help="moving_fmnist: three channels")
-    k.add_argument("--frames", type=int, default=8)
-    k.add_argument("--frame-stride", type=int, default=1)
-    k.add_argument("--n", type=int, default=8, help="clips to render")
-    k.add_argument("--scale", type=int, default=2, help="pixel enlargement of the PNG and GIF")
-    k.add_argument("--duration", type=int, default=125, help="GIF milliseconds per frame")
-    k.set_defaults(func=cmd_clips)
-
-    d = sub.add_parser("demo", help="autoencoder + latents + fmnist-ilct training + 1/2-step grids", formatter_class=fmt)
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
-    d.add_argument("--steps", type=int, default=None, help="consistency training steps (default: the preset's)")
-    d.add_argument("--ae-steps", type=int, default=1000, help="autoencoder training steps")
-    d.add_argument("--quality-n", type=int, default=2000,
-                   help="samples per FID of the summary (Fashion-MNIST classifier features, test split); 0 = skip")
-    d.add_argument("--no-progress", action="store_true")
-    d.set_defaults(func=cmd_demo)
+    add_clips_parser(sub, fmt)
+    add_demo_parser(sub, fmt)
     return p
 
 
