@@ -7,13 +7,16 @@ import torch
 
 from ilct.consistency.precond import ConsistencyModel
 from ilct.nets.dit import build_dit
+from ilct.consistency.schedule import karras_sigmas
 from ilct.sampling import consistency_sample, default_sigmas, per_sample_noise
 
 
 def test_default_sigmas():
     assert default_sigmas(1) == [80.0]
     two = default_sigmas(2)
-    assert two[0] == 80.0 and two[1] == pytest.approx(1.3823679566485092, rel=1e-12)  # index 22 of 40 levels
+    assert two == [80.0, 0.2]  # measured (docs/results/tau_sweep.json)
+    authors = default_sigmas(2, sigma_min=0.5)  # 0.2 outside (sigma_min, sigma_max): the authors' grid value
+    assert authors[1] == pytest.approx(float(karras_sigmas(40, 0.5, 80.0, 7.0)[22]), rel=1e-12)
     four = default_sigmas(4)
     assert len(four) == 4 and four[0] == 80.0 and all(b < a for a, b in zip(four, four[1:])) and four[-1] > 0.002
 

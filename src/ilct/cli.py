@@ -499,7 +499,7 @@ def add_eval_parser(sub, fmt) -> None:
     v.add_argument("--checkpoint", help="a checkpoint directory (default: the run's latest)")
     v.add_argument("--steps", default="1,2", help="comma-separated step counts")
     v.add_argument("--tau", help="comma-separated intermediate sigmas for 2-step sampling, one result each, e.g. "
-                   "0.5,1.0,1.382 (default: index 22 of a 40-level Karras grid, 1.382)")
+                   "0.5,1.0,1.382 (default: 0.2, measured in both Fashion-MNIST latent spaces; the authors': 1.382)")
     v.add_argument("--ref-n", type=int, help="reference images for the FID statistics: the first N of the "
                    "reference set, all if fewer; 0 = all (default: 50,000 for an image folder, all for the "
                    "built-in datasets)")
@@ -606,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=int, default=125, help="clip runs: GIF milliseconds per frame")
     s.add_argument("--npz", help="also write the samples as uint8 (N, H, W, C), clips (N, T, H, W, C), under the keys "
                    "'images' and 'arr_0' (the same rules as --out)")
-    s.add_argument("--tau", help="intermediate sigmas, comma-separated (default for 2 steps: index 22 of a 40-level Karras grid, ~1.39)")
+    s.add_argument("--tau", help="intermediate sigmas, comma-separated (default for 2 steps: 0.2, measured; the authors' 1.382)")
     s.add_argument("--checkpoint", help="a checkpoint directory (default: the run's latest)")
     s.add_argument("--class", dest="cls", type=int, help="class label for a class-conditional run (default: unconditional)")
     s.add_argument("--prompt", help='caption for a text-conditional run, e.g. "cat face" (default: unconditional)')
