@@ -282,17 +282,21 @@ def test_stability_branches_are_one_switch_each_against_the_preset(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     trains = [line.split() for line in proc.stdout.splitlines() if " train " in line]
-    assert [c[c.index("--config") + 1] for c in trains[:2]] == ["fmnist-ict", "fmnist-ilct"]
+    assert [c[c.index("--config") + 1] for c in trains[:3]] == ["fmnist-ict", "fmnist-ilct", "fmnist-ilct"]
     assert all("train.total_steps=8000" in c and "train.ckpt_every=1000" in c and "train.keep_checkpoints=9" in c
-               for c in trains[:2])
+               for c in trains[:3])
+    assert "consistency.c_floor=0" in trains[1] and "consistency.c_floor=1" in trains[2]  # the paper's c, the fix
     source = str(tmp_path / "runs" / "ilct" / "checkpoints" / "step_000004000")
-    branches = trains[2:]
+    branches = trains[3:]
     assert len(branches) == len(st.BRANCHES) and all(c[c.index("--branch-from") + 1] == source for c in branches)
     assert [c[c.index("--set") + 1] for c in branches] == [change for change, _ in st.BRANCHES.values()]
-    assert "44000 training steps" in proc.stdout and "CPU hours" in proc.stdout
+    assert "52000 training steps" in proc.stdout and "CPU hours" in proc.stdout
     bad = subprocess.run([sys.executable, stability_script(), "--autoencoder", "ae", "--dry-run", "--branch-step", "4500"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--branch-step" in bad.stderr
+    bad = subprocess.run([sys.executable, stability_script(), "--autoencoder", "ae", "--dry-run", "--bases", "ict"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--bases" in bad.stderr  # branches need the ilct run
 
 
 def test_stability_tiny_run_curves_branches_and_residuals(tmp_path, tiny_autoencoder, fake_fmnist):
@@ -304,7 +308,7 @@ def test_stability_tiny_run_curves_branches_and_residuals(tmp_path, tiny_autoenc
     torch.jit.script(PoolDetector()).save(str(detector))
     out = tmp_path / "stability.json"
     argv = [sys.executable, stability_script(), "--tiny", "--autoencoder", str(tiny_autoencoder), "--data-dir",
-            str(fake_fmnist), "--branches", "fixed-c", "--features", "inception", "--inception-weights", str(detector),
+            str(fake_fmnist), "--bases", "ict,ilct", "--branches", "fixed-c", "--features", "inception", "--inception-weights", str(detector),
             "--cache-dir", str(tmp_path / "cache"), "--work", str(tmp_path / "work"), "--out", str(out),
             "--figure", str(tmp_path / "fig.png")]
     proc = subprocess.run(argv, capture_output=True, text=True)

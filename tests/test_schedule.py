@@ -96,3 +96,17 @@ def test_fixed_and_adaptive_c():
 
 def test_lambda_weight():
     assert lambda_weight(torch.tensor(2.0), torch.tensor(1.5)).item() == pytest.approx(2.0)
+
+
+def test_c_floor_bounds_the_adaptive_c_from_below():
+    """consistency.c_floor: c(N) = max(adaptive c(N), c_floor * fixed c) from the second stage on (D = 256:
+    fixed c = 0.00054 * 16 = 0.00864); 0 is the paper's schedule, and it never touches the fixed c."""
+    D, fixed = 256, 0.00054 * 16
+    assert scaling_c(161, D, 10, adaptive=True) == pytest.approx(0.00124770, rel=1e-5)  # the paper: below fixed c
+    assert scaling_c(161, D, 10, adaptive=True, c_floor=1.0) == pytest.approx(fixed)
+    assert scaling_c(161, D, 10, adaptive=True, c_floor=0.5) == pytest.approx(fixed / 2)
+    assert scaling_c(21, D, 10, adaptive=True, c_floor=1.0) == pytest.approx(0.0136353, rel=1e-5)  # above the floor
+    assert scaling_c(11, D, 10, adaptive=True, c_floor=3.0) == pytest.approx(fixed)  # the first stage: fixed c
+    assert scaling_c(161, D, 10, adaptive=False, c_floor=3.0) == pytest.approx(fixed)  # iCT: no adaptive c to bound
+    cs = [s.c for s in curriculum(8000, 10, 160, D, adaptive=True, c_floor=1.0)]
+    assert cs == pytest.approx([fixed, 0.0136353, fixed, fixed, fixed], rel=1e-5)

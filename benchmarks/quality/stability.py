@@ -36,7 +36,13 @@ import sys
 import time
 from pathlib import Path
 
-PRESETS = {"ict": "fmnist-ict", "ilct": "fmnist-ilct"}
+# The base runs: (preset, its changes). "ilct" is the paper's schedule (c_floor 0, whatever the preset says);
+# "ilct-floor" the fix of docs/stability.md (the adaptive c never below the fixed c, consistency.c_floor=1).
+BASES: dict[str, tuple[str, list[str]]] = {
+    "ict": ("fmnist-ict", []),
+    "ilct": ("fmnist-ilct", ["consistency.c_floor=0"]),
+    "ilct-floor": ("fmnist-ilct", ["consistency.c_floor=1"]),
+}
 BRANCH_SOURCE = "ilct"
 
 # One switch each, from the fmnist-ilct checkpoint at --branch-step (values against fmnist-ilct's: lr 1e-3,
@@ -97,10 +103,11 @@ def base_cmd(args, ilct: list[str], name: str) -> list[str]:
     sets = [f"data.latents={Path(args.work) / 'latents'}", f"train.total_steps={args.steps}",
             f"train.ckpt_every={args.every}", f"train.keep_checkpoints={args.steps // args.every + 1}",
             "train.sample_every=0", f"train.log_every={max(1, min(50, args.every // 4))}"]
-    cmd = ilct + ["train", "--config", PRESETS[name], "--out", str(out), "--autoencoder", args.autoencoder, "--no-progress"]
+    preset, changes = BASES[name]
+    cmd = ilct + ["train", "--config", preset, "--out", str(out), "--autoencoder", args.autoencoder, "--no-progress"]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
-    for s in sets + (TINY_SETS if args.tiny else []):
+    for s in sets + changes + (TINY_SETS if args.tiny else []):
         cmd += ["--set", s]
     return cmd
 
@@ -131,7 +138,7 @@ def stage_at(run: Path, step: int) -> tuple[int, float, float]:
 
     cfg = config_from_yaml_file(run / "config.yaml")
     c, D = cfg.consistency, latent_dim(cfg)
-    for s in curriculum(cfg.train.total_steps, c.s0, c.s1, D, cfg.method.adaptive_c, c.c_scale):
+    for s in curriculum(cfg.train.total_steps, c.s0, c.s1, D, cfg.method.adaptive_c, c.c_scale, c.c_floor):
         if s.start_step <= step - 1 < s.end_step:  # (the adaptive schedule keeps the fixed c in its first stage)
             return s.N, s.c, scaling_c(s.N, D, c.s0, True, c.c_scale)
     raise ValueError(f"step {step} lies outside {run}'s curriculum")
@@ -155,15 +162,15 @@ def analyze_cmd(args, ilct: list[str], run: Path, ckpt: Path, N: int, out_dir: P
 
 def runs(args) -> list[tuple[str, str, str | None]]:
     """(run folder name, preset, branch name or None), bases first."""
-    return ([(name, preset, None) for name, preset in PRESETS.items()]
-            + [(branch_run(args, b), PRESETS[BRANCH_SOURCE], b) for b in args.branches])
+    return ([(name, BASES[name][0], None) for name in args.bases]
+            + [(branch_run(args, b), BASES[BRANCH_SOURCE][0], b) for b in args.branches])
 
 
 def estimate(args) -> str:
     """CPU time from the step counts: training at --seconds-per-step (DiT-T/2, batch 64, 2 cores: 0.2-0.3 s);
     evaluation and residuals roughly, from the same rate (a guess, not a measurement)."""
-    base, branch = len(PRESETS) * args.steps, len(args.branches) * (args.steps - args.branch_step)
-    n_ckpt = len(PRESETS) * (args.steps // args.every) + len(args.branches) * ((args.steps - args.branch_step) // args.every)
+    base, branch = len(args.bases) * args.steps, len(args.branches) * (args.steps - args.branch_step)
+    n_ckpt = len(args.bases) * (args.steps // args.every) + len(args.branches) * ((args.steps - args.branch_step) // args.every)
     fwd = args.seconds_per_step / (BATCH * 4)  # a step is about four forward passes per sample (teacher, student, backward)
     per_eval = 15 + args.n * 3 * fwd + args.n * 2 * 0.002  # start-up, 1 + 2 NFE, decoding and features of two sample sets
     per_residual = 10 + args.residual_n * 2 * fwd
@@ -184,6 +191,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="training steps of every run (default 8000, 4x the demo)")
     p.add_argument("--every", type=int, help="checkpoint (and evaluation) interval (default 1000)")
     p.add_argument("--branch-step", type=int, help="the fmnist-ilct checkpoint the branches start from (default 4000)")
+    p.add_argument("--bases", default=",".join(BASES), help=f"the base runs, comma-separated, from: {', '.join(BASES)}")
     p.add_argument("--branches", default=",".join(BRANCHES), help=f"comma-separated, from: {', '.join(BRANCHES)}")
     p.add_argument("--n", type=int, default=5000, help="samples per FID")
     p.add_argument("--residual-n", type=int, default=512, help="samples for the TD residuals per checkpoint")
@@ -209,6 +217,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [b for b in args.branches if b not in BRANCHES]
     if bad:
         p.error(f"unknown branch {bad[0]!r}; branches: {', '.join(BRANCHES)}")
+    args.bases = [b.strip() for b in args.bases.split(",") if b.strip()]
+    bad = [b for b in args.bases if b not in BASES]
+    if bad or not args.bases:
+        p.error(f"unknown base run {bad[0]!r}; bases: {', '.join(BASES)}" if bad else "--bases is empty")
+    if args.branches and BRANCH_SOURCE not in args.bases:
+        p.error(f"the branches start from the {BRANCH_SOURCE!r} base run: add it to --bases")
     if not (0 < args.every <= args.steps and args.steps % args.every == 0):
         p.error("--every must divide --steps")
     if not (0 < args.branch_step < args.steps and args.branch_step % args.every == 0):
@@ -229,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run(encode + ["--no-progress"], check=True)
 
     # (a) the two presets, then (c) the branches of the fmnist-ilct run (their source is in the first wave)
-    bases = [(name, base_cmd(args, ilct, name), logs / f"{name}.train.log") for name in PRESETS
+    bases = [(name, base_cmd(args, ilct, name), logs / f"{name}.train.log") for name in args.bases
              if not finished(args, run_dir(args, name))]
     branches = [(b, branch_cmd(args, ilct, b), logs / f"{branch_run(args, b)}.train.log") for b in args.branches
                 if not finished(args, run_dir(args, branch_run(args, b)))]

@@ -234,7 +234,7 @@ def cmd_schedule(args) -> int:
     else:
         raise IlctError("this config leaves the latent shape to the data: pass --latent-shape CxHxW (CxTxHxW for clips)")
     cons = cfg.consistency
-    stages = curriculum(cfg.train.total_steps, cons.s0, cons.s1, D, cfg.method.adaptive_c, cons.c_scale)
+    stages = curriculum(cfg.train.total_steps, cons.s0, cons.s1, D, cfg.method.adaptive_c, cons.c_scale, cons.c_floor)
     rows = [{"start_step": s.start_step, "end_step": s.end_step, "N": s.N, "c": s.c} for s in stages]
     if args.json:
         print(json.dumps(rows, indent=2))

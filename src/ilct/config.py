@@ -84,6 +84,7 @@ class ConsistencyConfig:
     p_mean: float = -1.1  # discretized log-normal level sampling
     p_std: float = 2.0
     c_scale: float = 0.00054  # fixed c = c_scale * sqrt(D), D = C*H*W
+    c_floor: float = 0.0  # with method.adaptive_c: c(N) >= c_floor * fixed c (0: the paper; docs/stability.md)
 
 
 @dataclass
@@ -418,6 +419,7 @@ def validate(cfg: Config) -> None:
     need(cons.s1 >= cons.s0, "consistency.s1", f"must be >= consistency.s0 ({cons.s0})")
     need(cons.p_std > 0, "consistency.p_std", "must be > 0")
     need(0 < cons.c_scale <= 1e3, "consistency.c_scale", "must be in (0, 1e3]")
+    need(0 <= cons.c_floor <= 1e3, "consistency.c_floor", "must be in [0, 1e3]")
     need(abs(cons.p_mean) <= 100 and cons.p_std <= 100, "consistency.p_mean", "and p_std must lie within 100")
     need(me.lambda_diff >= 0, "method.lambda_diff", "must be >= 0")
     need(0.0 <= me.diffusion_fraction <= 1.0, "method.diffusion_fraction", "must be in [0, 1]")

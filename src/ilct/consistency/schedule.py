@@ -45,10 +45,11 @@ def adaptive_c(N: int) -> float:
     return math.exp(-1.15 * math.log(N - 1) - 0.85)
 
 
-def scaling_c(N: int, latent_dim: int, s0: int, adaptive: bool, c_scale: float = 0.00054) -> float:
-    """The metric's c at N levels: fixed, or adaptive from the second stage on."""
+def scaling_c(N: int, latent_dim: int, s0: int, adaptive: bool, c_scale: float = 0.00054, c_floor: float = 0.0) -> float:
+    """The metric's c at N levels: fixed, or adaptive from the second stage on, and then never below
+    c_floor x the fixed c (c_floor 0: the paper's schedule; ilct's departure, docs/stability.md)."""
     if adaptive and N != s0 + 1:
-        return adaptive_c(N)
+        return max(adaptive_c(N), c_floor * fixed_c(latent_dim, c_scale))
     return fixed_c(latent_dim, c_scale)
 
 
@@ -82,7 +83,8 @@ class Stage:
     c: float
 
 
-def curriculum(total_steps: int, s0: int, s1: int, latent_dim: int, adaptive: bool, c_scale: float = 0.00054) -> list[Stage]:
+def curriculum(total_steps: int, s0: int, s1: int, latent_dim: int, adaptive: bool, c_scale: float = 0.00054,
+               c_floor: float = 0.0) -> list[Stage]:
     """The stages a run of `total_steps` goes through (what `ilct schedule` prints)."""
     k_prime = stage_length(total_steps, s0, s1)
     stages: list[Stage] = []
@@ -92,5 +94,5 @@ def curriculum(total_steps: int, s0: int, s1: int, latent_dim: int, adaptive: bo
         if stages and stages[-1].N == N:  # N stays at s1 + 1 once it gets there
             stages[-1] = Stage(stages[-1].start_step, end, N, stages[-1].c)
         else:
-            stages.append(Stage(start, end, N, scaling_c(N, latent_dim, s0, adaptive, c_scale)))
+            stages.append(Stage(start, end, N, scaling_c(N, latent_dim, s0, adaptive, c_scale, c_floor)))
     return stages

@@ -52,7 +52,8 @@ class ConsistencyTraining(Objective):
             cons = self.cfg.consistency
             D = latent_dim(self.cfg)  # C*H*W, C*T*H*W for clips
             self._levels[key] = (N, self.grid(N).to(device, torch.float32),
-                                 scaling_c(N, D, cons.s0, self.cfg.method.adaptive_c, cons.c_scale))
+                                 scaling_c(N, D, cons.s0, self.cfg.method.adaptive_c, cons.c_scale,
+                                           cons.c_floor))
         return self._levels[key]
 
     def state(self, k: int, device: torch.device) -> tuple[int, torch.Tensor, float]:
