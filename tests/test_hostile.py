@@ -588,3 +588,31 @@ def test_signals_at_startup_and_during_the_final_save(world):
         assert not list(tmp.glob(".tmp_step_*"))
         ok += 1
     FIGURES["signals_at_startup_and_final_save"] = f"{ok}/{tried} clean"
+
+
+def test_a_signal_that_surfaces_as_another_error_is_reported_as_the_signal(monkeypatch, capsys):
+    """A SIGINT landing inside safetensors' C code came back as "cannot read model.safetensors: could not
+    determine the shape of object type 'torch.storage.UntypedStorage'" and exit 2: a healthy file reported
+    as damaged. Any error after one of ilct's handlers saw a signal is the signal: one line, 128 + signal."""
+    import argparse
+
+    import ilct.cli as cli
+    from ilct import preempt
+    from ilct.errors import IlctError
+
+    def cut_short(args):
+        preempt.RECEIVED.append(int(signal.SIGINT))  # what the handler records before raising inside C code
+        raise IlctError("cannot read ae/model.safetensors: could not determine the shape of object type "
+                        "'torch.storage.UntypedStorage'")
+
+    def damaged(args):
+        raise IlctError("cannot read ae/model.safetensors: header too large")
+
+    parser = argparse.ArgumentParser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser.set_defaults(func=cut_short)
+    assert cli.main([]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["ilct: interrupted by signal 2"]
+    parser.set_defaults(func=damaged)  # the next command starts with no signal recorded: a damaged file is exit 2
+    assert cli.main([]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["ilct: error: cannot read ae/model.safetensors: header too large"]

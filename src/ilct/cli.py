@@ -666,6 +666,9 @@ class _Signals:
 
     def _handle(self, signum, frame) -> None:
         self.received.append(signum)
+        from ilct import preempt
+
+        preempt.RECEIVED.append(signum)
         if self.raising:
             from ilct.preempt import Interrupted
 
@@ -684,18 +687,30 @@ class _Signals:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def main(argv: list[str] | None = None) -> int:
-    signals = _Signals()
-    from ilct.preempt import Interrupted
+def _interrupted() -> int | None:
+    """The first signal ilct's handlers saw in this command, if any."""
+    from ilct.preempt import RECEIVED
 
+    return RECEIVED[0] if RECEIVED else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ilct.preempt import RECEIVED, Interrupted
+
+    RECEIVED.clear()
+    signals = _Signals()
     try:
         args = build_parser().parse_args(argv)  # loads torch (through the config) with signals recorded
         signals.start_raising()
         return args.func(args)
-    except IlctError as e:
-        print(f"ilct: error: {_one_line(str(e))}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the filesystem said no (read-only, full, not a folder, permissions): the user's to fix
+    except (IlctError, OSError) as e:
+        if _interrupted() is not None:  # a signal inside C code can surface as a "damaged file": it was the signal
+            print(f"ilct: interrupted by signal {_interrupted()}", file=sys.stderr)
+            return 128 + _interrupted()
+        if isinstance(e, IlctError):
+            print(f"ilct: error: {_one_line(str(e))}", file=sys.stderr)
+            return 2
+        # the filesystem said no (read-only, full, not a folder, permissions): the user's to fix
         where = f"{e.filename}: " if e.filename else ""
         print(f"ilct: error: {where}{_one_line(e.strerror or str(e))}", file=sys.stderr)
         return 2
@@ -706,9 +721,9 @@ def main(argv: list[str] | None = None) -> int:
         print("ilct: interrupted", file=sys.stderr)
         return 130
     except Exception:
-        if signals.received:  # whatever a signal cut short (a module half imported): still one line
-            print(f"ilct: interrupted by signal {signals.received[0]}; nothing was trained", file=sys.stderr)
-            return 128 + signals.received[0]
+        if _interrupted() is not None:  # whatever a signal cut short (a module half imported): still one line
+            print(f"ilct: interrupted by signal {_interrupted()}", file=sys.stderr)
+            return 128 + _interrupted()
         raise
     finally:
         signals.restore()

@@ -13,6 +13,12 @@ import threading
 from typing import Any
 
 
+# Every SIGINT/SIGTERM that a handler of ilct's saw in this command (`ilct.cli.main` clears it): a signal
+# that lands inside C code (safetensors, torch) can surface there as another error, a "damaged file"; the
+# CLI reports it as the interruption it was.
+RECEIVED: list[int] = []
+
+
 class Interrupted(Exception):
     """A signal arrived before training began: nothing was trained."""
 
@@ -37,6 +43,7 @@ class StopFlag:
 
     def _handle(self, signum, frame) -> None:
         self.signal = signum
+        RECEIVED.append(signum)
         if not self.deferring:
             raise Interrupted(signum)
 
