@@ -657,7 +657,6 @@ class _Signals:
     training loop replaces this with its own handling, ilct.preempt). Either way: one line, 128 + signal."""
 
     def __init__(self) -> None:
-        self.received: list[int] = []
         self.raising = False
         self.active = threading.current_thread() is threading.main_thread()
         if self.active:
@@ -665,21 +664,18 @@ class _Signals:
                 signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        self.received.append(signum)
-        from ilct import preempt
+        from ilct.preempt import RECEIVED, Interrupted
 
-        preempt.RECEIVED.append(signum)
+        RECEIVED.append(signum)
         if self.raising:
-            from ilct.preempt import Interrupted
-
             raise Interrupted(signum)
 
     def start_raising(self) -> None:
-        self.raising = True
-        if self.received:
-            from ilct.preempt import Interrupted
+        from ilct.preempt import RECEIVED, Interrupted
 
-            raise Interrupted(self.received[0])
+        self.raising = True
+        if RECEIVED:
+            raise Interrupted(RECEIVED[0])
 
     def restore(self) -> None:
         if self.active:
@@ -687,26 +683,19 @@ class _Signals:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _interrupted() -> int | None:
-    """The first signal ilct's handlers saw in this command, if any."""
-    from ilct.preempt import RECEIVED
-
-    return RECEIVED[0] if RECEIVED else None
-
-
 def main(argv: list[str] | None = None) -> int:
     from ilct.preempt import RECEIVED, Interrupted
 
-    RECEIVED.clear()
+    RECEIVED.clear()  # the signals ilct's handlers (here and ilct.preempt) see during this command
     signals = _Signals()
     try:
         args = build_parser().parse_args(argv)  # loads torch (through the config) with signals recorded
         signals.start_raising()
         return args.func(args)
     except (IlctError, OSError) as e:
-        if _interrupted() is not None:  # a signal inside C code can surface as a "damaged file": it was the signal
-            print(f"ilct: interrupted by signal {_interrupted()}", file=sys.stderr)
-            return 128 + _interrupted()
+        if RECEIVED:  # a signal inside C code can surface as a "damaged file": it was the signal
+            print(f"ilct: interrupted by signal {RECEIVED[0]}", file=sys.stderr)
+            return 128 + RECEIVED[0]
         if isinstance(e, IlctError):
             print(f"ilct: error: {_one_line(str(e))}", file=sys.stderr)
             return 2
@@ -721,9 +710,9 @@ def main(argv: list[str] | None = None) -> int:
         print("ilct: interrupted", file=sys.stderr)
         return 130
     except Exception:
-        if _interrupted() is not None:  # whatever a signal cut short (a module half imported): still one line
-            print(f"ilct: interrupted by signal {_interrupted()}", file=sys.stderr)
-            return 128 + _interrupted()
+        if RECEIVED:  # whatever a signal cut short (a module half imported): still one line
+            print(f"ilct: interrupted by signal {RECEIVED[0]}", file=sys.stderr)
+            return 128 + RECEIVED[0]
         raise
     finally:
         signals.restore()

@@ -47,7 +47,7 @@ def adaptive_c(N: int) -> float:
 
 def scaling_c(N: int, latent_dim: int, s0: int, adaptive: bool, c_scale: float = 0.00054, c_floor: float = 0.0) -> float:
     """The metric's c at N levels: fixed, or adaptive from the second stage on, and then never below
-    c_floor x the fixed c (c_floor 0: the paper's schedule; ilct's departure, docs/stability.md)."""
+    c_floor x the fixed c (c_floor 0, the default: the paper's schedule; an option of ilct, docs/stability.md)."""
     if adaptive and N != s0 + 1:
         return max(adaptive_c(N), c_floor * fixed_c(latent_dim, c_scale))
     return fixed_c(latent_dim, c_scale)
