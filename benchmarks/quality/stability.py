@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 
 # The base runs: (preset, its changes). "ilct" is the paper's schedule (c_floor 0, whatever the preset says);
-# "ilct-floor" the fix of docs/stability.md (the adaptive c never below the fixed c, consistency.c_floor=1).
+# "ilct-floor" the adaptive c never below the fixed c (consistency.c_floor=1): a candidate fix that failed,
+# measured in docs/stability.md.
 BASES: dict[str, tuple[str, list[str]]] = {
     "ict": ("fmnist-ict", []),
     "ilct": ("fmnist-ilct", ["consistency.c_floor=0"]),
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     elif not (work / "latents" / "meta.json").is_file():
         subprocess.run(encode + ["--no-progress"], check=True)
 
-    # (a) the two presets, then (c) the branches of the fmnist-ilct run (their source is in the first wave)
+    # (a) the base runs, then (c) the branches of the fmnist-ilct run (their source is in the first wave)
     bases = [(name, base_cmd(args, ilct, name), logs / f"{name}.train.log") for name in args.bases
              if not finished(args, run_dir(args, name))]
     branches = [(b, branch_cmd(args, ilct, b), logs / f"{branch_run(args, b)}.train.log") for b in args.branches
