@@ -316,3 +316,22 @@ def test_xattn_benchmark_tiny_run(tmp_path, tiny_autoencoder, fake_fmnist, encod
         scored = [r for r in row["retrieval"] if r["steps"] == 1]
         assert {(r["prompts"], r["w"]) for r in scored} == {("seen", 0.0), ("seen", 2.0), ("held-out", 0.0), ("held-out", 2.0)}
         assert all(0 <= r["near"] <= 1 and -1 <= r["cos"] <= 1 for r in scored)
+    # --reuse: the pooled row from its earlier retrieval report, the xattn row retrained
+    again = tmp_path / "again.json"
+    reuse = ["--reuse", f"pooled={tmp_path / 'work' / 'pooled' / 'retrieval.json'}"]
+    base = [sys.executable, xattn_script(), "--tiny", "--config", str(cfg), "--autoencoder", str(tiny_autoencoder),
+            "--work", str(tmp_path / "work2")]
+    proc = subprocess.run([*base, *reuse, "--out", str(again)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    xattn2, pooled2 = json.loads(again.read_text())["rows"]
+    assert (xattn2["name"], pooled2["name"]) == ("xattn", "pooled") and pooled2["train_seconds"] is None
+    assert pooled2["retrieval"] == pooled["retrieval"] and pooled2["parameters"] == pooled["parameters"]
+    assert not (tmp_path / "work2" / "pooled").exists()  # not retrained
+    # a report of other prompts is refused, and so is a malformed --reuse
+    other = json.loads((tmp_path / "work" / "pooled" / "retrieval.json").read_text())
+    other["prompts"]["seen"][0] += " and a hat"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    proc = subprocess.run([*base, "--reuse", f"pooled={tmp_path / 'other.json'}"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "did not score the same prompts" in proc.stderr
+    proc = subprocess.run([*base, "--reuse", "pooled", "--dry-run"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "--reuse: one of pooled, xattn" in proc.stderr

@@ -16,7 +16,12 @@ the training seconds, the logged losses and the retrieval rows.
         --work runs/text_xattn --out docs/results/text_xattn.json
 
 The budget is equal in steps (and so in images seen), not in wall-clock time or parameters: the xattn
-network is larger, and the report gives both counts and both times. `--dry-run` prints the commands and
+network is larger, and the report gives both counts and both times.
+
+`--reuse pooled=RETRIEVAL_JSON` does not retrain the pooled row: it takes that row's retrieval from an earlier
+text_retrieval.py report of a run made with the same preset, seed and steps (docs/results/text_emoji.json is
+the 10,000-step one), after checking that it drew the same prompts with the same weights, step counts and
+samples per prompt; the row records the file and has no training seconds or losses. `--dry-run` prints the commands and
 exits; `--tiny` is a run of seconds for the tests (4 steps at batch 8, 8 tokens, 2 prompts of each kind,
 2 samples each, w in {0, 2}, 1 step).
 """
@@ -78,6 +83,28 @@ def call(name: str, cmd: list[str]) -> None:
         raise SystemExit(f"{name} failed: {shlex.join(cmd)}\n{proc.stderr.strip()[-2000:]}")
 
 
+def reused_row(args: argparse.Namespace, name: str, settings: list[str], path: str, trained: dict) -> dict:
+    """Row `name` from an earlier text_retrieval.py report, refused unless it scored the same prompts the same way
+    as the `trained` row; its parameters are counted on the trained run's latent shape."""
+    from ilct.config import config_from_yaml_file, load_config
+    from ilct.run import build_model
+
+    old = json.loads(Path(path).read_text())
+    want = {(k, s, w) for k in ("seen", "held-out") for s in map(int, args.sample_steps.split(","))
+            for w in map(float, args.weights.split(","))}
+    have = {(r["prompts"], r["steps"], float(r["w"])) for r in old["rows"] if r["w"] is not None}
+    n = {r.get("n") for r in old["rows"] if r["w"] is not None}
+    if old.get("prompts") != trained["prompts"] or have != want or n != {args.prompts * args.per_prompt}:
+        raise SystemExit(f"--reuse {name}={path}: it did not score the same prompts, weights, step counts and "
+                         f"samples per prompt as this comparison")
+    shape = config_from_yaml_file(Path(trained["run"]) / "config.yaml").model
+    cfg = load_config(args.config, [*args.set, *settings, f"model.in_channels={shape.in_channels}",
+                                    f"model.input_size={shape.input_size}"])
+    return {"name": name, "settings": settings, "parameters": sum(p.numel() for p in build_model(cfg).net.parameters()),
+            "train_seconds": None, "run": old.get("run"), "reused_from": path, "losses": {}, "last5_mean_loss": None,
+            "retrieval": old["rows"], "prompts": old["prompts"]}
+
+
 def run_row(args: argparse.Namespace, name: str, settings: list[str], shared) -> dict:
     run = Path(args.work) / name
     t0 = time.perf_counter()
@@ -109,19 +136,27 @@ def main() -> None:
     p.add_argument("--per-prompt", type=int, default=8)
     p.add_argument("--work", default="runs/text_xattn", help="run directories (replaced)")
     p.add_argument("--out", default="", help="also write the JSON report to this file")
+    p.add_argument("--reuse", action="append", default=[], metavar="NAME=RETRIEVAL_JSON",
+                   help="take row NAME's retrieval from an earlier text_retrieval.py report instead of training it")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     p.add_argument("--tiny", action="store_true", help="4 steps at batch 8, 8 tokens, a small retrieval (the tests)")
     args = p.parse_args()
     if args.tiny:
         args.steps, args.batch_size, args.log_every, args.tokens = 4, 8, 2, 8
         args.weights, args.sample_steps, args.prompts, args.per_prompt = "0,2", "1", 2, 2
+    reuse = dict(r.split("=", 1) for r in args.reuse if "=" in r)
+    if len(reuse) < len(args.reuse) or set(reuse) - set(rows(args.tokens)) or len(reuse) == len(rows(args.tokens)):
+        raise SystemExit(f"--reuse: one of {', '.join(rows(args.tokens))}, as NAME=RETRIEVAL_JSON, and not both")
     if args.dry_run:
         for name, settings in rows(args.tokens).items():
-            print(shlex.join(train_command(args, name, settings)))
-            print(shlex.join(retrieval_command(args, name)))
+            if name not in reuse:
+                print(shlex.join(train_command(args, name, settings)))
+                print(shlex.join(retrieval_command(args, name)))
         return
     shared = _shared()
-    out = [run_row(args, name, settings, shared) for name, settings in rows(args.tokens).items()]
+    trained = [run_row(args, name, settings, shared) for name, settings in rows(args.tokens).items() if name not in reuse]
+    out = trained + [reused_row(args, name, settings, reuse[name], trained[0])
+                     for name, settings in rows(args.tokens).items() if name in reuse]
     print(f"{'row':7s} {'parameters':>11s} {'train s':>8s} {'loss':>8s}  retrieval (near / cos at the best w per kind and NFE)")
     for r in out:
         best = {}
@@ -132,7 +167,9 @@ def main() -> None:
             if key not in best or x["near"] > best[key]["near"]:
                 best[key] = x
         cells = "  ".join(f"{k}/{s}: {b['near']:.3f}/{b['cos']:.3f} (w {b['w']:g})" for (k, s), b in sorted(best.items()))
-        print(f"{r['name']:7s} {r['parameters']:11,d} {r['train_seconds']:8.1f} {r['last5_mean_loss']:8.4f}  {cells}")
+        secs = "reused" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}"
+        loss = "-" if r["last5_mean_loss"] is None else f"{r['last5_mean_loss']:.4f}"
+        print(f"{r['name']:7s} {r['parameters']:11,d} {secs:>8s} {loss:>8s}  {cells}")
     shared.write_report(f"{args.config}: pooled caption in adaLN against caption tokens cross-attended "
                         f"(model.text_tokens={args.tokens}), {args.steps} steps each, seed {args.seed}",
                         args.device, out, args.out)
