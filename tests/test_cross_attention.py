@@ -327,6 +327,12 @@ def test_xattn_benchmark_tiny_run(tmp_path, tiny_autoencoder, fake_fmnist, encod
     assert (xattn2["name"], pooled2["name"]) == ("xattn", "pooled") and pooled2["train_seconds"] is None
     assert pooled2["retrieval"] == pooled["retrieval"] and pooled2["parameters"] == pooled["parameters"]
     assert not (tmp_path / "work2" / "pooled").exists()  # not retrained
+    # --resume keeps the finished xattn run (only checked): the same retrieval, the run's own logged seconds
+    third = tmp_path / "third.json"
+    proc = subprocess.run([*base, *reuse, "--resume", "--out", str(third)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    xattn3 = json.loads(third.read_text())["rows"][0]
+    assert xattn3["retrieval"] == xattn2["retrieval"] and 0 < xattn3["train_seconds"] <= xattn2["train_seconds"]
     # a report of other prompts is refused, and so is a malformed --reuse
     other = json.loads((tmp_path / "work" / "pooled" / "retrieval.json").read_text())
     other["prompts"]["seen"][0] += " and a hat"

@@ -21,7 +21,9 @@ network is larger, and the report gives both counts and both times.
 `--reuse pooled=RETRIEVAL_JSON` does not retrain the pooled row: it takes that row's retrieval from an earlier
 text_retrieval.py report of a run made with the same preset, seed and steps (docs/results/text_emoji.json is
 the 10,000-step one), after checking that it drew the same prompts with the same weights, step counts and
-samples per prompt; the row records the file and has no training seconds or losses. `--dry-run` prints the commands and
+samples per prompt; the row records the file and has no training seconds or losses. `--resume` continues (or,
+when finished, only checks) runs already in --work instead of replacing them: `ilct train --resume` refuses a
+run made with other settings, and the training seconds are then the run's own (the last elapsed_s of its log). `--dry-run` prints the commands and
 exits; `--tiny` is a run of seconds for the tests (4 steps at batch 8, 8 tokens, 2 prompts of each kind,
 2 samples each, w in {0, 2}, 1 step).
 """
@@ -51,8 +53,9 @@ def train_command(args: argparse.Namespace, name: str, settings: list[str]) -> l
     sets = [f"train.total_steps={args.steps}", f"train.log_every={args.log_every}", "train.sample_every=0",
             f"train.ckpt_every={args.steps}", f"train.device={args.device}", f"train.seed={args.seed}",
             *([f"train.batch_size={args.batch_size}"] if args.batch_size else []), *args.set, *settings]
+    keep = ["--resume"] if args.resume else ["--force"]
     return [sys.executable, "-m", "ilct", "train", "--config", args.config, "--autoencoder", args.autoencoder,
-            "--out", str(run), "--force", "--no-progress", *[a for s in sets for a in ("--set", s)]]
+            "--out", str(run), *keep, "--no-progress", *[a for s in sets for a in ("--set", s)]]
 
 
 def retrieval_command(args: argparse.Namespace, name: str) -> list[str]:
@@ -105,11 +108,19 @@ def reused_row(args: argparse.Namespace, name: str, settings: list[str], path: s
             "retrieval": old["rows"], "prompts": old["prompts"]}
 
 
+def logged_seconds(run: Path) -> float:
+    """The training seconds in a run's log: elapsed_s restarts with each process, so the last one of each."""
+    clock = [r["elapsed_s"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "elapsed_s" in r]
+    return round(sum(a for a, b in zip(clock, clock[1:] + [0.0]) if b < a), 1)
+
+
 def run_row(args: argparse.Namespace, name: str, settings: list[str], shared) -> dict:
     run = Path(args.work) / name
     t0 = time.perf_counter()
     call(name, train_command(args, name, settings))
     seconds = round(time.perf_counter() - t0, 1)
+    if args.resume:  # the run trained earlier (or partly): its own clock, the last elapsed_s of its log
+        seconds = logged_seconds(run)
     call(name, retrieval_command(args, name))
     logged = shared.losses(run)
     last = sorted(logged)[-5:]
@@ -136,6 +147,7 @@ def main() -> None:
     p.add_argument("--per-prompt", type=int, default=8)
     p.add_argument("--work", default="runs/text_xattn", help="run directories (replaced)")
     p.add_argument("--out", default="", help="also write the JSON report to this file")
+    p.add_argument("--resume", action="store_true", help="keep and continue the runs in --work (ilct train --resume)")
     p.add_argument("--reuse", action="append", default=[], metavar="NAME=RETRIEVAL_JSON",
                    help="take row NAME's retrieval from an earlier text_retrieval.py report instead of training it")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
