@@ -256,3 +256,42 @@ def test_encode_posterior_sample_refused_for_taesd(tmp_path, capsys):
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "has a deterministic encoder" in err and "--posterior mean" in err
     assert not (tmp_path / "o").exists()
+
+
+def _level_gradient_setup(n: int, overrides=()):
+    from ilct.config import load_config
+    from ilct.run import build_model
+
+    cfg = load_config("fmnist-ilct", ["model.arch=DiT-T/4", "model.in_channels=4", "model.input_size=8", *overrides])
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    for p in model.parameters():  # away from the zero-initialized output layers, so every level has a gradient
+        p.data.add_(0.05 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(1)
+    return cfg, model, torch.randn(n, 4, 8, 8, generator=g), torch.randn(n, 4, 8, 8, generator=g)
+
+
+def test_level_gradients_follow_the_metric_and_the_diffusion_mask():
+    """One sample per level: the Cauchy and pseudo-Huber gradients of a level differ by exactly their
+    derivatives in r, (1 / (2c^2 + r)) / (1 / (2 sqrt(r + c^2))); the diffusion term is there from
+    floor(0.75 N) on, and nowhere with the switch off; the shares are fractions."""
+    from dataclasses import replace
+
+    from ilct.analysis import gradient_shares, level_gradients
+
+    cfg, model, x, z = _level_gradient_setup(1)
+    N, c = 11, 0.01
+    cauchy = level_gradients(model, cfg, x, z, N, c, "cauchy")
+    huber = level_gradients(model, cfg, x, z, N, c, "pseudo_huber")
+    assert len(cauchy) == N - 1 and abs(sum(r["p"] for r in cauchy) - 1) < 1e-9
+    assert all(a["sigma"] > b["sigma"] for a, b in zip(cauchy, cauchy[1:]))
+    for a, b in zip(cauchy, huber):
+        r = a["sqrt_r_median"] ** 2
+        want = 2 * np.sqrt(r + c * c) / (2 * c * c + r)
+        assert a["grad_consistency"] > 0 and a["grad_consistency"] / b["grad_consistency"] == pytest.approx(want, rel=1e-3)
+        assert (a["grad_diffusion"] > 0) == (a["i"] >= 8) and a["grad_diffusion"] == pytest.approx(b["grad_diffusion"])
+    off = level_gradients(model, replace(cfg, method=replace(cfg.method, diffusion_loss=False)), x, z, N, c, "cauchy")
+    assert all(r["grad_diffusion"] == 0 for r in off)
+    s = gradient_shares(cauchy)
+    assert 0 < s["finest_share_of_consistency"] < 1 and s["finest_probability"] == pytest.approx(
+        sum(r["p"] for r in cauchy if r["i"] >= 8))  # floor(0.75 N) = 8: levels 8 and 9 of 0..9

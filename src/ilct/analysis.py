@@ -16,6 +16,7 @@ chosen number of levels N.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -137,3 +138,50 @@ def write_report(report: dict, path: str | Path) -> None:
     from ilct.files import write_text
 
     write_text(path, json.dumps(report, indent=2))  # atomic
+
+
+def level_gradients(model, cfg, x: torch.Tensor, z: torch.Tensor, N: int, c: float, metric: str) -> list[dict]:
+    """Where the gradient of a consistency-training step comes from, level by level, at N levels: for every
+    level i, the norm of the parameter gradient of the batch-mean consistency term lambda_i d(student, sg
+    teacher) with `metric` and `c`, and of lambda_diff x the diffusion term where technique 2 selects i, all
+    on the same (normalized) latents x and noise z. Multiplied by P(i) it is level i's expected share of a
+    training step's gradient (as norms, not vectors). `model` is the student (the trained weights, not the EMA)."""
+    from ilct.consistency.losses import consistency_loss, diffusion_loss, diffusion_mask
+    from ilct.consistency.objective import student_teacher
+    from ilct.consistency.schedule import karras_sigmas, lambda_weight, level_probabilities
+
+    cons, method = cfg.consistency, cfg.method
+    sigmas = karras_sigmas(N, cons.sigma_min, cons.sigma_max, cons.rho)
+    probs = level_probabilities(sigmas, cons.p_mean, cons.p_std)
+    params = [p for p in model.parameters() if p.requires_grad]
+    view = (-1, *[1] * (x.ndim - 1))
+    rows = []
+    for i in range(N - 1):
+        si = torch.full((x.shape[0],), float(sigmas[i]), device=x.device)
+        sn = torch.full((x.shape[0],), float(sigmas[i + 1]), device=x.device)
+        student, teacher = student_teacher(model, x + si.view(view) * z, si, x + sn.view(view) * z, sn)
+        r = (student - teacher).detach().pow(2).flatten(1).mean(1)
+        terms = {"consistency": consistency_loss(student, teacher, lambda_weight(si, sn), metric, c).mean()}
+        mask = diffusion_mask(torch.full((x.shape[0],), i), N, method.diffusion_fraction)
+        if method.diffusion_loss and bool(mask.all()):
+            terms["diffusion"] = method.lambda_diff * diffusion_loss(student, x, si, mask.to(x.device), cons.sigma_data)
+        row = {"i": i, "sigma": float(sigmas[i]), "p": float(probs[i]), "lambda": float(1 / (sigmas[i] - sigmas[i + 1])),
+               "sqrt_r_median": float(r.sqrt().median())}
+        for k, (name, term) in enumerate(terms.items()):
+            grads = torch.autograd.grad(term, params, retain_graph=k + 1 < len(terms), allow_unused=True)
+            row[f"grad_{name}"] = float(torch.sqrt(sum(g.pow(2).sum() for g in grads if g is not None)))
+        row.setdefault("grad_diffusion", 0.0)
+        rows.append(row)
+    return rows
+
+
+def gradient_shares(rows: list[dict], fraction: float = 0.75) -> dict:
+    """Summary of level_gradients: each term's expected norm sum_i P(i) |g_i|, and the share of the consistency
+    term's that comes from the finest levels (i >= floor(fraction x N), the lowest sigmas)."""
+    N = len(rows) + 1
+    finest = [r for r in rows if r["i"] >= math.floor(fraction * N)]
+    total = {k: sum(r["p"] * r[f"grad_{k}"] for r in rows) for k in ("consistency", "diffusion")}
+    fine = sum(r["p"] * r["grad_consistency"] for r in finest)
+    return {"N": N, "expected_grad": total, "finest_fraction": fraction,
+            "finest_share_of_consistency": fine / total["consistency"] if total["consistency"] else 0.0,
+            "finest_probability": sum(r["p"] for r in finest)}
