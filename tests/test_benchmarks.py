@@ -329,3 +329,29 @@ def test_stability_tiny_run_curves_branches_and_residuals(tmp_path, tiny_autoenc
         assert (tmp_path / "fig.png").stat().st_size > 0
     again = subprocess.run(argv, capture_output=True, text=True)  # run again: everything is there, nothing redone
     assert again.returncode == 0 and json.loads(out.read_text())["curves"] == report["curves"]
+
+
+def test_level_gradients_tiny_run(tmp_path, tiny_autoencoder, fake_fmnist):
+    from ilct.cli import main
+    from test_end_to_end import tiny_config, train_args
+
+    run = tmp_path / "run"
+    cfg = tiny_config(tmp_path, total_steps=2, ckpt_every=2, sample_every=0)
+    assert main(train_args(cfg, tiny_autoencoder, fake_fmnist, run, tmp_path / "cache")) == 0
+    out, fig = tmp_path / "lg.json", tmp_path / "lg.png"
+    script = str(ROOT / "benchmarks" / "quality" / "level_gradients.py")
+    proc = subprocess.run([sys.executable, script, "--run", f"tiny={run}", "--steps", "2", "--levels", "5,9",
+                           "--metrics", "cauchy,pseudo_huber", "--n", "4", "--out", str(out), "--plot", str(fig)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["N"], r["metric"]) for r in rows] == [(5, "cauchy"), (5, "pseudo_huber"), (9, "cauchy"), (9, "pseudo_huber")]
+    for r in rows:
+        assert len(r["levels"]) == r["N"] - 1 and 0 <= r["finest_share_of_consistency"] <= 1
+        assert r["expected_grad"]["consistency"] > 0 and r["c"] > 0
+    assert rows[0]["c"] == rows[1]["c"]  # the run's c(N) for both metrics unless --c-of-metric
+    if importlib.util.find_spec("matplotlib"):
+        assert fig.stat().st_size > 0
+    bad = subprocess.run([sys.executable, script, "--run", str(run), "--steps", "2", "--out", str(out)],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "NAME=RUN_DIR" in bad.stderr

@@ -46,10 +46,10 @@ def load_student(run_dir: Path, step: int):
 
 def batch(cfg, run_dir: Path, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n of the run's latents, normalized as training does, and Gaussian noise, both from `seed`."""
-    from ilct.latents import LatentDir
     from ilct.latents.directory import LatentStats
+    from ilct.run import clip_data, load_latents, run_autoencoder
 
-    lat = LatentDir(cfg.data.latents)
+    lat = load_latents(cfg, run_autoencoder(cfg, clip_data(cfg)), torch.device("cpu"), progress=False)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(lat), generator=g)[:n].sort().values.numpy()
     x = LatentStats.load(run_dir / "latent_stats.safetensors").normalize(lat.gather(idx), cfg.consistency.sigma_data)
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
                     t0 = time.perf_counter()
                     levels = level_gradients(model, cfg, x, z, N, c, metric)
                     row = {"run": name, "step": step, "N": N, "metric": metric, "c": c,
-                           **gradient_shares(levels, cfg.method.diffusion_fraction), "levels": levels,
+                           **gradient_shares(levels, cfg.method.diffusion_fraction),
+                           "levels": [{k: float(f"{v:.5g}") for k, v in lv.items()} for lv in levels],
                            "seconds": round(time.perf_counter() - t0, 1)}
                     report["rows"].append(row)
                     print(f"{name:10s} {step:6d} N={N:4d} {metric:13s} c={c:.5f}  E|g| cons {row['expected_grad']['consistency']:10.4g}"
