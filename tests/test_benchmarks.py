@@ -276,21 +276,23 @@ def test_stability_branches_are_one_switch_each_against_the_preset(tmp_path):
     assert int(values["s1-double"][1]) == 2 * ilct.consistency.s1 and int(values["s1-half"][1]) == ilct.consistency.s1 // 2
     assert float(values["ema-0.999"][1]) == 0.999 != ilct.train.ema_decay
     assert values["pseudo-huber"][1] != ilct.method.metric
+    assert float(values["beta2-0.99"][1]) == 0.99 != ilct.train.beta2
     for key, value in values.values():  # each a valid change of the source's config
         load_config("fmnist-ilct", [f"{key}={value}"])
     proc = subprocess.run([sys.executable, stability_script(), "--autoencoder", "ae", "--work", str(tmp_path), "--dry-run"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     trains = [line.split() for line in proc.stdout.splitlines() if " train " in line]
-    assert [c[c.index("--config") + 1] for c in trains[:3]] == ["fmnist-ict", "fmnist-ilct", "fmnist-ilct"]
+    assert [c[c.index("--config") + 1] for c in trains[:4]] == ["fmnist-ict", "fmnist-ilct", "fmnist-ilct", "fmnist-ilct"]
     assert all("train.total_steps=8000" in c and "train.ckpt_every=1000" in c and "train.keep_checkpoints=9" in c
-               for c in trains[:3])
-    assert "consistency.c_floor=0" in trains[1] and "consistency.c_floor=1" in trains[2]  # the paper's c, the fix
+               for c in trains[:4])
+    assert "consistency.c_floor=0" in trains[1] and "consistency.c_floor=1" in trains[2]  # the paper's c, the floor
+    assert {"consistency.c_floor=0", "train.beta2=0.99"} <= set(trains[3])
     source = str(tmp_path / "runs" / "ilct" / "checkpoints" / "step_000004000")
-    branches = trains[3:]
+    branches = trains[4:]
     assert len(branches) == len(st.BRANCHES) and all(c[c.index("--branch-from") + 1] == source for c in branches)
     assert [c[c.index("--set") + 1] for c in branches] == [change for change, _ in st.BRANCHES.values()]
-    assert "52000 training steps" in proc.stdout and "CPU hours" in proc.stdout
+    assert "64000 training steps" in proc.stdout and "CPU hours" in proc.stdout
     bad = subprocess.run([sys.executable, stability_script(), "--autoencoder", "ae", "--dry-run", "--branch-step", "4500"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--branch-step" in bad.stderr

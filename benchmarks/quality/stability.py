@@ -43,6 +43,7 @@ BASES: dict[str, tuple[str, list[str]]] = {
     "ict": ("fmnist-ict", []),
     "ilct": ("fmnist-ilct", ["consistency.c_floor=0"]),
     "ilct-floor": ("fmnist-ilct", ["consistency.c_floor=1"]),
+    "ilct-beta2": ("fmnist-ilct", ["consistency.c_floor=0", "train.beta2=0.99"]),  # the beta2-0.99 branch, from step 0
 }
 BRANCH_SOURCE = "ilct"
 
@@ -64,6 +65,9 @@ BRANCHES: dict[str, tuple[str, str]] = {
     "s1-half": ("consistency.s1=80",
                 "the last stage left out (N stops at 81; N at step 4000 is 41 as in the source): does the collapse "
                 "need the finest stage?"),
+    "beta2-0.99": ("train.beta2=0.99",
+                   "Adam's second moment averaged over ~100 steps instead of ~1000: at a stage change the gradient "
+                   "grows 4-6x (level_gradients.py); does the lagging normalization make the updates too large?"),
     "pseudo-huber": ("method.metric=pseudo_huber",
                      "the iCT metric with the adaptive c: is it the Cauchy metric's log at r >> c^2 (gradients "
                      "falling as 1/r) that fails with a small c?"),
