@@ -194,7 +194,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cache-dir", default="", help="eval's classifier and reference-feature cache (default $ILCT_CACHE)")
     p.add_argument("--work", default="runs/objectives", help="latents, runs and logs")
     p.add_argument("--out", default="docs/results/objectives.json")
-    p.add_argument("--figure", default="docs/figures/objectives_fid_vs_seconds.png")
+    p.add_argument("--figure", default="docs/figures/objectives_fid_vs_seconds.png", help="'' = no figure")
     p.add_argument("--tiny", action="store_true", help="4 steps per row (probe 4), DiT-T/4, batch 8, CPU, --n 10")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = p.parse_args()
@@ -265,7 +265,8 @@ def write_report(args, todo, steps, seconds, t0) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {args.out}")
-    plot(rows, Path(args.figure), report["command"])
+    if args.figure:
+        plot(rows, Path(args.figure), report["command"])
 
 
 def plot(rows: list[dict], path: Path, command: str) -> None:
