@@ -23,9 +23,10 @@ text_retrieval.py report of a run made with the same preset, seed and steps (doc
 the 10,000-step one), after checking that it drew the same prompts with the same weights, step counts and
 samples per prompt; the row records the file and has no training seconds or losses. `--resume` continues (or,
 when finished, only checks) runs already in --work instead of replacing them: `ilct train --resume` refuses a
-run made with other settings, and the training seconds are then the run's own (the last elapsed_s of its log). `--dry-run` prints the commands and
-exits; `--tiny` is a run of seconds for the tests (4 steps at batch 8, 8 tokens, 2 prompts of each kind,
-2 samples each, w in {0, 2}, 1 step).
+run made with other settings, and the training seconds are then the run's own (from its log).
+
+`--dry-run` prints the commands and exits; `--tiny` is a run of seconds for the tests (4 steps at batch 8,
+8 tokens, 2 prompts of each kind, 2 samples each, w in {0, 2}, 1 step).
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ def level_gradients(model, cfg, x: torch.Tensor, z: torch.Tensor, N: int, c: flo
     teacher) with `metric` and `c`, and of lambda_diff x the diffusion term where technique 2 selects i, all
     on the same (normalized) latents x and noise z. Multiplied by P(i) it is level i's expected share of a
     training step's gradient (as norms, not vectors). `model` is the student (the trained weights, not the EMA)."""
-    from ilct.consistency.losses import consistency_loss, diffusion_loss, diffusion_mask
+    from ilct.consistency.losses import consistency_loss, diffusion_loss, diffusion_mask, squared_residual
     from ilct.consistency.objective import student_teacher
     from ilct.consistency.schedule import karras_sigmas, lambda_weight, level_probabilities
 
@@ -160,12 +160,13 @@ def level_gradients(model, cfg, x: torch.Tensor, z: torch.Tensor, N: int, c: flo
         si = torch.full((x.shape[0],), float(sigmas[i]), device=x.device)
         sn = torch.full((x.shape[0],), float(sigmas[i + 1]), device=x.device)
         student, teacher = student_teacher(model, x + si.view(view) * z, si, x + sn.view(view) * z, sn)
-        r = (student - teacher).detach().pow(2).flatten(1).mean(1)
-        terms = {"consistency": consistency_loss(student, teacher, lambda_weight(si, sn), metric, c).mean()}
+        r = squared_residual(student.detach(), teacher)
+        lam = lambda_weight(si, sn)
+        terms = {"consistency": consistency_loss(student, teacher, lam, metric, c).mean()}
         mask = diffusion_mask(torch.full((x.shape[0],), i), N, method.diffusion_fraction)
         if method.diffusion_loss and bool(mask.all()):
             terms["diffusion"] = method.lambda_diff * diffusion_loss(student, x, si, mask.to(x.device), cons.sigma_data)
-        row = {"i": i, "sigma": float(sigmas[i]), "p": float(probs[i]), "lambda": float(1 / (sigmas[i] - sigmas[i + 1])),
+        row = {"i": i, "sigma": float(sigmas[i]), "p": float(probs[i]), "lambda": float(lam[0]),
                "sqrt_r_median": float(r.sqrt().median())}
         for k, (name, term) in enumerate(terms.items()):
             grads = torch.autograd.grad(term, params, retain_graph=k + 1 < len(terms), allow_unused=True)
