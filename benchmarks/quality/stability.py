@@ -44,6 +44,8 @@ BASES: dict[str, tuple[str, list[str]]] = {
     "ilct": ("fmnist-ilct", ["consistency.c_floor=0"]),
     "ilct-floor": ("fmnist-ilct", ["consistency.c_floor=1"]),
     "ilct-beta2": ("fmnist-ilct", ["consistency.c_floor=0", "train.beta2=0.99"]),  # the beta2-0.99 branch, from step 0
+    "ilct-beta2-s1": ("fmnist-ilct", ["consistency.c_floor=0", "train.beta2=0.99", "train.seed=1"]),  # its 2nd seed
+    "ict-beta2": ("fmnist-ict", ["train.beta2=0.99"]),  # the baseline with the same optimizer change
 }
 BRANCH_SOURCE = "ilct"
 
