@@ -45,11 +45,32 @@ def test_missing_directory_names_the_package(tmp_path):
         load_fashion_mnist(tmp_path / "empty")
 
 
+def test_fit_and_val_partition_the_training_file(fake_fmnist, monkeypatch):
+    import ilct.data.fashion_mnist as fm
+    from ilct.config import load_config
+
+    monkeypatch.setattr(fm, "VAL_SIZE", 56)
+    train, fit, val = (load_fashion_mnist(fake_fmnist, s) for s in ("train", "fit", "val"))
+    assert len(fit) == 200 and len(val) == 56 and val.name == "fashion_mnist/val@32" != fit.name
+    assert np.array_equal(np.concatenate([fit.images, val.images]), train.images)  # disjoint, nothing lost
+    assert np.array_equal(np.concatenate([fit.labels, val.labels]), train.labels)
+    monkeypatch.setattr(fm, "VAL_SIZE", 256)
+    with pytest.raises(IlctError, match="not more than the 256 held out"):
+        load_fashion_mnist(fake_fmnist, "val")
+    with pytest.raises(IlctError, match="unknown Fashion-MNIST split 'dev'"):
+        load_fashion_mnist(fake_fmnist, "dev")
+    assert load_config("fmnist-ilct", ["data.split=fit"]).data.split == "fit"
+    with pytest.raises(IlctError, match="data.split"):
+        load_config("emoji-ilct", ["data.split=val"])
+
+
 @pytest.mark.skipif(not REAL_FMNIST.is_dir(), reason="dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist():
     train, test = load_fashion_mnist(REAL_FMNIST, "train"), load_fashion_mnist(REAL_FMNIST, "test")
     assert len(train) == 60_000 and len(test) == 10_000
     assert np.bincount(train.labels).tolist() == [6000] * 10
+    fit, val = load_fashion_mnist(REAL_FMNIST, "fit"), load_fashion_mnist(REAL_FMNIST, "val")
+    assert len(fit) == 55_000 and len(val) == 5_000 and min(np.bincount(val.labels)) > 400  # every class in val
 
 
 def test_normalization_round_trip_and_moments():

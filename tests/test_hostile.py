@@ -231,6 +231,12 @@ def _input_cases(w: World, tmp: Path, T, fresh: str, lat_train) -> list[tuple[st
         ("numbers", "encode --resolution 30 (not a multiple of the downsampling)",
          ["encode", "--data", f"fashion_mnist:{w.data}", "--autoencoder", f"builtin:{w.ae}", "--out", fresh,
           "--resolution", "30", "--no-progress"]),
+        ("numbers", "encode --split val of a training file not larger than the held-out 5,000",
+         ["encode", "--data", f"fashion_mnist:{w.data}", "--autoencoder", f"builtin:{w.ae}", "--out", fresh,
+          "--split", "val", "--no-progress"]),
+        ("numbers", "encode --split fit of a dataset without it",
+         ["encode", "--data", f"image_folder:{w.data}", "--autoencoder", f"builtin:{w.ae}", "--out", fresh,
+          "--split", "fit", "--no-progress"]),
         # encodings
         ("encodings", "--config file with non-UTF-8 bytes",
          lambda: ["train", "--config", str(non_utf8(shutil.copy(w.cfg, tmp / "bad_utf8.yaml"))), "--out", fresh]),

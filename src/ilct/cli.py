@@ -265,6 +265,8 @@ def _data_spec(args) -> dict:
         raise IlctError("--resolution must be >= 8")
     if args.split == "heldout" and name not in ("moving_fmnist", "emoji_clips"):
         raise IlctError(f"--split heldout applies to moving_fmnist and emoji_clips, not {name}")
+    if args.split in ("fit", "val") and name != "fashion_mnist":
+        raise IlctError(f"--split {args.split} applies to fashion_mnist, not {name}")
     spec = {"dataset": name, "root": root, "split": args.split, "resolution": args.resolution, "rgb": args.rgb,
             "labels_from_subfolders": args.labels_from_subfolders}
     if name in CLIP_DATASETS:
@@ -471,9 +473,10 @@ def add_encode_parser(sub, fmt) -> None:
     e.add_argument("--out", required=True, help="latent directory")
     e.add_argument("--resolution", type=int, default=32, help="image side fed to the encoder")
     e.add_argument("--rgb", action="store_true", help="render grayscale data as RGB")
-    e.add_argument("--split", default="train", choices=["train", "test", "heldout"],
+    e.add_argument("--split", default="train", choices=["train", "test", "heldout", "fit", "val"],
                    help="Fashion-MNIST, moving_fmnist, emoji_clips split (heldout: only the held-out (class, motion) "
-                   "pairs of the clip datasets, never trained on)")
+                   "pairs of the clip datasets, never trained on; fit / val: Fashion-MNIST's training file without / "
+                   "only its last 5,000 images, for choosing settings on val)")
     e.add_argument("--frames", type=int, default=8, help="clip datasets: frames per clip")
     e.add_argument("--frame-stride", type=int, default=1, help="clip datasets: every s-th frame of the motion or video")
     e.add_argument("--labels-from-subfolders", action="store_true", help="image_folder: sub-folders are classes")
@@ -503,9 +506,10 @@ def add_eval_parser(sub, fmt) -> None:
     v.add_argument("--ref-n", type=int, help="reference images for the FID statistics: the first N of the "
                    "reference set, all if fewer; 0 = all (default: 50,000 for an image folder, all for the "
                    "built-in datasets)")
-    v.add_argument("--split", default="train", choices=["train", "test"],
-                   help="the real images' split (Fashion-MNIST): train, the field's convention for FID, or test, for "
-                        "final numbers when checkpoints were chosen on train (train.fid_every); default train")
+    v.add_argument("--split", default="train", choices=["train", "test", "val"],
+                   help="the real images' split (Fashion-MNIST): train, the field's convention for FID; test, for "
+                        "final numbers when checkpoints were chosen on train (train.fid_every); val (the last 5,000 "
+                        "training images), for choosing settings of runs trained with data.split=fit; default train")
     v.add_argument("--n", type=int, default=10000, help="generated samples per step count")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--json", help="write the results here (replaced atomically; never a file of a run, checkpoint, "

@@ -29,7 +29,8 @@ class DataConfig:
 
     dataset: str = "fashion_mnist"  # images: fashion_mnist | image_folder | emoji; clips: moving_fmnist | emoji_clips | video_folder
     root: str = "/usr/share/datasets/fashion-mnist"  # data directory, image or video folder, or emoji font
-    split: str = "train"  # train | test (Fashion-MNIST); clips also heldout (only the held-out caption pairs)
+    split: str = "train"  # train | test; Fashion-MNIST also fit | val (train minus / only its last 5,000);
+    # clips also heldout (only the held-out caption pairs)
     resolution: int = 32  # image side (Fashion-MNIST: 28x28 padded to 32, then resized)
     rgb: bool = False  # render grayscale data as RGB (for RGB autoencoders such as TAEF2)
     labels_from_subfolders: bool = False  # image_folder: first-level sub-folders are classes
@@ -195,7 +196,7 @@ MAX_TEXT_TOKENS = 256  # the sentence encoder's own limit (all-MiniLM-L6-v2: max
 # Allowed values of the string fields that are choices.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("fashion_mnist", "image_folder", "emoji", "moving_fmnist", "emoji_clips", "video_folder"),
-    "data.split": ("train", "test", "heldout"),
+    "data.split": ("train", "test", "heldout", "fit", "val"),
     "model.mlp_act": ("gelu", "relu"),
     "model.attention": ("full", "factorized"),
     "autoencoder.kind": ("builtin", "taesd", "diffusers"),
@@ -396,6 +397,8 @@ def validate(cfg: Config) -> None:
          f"and data.frame_stride apply to clip datasets, not {d.dataset}; leave them at 8 and 1")
     need(d.split != "heldout" or d.dataset in ("moving_fmnist", "emoji_clips"), "data.split",
          f"heldout applies to moving_fmnist and emoji_clips, not {d.dataset}")
+    need(d.split not in ("fit", "val") or d.dataset == "fashion_mnist", "data.split",
+         f"{d.split} applies to fashion_mnist, not {d.dataset}")
     need(m.in_channels is None or m.in_channels >= 1, "model.in_channels", "must be positive")
     need(m.input_size is None or m.input_size >= 1, "model.input_size", "must be positive")
     need(m.frames is None or 0 <= m.frames <= 4096, "model.frames", "must be in 0..4096 (0: images)")

@@ -1,6 +1,10 @@
 """Fashion-MNIST from the IDX gz files (Debian package dataset-fashion-mnist).
 
 28x28 grayscale images, zero-padded to 32x32 (or to `resolution`), labels kept.
+
+Splits: `train` (the 60,000 images of the training file) and `test` (the 10,000 of the test file), and
+for choosing settings without touching the test split: `val`, the last VAL_SIZE images of the training
+file, and `fit`, the others (train minus val). A model trained on `fit` never saw `val`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+VAL_SIZE = 5000  # the last images of the training file: split val; the rest: split fit
+SPLITS = ("train", "test", "fit", "val")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
@@ -46,17 +52,23 @@ def read_idx(path: Path) -> np.ndarray:
 def load_fashion_mnist(root: str | Path = DEFAULT_ROOT, split: str = "train", resolution: int = 32) -> ArrayImages:
     """Images as (N, resolution, resolution, 1) uint8, centred by zero padding."""
     root = Path(root)
-    if split not in FILES:
-        raise IlctError(f"unknown Fashion-MNIST split {split!r} (train or test)")
+    if split not in SPLITS:
+        raise IlctError(f"unknown Fashion-MNIST split {split!r} ({', '.join(SPLITS)})")
     if not root.is_dir():
         raise IlctError(f"Fashion-MNIST directory not found: {root} (install it with: {INSTALL_HINT}, or pass --data-dir)")
-    img_file, lbl_file = (root / f for f in FILES[split])
+    img_file, lbl_file = (root / f for f in FILES["test" if split == "test" else "train"])
     for f in (img_file, lbl_file):
         if not f.is_file():
             raise IlctError(f"Fashion-MNIST file missing: {f} (install it with: {INSTALL_HINT}, or pass --data-dir)")
     images, labels = read_idx(img_file), read_idx(lbl_file)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise IlctError(f"Fashion-MNIST files in {root} have unexpected shapes {images.shape} / {labels.shape}")
+    if split in ("fit", "val"):
+        if len(images) <= VAL_SIZE:
+            raise IlctError(f"split {split}: the training file in {root} has {len(images)} images, not more than "
+                            f"the {VAL_SIZE} held out as val")
+        keep = slice(len(images) - VAL_SIZE, None) if split == "val" else slice(0, len(images) - VAL_SIZE)
+        images, labels = images[keep], labels[keep]
     if resolution < images.shape[1]:
         raise IlctError(f"resolution {resolution} is smaller than the 28x28 Fashion-MNIST images")
     pad = resolution - images.shape[1]

@@ -120,7 +120,7 @@ def eval_points(steps: list[int], taus: list[float] | None, cfg) -> list[EvalPoi
     return points
 
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "val")  # val: Fashion-MNIST only (ilct.data.fashion_mnist)
 
 
 def reference_set(features: str, cfg, fm_root: str, ref_n: int | None, split: str = "train") -> ImageDataset:
@@ -133,7 +133,7 @@ def reference_set(features: str, cfg, fm_root: str, ref_n: int | None, split: st
 
     d = cfg.data
     if split not in SPLITS:
-        raise IlctError(f"--split must be train or test, got {split!r}")
+        raise IlctError(f"--split must be train, test or val, got {split!r}")
     if features == "fmnist":
         reference = load_dataset("fashion_mnist", fm_root, split, 32)
     elif d.dataset == "fashion_mnist":
@@ -177,7 +177,7 @@ def evaluate_run(
     if ref_n is not None and ref_n < 0:
         raise IlctError(f"--ref-n must be >= 0 (0 = all), got {ref_n}")
     if split not in SPLITS:
-        raise IlctError(f"--split must be train or test, got {split!r}")
+        raise IlctError(f"--split must be train, test or val, got {split!r}")
     cache_dir = cache_dir or default_cache_dir()
     run = open_run(run_dir, checkpoint, device=device)
     if run.cfg.model.frames:
