@@ -359,3 +359,34 @@ def test_level_gradients_tiny_run(tmp_path, tiny_autoencoder, fake_fmnist):
     bad = subprocess.run([sys.executable, script, "--run", str(run), "--steps", "2", "--out", str(out)],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "NAME=RUN_DIR" in bad.stderr
+
+
+def test_demo_sweep_tiny_run_scores_on_val_and_reports_the_winner_on_test(tmp_path, tiny_autoencoder, fake_fmnist):
+    from test_eval import PoolDetector
+
+    import torch
+
+    detector = tmp_path / "inception-2015-12-05.pt"
+    torch.jit.script(PoolDetector()).save(str(detector))
+    out = tmp_path / "sweep.json"
+    argv = [sys.executable, str(ROOT / "benchmarks" / "quality" / "demo_sweep.py"), "--tiny", "--autoencoder",
+            str(tiny_autoencoder), "--data-dir", str(fake_fmnist), "--configs", "base,lr-2e-3,ae-2000", "--features",
+            "inception", "--inception-weights", str(detector), "--cache-dir", str(tmp_path / "cache"), "--work",
+            str(tmp_path / "work"), "--out", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert "demo_sweep.py" in report["command"] and report["machine"] and report["select_split"] == "val"
+    rows = {r["name"]: r for r in report["rows"]}
+    assert list(rows) == ["base", "lr-2e-3", "ae-2000"] and rows["lr-2e-3"]["settings"] == {"train.lr": "2.0e-3"}
+    assert rows["base"]["steps"] == 4 and rows["ae-2000"]["autoencoder_steps"] == 2000
+    for r in rows.values():
+        assert set(r["val_fid"]) == set(r["val_recall"]) == {"1", "2"} and np.isfinite(list(r["val_fid"].values())).all()
+    winner = report["winner"]
+    assert winner == min(rows, key=lambda c: rows[c]["val_fid"]["1"])
+    assert "test_fid" in rows["base"] and "test_fid" in rows[winner]
+    assert [row["tau"] for row in rows[winner]["val_tau_sweep"]] == [0.2, 0.5, 1.0, 1.382, 2.0]
+    latents = json.loads((tmp_path / "work" / "latents-ae1000" / "meta.json").read_text())
+    assert latents["dataset"] == "fashion_mnist/fit@32" and latents["count"] == 256 - 256 // 12  # never the val images
+    again = subprocess.run(argv, capture_output=True, text=True)  # run again: everything is there, nothing redone
+    assert again.returncode == 0 and json.loads(out.read_text())["rows"] == report["rows"]

@@ -69,6 +69,7 @@ def test_yaml_round_trip(tmp_path):
         ("consistency.sigma_max=0.001", "consistency.sigma_max"),
         ("train.device=tpu", "train.device"),
         ("train.lr=nan", "train.lr"),
+        ("train.warmup_steps=-1", "train.warmup_steps"),
     ],
 )
 def test_invalid_values_name_the_field(override, needle):

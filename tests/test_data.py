@@ -49,13 +49,12 @@ def test_fit_and_val_partition_the_training_file(fake_fmnist, monkeypatch):
     import ilct.data.fashion_mnist as fm
     from ilct.config import load_config
 
-    monkeypatch.setattr(fm, "VAL_SIZE", 56)
     train, fit, val = (load_fashion_mnist(fake_fmnist, s) for s in ("train", "fit", "val"))
-    assert len(fit) == 200 and len(val) == 56 and val.name == "fashion_mnist/val@32" != fit.name
+    assert len(fit) == 235 and len(val) == 21 and val.name == "fashion_mnist/val@32" != fit.name  # 256 // 12 = 21
     assert np.array_equal(np.concatenate([fit.images, val.images]), train.images)  # disjoint, nothing lost
     assert np.array_equal(np.concatenate([fit.labels, val.labels]), train.labels)
-    monkeypatch.setattr(fm, "VAL_SIZE", 256)
-    with pytest.raises(IlctError, match="not more than the 256 held out"):
+    monkeypatch.setattr(fm, "VAL_DIVISOR", 257)
+    with pytest.raises(IlctError, match="too few to hold out"):
         load_fashion_mnist(fake_fmnist, "val")
     with pytest.raises(IlctError, match="unknown Fashion-MNIST split 'dev'"):
         load_fashion_mnist(fake_fmnist, "dev")

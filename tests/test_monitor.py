@@ -106,10 +106,7 @@ def test_inception_monitor_needs_its_weights(tmp_path, tiny_autoencoder, fake_fm
     assert "train.fid_inception_weights" in capsys.readouterr().err
 
 
-def test_eval_split_test_uses_the_test_images(tmp_path, tiny_autoencoder, fake_fmnist, detector, monkeypatch):
-    import ilct.data.fashion_mnist as fm
-
-    monkeypatch.setattr(fm, "VAL_SIZE", 64)  # the fake training file has 256 images
+def test_eval_split_test_uses_the_test_images(tmp_path, tiny_autoencoder, fake_fmnist, detector):
     out = tmp_path / "run"
     assert main(train_args(tiny_config(tmp_path), tiny_autoencoder, fake_fmnist, out, tmp_path / "cache")) == 0
     res = {}
@@ -120,6 +117,6 @@ def test_eval_split_test_uses_the_test_images(tmp_path, tiny_autoencoder, fake_f
                      "--no-progress", "--split", split, "--json", str(j)]) == 0
         res[split] = json.loads(j.read_text())
     assert res["train"]["split"] == "train" and res["test"]["split"] == "test" and res["val"]["split"] == "val"
-    assert res["val"]["reference"] == "fashion_mnist/val@32 (64 images)"
+    assert res["val"]["reference"] == "fashion_mnist/val@32 (21 images)"  # the last 256 // 12
     assert res["train"]["reference"] != res["test"]["reference"]
     assert res["train"]["fid"]["1"] != res["test"]["fid"]["1"]  # same samples, other real images

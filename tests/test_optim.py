@@ -8,7 +8,7 @@ import torch
 from ilct import flat
 from ilct.checkpoint import optimizer_from_files, optimizer_to_files
 from ilct.files import read_tensors, save_tensors
-from ilct.optim import RAdam
+from ilct.optim import RAdam, warmup_factor
 
 
 def net() -> torch.nn.Module:
@@ -78,6 +78,39 @@ def test_flat_weights_match_torch_radam_in_one_flat_update(compile_):
     assert flat.flat_buffer([st["exp_avg"] for st in state]).data_ptr() == m.data_ptr()
     n = sum(p.numel() for p in b.parameters())
     assert (buf != 0).sum() <= n and (m != 0).sum() <= n  # the alignment gaps stay zero
+
+
+def test_warmup_factor_golden_values():
+    assert [warmup_factor(k, 4) for k in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == warmup_factor(7, 0) == 1.0  # 0: no warm-up
+
+
+@pytest.mark.parametrize("kind", ["list", "flat", "flat-compiled"])
+def test_a_warmup_scales_each_steps_learning_rate_and_nothing_else(kind):
+    from torch._dynamo.utils import counters
+
+    a = net()
+    b = copy.deepcopy(a)
+    if kind != "list":
+        flat.flatten_(b)
+    oa = torch.optim.RAdam(a.parameters(), lr=1e-2, eps=1e-4, weight_decay=1e-4)
+    ob = (RAdam(b.parameters(), lr=1e-2, eps=1e-4, weight_decay=1e-4) if kind == "list" else
+          flat.FlatRAdam(b.parameters(), lr=1e-2, eps=1e-4, weight_decay=1e-4, compile=kind == "flat-compiled"))
+    g = torch.Generator().manual_seed(1)
+    graphs = []
+    for k in range(10):  # 6 warm-up steps with a new lr each, then 4 at the full lr
+        x = torch.randn(4, 5, generator=g)
+        grad_step(a, x)
+        grad_step(b, x)
+        for group in oa.param_groups:
+            group["lr"] = 1e-2 * warmup_factor(k, 6)
+        oa.step()
+        ob.step(torch.zeros(()), lr_scale=warmup_factor(k, 6))
+        graphs.append(counters["stats"]["unique_graphs"])
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-6)
+    assert ob.param_groups[0]["lr"] == 1e-2  # what a checkpoint saves: the lr without the warm-up
+    assert graphs[-1] == graphs[0]  # compiled: a new learning rate is a new input, not a recompilation
 
 
 @pytest.mark.parametrize("flat_", [False, True])

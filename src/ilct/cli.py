@@ -476,7 +476,7 @@ def add_encode_parser(sub, fmt) -> None:
     e.add_argument("--split", default="train", choices=["train", "test", "heldout", "fit", "val"],
                    help="Fashion-MNIST, moving_fmnist, emoji_clips split (heldout: only the held-out (class, motion) "
                    "pairs of the clip datasets, never trained on; fit / val: Fashion-MNIST's training file without / "
-                   "only its last 5,000 images, for choosing settings on val)")
+                   "only its last twelfth, 5,000 images, for choosing settings on val)")
     e.add_argument("--frames", type=int, default=8, help="clip datasets: frames per clip")
     e.add_argument("--frame-stride", type=int, default=1, help="clip datasets: every s-th frame of the motion or video")
     e.add_argument("--labels-from-subfolders", action="store_true", help="image_folder: sub-folders are classes")
@@ -508,8 +508,8 @@ def add_eval_parser(sub, fmt) -> None:
                    "built-in datasets)")
     v.add_argument("--split", default="train", choices=["train", "test", "val"],
                    help="the real images' split (Fashion-MNIST): train, the field's convention for FID; test, for "
-                        "final numbers when checkpoints were chosen on train (train.fid_every); val (the last 5,000 "
-                        "training images), for choosing settings of runs trained with data.split=fit; default train")
+                        "final numbers when checkpoints were chosen on train (train.fid_every); val (the last twelfth "
+                        "of the training images, 5,000), for choosing settings of runs trained with data.split=fit; default train")
     v.add_argument("--n", type=int, default=10000, help="generated samples per step count")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--json", help="write the results here (replaced atomically; never a file of a run, checkpoint, "

@@ -29,7 +29,7 @@ class DataConfig:
 
     dataset: str = "fashion_mnist"  # images: fashion_mnist | image_folder | emoji; clips: moving_fmnist | emoji_clips | video_folder
     root: str = "/usr/share/datasets/fashion-mnist"  # data directory, image or video folder, or emoji font
-    split: str = "train"  # train | test; Fashion-MNIST also fit | val (train minus / only its last 5,000);
+    split: str = "train"  # train | test; Fashion-MNIST also fit | val (train minus / only its last twelfth, 5,000);
     # clips also heldout (only the held-out caption pairs)
     resolution: int = 32  # image side (Fashion-MNIST: 28x28 padded to 32, then resized)
     rgb: bool = False  # render grayscale data as RGB (for RGB autoencoders such as TAEF2)
@@ -131,6 +131,7 @@ class TrainConfig:
     total_steps: int = 400_000
     batch_size: int = 128
     lr: float = 1e-4
+    warmup_steps: int = 0  # the learning rate ramped linearly over the first W steps (0: none, the paper's; ilct.optim)
     weight_decay: float = 1e-4
     adam_eps: float = 1e-4
     beta1: float = 0.9
@@ -446,6 +447,7 @@ def validate(cfg: Config) -> None:
     need(t.adam_eps > 0, "train.adam_eps", "must be > 0")
     need(0.0 <= t.beta1 < 1.0, "train.beta1", "must be in [0, 1)")
     need(0.0 <= t.beta2 < 1.0, "train.beta2", "must be in [0, 1)")
+    need(0 <= t.warmup_steps, "train.warmup_steps", "must be >= 0 (0: no warm-up)")
     need(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
     need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
     need(t.log_every >= 1, "train.log_every", "must be >= 1")

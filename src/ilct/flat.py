@@ -105,7 +105,8 @@ def weight_tensors(a: nn.Module, b: nn.Module) -> tuple[list[torch.Tensor], list
 
 
 def flat_update_(theta: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: torch.Tensor,
-                 keep: torch.Tensor, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+                 keep: torch.Tensor, lr: float | torch.Tensor, beta1: float, beta2: float, eps: float,
+                 weight_decay: float) -> None:
     """radam_update_ on flat tensors, NaN/inf in g zeroed first (a NaN must not reach the moments, even times 0)."""
     torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
     radam_update_([theta], [g], [m], [v], [step], keep, lr, beta1, beta2, eps, weight_decay)
@@ -121,6 +122,7 @@ class FlatRAdam(RAdam):
                  weight_decay: float = 0.0, compile: bool = False):
         super().__init__(params, lr, betas, eps, weight_decay)
         self._flat_update = torch.compile(flat_update_, fullgraph=True, dynamic=False) if compile else flat_update_
+        self._lr: tuple[float, torch.Tensor] | None = None  # under compile: the last lr as a 0-d tensor
         # group index -> (address of its first parameter, (theta, g, m, v, step) or None if not flat)
         self._flat: dict[int, tuple[int, tuple[torch.Tensor, ...] | None]] = {}
 
@@ -161,4 +163,13 @@ class FlatRAdam(RAdam):
             return super().step_group(index, group, params, keep, hyper)
         theta, g, m, v, step = flat
         torch._foreach_copy_(views(g, params), [p.grad for p in params])
-        self._flat_update(theta, g, m, v, step, keep, *hyper)
+        self._flat_update(theta, g, m, v, step, keep, self._lr_input(hyper[0], theta.device), *hyper[1:])
+
+    def _lr_input(self, lr: float, device: torch.device) -> float | torch.Tensor:
+        """The learning rate as the update takes it: compiled, a 0-d float64 tensor (made again only when its
+        value changes, as in a warm-up), so that a new value is a new input and not a recompilation."""
+        if self._flat_update is flat_update_:
+            return lr
+        if self._lr is None or self._lr[0] != lr or self._lr[1].device != device:
+            self._lr = (lr, torch.tensor(lr, dtype=torch.float64, device=device))
+        return self._lr[1]

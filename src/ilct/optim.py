@@ -25,6 +25,10 @@ with NaN/inf zeroed. The speed path (`train.fused_optimizer`) is ilct.flat's
 
 The state keys (`step`, `exp_avg`, `exp_avg_sq`) are torch.optim.RAdam's, so
 checkpoints of either load into the other.
+
+An optional linear warm-up (`train.warmup_steps`, not in the paper: RAdam's rectification already damps the
+first updates) multiplies the learning rate by `warmup_factor(k, W)` = min(1, (k + 1) / W) at step k. It is
+a function of the step alone, so it is never saved and a resumed run continues it exactly.
 """
 
 from __future__ import annotations
@@ -35,8 +39,13 @@ import torch
 
 
 
+def warmup_factor(k: int, warmup_steps: int) -> float:
+    """The learning rate's multiplier at (0-based) step k: (k + 1) / W over the first W steps, then 1."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, (k + 1) / warmup_steps)
+
+
 def radam_update_(theta: list[torch.Tensor], g: list[torch.Tensor], m: list[torch.Tensor], v: list[torch.Tensor],
-                  steps: list[torch.Tensor], keep: torch.Tensor, lr: float, beta1: float, beta2: float, eps: float,
+                  steps: list[torch.Tensor], keep: torch.Tensor, lr: float | torch.Tensor, beta1: float, beta2: float, eps: float,
                   weight_decay: float) -> None:
     """One RAdam update in place of theta, m, v and the step counts, from finite gradients g (overwritten);
     keep (a 0-d tensor) = 0: nothing changes. All tensors of one call share one step count."""
@@ -104,8 +113,9 @@ class RAdam(torch.optim.Optimizer):
                     raise ValueError("a step count is not a finite number >= 0")
 
     @torch.no_grad()
-    def step(self, found_inf: torch.Tensor | None = None) -> None:  # type: ignore[override]
-        """One update; with `found_inf` (a 0/1 tensor) nonzero, nothing changes."""
+    def step(self, found_inf: torch.Tensor | None = None, lr_scale: float = 1.0) -> None:  # type: ignore[override]
+        """One update, at each group's lr times lr_scale (a warm-up); with `found_inf` (a 0/1 tensor) nonzero,
+        nothing changes."""
         for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -113,7 +123,8 @@ class RAdam(torch.optim.Optimizer):
             dev, dtype = params[0].device, params[0].dtype
             keep = torch.ones((), device=dev, dtype=dtype) if found_inf is None else 1.0 - found_inf.to(dev, dtype)
             beta1, beta2 = group["betas"]
-            self.step_group(index, group, params, keep, (group["lr"], beta1, beta2, group["eps"], group["weight_decay"]))
+            lr = group["lr"] * lr_scale
+            self.step_group(index, group, params, keep, (lr, beta1, beta2, group["eps"], group["weight_decay"]))
 
     def step_group(self, index: int, group: dict, params: list[torch.Tensor], keep: torch.Tensor, hyper: tuple) -> None:
         """radam_update_ over the group's parameters, their moments and step counts (lists of tensors)."""

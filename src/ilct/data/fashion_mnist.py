@@ -3,8 +3,8 @@
 28x28 grayscale images, zero-padded to 32x32 (or to `resolution`), labels kept.
 
 Splits: `train` (the 60,000 images of the training file) and `test` (the 10,000 of the test file), and
-for choosing settings without touching the test split: `val`, the last VAL_SIZE images of the training
-file, and `fit`, the others (train minus val). A model trained on `fit` never saw `val`.
+for choosing settings without touching the test split: `val`, the last twelfth of the training file (its
+last 5,000 images), and `fit`, the others (train minus val). A model trained on `fit` never saw `val`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-VAL_SIZE = 5000  # the last images of the training file: split val; the rest: split fit
+VAL_DIVISOR = 12  # the last n // 12 images of the training file (5,000 of 60,000): split val; the rest: split fit
 SPLITS = ("train", "test", "fit", "val")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
@@ -64,10 +64,11 @@ def load_fashion_mnist(root: str | Path = DEFAULT_ROOT, split: str = "train", re
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise IlctError(f"Fashion-MNIST files in {root} have unexpected shapes {images.shape} / {labels.shape}")
     if split in ("fit", "val"):
-        if len(images) <= VAL_SIZE:
-            raise IlctError(f"split {split}: the training file in {root} has {len(images)} images, not more than "
-                            f"the {VAL_SIZE} held out as val")
-        keep = slice(len(images) - VAL_SIZE, None) if split == "val" else slice(0, len(images) - VAL_SIZE)
+        n_val = len(images) // VAL_DIVISOR
+        if n_val < 1:
+            raise IlctError(f"split {split}: the training file in {root} has {len(images)} images, too few to hold "
+                            f"out a twelfth of them as val")
+        keep = slice(len(images) - n_val, None) if split == "val" else slice(0, len(images) - n_val)
         images, labels = images[keep], labels[keep]
     if resolution < images.shape[1]:
         raise IlctError(f"resolution {resolution} is smaller than the 28x28 Fashion-MNIST images")
