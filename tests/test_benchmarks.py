@@ -390,3 +390,34 @@ def test_demo_sweep_tiny_run_scores_on_val_and_reports_the_winner_on_test(tmp_pa
     assert latents["dataset"] == "fashion_mnist/fit@32" and latents["count"] == 256 - 256 // 12  # never the val images
     again = subprocess.run(argv, capture_output=True, text=True)  # run again: everything is there, nothing redone
     assert again.returncode == 0 and json.loads(out.read_text())["rows"] == report["rows"]
+
+
+def test_demo_report_gathers_the_demo_the_budgets_and_says_what_is_missing(tmp_path):
+    summary = {"preset": "fmnist-ilct", "seconds": {"train": 300.0},
+               "quality": {"split": "test", "n": 2000, "features": "f", "fid": {"1": 1.5, "2": 2.5},
+                           "recall": {"1": 0.3, "2": 0.2}, "autoencoder_floor_fid": 0.5}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    run, evals = tmp_path / "run", tmp_path / "eval"
+    run.mkdir()
+    evals.mkdir()
+    log = [{"step": 1000, "elapsed_s": 100.0}, {"step": 2000, "elapsed_s": 200.0}, {"event": "resume"},
+           {"step": 4000, "elapsed_s": 50.0}, {"step": 8000, "elapsed_s": 250.0}]  # resumed after step 2000
+    (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
+    for step, fid in ((2000, 9.0), (8000, 4.0)):
+        (evals / f"step_{step:09d}.json").write_text(json.dumps(
+            {"split": "test", "n": 2000, "fid": {"1": fid, "2": fid + 1}, "recall": {"1": 0.1, "2": 0.2}}))
+    script = [sys.executable, str(ROOT / "benchmarks" / "quality" / "demo_report.py")]
+    out = tmp_path / "demo.json"
+    args = ["--summary", str(tmp_path / "summary.json"), "--make-demo-seconds", "700", "--machine", "m",
+            "--budget", f"fmnist-ilct={run}:{evals}", "--out", str(out)]
+    proc = subprocess.run(script + args, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["fid"] == {"1": 1.5, "2": 2.5} and report["train_seconds"] == 300.0 and report["split"] == "test"
+    assert [(b["steps"], b["seconds"], b["fid"]["1"]) for b in report["budgets"]] == [(2000, 200.0, 9.0), (8000, 450.0, 4.0)]
+    assert report["sweep"] == [] and report["missing"] == ["the sweep (benchmarks/quality/demo_sweep.py)",
+                                                           "fmnist-ilct at 16x (32000 steps)"]
+    summary["seconds"]["train"] = 0.0  # an `ilct demo` that reused its run measured no training
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    bad = subprocess.run(script + args, capture_output=True, text=True)
+    assert bad.returncode == 2 and "no training seconds" in bad.stderr.strip().splitlines()[-1]
