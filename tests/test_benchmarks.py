@@ -197,6 +197,11 @@ def test_objectives_dry_run_lists_each_rows_settings_seeds_and_the_halved_warm_s
     evals = [line for line in lines if " eval " in line]
     assert len(evals) == 10 and all("--steps 1,2" in e for e in evals if "edm-heun" not in e)
     assert any("edm-heun_s0" in e and "--steps 18" in e for e in evals)
+    pinned = subprocess.run([sys.executable, objectives_script(), "--latents", "builtin", "--autoencoder", "ae", "--rows",
+                             "ict,meanflow", "--seeds", "1", "--work", str(tmp_path), "--dry-run", "--steps", "11",
+                             "--set", "train.beta2=0.999"], capture_output=True, text=True)
+    trains = [line.split() for line in pinned.stdout.splitlines() if " train " in line]
+    assert pinned.returncode == 0 and len(trains) == 2 and all("train.beta2=0.999" in c for c in trains)
     timed = subprocess.run([sys.executable, objectives_script(), "--latents", "builtin", "--autoencoder", "ae", "--rows",
                             "edm-then-ilct", "--work", str(tmp_path), "--dry-run", "--seconds", "60", "--probe", "7"],
                            capture_output=True, text=True)

@@ -116,7 +116,7 @@ def train_cmd(args, ilct: list[str], flags: list[str], space: str, ph: Phase, se
     out = work / space / root / ph.run
     sets = [f"data.latents={work / space / 'latents'}", f"train.total_steps={steps}", f"train.seed={seed}",
             "train.sample_every=0", f"train.ckpt_every={steps}", f"train.log_every={max(1, min(50, steps // 10))}"]
-    sets += ph.sets + (TINY_SETS if args.tiny else [])
+    sets += args.set + ph.sets + (TINY_SETS if args.tiny else [])
     if ph.init_from and root == "runs":  # the probe of a warm-started phase times the same network from scratch
         sets.append(f"train.init_from={work / space / root / ph.init_from}")
     cmd = ilct + ["train", "--config", ph.preset, "--out", str(out), "--no-progress"] + flags
@@ -185,6 +185,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--probe", type=int, default=200, help="steps of each job's timing run under --seconds")
     p.add_argument("--n", type=int, default=5000, help="samples per FID")
     p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="for every row, before the row's own changes (repeatable), e.g. train.beta2=0.999 for the "
+                        "presets as they were before 2026-11-30")
     p.add_argument("--seeds", help="seeds for every row (default: 0,1 for ict, ilct, meanflow; 0 for the others)")
     p.add_argument("--parallel", type=int, default=1, help="training jobs at once (GPU: all of them)")
     p.add_argument("--limit", type=int, help="encode only the first N training images (TAEF2 on a CPU is slow)")
