@@ -175,9 +175,10 @@ def test_objectives_dry_run_lists_each_rows_settings_seeds_and_the_halved_warm_s
                 "meanflow+cauchy+ot": ("fmnist-meanflow", ["meanflow.metric=cauchy", "method.ot_coupling=true"]),
                 "meanflow+cauchy+ot+nsln": ("fmnist-meanflow", ["meanflow.metric=cauchy", "method.ot_coupling=true",
                                                                 "method.nsln=true"]),
-                "edm-heun": ("fmnist-ilct", ["train.objective=edm"])}
+                "edm-heun": ("fmnist-ilct", ["train.objective=edm"]),
+                "alphaflow": ("fmnist-meanflow", ["meanflow.alpha_curriculum=true"])}
     assert sorted(by_run) == sorted(["ict_s0", "ict_s1", "ilct_s0", "ilct_s1", "meanflow_s0", "meanflow_s1",
-                                     "meanflow+cauchy+ot_s0", "meanflow+cauchy+ot+nsln_s0", "edm-heun_s0",
+                                     "meanflow+cauchy+ot_s0", "meanflow+cauchy+ot+nsln_s0", "alphaflow_s0", "edm-heun_s0",
                                      "edm-then-ilct.edm_s0", "edm-then-ilct_s0"])
     common = {"train.sample_every=0", "train.ckpt_every=11", "train.log_every=1", "train.total_steps=11"}
     for run, c in sets.items():
@@ -195,7 +196,7 @@ def test_objectives_dry_run_lists_each_rows_settings_seeds_and_the_halved_warm_s
     lines = proc.stdout.splitlines()
     assert lines.index(" ".join(by_run["edm-then-ilct_s0"])) > lines.index(" ".join(by_run["edm-then-ilct.edm_s0"]))
     evals = [line for line in lines if " eval " in line]
-    assert len(evals) == 10 and all("--steps 1,2" in e for e in evals if "edm-heun" not in e)
+    assert len(evals) == 11 and all("--steps 1,2" in e for e in evals if "edm-heun" not in e)
     assert any("edm-heun_s0" in e and "--steps 18" in e for e in evals)
     pinned = subprocess.run([sys.executable, objectives_script(), "--latents", "builtin", "--autoencoder", "ae", "--rows",
                              "ict,meanflow", "--seeds", "1", "--work", str(tmp_path), "--dry-run", "--steps", "11",

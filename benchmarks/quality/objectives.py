@@ -58,7 +58,8 @@ def _load_ablation():
 
 ablation = _load_ablation()
 
-ROWS = ["ict", "ilct", "meanflow", "meanflow+cauchy+ot", "meanflow+cauchy+ot+nsln", "edm-then-ilct", "edm-heun"]
+ROWS = ["ict", "ilct", "meanflow", "meanflow+cauchy+ot", "meanflow+cauchy+ot+nsln", "alphaflow", "edm-then-ilct",
+        "edm-heun"]
 SEEDS = {"ict": [0, 1], "ilct": [0, 1], "meanflow": [0, 1]}  # every other row: seed 0
 MF_TECHNIQUES = ["meanflow.metric=cauchy", "method.ot_coupling=true"]
 EDM = ("fmnist-ilct", ["train.objective=edm"])
@@ -80,7 +81,8 @@ def phases(row: str, seed: int) -> list[Phase]:
     """The training runs of a row, in order."""
     one = {"ict": ("fmnist-ict", []), "ilct": ("fmnist-ilct", []), "meanflow": ("fmnist-meanflow", []),
            "meanflow+cauchy+ot": ("fmnist-meanflow", MF_TECHNIQUES),
-           "meanflow+cauchy+ot+nsln": ("fmnist-meanflow", MF_TECHNIQUES + ["method.nsln=true"]), "edm-heun": EDM}
+           "meanflow+cauchy+ot+nsln": ("fmnist-meanflow", MF_TECHNIQUES + ["method.nsln=true"]), "edm-heun": EDM,
+           "alphaflow": ("fmnist-meanflow", ["meanflow.alpha_curriculum=true"])}  # one switch: the curriculum
     if row in one:
         preset, sets = one[row]
         return [Phase(f"{row}_s{seed}", preset, list(sets), 1.0)]

@@ -120,6 +120,11 @@ class MeanFlowConfig:
     guidance_kappa: float = 0.0  # (w = 1, kappa = 0: the unguided v; label-dropped samples always keep v)
     time_scale: float = 1.0  # S: the network's time inputs are S t and S (t - r)
     two_step_m: float = 0.5  # the intermediate time of 2-step sampling: 1 -> m -> 0
+    # AlphaFlow (ilct.flowmap.alphaflow): the target moves from flow matching (alpha 1) to MeanFlow (alpha 0)
+    alpha_curriculum: bool = False  # the switch (off: MeanFlow from step 0)
+    alpha_start: float = 0.0  # fractions of train.total_steps: alpha 1 before start, 0 after end,
+    alpha_end: float = 1.0  #   a sigmoid of slope alpha_gamma between
+    alpha_gamma: float = 25.0
 
 
 @dataclass
@@ -437,6 +442,9 @@ def validate(cfg: Config) -> None:
     need(0 <= mf.guidance_kappa < 1, "meanflow.guidance_kappa", "must be in [0, 1)")
     need(0 < mf.time_scale <= 1e4, "meanflow.time_scale", "must be in (0, 1e4]")
     need(0 < mf.two_step_m < 1, "meanflow.two_step_m", "must be in (0, 1)")
+    need(0 <= mf.alpha_start < mf.alpha_end <= 1, "meanflow.alpha_start",
+         f"and alpha_end must satisfy 0 <= start < end <= 1, got {mf.alpha_start} and {mf.alpha_end}")
+    need(0 < mf.alpha_gamma <= 1000, "meanflow.alpha_gamma", "must be in (0, 1000]")
     need(t.compile or not t.cuda_graphs, "train.cuda_graphs", "needs train.compile=true")
     need(t.precision == "bf16" or not t.bf16_residual, "train.bf16_residual", "needs train.precision=bf16")
     need(1 <= t.total_steps <= MAX_STEPS, "train.total_steps", f"must be in 1..{MAX_STEPS} (9-digit checkpoint names)")

@@ -11,6 +11,10 @@ samples keep the unguided velocity). The loss:
     u, u_tgt = u_theta(z_t, r, t), sg(v~ - (t - r) (v~ d_z u + d_t u))           one JVP (or a central difference)
     loss    = mean over the batch of the metric of Delta = u - u_tgt (adaptive | l2 | cauchy)
 
+With meanflow.alpha_curriculum (AlphaFlow, ilct.flowmap.alphaflow) the state of step k is alpha(k): while
+alpha > 0 the target is the discrete alpha-Flow target (flow matching at alpha = 1, one extra forward without
+gradient in between) and the loss of the samples with r < t is scaled by alpha; at alpha = 0 it is the above.
+
 The JVP runs through the model as the step passes it: the DDP wrapper under torchrun, so the backward
 through u all-reduces; the model is called with the tangent, so the JVP runs inside the wrapped forward
 (ilct.flowmap.meanflow.meanflow_target says why). Sampling walks z_r = z_t - (t - r) u from
@@ -27,6 +31,7 @@ from torch import nn
 
 from ilct.consistency.losses import squared_residual
 from ilct.errors import IlctError
+from ilct.flowmap.alphaflow import alpha_at, alphaflow_target, loss_scale
 from ilct.flowmap.meanflow import (MeanFlowModel, flow_path, guided_velocity, meanflow_loss, meanflow_sample,
                                    meanflow_target, per_sample, sample_times, sampling_times)
 from ilct.nets.embedders import null_condition
@@ -91,6 +96,16 @@ class MeanFlow(Objective):
         g = guided_velocity(v, u_null, mf.guidance_w, mf.guidance_kappa, u_cond)
         return torch.where(per_sample(dropped, v), v, g)
 
+    def state(self, k: int, device: torch.device) -> float | None:
+        """AlphaFlow's alpha at step k (meanflow.alpha_curriculum), else None (MeanFlow throughout)."""
+        mf = self.cfg.meanflow
+        if not mf.alpha_curriculum:
+            return None
+        return alpha_at(k, self.cfg.train.total_steps, mf.alpha_start, mf.alpha_end, mf.alpha_gamma)
+
+    def log_fields(self, state: Any) -> dict[str, Any]:
+        return {} if state is None else {"alpha": round(state, 6)}
+
     def loss(self, model: nn.Module, batch, state: Any) -> LossTerms:
         """(the loss, the unweighted mean ||Delta||^2, 0)."""
         mf = self.cfg.meanflow
@@ -98,9 +113,14 @@ class MeanFlow(Objective):
         y_in, y, dropped = self.conditions(batch)
         z, v = flow_path(batch.x, batch.z, t)
         v = self.velocity(model, z, t, v, y, dropped)
-        u, u_tgt = meanflow_target(lambda z_, r_, t_: model(z_, r_, t_, y_in), z, r, t, v, mf.derivative, mf.fd_eps,
-                                   jvp=lambda z_, r_, t_, v_: model(z_, r_, t_, y_in, tangent=v_))
-        loss = meanflow_loss(u, u_tgt, mf.metric, mf.p, mf.c).mean()
+        alpha = state or 0.0
+        if alpha > 0.0:  # AlphaFlow before its end: the discrete target, no JVP
+            u = model(z, r, t, y_in)
+            u_tgt = alphaflow_target(lambda z_, r_, t_: model(z_, r_, t_, y_in), z, r, t, v, alpha)
+        else:
+            u, u_tgt = meanflow_target(lambda z_, r_, t_: model(z_, r_, t_, y_in), z, r, t, v, mf.derivative,
+                                       mf.fd_eps, jvp=lambda z_, r_, t_, v_: model(z_, r_, t_, y_in, tangent=v_))
+        loss = (meanflow_loss(u, u_tgt, mf.metric, mf.p, mf.c) * loss_scale(r, t, alpha)).mean()
         return LossTerms(loss, squared_residual(u.detach(), u_tgt).mean(), torch.zeros((), device=batch.x.device))
 
     def condition(self, model: nn.Module, cond: torch.Tensor, w: float, null_index: int):
