@@ -289,18 +289,20 @@ def test_stability_branches_are_one_switch_each_against_the_preset(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     trains = [line.split() for line in proc.stdout.splitlines() if " train " in line]
-    assert [c[c.index("--config") + 1] for c in trains[:6]] == ["fmnist-ict"] + ["fmnist-ilct"] * 4 + ["fmnist-ict"]
+    assert [c[c.index("--config") + 1] for c in trains[:8]] == ["fmnist-ict"] + ["fmnist-ilct"] * 4 + ["fmnist-ict"] * 3
     assert all("train.total_steps=8000" in c and "train.ckpt_every=1000" in c and "train.keep_checkpoints=9" in c
-               for c in trains[:6])
+               for c in trains[:8])
     assert "consistency.c_floor=0" in trains[1] and "consistency.c_floor=1" in trains[2]  # the paper's c, the floor
     assert {"consistency.c_floor=0", "train.beta2=0.99"} <= set(trains[3])
     assert {"consistency.c_floor=0", "train.beta2=0.99", "train.seed=1"} <= set(trains[4])  # the second seed
     assert "train.beta2=0.99" in trains[5] and not any("c_floor" in a for a in trains[5])  # iCT, same optimizer
+    assert {"train.beta2=0.99", "train.seed=1"} <= set(trains[6]) and "train.seed=1" in trains[7]
+    assert not any("beta2" in a for a in trains[7])  # iCT's second seed as the preset is
     source = str(tmp_path / "runs" / "ilct" / "checkpoints" / "step_000004000")
-    branches = trains[6:]
+    branches = trains[8:]
     assert len(branches) == len(st.BRANCHES) and all(c[c.index("--branch-from") + 1] == source for c in branches)
     assert [c[c.index("--set") + 1] for c in branches] == [change for change, _ in st.BRANCHES.values()]
-    assert "80000 training steps" in proc.stdout and "CPU hours" in proc.stdout
+    assert "96000 training steps" in proc.stdout and "CPU hours" in proc.stdout
     bad = subprocess.run([sys.executable, stability_script(), "--autoencoder", "ae", "--dry-run", "--branch-step", "4500"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--branch-step" in bad.stderr

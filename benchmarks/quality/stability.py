@@ -46,6 +46,8 @@ BASES: dict[str, tuple[str, list[str]]] = {
     "ilct-beta2": ("fmnist-ilct", ["consistency.c_floor=0", "train.beta2=0.99"]),  # the beta2-0.99 branch, from step 0
     "ilct-beta2-s1": ("fmnist-ilct", ["consistency.c_floor=0", "train.beta2=0.99", "train.seed=1"]),  # its 2nd seed
     "ict-beta2": ("fmnist-ict", ["train.beta2=0.99"]),  # the baseline with the same optimizer change
+    "ict-beta2-s1": ("fmnist-ict", ["train.beta2=0.99", "train.seed=1"]),  # its second seed
+    "ict-s1": ("fmnist-ict", ["train.seed=1"]),  # iCT's own seed spread at beta2 0.999
 }
 BRANCH_SOURCE = "ilct"
 
