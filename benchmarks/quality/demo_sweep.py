@@ -62,15 +62,18 @@ CONFIGS: dict[str, tuple[list[str], int, str]] = {
 TINY_SETS = ["model.arch=DiT-T/4", "train.batch_size=8", "train.device=cpu"]
 
 
-def _load_ablation():
-    """ablation.py of this folder, for its job pool and machine description."""
-    spec = importlib.util.spec_from_file_location("ablation", Path(__file__).resolve().with_name("ablation.py"))
+def _load_objectives():
+    """objectives.py of this folder, for its probe timing (and, through it, ablation.py's job pool and machine)."""
+    spec = importlib.util.spec_from_file_location("objectives", Path(__file__).resolve().with_name("objectives.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("objectives", module)  # its dataclass looks its module up there
     spec.loader.exec_module(module)
     return module
 
 
-ablation = _load_ablation()
+objectives = _load_objectives()
+ablation = objectives.ablation
+seconds_per_step = objectives.seconds_per_step  # a probe's s/step from its log.jsonl
 
 
 def autoencoder_dir(args, ae_steps: int) -> Path:
@@ -113,15 +116,6 @@ def train_cmd(args, ilct: list[str], name: str, steps: int, root: str) -> list[s
     if (out / "config.yaml").exists():
         cmd.append("--force" if root == "probes" else "--resume")
     return cmd
-
-
-def seconds_per_step(run: Path) -> float:
-    """From a probe's log.jsonl: elapsed seconds between the first and the last logged step, per step."""
-    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
-    log = [x for x in log if "elapsed_s" in x and "step" in x]
-    if len(log) < 2 or log[-1]["step"] == log[0]["step"]:
-        raise SystemExit(f"{run}: the probe logged fewer than two steps; raise --probe")
-    return max(log[-1]["elapsed_s"] - log[0]["elapsed_s"], 1e-3) / (log[-1]["step"] - log[0]["step"])
 
 
 def budget(args, ilct: list[str]) -> dict[str, dict]:
