@@ -39,6 +39,10 @@ def real(fake_fmnist, split="test", n=64):
     return d.clips_at(np.arange(n)), d.labels, d.motions
 
 
+def test_confusion_counts_asked_against_predicted():
+    assert mc.confusion([0, 0, 1, 2], [0, 1, 1, 0], 3) == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]
+
+
 def test_chance_is_the_most_asked_values_frequency():
     assert mc.chance(np.repeat(np.arange(10), 3)) == pytest.approx(0.1)
     assert mc.chance([0, 0, 1, 2]) == 0.5
@@ -56,6 +60,9 @@ def test_classifier_records_its_real_accuracy_and_scores_real_clips_far_above_ch
     assert s["n"] == 64 and 0 < s["class_chance"] < 0.5 and 0 < s["motion_chance"] < 0.6
     assert s["motion_acc"] >= 3 * 0.25 and s["class_acc"] >= 3 * 0.1
     assert s["motion_acc"] == pytest.approx(meta["test_accuracy"]["motion"])  # the same 64 clips
+    cm = np.array(s["class_confusion"])
+    assert cm.shape == (10, 10) and cm.sum() == 64 and np.trace(cm) / 64 == pytest.approx(s["class_acc"])
+    assert (cm.sum(1) == np.bincount(labels.astype(int), minlength=10)).all()  # rows are the asked classes
     held = mc.score_clips(*real(fake_fmnist, "heldout"), scorer, features)
     assert held["motion_acc"] >= 3 * 0.25 and held["class_acc"] >= 3 * 0.1  # directions the train split never shows
     # asked for something else: shuffled requests score near chance

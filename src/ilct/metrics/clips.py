@@ -266,11 +266,20 @@ def frame_fid(clips: np.ndarray, real: np.ndarray | tuple[np.ndarray, np.ndarray
 def score_clips(clips: np.ndarray, want_class: np.ndarray, want_motion: np.ndarray, classifier: ClipScorer,
                 features: FashionFeatures) -> dict[str, float]:
     """Class and motion accuracy of uint8 (N, T, H, W, C) clips against what each was asked to show (want_motion:
-    indices into MOTIONS), their chance levels, and the temporal consistency."""
+    indices into MOTIONS), their chance levels, the temporal consistency, and `class_confusion`: counts of clips
+    by asked class (row) and predicted class (column), which says where the misses go."""
     want_class, want_motion = np.asarray(want_class).reshape(-1), np.asarray(want_motion).reshape(-1)
     if not len(want_class) == len(want_motion) == len(clips):
         raise ValueError(f"{len(clips)} clips, {len(want_class)} classes and {len(want_motion)} motions asked")
     c, m = classifier.predict(clips)
     return {"class_acc": float((c == want_class).mean()), "motion_acc": float((m == want_motion).mean()),
             "class_chance": chance(want_class), "motion_chance": chance(want_motion),
-            "temporal_consistency": temporal_consistency(clips, features), "n": len(clips)}
+            "temporal_consistency": temporal_consistency(clips, features), "n": len(clips),
+            "class_confusion": confusion(want_class, c, CLASSES)}
+
+
+def confusion(want: np.ndarray, got: np.ndarray, classes: int) -> list[list[int]]:
+    """counts[i][j]: how many items asked for class i were predicted as class j."""
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(want, dtype=np.int64), np.asarray(got, dtype=np.int64)), 1)
+    return counts.tolist()
