@@ -13,6 +13,7 @@ from ilct.analysis import excess_kurtosis, tukey_fractions
 from ilct.cli import main
 from ilct.data.folder import load_image_folder
 from ilct.latents import LatentDir
+from ilct.latents.directory import is_complete
 from ilct.errors import IlctError
 
 
@@ -49,10 +50,12 @@ def test_encode_shards_resume_and_flip(tmp_path, capsys, tiny_autoencoder, fake_
     (out / "shard_00002.npy").unlink()
     meta = json.loads((out / "meta.json").read_text())
     meta["complete"] = False
+    assert is_complete(out)
     (out / "meta.json").write_text(json.dumps(meta))
+    assert not is_complete(out) and not is_complete(out / "missing")  # what the benchmarks test before encoding
     before = (out / "shard_00000.npy").stat().st_mtime_ns
     rc, _, _ = run_cli(capsys, argv)
-    assert rc == 0 and (out / "shard_00002.npy").is_file()
+    assert rc == 0 and (out / "shard_00002.npy").is_file() and is_complete(out)
     assert (out / "shard_00000.npy").stat().st_mtime_ns == before
     assert torch.allclose(LatentDir(out).all(), all_.float(), atol=1e-6)
 

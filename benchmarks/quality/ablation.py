@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from ilct.latents.directory import is_complete
+
 ROWS = ["ict-baseline", "+cauchy", "+diffusion-loss", "+ot", "+adaptive-c", "ilct-full", "ilct-full-cauchy-element",
         "edm-diffusion"]
 EXTRA_SEEDS = {"ict-baseline": [1], "ilct-full": [1]}
@@ -128,7 +130,7 @@ def encode_latents(spaces: list[str], aes: list[str], work: Path, ilct: list[str
             encode += ["--limit", str(limit)]
         if dry_run:
             print(" ".join(encode))
-        elif not (lat / "meta.json").is_file():
+        elif not is_complete(lat):
             subprocess.run(encode + ["--no-progress"], check=True)
     return ae_sets
 

@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from ilct.latents.directory import is_complete
+
 BASE_PRESET = "fmnist-ilct"
 DEMO_AE_STEPS = 1000  # the autoencoder of `make demo` (ilct demo --ae-steps)
 TAUS = "0.2,0.5,1.0,1.382,2.0"  # the 2-step intermediate sigmas swept for the winner
@@ -96,7 +98,7 @@ def prepare_commands(args, ilct: list[str]) -> list[tuple[str, list[str], Path]]
             jobs.append((f"autoencoder {ae_steps}", cmd + (["--batch-size", "8", "--device", "cpu"] if args.tiny else []),
                          logs / f"autoencoder-{ae_steps}.log"))
         lat = latents_dir(args, ae_steps)
-        if not (lat / "meta.json").is_file():
+        if not is_complete(lat):
             jobs.append((f"encode {ae_steps}", ilct + ["encode", "--data", data, "--split", "fit", "--autoencoder",
                                                         f"builtin:{ae}", "--out", str(lat), "--no-progress"]
                          + (["--device", "cpu"] if args.tiny else []), logs / f"encode-{ae_steps}.log"))

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from ilct.latents.directory import is_complete
+
 
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name(f"{name}.py"))
@@ -83,7 +85,7 @@ def main() -> None:
                               "--autoencoder", f"taesd:{args.taef2}", *limit]}
     for row in rows:
         lat = work / "latents" / row
-        if row in encodes and not (lat / "meta.json").is_file():
+        if row in encodes and not is_complete(lat):
             cmd = ilct + ["encode", *encodes[row], "--out", str(lat), "--no-progress"]
             ablation.pool([(f"encode {row}", cmd, work / "logs" / f"encode_{row}.log")], 1, args.dry_run)
 

@@ -47,6 +47,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ilct.latents.directory import is_complete
+
 
 def _load_ablation():
     """ablation.py of this folder, for its job pool and machine description."""
@@ -229,7 +231,7 @@ def main() -> None:
         encode += ["--device", "cpu"] if args.tiny else []
         if args.dry_run:
             print(" ".join(encode))
-        elif not (work / space / "latents" / "meta.json").is_file():
+        elif not is_complete(work / space / "latents"):
             subprocess.run(encode + ["--no-progress"], check=True)
     todo = [(space, row, seed) for space in spaces for row, seed in jobs(rows, seeds)]
     steps = budget_steps(args, ilct, flags, todo)

@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from ilct.latents.directory import is_complete
+
 # The base runs: (preset, its changes). "ilct" is the paper's schedule (c_floor 0, whatever the preset says);
 # "ilct-floor" the adaptive c never below the fixed c (consistency.c_floor=1): a candidate fix that failed,
 # measured in docs/stability.md.
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     encode += ["--device", "cpu"] if args.tiny else []
     if args.dry_run:
         print(" ".join(encode))
-    elif not (work / "latents" / "meta.json").is_file():
+    elif not is_complete(work / "latents"):
         subprocess.run(encode + ["--no-progress"], check=True)
 
     # (a) the base runs, then (c) the branches of the fmnist-ilct run (their source is in the first wave)

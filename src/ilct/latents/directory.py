@@ -102,6 +102,16 @@ def _stats_metadata(path: str | Path) -> dict[str, str]:
         return {}
 
 
+def is_complete(path: str | Path) -> bool:
+    """Whether `path` holds a finished latent directory (an interrupted `ilct encode` leaves one that is not;
+    running the same command again finishes it)."""
+    try:
+        meta = read_json(Path(path) / META_FILE)
+    except IlctError:
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT and meta.get("complete") is True
+
+
 class LatentDir:
     """A finished latent directory, read by memory mapping."""
 
