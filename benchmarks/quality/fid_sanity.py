@@ -7,6 +7,9 @@ the project's Fashion-MNIST classifier (not Inception FID), for:
   - blank (black) images and uniform noise    (clearly bad)
 
     python benchmarks/quality/fid_sanity.py --autoencoder runs/demo/autoencoder --out docs/results/fid_sanity.json
+
+With --kind taesd (TAEF2, for example) the test images are rendered as 64x64 RGB, as `ilct encode
+--resolution 64 --rgb` renders them for training, and the features turn the reconstructions back to grayscale.
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ import torch
 
 from ilct.autoencoders import load_autoencoder
 from ilct.data.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist
-from ilct.data.images import to_uint8
+from ilct.data.images import ResizedImages, to_uint8
 from ilct.latents import default_cache_dir
 from ilct.metrics.evaluate import make_extractor, reference_features, scores
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--autoencoder", required=True, help="built-in autoencoder directory")
+    p.add_argument("--autoencoder", required=True, help="autoencoder directory")
+    p.add_argument("--kind", default="builtin", choices=["builtin", "taesd"], help="autoencoder.kind")
+    p.add_argument("--resolution", type=int, default=64, help="with --kind taesd: the rendering of the images")
     p.add_argument("--data-dir", default=DEFAULT_ROOT)
     p.add_argument("--n", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
@@ -44,9 +49,10 @@ def main() -> None:
     real = reference_features(extract, train, cache)
     n = min(args.n, len(test))
     test_images = test.images[:n]
-    ae = load_autoencoder("builtin", args.autoencoder)
+    ae = load_autoencoder(args.kind, args.autoencoder)
+    source = test if args.kind == "builtin" else ResizedImages(test, args.resolution, rgb=True)
     with torch.no_grad():
-        recon = np.concatenate([to_uint8(ae.decode(ae.encode(test.batch(s, min(s + 500, n))))) for s in range(0, n, 500)])
+        recon = np.concatenate([to_uint8(ae.decode(ae.encode(source.batch(s, min(s + 500, n))))) for s in range(0, n, 500)])
     rng = np.random.default_rng(args.seed)
     cases = {
         "test split": test_images,
@@ -62,6 +68,7 @@ def main() -> None:
     result = {
         "command": "python " + " ".join(sys.argv),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, no GPU",
+        "autoencoder": f"{args.kind}:{args.autoencoder}",
         "features": extract.name,
         "classifier_test_accuracy": extract.meta["test_accuracy"],
         "reference": f"fashion_mnist train ({len(train)} images)",
