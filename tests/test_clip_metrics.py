@@ -183,6 +183,11 @@ def test_video_report_with_a_stub_sampler(tmp_path, cache, fake_fmnist, monkeypa
         assert {"class_acc", "motion_acc", "frame_fid", "temporal_consistency"} <= set(report["real"][split])
     assert {"test_accuracy", "heldout_accuracy", "train_seconds"} <= set(report["clip_classifier"])
     assert report["plot"] == str(figures / "acc.png") and (figures / "acc.png").is_file()
+    assert video.main(["--replot", "--out", str(out), "--plot", str(tmp_path / "re.png")])["rows"] == rows
+    assert (tmp_path / "re.png").stat().st_size > 1000  # the figure again, from the JSON alone
+    with pytest.raises(SystemExit) as e:
+        video.main(["--replot", "--out", str(tmp_path / "nothing.json"), "--plot", str(tmp_path / "no.png")])
+    assert e.value.code == 2 and not (tmp_path / "no.png").exists()
     files = [f["file"] for f in report["figures"]]
     assert str(figures / "video_seen_1step_w2.gif") in files and str(figures / "video_heldout_1step_w2.gif") in files
     for f in report["figures"]:  # real clips only of the captions shown (where the few real clips have one)

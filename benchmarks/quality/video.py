@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ilct.latents import default_cache_dir
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="a text-conditional moving_fmnist run (trained here with --train)")
+    p.add_argument("--run", help="a text-conditional moving_fmnist run (trained here with --train)")
     p.add_argument("--train", default="", metavar="PRESET", help="first train --run from this preset or YAML (replaced)")
     p.add_argument("--train-steps", type=int, default=4000)
     p.add_argument("--autoencoder", default="", help="for --train: ilct train --autoencoder")
@@ -261,7 +261,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--gif-guidance", type=float, default=None, help="w of the GIFs (default: the middle of --guidance)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--tiny", action="store_true", help="seconds, for the tests")
+    p.add_argument("--replot", action="store_true", help="only redraw --plot from the results already in --out")
     args = p.parse_args(argv)
+    if args.replot:
+        return replot(Path(args.out), Path(args.plot))
+    if not args.run:
+        p.error("--run is required (or --replot)")
     guidance = [float(w) for w in args.guidance.split(",")]
     nfe = [int(s) for s in args.nfe.split(",")]
     classifier_options = {}
@@ -292,31 +297,50 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def replot(out: Path, path: Path) -> dict:
+    """--replot: the figure of an existing results file, without sampling."""
+    try:
+        report = json.loads(out.read_text())
+        report["rows"], report["real"]  # noqa: B018 (the keys the figure needs)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: --replot: {out} is not a results file of this benchmark ({e})", file=sys.stderr)
+        raise SystemExit(2) from None
+    plot(report, path)
+    print(f"plot written to {path}")
+    return report
+
+
 def plot(report: dict, path: Path) -> None:
-    """Class and motion accuracy against w, one line per split and NFE; chance dotted, 3x chance dashed."""
+    """Class and motion accuracy and temporal consistency against w, one line per split and NFE; chance dotted,
+    3x chance dash-dotted, the real clips thick."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, what in zip(axes, ("class", "motion")):
+    panels = [("class_acc", "class accuracy", "class asked vs class seen"),
+              ("motion_acc", "motion accuracy", "motion asked vs motion seen"),
+              ("temporal_consistency", "temporal consistency", "clips whose frames all get one class")]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for ax, (key, label, title) in zip(axes, panels):
         for k, split in enumerate(SPLITS):
             rows = [r for r in report["rows"] if r["split"] == split]
             for s in sorted({r["nfe"] for r in rows}):
                 r = sorted((x for x in rows if x["nfe"] == s), key=lambda x: x["guidance"])
-                ax.plot([x["guidance"] for x in r], [x[f"{what}_acc"] for x in r], marker="os"[k % 2],
+                ax.plot([x["guidance"] for x in r], [x[key] for x in r], marker="os"[k % 2],
                         ls="-" if s == 1 else "--", color=f"C{k}", label=f"{split}, {s} NFE")
-            if rows:
-                ax.axhline(rows[0][f"{what}_chance"], color=f"C{k}", lw=0.8, ls=":")
-                ax.axhline(3 * rows[0][f"{what}_chance"], color=f"C{k}", lw=0.8, ls="-.")
+            chance = key.replace("_acc", "_chance") if key.endswith("_acc") else None
+            if rows and chance in rows[0]:
+                ax.axhline(rows[0][chance], color=f"C{k}", lw=0.8, ls=":")
+                ax.axhline(3 * rows[0][chance], color=f"C{k}", lw=0.8, ls="-.")
             real = report["real"].get(split)
             if real:
-                ax.axhline(real[f"{what}_acc"], color=f"C{k}", lw=2, alpha=0.25)
+                ax.axhline(real[key], color=f"C{k}", lw=2, alpha=0.25)
         ax.set_xlabel("guidance w")
-        ax.set_ylabel(f"{what} accuracy")
+        ax.set_ylabel(label)
         ax.set_ylim(0, 1.02)
-        ax.set_title(f"{what} asked vs {what} seen (dotted: chance, dash-dot: 3x chance, thick: real clips)", fontsize=8)
+        legend = "dotted: chance, dash-dot: 3x chance, thick: real clips" if key != "temporal_consistency" else "thick: real clips"
+        ax.set_title(f"{title} ({legend})", fontsize=8)
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
