@@ -209,6 +209,27 @@ def test_objectives_dry_run_lists_each_rows_settings_seeds_and_the_halved_warm_s
     assert timed.returncode == 0, timed.stderr
     probes = [line for line in timed.stdout.splitlines() if "/calibration/" in line]
     assert len(probes) == 2 and all("train.total_steps=7" in p and "init_from" not in p for p in probes)
+    # an equal-wall-clock budget has its own run and eval folders, apart from the --steps runs
+    runs = [line for line in timed.stdout.splitlines() if " train " in line and "/calibration/" not in line]
+    assert len(runs) == 2 and all(f"{tmp_path / 'builtin' / 'runs-60s'}/" in r for r in runs)
+    assert f"train.init_from={tmp_path / 'builtin' / 'runs-60s' / 'edm-then-ilct.edm_s0'}" in runs[1]
+    assert f"--json {tmp_path / 'builtin' / 'eval-60s' / 'edm-then-ilct_s0.json'}" in timed.stdout
+
+
+def test_objectives_refuses_a_work_folder_trained_for_another_step_budget(tmp_path):
+    run = tmp_path / "builtin" / "runs" / "ict_s0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("train:\n  total_steps: 1000\n")
+    (run / "keep").write_text("x")
+    cmd = [sys.executable, objectives_script(), "--latents", "builtin", "--autoencoder", "ae", "--rows", "ict",
+           "--seeds", "0", "--work", str(tmp_path), "--dry-run"]
+    proc = subprocess.run(cmd + ["--steps", "500"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == (f"error: {run} holds a run of 1000 steps and --steps 500 gives it 500: give another "
+                                   "--work (a run folder is resumed, never retrained)")
+    assert (run / "keep").read_text() == "x"
+    same = subprocess.run(cmd + ["--steps", "1000"], capture_output=True, text=True)  # the same budget resumes
+    assert same.returncode == 0 and f"--out {run} " in same.stdout and "--resume" in same.stdout
 
 
 def test_objectives_tiny_run_trains_evaluates_and_reports(tmp_path, tiny_autoencoder, fake_fmnist):

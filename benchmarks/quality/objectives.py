@@ -121,7 +121,7 @@ def train_cmd(args, ilct: list[str], flags: list[str], space: str, ph: Phase, se
     sets = [f"data.latents={work / space / 'latents'}", f"train.total_steps={steps}", f"train.seed={seed}",
             "train.sample_every=0", f"train.ckpt_every={steps}", f"train.log_every={max(1, min(50, steps // 10))}"]
     sets += args.set + ph.sets + (TINY_SETS if args.tiny else [])
-    if ph.init_from and root == "runs":  # the probe of a warm-started phase times the same network from scratch
+    if ph.init_from and root != "calibration":  # the probe of a warm-started phase times the same network from scratch
         sets.append(f"train.init_from={work / space / root / ph.init_from}")
     cmd = ilct + ["train", "--config", ph.preset, "--out", str(out), "--no-progress"] + flags
     if args.data_dir:
@@ -165,6 +165,37 @@ def budget_steps(args, ilct, flags, todo) -> dict[tuple[str, str], int]:
         out[(s, ph.run)] = max(1, int(args.seconds * ph.share / rate))
         print(f"probe {s}/{ph.run}: {rate:.4f} s/step -> {out[(s, ph.run)]} steps", flush=True)
     return out
+
+
+def runs_root(args) -> str:
+    """The folder of a budget's runs under --work/SPACE: `runs` for --steps, `runs-300s` for --seconds 300."""
+    return "runs" if not args.seconds else f"runs-{args.seconds:g}s"
+
+
+def eval_root(args) -> str:
+    return "eval" if not args.seconds else f"eval-{args.seconds:g}s"
+
+
+def refuse_other_budgets(args, todo) -> None:
+    """--steps: a run folder that already holds a run of another length is resumed, never retrained, so it would
+    mix budgets in one table; refuse it (exit 2) before anything runs."""
+    import yaml
+
+    work = Path(args.work)
+    for space, row, seed in todo:
+        phs = phases(row, seed)
+        for ph, k in zip(phs, split_steps(args.steps, len(phs))):
+            cfg = work / space / runs_root(args) / ph.run / "config.yaml"
+            if not cfg.is_file():
+                continue
+            try:
+                have = yaml.safe_load(cfg.read_text())["train"]["total_steps"]
+            except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as e:
+                have = f"an unreadable config ({e})"
+            if have != k:
+                print(f"error: {cfg.parent} holds a run of {have} steps and --steps {args.steps} gives it {k}: "
+                      "give another --work (a run folder is resumed, never retrained)", file=sys.stderr)
+                raise SystemExit(2)
 
 
 def eval_cmd(args, ilct: list[str], run: Path, row: str, out_json: Path) -> list[str]:
@@ -224,6 +255,9 @@ def main() -> None:
         raise SystemExit("--latents is builtin, taef2 or builtin,taef2, with one --autoencoder per latent space")
     work, ilct = Path(args.work), [sys.executable, "-m", "ilct"]
     data = f"fashion_mnist:{args.data_dir}" if args.data_dir else "fashion_mnist"
+    todo = [(space, row, seed) for space in spaces for row, seed in jobs(rows, seeds)]
+    if not args.seconds:
+        refuse_other_budgets(args, todo)
     flags = {}
     for space, ae in zip(spaces, aes):
         encode, flags[space] = latent_space(space, ae, work, data, ilct)
@@ -233,19 +267,19 @@ def main() -> None:
             print(" ".join(encode))
         elif not is_complete(work / space / "latents"):
             subprocess.run(encode + ["--no-progress"], check=True)
-    todo = [(space, row, seed) for space in spaces for row, seed in jobs(rows, seeds)]
     steps = budget_steps(args, ilct, flags, todo)
 
     # training: first every fresh run, then the warm-started ones (their source is in the first wave)
     waves = [[], []]
     for s, r, d in todo:
         for ph in phases(r, d):
-            waves[bool(ph.init_from)].append((f"{s}/{ph.run}", train_cmd(args, ilct, flags[s], s, ph, d, steps[(s, ph.run)], "runs"),
+            waves[bool(ph.init_from)].append((f"{s}/{ph.run}", train_cmd(args, ilct, flags[s], s, ph, d, steps[(s, ph.run)], runs_root(args)),
                                               work / "logs" / f"{s}_{ph.run}.train.log"))
     seconds = {}
     for wave in waves:
         seconds.update(ablation.pool(wave, args.parallel, args.dry_run))
-    evals = [(f"eval {s}/{r}/{d}", eval_cmd(args, ilct, work / s / "runs" / f"{r}_s{d}", r, work / s / "eval" / f"{r}_s{d}.json"),
+    root, ev = runs_root(args), eval_root(args)
+    evals = [(f"eval {s}/{r}/{d}", eval_cmd(args, ilct, work / s / root / f"{r}_s{d}", r, work / s / ev / f"{r}_s{d}.json"),
               work / "logs" / f"{s}_{r}_s{d}.eval.log") for s, r, d in todo]
     if evals:  # the first one alone: it computes the cached reference features the others read
         ablation.pool(evals[:1], 1, args.dry_run)
@@ -257,7 +291,7 @@ def main() -> None:
 def write_report(args, todo, steps, seconds, t0) -> None:
     work, rows = Path(args.work), []
     for s, r, d in todo:
-        m = json.loads((work / s / "eval" / f"{r}_s{d}.json").read_text())
+        m = json.loads((work / s / eval_root(args) / f"{r}_s{d}.json").read_text())
         nfe = {str(HEUN_STEPS): str(2 * HEUN_STEPS - 1)} if r == "edm-heun" else {}
         runs = [ph.run for ph in phases(r, d)]
         rows.append({"name": r, "latents": s, "seed": d, "steps": sum(steps[(s, x)] for x in runs),
