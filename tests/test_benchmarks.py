@@ -232,6 +232,24 @@ def test_objectives_refuses_a_work_folder_trained_for_another_step_budget(tmp_pa
     assert same.returncode == 0 and f"--out {run} " in same.stdout and "--resume" in same.stdout
 
 
+def test_objectives_replot_draws_a_merged_results_file_and_refuses_another_file(tmp_path):
+    row = {"latents": "builtin", "seed": 0, "features": "f (x)"}
+    rows = [{**row, "name": "ict", "seconds": s, "fid": {"1": f, "2": f}} for s, f in ((240, 900.0), (900, 500.0))]
+    rows.append({**row, "name": "edm-heun", "seconds": 240, "fid": {"35": 700.0}})
+    out = tmp_path / "objectives.json"
+    out.write_text(json.dumps({"command": "python objectives.py", "rows": rows}))
+    cmd = [sys.executable, objectives_script(), "--replot"]
+    proc = subprocess.run(cmd + ["--out", str(out), "--figure", str(tmp_path / "fig.png")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "fig.png").stat().st_size > 1000
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    bad = subprocess.run(cmd + ["--out", str(tmp_path / "bad.json"), "--figure", str(tmp_path / "no.png")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "is not a results file of this benchmark" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "no.png").exists()
+
+
 def test_objectives_tiny_run_trains_evaluates_and_reports(tmp_path, tiny_autoencoder, fake_fmnist):
     from test_eval import PoolDetector
 

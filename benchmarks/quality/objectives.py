@@ -210,8 +210,8 @@ def eval_cmd(args, ilct: list[str], run: Path, row: str, out_json: Path) -> list
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--latents", required=True, help="builtin, taef2, or both: builtin,taef2")
-    p.add_argument("--autoencoder", required=True, help="per latent space (comma-separated): the built-in "
+    p.add_argument("--latents", help="builtin, taef2, or both: builtin,taef2")
+    p.add_argument("--autoencoder", help="per latent space (comma-separated): the built-in "
                    "autoencoder directory, or the TAEF2 weights folder")
     p.add_argument("--data-dir", default="", help="Fashion-MNIST IDX files (default: the preset's data.root)")
     budget = p.add_mutually_exclusive_group()
@@ -235,7 +235,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--figure", default="docs/figures/objectives_fid_vs_seconds.png", help="'' = no figure")
     p.add_argument("--tiny", action="store_true", help="4 steps per row (probe 4), DiT-T/4, batch 8, CPU, --n 10")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    p.add_argument("--replot", action="store_true", help="only redraw --figure from the results already in --out")
     args = p.parse_args()
+    if not args.replot and not (args.latents and args.autoencoder):
+        p.error("--latents and --autoencoder are required (or --replot)")
     if args.tiny:
         args.steps = args.steps or (None if args.seconds else 4)
         args.probe, args.n = 4, 10
@@ -245,6 +248,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.replot:
+        return replot(Path(args.out), Path(args.figure or "docs/figures/objectives_fid_vs_seconds.png"))
     t0 = time.time()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     for r in rows:
@@ -311,7 +316,8 @@ def write_report(args, todo, steps, seconds, t0) -> None:
 
 
 def plot(rows: list[dict], path: Path, command: str) -> None:
-    """FID against training seconds, one point per row, seed and NFE."""
+    """FID against training seconds: one panel per latent space, one line per row (seed 0) through its budgets
+    (rows of several budgets, as in a merged results file), at 1 NFE (edm-heun: 35)."""
     try:
         import matplotlib
 
@@ -320,21 +326,36 @@ def plot(rows: list[dict], path: Path, command: str) -> None:
     except ImportError:
         print("note: matplotlib is missing; no figure (the numbers are in the JSON)")
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for k, marker in (("1", "o"), ("2", "s"), ("35", "^")):
-        pts = [(r["seconds"], r["fid"][k], r["name"]) for r in rows if k in r["fid"]]
-        if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=f"{k} NFE")
-            for x, y, name in pts:
-                ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("training seconds")
-    ax.set_ylabel(f"FID ({rows[0]['features'] if rows else 'fmnist'} features)")
-    ax.set_title(command[-90:], fontsize=7)
-    ax.legend()
+    spaces = sorted({r["latents"] for r in rows})
+    fig, axes = plt.subplots(1, max(1, len(spaces)), figsize=(7 * max(1, len(spaces)), 4.5), squeeze=False)
+    for ax, space in zip(axes[0], spaces):
+        names = list(dict.fromkeys(r["name"] for r in rows if r["latents"] == space))
+        for i, name in enumerate(names):
+            pts = sorted((r["seconds"], r["fid"].get("1", r["fid"].get("35"))) for r in rows
+                         if r["latents"] == space and r["name"] == name and r["seed"] == 0)
+            if pts:
+                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o^"[name == "edm-heun"], color=f"C{i % 10}",
+                        label=name + (" (35 NFE)" if name == "edm-heun" else ""))
+        ax.set_xlabel("training seconds (from each run's log)")
+        ax.set_ylabel(f"FID at 1 NFE ({rows[0].get('features', 'fmnist').split(' (')[0] if rows else 'fmnist'} features)")
+        ax.set_title(f"{space} latents, seed 0", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(command[-110:], fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
     print(f"figure: {path}")
 
+
+def replot(out: Path, path: Path) -> None:
+    """--replot: the figure of an existing results file (for example one that merges several budgets)."""
+    try:
+        report = json.loads(out.read_text())
+        rows = [r for r in report["rows"] if {"latents", "name", "seed", "seconds", "fid"} <= set(r)]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"error: --replot: {out} is not a results file of this benchmark ({e})", file=sys.stderr)
+        raise SystemExit(2) from None
+    plot(rows, path, report.get("command", str(out)))
 
 if __name__ == "__main__":
     main()
