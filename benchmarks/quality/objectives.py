@@ -355,7 +355,7 @@ def replot(out: Path, path: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"error: --replot: {out} is not a results file of this benchmark ({e})", file=sys.stderr)
         raise SystemExit(2) from None
-    plot(rows, path, report.get("command", str(out)))
+    plot(rows, path, f"{out} (each row's command is in it)")
 
 if __name__ == "__main__":
     main()
