@@ -142,16 +142,21 @@ def seconds_per_step(run: Path) -> float:
     return max(log[-1]["elapsed_s"] - log[0]["elapsed_s"], 1e-3) / (log[-1]["step"] - log[0]["step"])
 
 
+def fixed_steps(total: int, todo) -> dict[tuple[str, str], int]:
+    """--steps: steps per (latent space, run folder), each row's total split over its phases."""
+    out = {}
+    for space, row, seed in todo:
+        phs = phases(row, seed)
+        out.update({(space, ph.run): k for ph, k in zip(phs, split_steps(total, len(phs)))})
+    return out
+
+
 def budget_steps(args, ilct, flags, todo) -> dict[tuple[str, str], int]:
     """Steps per (latent space, run folder): the --steps budget split by share, or from the --seconds probes."""
     work = Path(args.work)
     every = [(space, ph, seed) for space, row, seed in todo for ph in phases(row, seed)]
     if not args.seconds:
-        out = {}
-        for space, row, seed in todo:
-            phs = phases(row, seed)
-            out.update({(space, ph.run): k for ph, k in zip(phs, split_steps(args.steps, len(phs)))})
-        return out
+        return fixed_steps(args.steps, todo)
     probes = [(f"probe {s}/{ph.run}", train_cmd(args, ilct, flags[s], s, ph, d, args.probe, "calibration"),
                work / "logs" / f"probe_{s}_{ph.run}.log") for s, ph, d in every]
     ablation.pool(probes, args.parallel, args.dry_run)
@@ -167,13 +172,9 @@ def budget_steps(args, ilct, flags, todo) -> dict[tuple[str, str], int]:
     return out
 
 
-def runs_root(args) -> str:
-    """The folder of a budget's runs under --work/SPACE: `runs` for --steps, `runs-300s` for --seconds 300."""
-    return "runs" if not args.seconds else f"runs-{args.seconds:g}s"
-
-
-def eval_root(args) -> str:
-    return "eval" if not args.seconds else f"eval-{args.seconds:g}s"
+def budget_dir(args, base: str) -> str:
+    """A budget's folder under --work/SPACE: `runs` (or `eval`) for --steps, `runs-300s` for --seconds 300."""
+    return base if not args.seconds else f"{base}-{args.seconds:g}s"
 
 
 def refuse_other_budgets(args, todo) -> None:
@@ -181,21 +182,18 @@ def refuse_other_budgets(args, todo) -> None:
     mix budgets in one table; refuse it (exit 2) before anything runs."""
     import yaml
 
-    work = Path(args.work)
-    for space, row, seed in todo:
-        phs = phases(row, seed)
-        for ph, k in zip(phs, split_steps(args.steps, len(phs))):
-            cfg = work / space / runs_root(args) / ph.run / "config.yaml"
-            if not cfg.is_file():
-                continue
-            try:
-                have = yaml.safe_load(cfg.read_text())["train"]["total_steps"]
-            except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as e:
-                have = f"an unreadable config ({e})"
-            if have != k:
-                print(f"error: {cfg.parent} holds a run of {have} steps and --steps {args.steps} gives it {k}: "
-                      "give another --work (a run folder is resumed, never retrained)", file=sys.stderr)
-                raise SystemExit(2)
+    for (space, run), k in fixed_steps(args.steps, todo).items():
+        cfg = Path(args.work) / space / budget_dir(args, "runs") / run / "config.yaml"
+        if not cfg.is_file():
+            continue
+        try:
+            have = yaml.safe_load(cfg.read_text())["train"]["total_steps"]
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as e:
+            have = f"an unreadable config ({e})"
+        if have != k:
+            print(f"error: {cfg.parent} holds a run of {have} steps and --steps {args.steps} gives it {k}: "
+                  "give another --work (a run folder is resumed, never retrained)", file=sys.stderr)
+            raise SystemExit(2)
 
 
 def eval_cmd(args, ilct: list[str], run: Path, row: str, out_json: Path) -> list[str]:
@@ -278,12 +276,12 @@ def main() -> None:
     waves = [[], []]
     for s, r, d in todo:
         for ph in phases(r, d):
-            waves[bool(ph.init_from)].append((f"{s}/{ph.run}", train_cmd(args, ilct, flags[s], s, ph, d, steps[(s, ph.run)], runs_root(args)),
+            waves[bool(ph.init_from)].append((f"{s}/{ph.run}", train_cmd(args, ilct, flags[s], s, ph, d, steps[(s, ph.run)], budget_dir(args, "runs")),
                                               work / "logs" / f"{s}_{ph.run}.train.log"))
     seconds = {}
     for wave in waves:
         seconds.update(ablation.pool(wave, args.parallel, args.dry_run))
-    root, ev = runs_root(args), eval_root(args)
+    root, ev = budget_dir(args, "runs"), budget_dir(args, "eval")
     evals = [(f"eval {s}/{r}/{d}", eval_cmd(args, ilct, work / s / root / f"{r}_s{d}", r, work / s / ev / f"{r}_s{d}.json"),
               work / "logs" / f"{s}_{r}_s{d}.eval.log") for s, r, d in todo]
     if evals:  # the first one alone: it computes the cached reference features the others read
@@ -296,7 +294,7 @@ def main() -> None:
 def write_report(args, todo, steps, seconds, t0) -> None:
     work, rows = Path(args.work), []
     for s, r, d in todo:
-        m = json.loads((work / s / eval_root(args) / f"{r}_s{d}.json").read_text())
+        m = json.loads((work / s / budget_dir(args, "eval") / f"{r}_s{d}.json").read_text())
         nfe = {str(HEUN_STEPS): str(2 * HEUN_STEPS - 1)} if r == "edm-heun" else {}
         runs = [ph.run for ph in phases(r, d)]
         rows.append({"name": r, "latents": s, "seed": d, "steps": sum(steps[(s, x)] for x in runs),
