@@ -270,7 +270,7 @@ def test_objectives_tiny_run_trains_evaluates_and_reports(tmp_path, tiny_autoenc
     assert (meanflow["name"], meanflow["seed"], meanflow["steps"]) == ("meanflow", 0, 4)
     assert warm["name"] == "edm-then-ilct" and warm["phase_steps"] == {"edm-then-ilct.edm_s0": 2, "edm-then-ilct_s0": 2}
     for row in (meanflow, warm):
-        assert row["latents"] == "builtin" and row["seconds"] > 0
+        assert row["latents"] == "builtin" and row["seconds"] > 0 and row["budget"] == "steps 4"
         assert set(row["fid"]) == set(row["recall"]) == {"1", "2"} and all(np.isfinite(list(row["fid"].values())))
     if importlib.util.find_spec("matplotlib"):
         assert (tmp_path / "fig.png").stat().st_size > 0

@@ -293,6 +293,7 @@ def main() -> None:
 
 def write_report(args, todo, steps, seconds, t0) -> None:
     work, rows = Path(args.work), []
+    row_budget = f"seconds {args.seconds:g}" if args.seconds else f"steps {args.steps}"  # rows of several budgets can share one file
     for s, r, d in todo:
         m = json.loads((work / s / budget_dir(args, "eval") / f"{r}_s{d}.json").read_text())
         nfe = {str(HEUN_STEPS): str(2 * HEUN_STEPS - 1)} if r == "edm-heun" else {}
@@ -302,7 +303,7 @@ def write_report(args, todo, steps, seconds, t0) -> None:
                      "seconds": round(sum(seconds.get(f"{s}/{x}", 0.0) for x in runs), 1),
                      "fid": {nfe.get(x["key"], x["key"]): x["fid"] for x in m["rows"]},
                      "recall": {nfe.get(x["key"], x["key"]): x["recall"] for x in m["rows"]},
-                     "n": args.n, "features": m["features"]})
+                     "n": args.n, "features": m["features"], "budget": row_budget})
     budget = f"--seconds {args.seconds:g} per row (probe {args.probe} steps)" if args.seconds else f"--steps {args.steps} per row"
     report = {"command": "python " + " ".join(sys.argv), "machine": f"{ablation.machine()}; {budget}",
               "wall_seconds": round(time.time() - t0, 1), "rows": rows}
