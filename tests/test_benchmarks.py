@@ -427,6 +427,9 @@ def test_demo_sweep_tiny_run_scores_on_val_and_reports_the_winner_on_test(tmp_pa
     rows = {r["name"]: r for r in report["rows"]}
     assert list(rows) == ["base", "lr-2e-3", "ae-2000"] and rows["lr-2e-3"]["settings"] == {"train.lr": "2.0e-3"}
     assert rows["base"]["steps"] == 4 and rows["ae-2000"]["autoencoder_steps"] == 2000
+    # a learning rate does not change a step's work: base's steps, without a probe of its own
+    assert rows["lr-2e-3"]["steps"] == 4 and rows["lr-2e-3"]["rate_from"].startswith("base")
+    assert rows["base"]["rate_from"] == "probe" and not (tmp_path / "work" / "probes" / "lr-2e-3").exists()
     for r in rows.values():
         assert set(r["val_fid"]) == set(r["val_recall"]) == {"1", "2"} and np.isfinite(list(r["val_fid"].values())).all()
     winner = report["winner"]
@@ -437,6 +440,16 @@ def test_demo_sweep_tiny_run_scores_on_val_and_reports_the_winner_on_test(tmp_pa
     assert latents["dataset"] == "fashion_mnist/fit@32" and latents["count"] == 256 - 256 // 12  # never the val images
     again = subprocess.run(argv, capture_output=True, text=True)  # run again: everything is there, nothing redone
     assert again.returncode == 0 and json.loads(out.read_text())["rows"] == report["rows"]
+
+
+def test_demo_sweep_probes_only_the_configurations_whose_step_costs_differ(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "demo_sweep.py"), "--autoencoder", "ae",
+                           "--configs", "base,dit-t4,batch-32,lr-2e-3,s1-80,ema-0.999,ae-2000", "--work", str(tmp_path),
+                           "--dry-run"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    probed = sorted(line.split(" --out ")[1].split()[0].rsplit("/", 1)[1] for line in proc.stdout.splitlines()
+                    if f"{tmp_path / 'probes'}/" in line)
+    assert probed == ["base", "batch-32", "dit-t4"]
 
 
 def test_demo_report_gathers_the_demo_the_budgets_and_says_what_is_missing(tmp_path):

@@ -8,8 +8,11 @@ are scored against split `val` (those 5,000, never trained on), so the choice ne
 are fixed parts of every configuration, and the generator never sees val.)
 
 The budget is equal CPU time, not equal steps: --budget-steps steps of the base configuration (default 2,000,
-the demo's). A probe of --probe steps per configuration, one at a time on an otherwise idle machine, measures
-its seconds per step; it then trains for budget_steps x base's s/step / its own s/step steps. A configuration
+the demo's). A probe of --probe steps per configuration whose step costs more or less (model, patch, batch),
+one at a time on an otherwise idle machine, measures its seconds per step; it then trains for budget_steps x
+base's s/step / its own s/step steps. A configuration that changes only what a step's work does not depend on
+(SAME_COST_KEYS: learning rate, warm-up, EMA, beta2, curriculum, c floor, loss weight) trains base's steps,
+as its own probe would only add noise to its budget. A configuration
 that trains its own autoencoder for more steps than the demo's 1,000 pays for them in DiT steps (the
 autoencoder's seconds per step from its own training, against the base's probe).
 
@@ -62,6 +65,16 @@ CONFIGS: dict[str, tuple[list[str], int, str]] = {
     "ae-2000": ([], 2000, "an autoencoder trained twice as long (a lower floor), paid for in DiT steps"),
 }
 TINY_SETS = ["model.arch=DiT-T/4", "train.batch_size=8", "train.device=cpu"]
+# Keys that cannot change the work of a step (the same network, batch and number of forward passes): a
+# configuration that changes only these trains base's steps, since a probe of its own would only add the
+# probes' noise (about 10 % between identical configurations on a shared 2-core machine) to its budget.
+SAME_COST_KEYS = {"train.lr", "train.warmup_steps", "train.ema_decay", "train.beta2", "consistency.s0",
+                  "consistency.s1", "consistency.c_floor", "method.lambda_diff"}
+
+
+def same_cost(name: str) -> bool:
+    """Whether a configuration's DiT step costs what base's does (its changes touch only SAME_COST_KEYS)."""
+    return name != "base" and all(s.split("=", 1)[0] in SAME_COST_KEYS for s in CONFIGS[name][0])
 
 
 def _load_objectives():
@@ -127,12 +140,15 @@ def budget(args, ilct: list[str]) -> dict[str, dict]:
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     names = ["base"] + [c for c in args.configs if c != "base"]
     probes = [(f"probe {c}", train_cmd(args, ilct, c, args.probe, "probes"), work / "logs" / f"probe_{c}.log")
-              for c in names if c not in known]
+              for c in names if c not in known and not same_cost(c)]
     ablation.pool(probes, 1, args.dry_run)  # one at a time: the ratios are the budget
     if args.dry_run:
-        print(f"then each configuration trains {args.budget_steps} x base's s/step / its own s/step steps")
+        print(f"then each configuration trains {args.budget_steps} x base's s/step / its own s/step steps "
+              "(base's steps where only the learning rate, EMA, beta2, curriculum, c floor or loss weight changes)")
         return {c: {"steps": 0} for c in names}
-    rate = {c: known[c]["seconds_per_step"] if c in known else seconds_per_step(work / "probes" / c) for c in names}
+    rate = {c: known[c]["seconds_per_step"] if c in known else seconds_per_step(work / "probes" / c)
+            for c in names if not same_cost(c)}
+    rate.update({c: rate["base"] for c in names if same_cost(c)})
     out = {c: known[c] for c in names if c in known}  # a planned configuration keeps its steps
     for c in [c for c in names if c not in known]:
         ae_steps = CONFIGS[c][1]
@@ -141,8 +157,9 @@ def budget(args, ilct: list[str]) -> dict[str, dict]:
             meta = json.loads((autoencoder_dir(args, ae_steps) / "config.json").read_text())["metrics"]
             ae_seconds = meta["train_seconds"] / meta["train_steps"] * (ae_steps - DEMO_AE_STEPS)
         seconds = args.budget_steps * rate["base"] - ae_seconds
-        out[c] = {"seconds_per_step": rate[c], "extra_autoencoder_seconds": round(ae_seconds, 1),
-                  "steps": max(1, int(seconds / rate[c]))}
+        out[c] = {"seconds_per_step": rate[c], "rate_from": "base (same cost per step)" if same_cost(c) else "probe",
+                  "extra_autoencoder_seconds": round(ae_seconds, 1),
+                  "steps": max(1, int(seconds / rate[c] + 1e-6))}  # + 1e-6: base gets exactly --budget-steps
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({**known, **out}, indent=2) + "\n")
     return {c: out[c] for c in names}
