@@ -293,7 +293,8 @@ def main() -> None:
 
 def write_report(args, todo, steps, seconds, t0) -> None:
     work, rows = Path(args.work), []
-    row_budget = f"seconds {args.seconds:g}" if args.seconds else f"steps {args.steps}"  # rows of several budgets can share one file
+    # each row names its budget, so that rows of several budgets can share one file
+    row_budget = f"seconds {args.seconds:g}" if args.seconds else f"steps {args.steps}"
     for s, r, d in todo:
         m = json.loads((work / s / budget_dir(args, "eval") / f"{r}_s{d}.json").read_text())
         nfe = {str(HEUN_STEPS): str(2 * HEUN_STEPS - 1)} if r == "edm-heun" else {}
@@ -355,6 +356,7 @@ def replot(out: Path, path: Path) -> None:
         print(f"error: --replot: {out} is not a results file of this benchmark ({e})", file=sys.stderr)
         raise SystemExit(2) from None
     plot(rows, path, f"{out} (each row's command is in it)")
+
 
 if __name__ == "__main__":
     main()
