@@ -31,7 +31,7 @@ def scorer(cache, fake_fmnist):
 
 @pytest.fixture(scope="module")
 def features(cache, fake_fmnist):
-    return load_fashion_features(cache, str(fake_fmnist), progress=False)
+    return load_fashion_features()
 
 
 def real(fake_fmnist, split="test", n=64):

@@ -6,7 +6,9 @@ import torch
 from scipy import linalg
 
 from ilct.errors import IlctError
-from ilct.metrics.features import FashionClassifier, FashionFeatures, TorchScriptFeatures, to_gray32
+from conftest import REAL_FMNIST
+from ilct.metrics.features import (PACKAGED, PACKAGED_META, FashionClassifier, FashionFeatures, TorchScriptFeatures,
+                                   load_fashion_features, to_gray32)
 from ilct.metrics.frechet import feature_stats, frechet_distance
 from ilct.metrics.precision_recall import knn_radii, precision_recall
 
@@ -64,6 +66,37 @@ def test_fashion_features_shape_and_gray_conversion():
     gray = np.full((2, 32, 32, 1), 255, np.uint8)
     assert torch.allclose(to_gray32(gray), torch.ones(2, 1, 32, 32))
     assert to_gray32(rgb64).shape == (3, 1, 32, 32)
+
+
+def test_the_packaged_classifier_is_the_recorded_one():
+    extract = load_fashion_features()
+    assert extract.fingerprint() == "fmnist-cls-aa048943a97fb07e" == extract.meta["fingerprint"]
+    assert 0.92 < extract.meta["test_accuracy"] < 0.93
+    assert all(p.dtype == torch.float32 for p in extract.model.parameters())  # float16 on disk only
+
+
+@pytest.mark.skipif(not REAL_FMNIST.is_dir(), reason="dataset-fashion-mnist is not installed")
+def test_the_packaged_classifier_classifies_real_test_images():
+    from ilct.data.fashion_mnist import load_fashion_mnist
+
+    test = load_fashion_mnist(REAL_FMNIST, "test")
+    images = (test.batch(0, 1000).permute(0, 2, 3, 1).numpy() * 127.5 + 127.5).round().clip(0, 255).astype(np.uint8)
+    assert (load_fashion_features().predict(images) == test.labels[:1000]).mean() > 0.9
+
+
+def test_a_damaged_or_replaced_classifier_file_is_refused(tmp_path):
+    meta = tmp_path / "c.json"
+    meta.write_bytes(PACKAGED_META.read_bytes())
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(PACKAGED.read_bytes()[:1000])
+    with pytest.raises(IlctError, match="cannot be read.*reinstall ilct"):
+        load_fashion_features(cut, meta)
+    other = tmp_path / "other.safetensors"
+    from ilct.files import save_tensors
+
+    save_tensors(FashionClassifier().state_dict(), other)  # readable, but not the recorded weights
+    with pytest.raises(IlctError, match="is damaged.*fmnist-cls-aa048943a97fb07e"):
+        load_fashion_features(other, meta)
 
 
 def test_torchscript_loader_with_a_saved_random_network(tmp_path):

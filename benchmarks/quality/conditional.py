@@ -53,7 +53,7 @@ def main() -> None:
     K = run.cfg.model.num_classes
     if K <= 0:
         raise SystemExit(f"{args.run} is not class-conditional")
-    extract = load_fashion_features(default_cache_dir(), args.data_dir, progress=False)
+    extract = load_fashion_features()
     train = load_dataset("fashion_mnist", args.data_dir, "train", 32)
     real = reference_features(extract, train, default_cache_dir(), progress=False)
     real_labels = np.asarray(train.labels)

@@ -166,7 +166,7 @@ def evaluate(sampler, root: str, cache_dir: Path, guidance: list[float], nfe: li
     from ilct.metrics.features import load_fashion_features
 
     data = sampler.data
-    features = load_fashion_features(cache_dir, root, progress)
+    features = load_fashion_features()
     classifier = load_clip_classifier(cache_dir, root, data, progress, **(classifier_options or {}))
     report: dict = {"sampler": sampler.what, "data": data.key(), "per_prompt": per_prompt, "seed": seed,
                     "features": features.name, "fashion_classifier_test_accuracy": features.meta["test_accuracy"],

@@ -517,7 +517,7 @@ def add_eval_parser(sub, fmt) -> None:
     v.add_argument("--features", default="fmnist", choices=["fmnist", "inception"])
     v.add_argument("--inception-weights", help="TorchScript detector for --features inception, e.g. "
                    "inception-2015-12-05.pt (called with return_features=True: pool3 features)")
-    v.add_argument("--cache-dir", help="where the classifier and reference features are cached (default $ILCT_CACHE)")
+    v.add_argument("--cache-dir", help="where reference features are cached (default $ILCT_CACHE)")
     v.add_argument("--batch-size", type=int, default=256)
     v.add_argument("--device", default="auto")
     v.add_argument("--no-progress", action="store_true")

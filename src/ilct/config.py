@@ -160,7 +160,7 @@ class TrainConfig:
     # fid_every steps against the training split's statistics; the best step is kept and named in best.json
     fid_every: int = 0  # 0 = off
     fid_n: int = 1000  # samples per measurement
-    fid_features: str = "fmnist"  # fmnist (the Fashion-MNIST classifier, trained once and cached) | inception
+    fid_features: str = "fmnist"  # fmnist (the Fashion-MNIST classifier shipped with ilct) | inception
     fid_inception_weights: str = ""  # with fid_features=inception: a TorchScript FID Inception file
 
 

@@ -114,8 +114,8 @@ def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int =
 
 
 def measure_quality(run, data_dir: str, n: int, progress: bool = True) -> dict:
-    """FID and recall of n 1- and 2-step samples in the Fashion-MNIST classifier's features (trained once
-    and cached, like `ilct eval`'s), against the test split; and the floor the autoencoder sets: the FID of
+    """FID and recall of n 1- and 2-step samples in the Fashion-MNIST classifier's features (the classifier
+    shipped with ilct, as in `ilct eval`), against the test split; and the floor the autoencoder sets: the FID of
     its reconstructions of n test images."""
     import numpy as np
 
@@ -127,7 +127,7 @@ def measure_quality(run, data_dir: str, n: int, progress: bool = True) -> dict:
     from ilct.sampling import generate
 
     cache = default_cache_dir()
-    extract = load_fashion_features(cache, data_dir, progress)
+    extract = load_fashion_features()
     test = load_fashion_mnist(data_dir, "test")
     real = reference_features(extract, test, cache, progress)
     out: dict = {"split": "test", "n": n, "features": extract.name, "reference": f"{test.name} ({len(test)} images)",

@@ -69,7 +69,7 @@ def make_extractor(kind: str, cache_dir: Path, data_root: str, inception_weights
     if kind == "fmnist":
         from ilct.metrics.features import load_fashion_features
 
-        return load_fashion_features(cache_dir, data_root, progress)
+        return load_fashion_features()
     if kind == "inception":
         from ilct.metrics.features import TorchScriptFeatures
 

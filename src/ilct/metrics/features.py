@@ -1,8 +1,10 @@
 """Feature extractors for FID and precision/recall.
 
-- `fmnist`: a small CNN classifier trained here on the Fashion-MNIST training
-  labels (no Inception weights can be downloaded offline). Its 256-d
-  penultimate layer (before the ReLU) gives the features. Numbers computed with
+- `fmnist`: a small CNN classifier trained on the Fashion-MNIST training
+  labels (no Inception weights can be downloaded offline), shipped with ilct
+  (`fmnist_classifier.safetensors`, its record in `fmnist_classifier.json`), so that
+  every machine has the same features. Its 256-d penultimate layer (before the
+  ReLU) gives the features. Numbers computed with
   it are FID in Fashion-MNIST-classifier features, **not Inception FID**, and
   are comparable only with each other.
 - `inception`: a TorchScript detector from a local file. The standard one,
@@ -25,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,32 +131,43 @@ def train_fashion_classifier(root: str, out: Path, epochs: int = 6, seed: int = 
     with torch.no_grad():
         correct = sum(int((model(test.batch(s, s + 1000)).argmax(1) == torch.from_numpy(test.labels[s : s + 1000])).sum())
                       for s in range(0, len(test), 1000))
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.cpu().numpy().tobytes())
     meta = {"test_accuracy": correct / len(test), "epochs": epochs, "seed": seed, "feature_dim": FashionClassifier.feature_dim,
-            "fingerprint": "fmnist-cls-" + h.hexdigest()[:16]}
+            "fingerprint": state_fingerprint(model)}
     save_tensors(model.state_dict(), out / "model.safetensors")
     write_text(out / "config.json", json.dumps(meta, indent=2))
     return FashionFeatures(model, meta)
 
 
-def load_fashion_features(cache_dir: Path, data_root: str, progress: bool = True) -> FashionFeatures:
-    """The cached classifier, trained on first use (a few CPU minutes)."""
-    out = cache_dir / "fmnist_classifier"
-    if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
-        try:
-            model = FashionClassifier()
-            model.load_state_dict(read_tensors(out / "model.safetensors"))
-            meta = json.loads((out / "config.json").read_bytes().decode("utf-8"))
-            if isinstance(meta, dict) and "test_accuracy" in meta:
-                return FashionFeatures(model, meta)
-        except (IlctError, RuntimeError, ValueError):
-            pass
-        print(f"note: the cached classifier in {out} is damaged; training it again", file=sys.stderr)
-    print(f"training the Fashion-MNIST feature classifier (cached in {out})")
-    return train_fashion_classifier(data_root, out, progress=progress)
+PACKAGED = Path(__file__).with_name("fmnist_classifier.safetensors")  # the weights, float16 on disk
+PACKAGED_META = PACKAGED.with_suffix(".json")  # test accuracy, fingerprint, how it was made
+
+
+def state_fingerprint(model: nn.Module) -> str:
+    """A hash of the float32 state dict: the features' identity, recorded with every FID."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.cpu().numpy().tobytes())
+    return "fmnist-cls-" + h.hexdigest()[:16]
+
+
+def load_fashion_features(weights: Path = PACKAGED, meta_path: Path = PACKAGED_META) -> FashionFeatures:
+    """The classifier shipped with ilct: fixed weights, so the same features on every machine.
+
+    Trained once by `benchmarks/quality/fmnist_classifier.py` (train_fashion_classifier, then float16); a
+    classifier trained on each machine gave other features (another fingerprint) on another CPU."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        state = {k: v.float() if v.is_floating_point() else v for k, v in read_tensors(weights).items()}
+        model = FashionClassifier()
+        model.load_state_dict(state)
+    except (OSError, IlctError, RuntimeError, ValueError) as e:
+        raise IlctError(f"the Fashion-MNIST feature classifier {weights} cannot be read ({str(e).splitlines()[0]}); "
+                        "reinstall ilct") from None
+    if state_fingerprint(model) != meta.get("fingerprint"):
+        raise IlctError(f"the Fashion-MNIST feature classifier {weights} is damaged (its fingerprint is not "
+                        f"{meta.get('fingerprint')}); reinstall ilct")
+    return FashionFeatures(model, meta)
 
 
 def takes_return_features(net) -> bool:
