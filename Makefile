@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 EMOJI_FONT ?= /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
+CORE := $(VENV)/.ilct-core-installed
 STAMP := $(VENV)/.ilct-installed
 
 .PHONY: install data demo test ablation clean
@@ -14,8 +15,13 @@ $(PY):
 	@$(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): on Debian/Ubuntu run: apt-get install python3-venv"; exit 1; }
 
 # torch first (when none is importable), so that the project's `torch` requirement takes nothing else.
-$(STAMP): pyproject.toml | $(PY)
+# The demo needs only the core; the tests also take the extras (diffusers, sentence-transformers, av, ...).
+$(CORE): pyproject.toml | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e .
+	@touch $@
+
+$(STAMP): $(CORE)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $@
 
@@ -34,7 +40,7 @@ data:
 		echo "missing data; install it with: sudo apt-get install $$missing"; exit 1; \
 	fi
 
-demo: install data
+demo: $(CORE) data
 	$(VENV)/bin/ilct demo --data-dir "$(FMNIST_DIR)"
 
 test: install data
