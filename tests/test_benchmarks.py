@@ -477,6 +477,18 @@ def test_demo_report_gathers_the_demo_the_budgets_and_says_what_is_missing(tmp_p
     assert [(b["steps"], b["seconds"], b["fid"]["1"]) for b in report["budgets"]] == [(2000, 200.0, 9.0), (8000, 450.0, 4.0)]
     assert report["sweep"] == [] and report["missing"] == ["the sweep (benchmarks/quality/demo_sweep.py)",
                                                            "fmnist-ilct at 16x (32000 steps)"]
+    curves = [{"run": r, "step": k, "n": 2000, "fid": {"1": f, "2": f}, "recall": {"1": 0.4, "2": 0.4}}
+              for r, k, f in (("ilct", 2000, 7.0), ("ilct", 8000, 3.0), ("ict", 8000, 5.0), ("other", 2000, 1.0))]
+    (tmp_path / "stability.json").write_text(json.dumps({"machine": "m2", "curves": curves}))
+    proc = subprocess.run(script + args[:-4] + ["--stability", str(tmp_path / "stability.json"), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    rows = [(b["preset"], b["changes"], b["steps"], b["seconds"], b["fid"]["1"]) for b in report["budgets"]]
+    assert rows == [("fmnist-ict", {}, 8000, 1200.0, 5.0), ("fmnist-ilct", {}, 2000, 300.0, 7.0),
+                    ("fmnist-ilct", {}, 8000, 1200.0, 3.0)]  # seconds: steps x the demo's 300 s / 2000 steps
+    assert all(b["seconds_estimated"] and "m2" in b["features"] for b in report["budgets"])
+    assert "fmnist-ilct at 16x (32000 steps)" in report["missing"] and "fmnist-ict at 1x (2000 steps)" in report["missing"]
     summary["seconds"]["train"] = 0.0  # an `ilct demo` that reused its run measured no training
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     bad = subprocess.run(script + args, capture_output=True, text=True)

@@ -10,7 +10,9 @@ It measures nothing itself; it gathers what other commands measured, each with i
   --budget PRESET=RUN_DIR:EVAL_DIR  (repeatable) a run of PRESET trained past the demo's budget with its
                   checkpoints scored by `ilct eval --split test --steps 1,2` into EVAL_DIR/step_XXXXXXXXX.json
                   (as benchmarks/quality/stability.py does): the checkpoints at 1x, 4x and 16x the demo's steps
-                  become the budgets, with the training seconds from the run's log.
+                  become the budgets, with the training seconds from the run's log;
+  --stability     or benchmarks/quality/stability.py's JSON: its runs' checkpoints at those steps (their seconds
+                  estimated from the timed demo's training rate, as those runs shared the cores).
 
     python benchmarks/quality/demo_report.py --summary /tmp/demo-check/runs/demo/summary.json \\
         --make-demo-seconds 716 --sweep docs/results/demo_sweep.json \\
@@ -66,6 +68,33 @@ def budgets(specs: list[str]) -> tuple[list[dict], list[str]]:
     return out, missing
 
 
+STABILITY_RUNS = {"ict": ("fmnist-ict", {}), "ict-beta2": ("fmnist-ict", {"train.beta2": "0.99"}),
+                  "ilct": ("fmnist-ilct", {}), "ilct-beta2": ("fmnist-ilct", {"train.beta2": "0.99"}),
+                  "ilct-beta2-s1": ("fmnist-ilct", {"train.beta2": "0.99", "train.seed": "1"})}
+
+
+def stability_budgets(path: str, seconds_per_step: float) -> tuple[list[dict], list[str]]:
+    """1x, 4x and 16x rows from benchmarks/quality/stability.py's curves (checkpoints scored on the test split).
+
+    Those runs shared the cores with other jobs, so their own seconds are not speeds: a row's seconds are
+    estimated as steps x the timed demo's quiet training rate, and say so."""
+    study = json.loads(Path(path).read_text())
+    curves, features = study["curves"], f"the classifier cached where the study ran ({study.get('machine', '?')})"
+    out, missing = [], []
+    for run, (preset, changes) in STABILITY_RUNS.items():
+        for k in MULTIPLES:
+            steps = k * DEMO_STEPS
+            row = next((c for c in curves if c["run"] == run and c["step"] == steps), None)
+            if row is None:
+                missing.append(f"{preset} {changes or ''} at {k}x ({steps} steps)".replace("  ", " "))
+                continue
+            out.append({"preset": preset, "changes": changes, "multiple": k, "steps": steps,
+                        "seconds": round(steps * seconds_per_step, 1), "seconds_estimated": True, "run": f"{path}:{run}",
+                        "split": "test", "n": row["n"], "features": row.get("features_fingerprint", features),
+                        "fid": row["fid"], "recall": row["recall"]})
+    return out, missing
+
+
 def sweep_rows(path: str) -> tuple[list[dict], str | None, list[str]]:
     if not path or not Path(path).is_file():
         return [], None, ["the sweep (benchmarks/quality/demo_sweep.py)"]
@@ -84,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--machine", required=True, help="where make demo ran, in words (CPU, cores, torch)")
     p.add_argument("--sweep", default="", help="demo_sweep.py's JSON report")
     p.add_argument("--budget", action="append", default=[], metavar="PRESET=RUN_DIR:EVAL_DIR")
+    p.add_argument("--stability", default="", help="benchmarks/quality/stability.py's JSON (docs/results/stability.json): "
+                   "its 2,000-, 8,000- and 32,000-step checkpoints as budgets, seconds estimated from the demo's rate")
     p.add_argument("--out", default="docs/results/demo.json")
     args = p.parse_args(argv)
     if args.make_demo_seconds <= 0:
@@ -95,6 +126,10 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"{args.summary}: no quality step or no training seconds (an `ilct demo` that reused its run?)")
         sweep, winner, missing_sweep = sweep_rows(args.sweep)
         budget_rows, missing_budgets = budgets(args.budget)
+        if args.stability:
+            rate = summary["seconds"]["train"] / summary.get("train_steps", DEMO_STEPS)
+            rows, missing = stability_budgets(args.stability, rate)
+            budget_rows, missing_budgets = budget_rows + rows, missing_budgets + missing
     except (OSError, ValueError, KeyError) as e:  # json.JSONDecodeError is a ValueError
         p.error(str(e))
     report = {"command": "python " + " ".join(sys.argv), "make_demo_command": args.make_demo_command,
