@@ -63,6 +63,9 @@ CONFIGS: dict[str, tuple[list[str], int, str]] = {
     "lambda-diff-2.5": (["method.lambda_diff=2.5"], DEMO_AE_STEPS, "half the diffusion-loss weight"),
     "lambda-diff-10": (["method.lambda_diff=10"], DEMO_AE_STEPS, "twice the diffusion-loss weight"),
     "ae-2000": ([], 2000, "an autoencoder trained twice as long (a lower floor), paid for in DiT steps"),
+    # the second round: the one-change winners together (added after the first round's val scores)
+    "beta2-0.99+s1-80": (["train.beta2=0.99", "consistency.s1=80"], DEMO_AE_STEPS,
+                         "the two best single changes of the first round together"),
 }
 TINY_SETS = ["model.arch=DiT-T/4", "train.batch_size=8", "train.device=cpu"]
 # Keys that cannot change the work of a step (the same network, batch and number of forward passes): a
