@@ -493,3 +493,24 @@ def test_demo_report_gathers_the_demo_the_budgets_and_says_what_is_missing(tmp_p
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     bad = subprocess.run(script + args, capture_output=True, text=True)
     assert bad.returncode == 2 and "no training seconds" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_demo_report_joins_sweep_parts_and_takes_the_last_parts_winner(tmp_path):
+    summary = {"preset": "fmnist-ilct", "seconds": {"train": 300.0},
+               "quality": {"split": "test", "n": 2000, "features": "f", "fid": {"1": 1.5, "2": 2.5}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    row = lambda name, fid: {"name": name, "settings": {}, "autoencoder_steps": 1000, "steps": 2000,  # noqa: E731
+                             "val_fid": {"1": fid, "2": fid}}
+    parts = [("a.json", [row("base", 5.0), row("lr", 1.0)], "lr"), ("b.json", [row("base", 9.0), row("beta2", 3.0)], "beta2")]
+    for name, rows, winner in parts:
+        (tmp_path / name).write_text(json.dumps({"rows": rows, "winner": winner}))
+    out = tmp_path / "demo.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "demo_report.py"), "--summary",
+                           str(tmp_path / "summary.json"), "--make-demo-seconds", "700", "--machine", "m", "--sweep",
+                           str(tmp_path / "a.json"), "--sweep", str(tmp_path / "b.json"), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert [(r["name"], Path(r["sweep"]).name) for r in report["sweep"]] == [
+        ("base", "a.json"), ("lr", "a.json"), ("base", "b.json"), ("beta2", "b.json")]
+    assert report["sweep_winner"] == "beta2"  # not part a's lr: its val FID was measured against another base

@@ -6,7 +6,7 @@ It measures nothing itself; it gathers what other commands measured, each with i
                   2-step FID and recall on the test split, the autoencoder's floor, and the seconds of training;
   --make-demo-seconds  the wall time of that `make demo` (venv and install included), and --make-demo-command;
   --sweep         benchmarks/quality/demo_sweep.py's report: the configurations tried at the demo's CPU budget,
-                  scored on the validation split;
+                  scored on the validation split (repeatable: parts of one sweep; the last part's winner is it);
   --budget PRESET=RUN_DIR:EVAL_DIR  (repeatable) a run of PRESET trained past the demo's budget with its
                   checkpoints scored by `ilct eval --split test --steps 1,2` into EVAL_DIR/step_XXXXXXXXX.json
                   (as benchmarks/quality/stability.py does): the checkpoints at 1x, 4x and 16x the demo's steps
@@ -101,7 +101,7 @@ def sweep_rows(path: str) -> tuple[list[dict], str | None, list[str]]:
     report = json.loads(Path(path).read_text())
     rows = [{"name": r["name"], "settings": r["settings"], "autoencoder_steps": r["autoencoder_steps"],
              "steps": r["steps"], "val_fid": r.get("val_fid"), "val_recall": r.get("val_recall"),
-             "test_fid": r.get("test_fid")} for r in report["rows"]]
+             "test_fid": r.get("test_fid"), "sweep": path} for r in report["rows"]]
     return rows, report.get("winner"), [f"sweep: {r['name']} not scored" for r in rows if not r["val_fid"]]
 
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--make-demo-seconds", type=float, required=True, help="its wall time (time make demo)")
     p.add_argument("--make-demo-command", default="git clone <repo> /tmp/demo-check && cd /tmp/demo-check && time make demo")
     p.add_argument("--machine", required=True, help="where make demo ran, in words (CPU, cores, torch)")
-    p.add_argument("--sweep", default="", help="demo_sweep.py's JSON report")
+    p.add_argument("--sweep", action="append", default=[], help="demo_sweep.py's JSON report (repeatable: parts of one sweep)")
     p.add_argument("--budget", action="append", default=[], metavar="PRESET=RUN_DIR:EVAL_DIR")
     p.add_argument("--stability", default="", help="benchmarks/quality/stability.py's JSON (docs/results/stability.json): "
                    "its 2,000-, 8,000- and 32,000-step checkpoints as budgets, seconds estimated from the demo's rate")
@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> None:
         quality = summary.get("quality") or {}
         if not quality.get("fid") or not summary.get("seconds", {}).get("train"):
             raise ValueError(f"{args.summary}: no quality step or no training seconds (an `ilct demo` that reused its run?)")
-        sweep, winner, missing_sweep = sweep_rows(args.sweep)
+        parts = [sweep_rows(path) for path in args.sweep or [""]]
+        sweep, missing_sweep = [r for rows, _, _ in parts for r in rows], [m for _, _, miss in parts for m in miss]
+        winner = parts[-1][1]  # the last part decides: parts trained against other bases are not compared
         budget_rows, missing_budgets = budgets(args.budget)
         if args.stability:
             rate = summary["seconds"]["train"] / summary.get("train_steps", DEMO_STEPS)
