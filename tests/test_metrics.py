@@ -1,5 +1,6 @@
 """Frechet distance against closed forms, precision/recall on constructed point sets, extractors."""
 
+import lzma
 import numpy as np
 import pytest
 import torch
@@ -87,14 +88,17 @@ def test_the_packaged_classifier_classifies_real_test_images():
 def test_a_damaged_or_replaced_classifier_file_is_refused(tmp_path):
     meta = tmp_path / "c.json"
     meta.write_bytes(PACKAGED_META.read_bytes())
-    cut = tmp_path / "cut.safetensors"
+    cut = tmp_path / "cut.safetensors.xz"
     cut.write_bytes(PACKAGED.read_bytes()[:1000])
-    with pytest.raises(IlctError, match="cannot be read.*reinstall ilct"):
-        load_fashion_features(cut, meta)
-    other = tmp_path / "other.safetensors"
-    from ilct.files import save_tensors
+    not_xz = tmp_path / "plain.safetensors.xz"
+    not_xz.write_bytes(b"not xz at all")
+    for bad in (cut, not_xz, tmp_path / "missing.xz"):
+        with pytest.raises(IlctError, match="cannot be read.*reinstall ilct"):
+            load_fashion_features(bad, meta)
+    from safetensors.torch import save
 
-    save_tensors(FashionClassifier().state_dict(), other)  # readable, but not the recorded weights
+    other = tmp_path / "other.safetensors.xz"
+    other.write_bytes(lzma.compress(save(FashionClassifier().state_dict())))  # readable, but not the recorded weights
     with pytest.raises(IlctError, match="is damaged.*fmnist-cls-aa048943a97fb07e"):
         load_fashion_features(other, meta)
 

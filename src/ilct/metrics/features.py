@@ -2,7 +2,7 @@
 
 - `fmnist`: a small CNN classifier trained on the Fashion-MNIST training
   labels (no Inception weights can be downloaded offline), shipped with ilct
-  (`fmnist_classifier.safetensors`, its record in `fmnist_classifier.json`), so that
+  (`fmnist_classifier.safetensors.xz`, its record in `fmnist_classifier.json`), so that
   every machine has the same features. Its 256-d penultimate layer (before the
   ReLU) gives the features. Numbers computed with
   it are FID in Fashion-MNIST-classifier features, **not Inception FID**, and
@@ -26,17 +26,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
 from torch import nn
 from tqdm import tqdm
 
 from ilct.errors import IlctError
-from ilct.files import read_tensors, save_tensors, write_text
+from ilct.files import save_tensors, write_text
 
 
 class FashionClassifier(nn.Module):
@@ -138,8 +141,17 @@ def train_fashion_classifier(root: str, out: Path, epochs: int = 6, seed: int = 
     return FashionFeatures(model, meta)
 
 
-PACKAGED = Path(__file__).with_name("fmnist_classifier.safetensors")  # the weights, float16 on disk
-PACKAGED_META = PACKAGED.with_suffix(".json")  # test accuracy, fingerprint, how it was made
+PACKAGED = Path(__file__).with_name("fmnist_classifier.safetensors.xz")  # float16 weights, xz-compressed (< 2 MB)
+PACKAGED_META = Path(__file__).with_name("fmnist_classifier.json")  # test accuracy, fingerprint, how it was made
+
+
+def read_packed_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """An xz-compressed safetensors file, floats as float32."""
+    try:
+        state = load_safetensors(lzma.decompress(path.read_bytes()))
+    except (lzma.LZMAError, EOFError, SafetensorError) as e:
+        raise IlctError(f"cannot read {path}: {e}") from None
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def state_fingerprint(model: nn.Module) -> str:
@@ -158,7 +170,7 @@ def load_fashion_features(weights: Path = PACKAGED, meta_path: Path = PACKAGED_M
     classifier trained on each machine gave other features (another fingerprint) on another CPU."""
     try:
         meta = json.loads(meta_path.read_text())
-        state = {k: v.float() if v.is_floating_point() else v for k, v in read_tensors(weights).items()}
+        state = read_packed_tensors(weights)
         model = FashionClassifier()
         model.load_state_dict(state)
     except (OSError, IlctError, RuntimeError, ValueError) as e:
