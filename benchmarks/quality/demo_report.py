@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget", action="append", default=[], metavar="PRESET=RUN_DIR:EVAL_DIR")
     p.add_argument("--stability", default="", help="benchmarks/quality/stability.py's JSON (docs/results/stability.json): "
                    "its 2,000-, 8,000- and 32,000-step checkpoints as budgets, seconds estimated from the demo's rate")
+    p.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
     p.add_argument("--out", default="docs/results/demo.json")
     args = p.parse_args(argv)
     if args.make_demo_seconds <= 0:
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
               "features": quality.get("features"), "fid": quality["fid"], "recall": quality.get("recall"),
               "autoencoder_floor_fid": quality.get("autoencoder_floor_fid"),
               "sweep": sweep, "sweep_winner": winner, "budgets": budget_rows,
-              "missing": missing_sweep + missing_budgets}
+              "missing": missing_sweep + missing_budgets, "notes": args.note}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
