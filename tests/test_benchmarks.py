@@ -485,10 +485,12 @@ def test_demo_report_gathers_the_demo_the_budgets_and_says_what_is_missing(tmp_p
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     rows = [(b["preset"], b["changes"], b["steps"], b["seconds"], b["fid"]["1"]) for b in report["budgets"]]
-    assert rows == [("fmnist-ict", {}, 8000, 1200.0, 5.0), ("fmnist-ilct", {}, 2000, 300.0, 7.0),
-                    ("fmnist-ilct", {}, 8000, 1200.0, 3.0)]  # seconds: steps x the demo's 300 s / 2000 steps
+    old = {"consistency.s1": "160", "train.beta2": "0.999"}  # those runs as changes to today's presets
+    assert rows == [("fmnist-ict", old, 8000, 1200.0, 5.0), ("fmnist-ilct", old, 2000, 300.0, 7.0),
+                    ("fmnist-ilct", old, 8000, 1200.0, 3.0)]  # seconds: steps x the demo's 300 s / 2000 steps
     assert all(b["seconds_estimated"] and "m2" in b["features"] for b in report["budgets"])
-    assert "fmnist-ilct at 16x (32000 steps)" in report["missing"] and "fmnist-ict at 1x (2000 steps)" in report["missing"]
+    assert f"fmnist-ilct {old} at 16x (32000 steps)" in report["missing"]
+    assert f"fmnist-ict {old} at 1x (2000 steps)" in report["missing"]
     summary["seconds"]["train"] = 0.0  # an `ilct demo` that reused its run measured no training
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     bad = subprocess.run(script + args, capture_output=True, text=True)

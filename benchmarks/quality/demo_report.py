@@ -68,9 +68,11 @@ def budgets(specs: list[str]) -> tuple[list[dict], list[str]]:
     return out, missing
 
 
-STABILITY_RUNS = {"ict": ("fmnist-ict", {}), "ict-beta2": ("fmnist-ict", {"train.beta2": "0.99"}),
-                  "ilct": ("fmnist-ilct", {}), "ilct-beta2": ("fmnist-ilct", {"train.beta2": "0.99"}),
-                  "ilct-beta2-s1": ("fmnist-ilct", {"train.beta2": "0.99", "train.seed": "1"})}
+# the stability study's runs as changes to today's presets (s1 80 and beta2 0.99 since 2026-11-30; the study used s1 160)
+OLD = {"consistency.s1": "160", "train.beta2": "0.999"}
+STABILITY_RUNS = {"ict": ("fmnist-ict", OLD), "ict-beta2": ("fmnist-ict", {"consistency.s1": "160"}),
+                  "ilct": ("fmnist-ilct", OLD), "ilct-beta2": ("fmnist-ilct", {"consistency.s1": "160"}),
+                  "ilct-beta2-s1": ("fmnist-ilct", {"consistency.s1": "160", "train.seed": "1"})}
 
 
 def stability_budgets(path: str, seconds_per_step: float) -> tuple[list[dict], list[str]]:
@@ -86,7 +88,7 @@ def stability_budgets(path: str, seconds_per_step: float) -> tuple[list[dict], l
             steps = k * DEMO_STEPS
             row = next((c for c in curves if c["run"] == run and c["step"] == steps), None)
             if row is None:
-                missing.append(f"{preset} {changes or ''} at {k}x ({steps} steps)".replace("  ", " "))
+                missing.append(f"{preset} {changes} at {k}x ({steps} steps)")
                 continue
             out.append({"preset": preset, "changes": changes, "multiple": k, "steps": steps,
                         "seconds": round(steps * seconds_per_step, 1), "seconds_estimated": True, "run": f"{path}:{run}",
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget", action="append", default=[], metavar="PRESET=RUN_DIR:EVAL_DIR")
     p.add_argument("--stability", default="", help="benchmarks/quality/stability.py's JSON (docs/results/stability.json): "
                    "its 2,000-, 8,000- and 32,000-step checkpoints as budgets, seconds estimated from the demo's rate")
+    p.add_argument("--seconds-per-step", type=float, default=0.0,
+                   help="the training rate for --stability's estimates (default: the summary's, encoding included)")
     p.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
     p.add_argument("--out", default="docs/results/demo.json")
     args = p.parse_args(argv)
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         winner = parts[-1][1]  # the last part decides: parts trained against other bases are not compared
         budget_rows, missing_budgets = budgets(args.budget)
         if args.stability:
-            rate = summary["seconds"]["train"] / summary.get("train_steps", DEMO_STEPS)
+            rate = args.seconds_per_step or summary["seconds"]["train"] / summary.get("train_steps", DEMO_STEPS)
             rows, missing = stability_budgets(args.stability, rate)
             budget_rows, missing_budgets = budget_rows + rows, missing_budgets + missing
     except (OSError, ValueError, KeyError) as e:  # json.JSONDecodeError is a ValueError
