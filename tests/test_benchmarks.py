@@ -312,7 +312,7 @@ def load_stability():
 
 def test_stability_branches_are_one_switch_each_against_the_preset(tmp_path):
     st = load_stability()
-    ilct = load_config("fmnist-ilct")
+    ilct = load_config("fmnist-ilct", st.STUDY_SETS)  # the study's source: the preset as it was (s1 160, beta2 0.999)
     values = {name: change.split("=") for name, (change, _) in st.BRANCHES.items()}
     assert all(len(v) == 2 for v in values.values())
     assert values["fixed-c"] == ["method.adaptive_c", "false"] and ilct.method.adaptive_c
@@ -336,7 +336,11 @@ def test_stability_branches_are_one_switch_each_against_the_preset(tmp_path):
     assert {"consistency.c_floor=0", "train.beta2=0.99", "train.seed=1"} <= set(trains[4])  # the second seed
     assert "train.beta2=0.99" in trains[5] and not any("c_floor" in a for a in trains[5])  # iCT, same optimizer
     assert {"train.beta2=0.99", "train.seed=1"} <= set(trains[6]) and "train.seed=1" in trains[7]
-    assert not any("beta2" in a for a in trains[7])  # iCT's second seed as the preset is
+    assert [a for a in trains[7] if "beta2" in a] == ["train.beta2=0.999"]  # iCT's second seed, the study's setting
+    for c in trains[:8]:  # the study's setting first, so that a base's own changes override it
+        sets = [c[i + 1] for i, a in enumerate(c) if a == "--set"]
+        assert sets.index("consistency.s1=160") < sets.index("train.beta2=0.999") < len(sets)
+        assert all(sets.index("train.beta2=0.999") < sets.index(x) for x in sets if x == "train.beta2=0.99")
     source = str(tmp_path / "runs" / "ilct" / "checkpoints" / "step_000004000")
     branches = trains[8:]
     assert len(branches) == len(st.BRANCHES) and all(c[c.index("--branch-from") + 1] == source for c in branches)
@@ -450,6 +454,11 @@ def test_demo_sweep_probes_only_the_configurations_whose_step_costs_differ(tmp_p
     probed = sorted(line.split(" --out ")[1].split()[0].rsplit("/", 1)[1] for line in proc.stdout.splitlines()
                     if f"{tmp_path / 'probes'}/" in line)
     assert probed == ["base", "batch-32", "dit-t4"]
+    for line in (x for x in proc.stdout.splitlines() if " train " in x):  # the sweep's base: the preset as it was
+        sets = [a for a in line.split() if "=" in a and not a.startswith("--")]
+        assert sets.index("consistency.s1=160") < sets.index("train.beta2=0.999")
+        assert all(sets.index("train.beta2=0.999") < i for i, a in enumerate(sets) if a == "train.beta2=0.99")
+        assert all(sets.index("consistency.s1=160") < i for i, a in enumerate(sets) if a == "consistency.s1=80")
 
 
 def test_demo_report_gathers_the_demo_the_budgets_and_says_what_is_missing(tmp_path):
