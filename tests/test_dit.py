@@ -120,9 +120,11 @@ def test_fp32_outputs_are_what_they_were_before_the_fp32_final_layer():
     x, sig = seeded_inputs()
     out = net(x, 250 * sig.log())
     assert out.dtype == torch.float32
-    assert float(out.double().sum()) == pytest.approx(168.88995980471373, rel=1e-6)
+    # tolerances above fp32 rounding on any CPU (an AMX Xeon differs by 1.3e-6 from the recording AMD EPYC),
+    # far below what a change of the layer would move
+    assert float(out.double().sum()) == pytest.approx(168.88995980471373, rel=1e-5)
     assert out.flatten()[::61][:4].tolist() == pytest.approx([0.359481215, -0.610519111, -0.666381896, 0.786135554],
-                                                               abs=1e-6)
+                                                               abs=1e-5)
     # and bit for bit the old expression of the final layer, outside autocast
     fl = net.final_layer
     h, c = {}, net.t_embedder(250 * sig.log())
