@@ -27,15 +27,8 @@ import torch
 
 from ilct.data.fashion_mnist import load_fashion_mnist
 from ilct.files import read_tensors, save_tensors, write_text
-from ilct.metrics.features import PACKAGED, FashionClassifier, state_fingerprint, train_fashion_classifier
-
-
-def accuracy(model: FashionClassifier, root: str) -> float:
-    test = load_fashion_mnist(root, "test")
-    with torch.no_grad():
-        right = sum(int((model(test.batch(s, s + 1000)).argmax(1) == torch.from_numpy(test.labels[s : s + 1000])).sum())
-                    for s in range(0, len(test), 1000))
-    return right / len(test)
+from ilct.metrics.features import (PACKAGED, FashionClassifier, state_fingerprint, classifier_accuracy,
+                                   train_fashion_classifier)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in half.items()})
     model.eval()
     trained = json.loads((source / "config.json").read_text())
-    meta = {"test_accuracy": accuracy(model, args.data_dir), "epochs": trained["epochs"], "seed": trained["seed"],
+    meta = {"test_accuracy": classifier_accuracy(model, load_fashion_mnist(args.data_dir, "test")), "epochs": trained["epochs"], "seed": trained["seed"],
             "feature_dim": FashionClassifier.feature_dim, "fingerprint": state_fingerprint(model), "stored": "float16",
             "trained_fingerprint": trained["fingerprint"], "trained_test_accuracy": trained["test_accuracy"],
             "made": f"{date.today()}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "

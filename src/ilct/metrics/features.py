@@ -100,6 +100,14 @@ class FashionFeatures:
         return self.meta["fingerprint"]
 
 
+@torch.no_grad()
+def classifier_accuracy(model: FashionClassifier, test) -> float:
+    """The classifier's accuracy on a labelled Fashion-MNIST split."""
+    correct = sum(int((model(test.batch(s, s + 1000)).argmax(1) == torch.from_numpy(test.labels[s : s + 1000])).sum())
+                  for s in range(0, len(test), 1000))
+    return correct / len(test)
+
+
 def train_fashion_classifier(root: str, out: Path, epochs: int = 6, seed: int = 0, progress: bool = True) -> FashionFeatures:
     """Adam, batch 128, light augmentation (random shifts and flips); saves weights + accuracy."""
     from ilct.data.fashion_mnist import load_fashion_mnist
@@ -131,10 +139,7 @@ def train_fashion_classifier(root: str, out: Path, epochs: int = 6, seed: int = 
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     model.eval()
-    with torch.no_grad():
-        correct = sum(int((model(test.batch(s, s + 1000)).argmax(1) == torch.from_numpy(test.labels[s : s + 1000])).sum())
-                      for s in range(0, len(test), 1000))
-    meta = {"test_accuracy": correct / len(test), "epochs": epochs, "seed": seed, "feature_dim": FashionClassifier.feature_dim,
+    meta = {"test_accuracy": classifier_accuracy(model, test), "epochs": epochs, "seed": seed, "feature_dim": FashionClassifier.feature_dim,
             "fingerprint": state_fingerprint(model)}
     save_tensors(model.state_dict(), out / "model.safetensors")
     write_text(out / "config.json", json.dumps(meta, indent=2))
