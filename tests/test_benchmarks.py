@@ -448,7 +448,8 @@ def test_demo_sweep_tiny_run_scores_on_val_and_reports_the_winner_on_test(tmp_pa
 
 def test_demo_sweep_probes_only_the_configurations_whose_step_costs_differ(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "demo_sweep.py"), "--autoencoder", "ae",
-                           "--configs", "base,dit-t4,batch-32,lr-2e-3,s1-80,ema-0.999,ae-2000,beta2-0.99+s1-80", "--work", str(tmp_path),
+                           "--configs", "base,dit-t4,batch-32,lr-2e-3,s1-80,ema-0.999,ae-2000,beta2-0.99+s1-80,"
+                           "beta2-0.99+s1-80+cosine", "--work", str(tmp_path),
                            "--dry-run"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     probed = sorted(line.split(" --out ")[1].split()[0].rsplit("/", 1)[1] for line in proc.stdout.splitlines()

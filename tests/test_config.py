@@ -70,6 +70,8 @@ def test_yaml_round_trip(tmp_path):
         ("train.device=tpu", "train.device"),
         ("train.lr=nan", "train.lr"),
         ("train.warmup_steps=-1", "train.warmup_steps"),
+        ("train.lr_decay=step", "train.lr_decay"),
+        ("train.lr_final=1.5", "train.lr_final"),
     ],
 )
 def test_invalid_values_name_the_field(override, needle):

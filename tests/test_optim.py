@@ -1,6 +1,7 @@
 """The device-side skipping RAdam: torch.optim.RAdam's update, and a skipped step changes nothing."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 from ilct import flat
 from ilct.checkpoint import optimizer_from_files, optimizer_to_files
 from ilct.files import read_tensors, save_tensors
-from ilct.optim import RAdam, warmup_factor
+from ilct.optim import LR_DECAYS, RAdam, lr_factor, warmup_factor
 
 
 def net() -> torch.nn.Module:
@@ -83,6 +84,44 @@ def test_flat_weights_match_torch_radam_in_one_flat_update(compile_):
 def test_warmup_factor_golden_values():
     assert [warmup_factor(k, 4) for k in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert warmup_factor(0, 0) == warmup_factor(7, 0) == 1.0  # 0: no warm-up
+
+
+def test_lr_factor_golden_values():
+    # K = 10, W = 2: the warm-up's (k + 1) / 2, then 1 - p with p = (k - 2) / 8
+    assert [lr_factor(k, 10, 2, "linear") for k in range(10)] == pytest.approx(
+        [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
+    # cosine to 0.1: 0.1 + 0.9 (1 + cos(pi p)) / 2 at p = 0, 0.5, 0.9
+    assert [lr_factor(k, 10, 0, "cosine", 0.1) for k in (0, 5, 9)] == pytest.approx([1.0, 0.55, 0.1220245])
+    assert [lr_factor(k, 10, 2) for k in range(10)] == [warmup_factor(k, 2) for k in range(10)]  # "none"
+
+
+@pytest.mark.parametrize("decay", sorted(set(LR_DECAYS) - {"none"}))
+@pytest.mark.parametrize("final", [0.0, 0.3])
+def test_a_decay_falls_from_1_towards_the_final_fraction_after_the_warm_up(decay, final):
+    f = [lr_factor(k, 100, 10, decay, final) for k in range(100)]
+    assert f[:10] == [warmup_factor(k, 10) for k in range(10)] and f[10] == 1.0
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and final < f[-1] < final + 0.02
+
+
+def test_the_training_step_scales_its_update_by_the_decay():
+    from types import SimpleNamespace
+
+    from ilct.config import load_config
+    from ilct.step import training_step
+
+    def update(decay: str) -> torch.Tensor:  # the change of the weights at step k = 3 of K = 4
+        model, ema = net(), net()
+        opt = RAdam(model.parameters(), lr=1e-2)  # its first steps are unrectified: the change is lr m / bc1
+        objective = SimpleNamespace(loss=lambda m, b, s: SimpleNamespace(
+            loss=m(b.x).square().mean(), consistency=torch.zeros(()), diffusion=torch.zeros(())))
+        cfg = load_config("fmnist-ilct", ["train.total_steps=4", f"train.lr_decay={decay}"])
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        training_step(model, ema, opt, SimpleNamespace(x=torch.randn(4, 5, generator=torch.Generator().manual_seed(0))),
+                      objective, None, cfg, k=3)
+        return torch.cat([p.detach().flatten() for p in model.parameters()]) - before
+
+    torch.testing.assert_close(update("linear"), 0.25 * update("none"))  # 1 - 3/4
+    torch.testing.assert_close(update("cosine"), (0.5 * (1 + math.cos(0.75 * math.pi))) * update("none"))
 
 
 @pytest.mark.parametrize("kind", ["list", "flat", "flat-compiled"])

@@ -66,6 +66,17 @@ CONFIGS: dict[str, tuple[list[str], int, str]] = {
     # the second round: the one-change winners together (added after the first round's val scores)
     "beta2-0.99+s1-80": (["train.beta2=0.99", "consistency.s1=80"], DEMO_AE_STEPS,
                          "the two best single changes of the first round together"),
+    # the third round (2026-11-30, after the second): the pair with one more change each, or a step further
+    "beta2-0.95+s1-80": (["train.beta2=0.95", "consistency.s1=80"], DEMO_AE_STEPS,
+                         "beta2 a step further (its second moment over ~20 steps)"),
+    "beta2-0.99+s1-40": (["train.beta2=0.99", "consistency.s1=40"], DEMO_AE_STEPS,
+                         "s1 a step further (3 curriculum stages, N up to 41)"),
+    "beta2-0.99+s1-80+lambda-diff-2.5": (["train.beta2=0.99", "consistency.s1=80", "method.lambda_diff=2.5"],
+                                         DEMO_AE_STEPS, "the pair with the third-best single change"),
+    "beta2-0.99+s1-80+lr-2e-3": (["train.beta2=0.99", "consistency.s1=80", "train.lr=2.0e-3"], DEMO_AE_STEPS,
+                                 "the pair at twice the learning rate (which collapsed with beta2 0.999)"),
+    "beta2-0.99+s1-80+cosine": (["train.beta2=0.99", "consistency.s1=80", "train.lr_decay=cosine"], DEMO_AE_STEPS,
+                                "the pair with the learning rate decayed to 0 on a cosine"),
 }
 TINY_SETS = ["model.arch=DiT-T/4", "train.batch_size=8", "train.device=cpu"]
 # The sweep's base: fmnist-ilct as it was when the sweep ran (its winner moved the preset to s1 = 80 and
@@ -74,7 +85,7 @@ SWEEP_SETS = ["consistency.s1=160", "train.beta2=0.999"]
 # Keys that cannot change the work of a step (the same network, batch and number of forward passes): a
 # configuration that changes only these trains base's steps, since a probe of its own would only add the
 # probes' noise (about 10 % between identical configurations on a shared 2-core machine) to its budget.
-SAME_COST_KEYS = {"train.lr", "train.warmup_steps", "train.ema_decay", "train.beta2", "consistency.s0",
+SAME_COST_KEYS = {"train.lr", "train.warmup_steps", "train.lr_decay", "train.lr_final", "train.ema_decay", "train.beta2", "consistency.s0",
                   "consistency.s1", "consistency.c_floor", "method.lambda_diff"}
 
 
@@ -150,7 +161,8 @@ def budget(args, ilct: list[str]) -> dict[str, dict]:
     ablation.pool(probes, 1, args.dry_run)  # one at a time: the ratios are the budget
     if args.dry_run:
         print(f"then each configuration trains {args.budget_steps} x base's s/step / its own s/step steps "
-              "(base's steps where only the learning rate, EMA, beta2, curriculum, c floor or loss weight changes)")
+              "(base's steps where only the learning rate or its schedule, EMA, beta2, curriculum, c floor or "
+              "loss weight changes)")
         return {c: {"steps": 0} for c in names}
     rate = {c: known[c]["seconds_per_step"] if c in known else seconds_per_step(work / "probes" / c)
             for c in names if not same_cost(c)}

@@ -137,6 +137,8 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-4
     warmup_steps: int = 0  # the learning rate ramped linearly over the first W steps (0: none, the paper's; ilct.optim)
+    lr_decay: str = "none"  # none (the paper's) | linear | cosine: after the warm-up the lr falls towards lr_final (ilct.optim)
+    lr_final: float = 0.0  # with lr_decay: the lr reached at the end, as a fraction of train.lr
     weight_decay: float = 1e-4
     adam_eps: float = 1e-4
     beta1: float = 0.9
@@ -381,6 +383,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
 def validate(cfg: Config) -> None:
     """Range and cross-field checks; raises IlctError naming the first bad field."""
     from ilct.data import CLIP_DATASETS  # late import: the dataset registry lives with the data
+    from ilct.optim import LR_DECAYS  # late import: the learning-rate schedule lives with the optimizer
 
     def need(ok: bool, name: str, msg: str) -> None:
         if not ok:
@@ -456,6 +459,8 @@ def validate(cfg: Config) -> None:
     need(0.0 <= t.beta1 < 1.0, "train.beta1", "must be in [0, 1)")
     need(0.0 <= t.beta2 < 1.0, "train.beta2", "must be in [0, 1)")
     need(0 <= t.warmup_steps, "train.warmup_steps", "must be >= 0 (0: no warm-up)")
+    need(t.lr_decay in LR_DECAYS, "train.lr_decay", f"must be one of {', '.join(LR_DECAYS)}")
+    need(0.0 <= t.lr_final <= 1.0, "train.lr_final", "must be in [0, 1]")
     need(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
     need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
     need(t.log_every >= 1, "train.log_every", "must be >= 1")

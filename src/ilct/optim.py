@@ -27,8 +27,11 @@ The state keys (`step`, `exp_avg`, `exp_avg_sq`) are torch.optim.RAdam's, so
 checkpoints of either load into the other.
 
 An optional linear warm-up (`train.warmup_steps`, not in the paper: RAdam's rectification already damps the
-first updates) multiplies the learning rate by `warmup_factor(k, W)` = min(1, (k + 1) / W) at step k. It is
-a function of the step alone, so it is never saved and a resumed run continues it exactly.
+first updates) multiplies the learning rate by `warmup_factor(k, W)` = min(1, (k + 1) / W) at step k, and an
+optional decay after it (`train.lr_decay`, `train.lr_final`, not in the paper either, whose lr is constant)
+by f + (1 - f) d(p), p = (k - W) / (K - W) the fraction of the steps after the warm-up done, d one of
+LR_DECAYS (d(0) = 1, d(1) = 0) and f the final fraction: `lr_factor` is both. It is a function of the step
+alone, so it is never saved and a resumed run continues it exactly.
 """
 
 from __future__ import annotations
@@ -42,6 +45,23 @@ import torch
 def warmup_factor(k: int, warmup_steps: int) -> float:
     """The learning rate's multiplier at (0-based) step k: (k + 1) / W over the first W steps, then 1."""
     return 1.0 if warmup_steps <= 0 else min(1.0, (k + 1) / warmup_steps)
+
+
+# The shapes of the decay after the warm-up: d(p) for p in [0, 1], from d(0) = 1 to d(1) = 0.
+LR_DECAYS = {
+    "none": lambda p: 1.0,
+    "linear": lambda p: 1.0 - p,
+    "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
+}
+
+
+def lr_factor(k: int, total_steps: int, warmup_steps: int = 0, decay: str = "none", final: float = 0.0) -> float:
+    """The learning rate's multiplier at (0-based) step k of K = total_steps: warmup_factor(k, W) over the
+    first W steps, then f + (1 - f) d(p) with p = (k - W) / (K - W) and d = LR_DECAYS[decay] (1 for "none")."""
+    if k < warmup_steps or decay == "none":
+        return warmup_factor(k, warmup_steps)
+    p = min(1.0, (k - warmup_steps) / max(1, total_steps - warmup_steps))
+    return final + (1.0 - final) * LR_DECAYS[decay](p)
 
 
 def radam_update_(theta: list[torch.Tensor], g: list[torch.Tensor], m: list[torch.Tensor], v: list[torch.Tensor],

@@ -12,7 +12,7 @@ from ilct import faults, flat
 from ilct.batches import Batch
 from ilct.config import Config
 from ilct.objectives import Objective
-from ilct.optim import RAdam, warmup_factor
+from ilct.optim import RAdam, lr_factor
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -55,7 +55,7 @@ def training_step(
     else:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     bad = (~(torch.isfinite(grad_norm) & torch.isfinite(loss.detach()))).float()
-    opt.step(found_inf=bad, lr_scale=warmup_factor(k, t.warmup_steps))
+    opt.step(found_inf=bad, lr_scale=lr_factor(k, t.total_steps, t.warmup_steps, t.lr_decay, t.lr_final))
     ema_update(ema, unwrap(model), t.ema_decay, keep=1.0 - bad)
     values = torch.stack([terms.loss.detach().float(), terms.consistency.float(), terms.diffusion.float()])
     return torch.where(bad > 0, torch.zeros_like(values), values), bad
