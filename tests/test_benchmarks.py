@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from ilct.config import load_config
 
@@ -462,29 +463,56 @@ def test_demo_sweep_probes_only_the_configurations_whose_step_costs_differ(tmp_p
         assert all(sets.index("consistency.s1=160") < i for i, a in enumerate(sets) if a == "consistency.s1=80")
 
 
+def test_budgets_tiny_run_trains_each_budget_as_its_own_run_and_scores_its_quarters(tmp_path, tiny_autoencoder, fake_fmnist):
+    from test_eval import PoolDetector
+
+    import torch
+
+    detector = tmp_path / "inception-2015-12-05.pt"
+    torch.jit.script(PoolDetector()).save(str(detector))
+    out = tmp_path / "budgets.json"
+    argv = [sys.executable, str(ROOT / "benchmarks" / "quality" / "budgets.py"), "--tiny", "--autoencoder",
+            str(tiny_autoencoder), "--data-dir", str(fake_fmnist), "--presets", "fmnist-ilct", "--multiples", "1,2",
+            "--features", "inception", "--inception-weights", str(detector), "--cache-dir", str(tmp_path / "cache"),
+            "--work", str(tmp_path / "work"), "--out", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert "budgets.py" in report["command"] and report["machine"] and report["split"] == "test" and report["missing"] == []
+    assert [(r["preset"], r["multiple"], r["steps"]) for r in report["rows"]] == [("fmnist-ilct", 1, 4), ("fmnist-ilct", 2, 8)]
+    for r in report["rows"]:  # its own run (its curriculum over its own steps), scored at each quarter
+        cfg = yaml.safe_load((Path(r["run"]) / "config.yaml").read_text())
+        assert cfg["train"]["total_steps"] == r["steps"]
+        assert [p["step"] for p in r["curve"]] == [r["steps"] // 4 * (i + 1) for i in range(4)]
+        assert r["fid"] == r["curve"][-1]["fid"] and np.isfinite(list(r["fid"].values())).all() and r["seconds"] > 0
+    again = subprocess.run(argv, capture_output=True, text=True)  # run again: everything is there, nothing redone
+    assert again.returncode == 0 and json.loads(out.read_text())["rows"] == report["rows"]
+    bad = subprocess.run(argv[:2] + ["--autoencoder", "x", "--multiples", "4,x"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--multiples" in bad.stderr.strip().splitlines()[-1]
+
+
 def test_demo_report_gathers_the_demo_the_budgets_and_says_what_is_missing(tmp_path):
     summary = {"preset": "fmnist-ilct", "seconds": {"train": 300.0},
                "quality": {"split": "test", "n": 2000, "features": "f", "fid": {"1": 1.5, "2": 2.5},
                            "recall": {"1": 0.3, "2": 0.2}, "autoencoder_floor_fid": 0.5}}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
-    run, evals = tmp_path / "run", tmp_path / "eval"
-    run.mkdir()
-    evals.mkdir()
-    log = [{"step": 1000, "elapsed_s": 100.0}, {"step": 2000, "elapsed_s": 200.0}, {"event": "resume"},
-           {"step": 4000, "elapsed_s": 50.0}, {"step": 8000, "elapsed_s": 250.0}]  # resumed after step 2000
-    (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
-    for step, fid in ((2000, 9.0), (8000, 4.0)):
-        (evals / f"step_{step:09d}.json").write_text(json.dumps(
-            {"split": "test", "n": 2000, "fid": {"1": fid, "2": fid + 1}, "recall": {"1": 0.1, "2": 0.2}}))
+    row = lambda p, k, fid: {"preset": p, "multiple": k, "steps": 2000 * k, "run": f"r/{p}-{k}x", "sets": [],  # noqa: E731
+                             "seconds": 200.0 * k if fid else None, "fid": fid and {"1": fid, "2": fid + 1},
+                             "recall": fid and {"1": 0.1, "2": 0.2},
+                             "curve": [{"step": 2000 * k, "features": "f"}] if fid else []}
+    (tmp_path / "budgets.json").write_text(json.dumps({  # budgets.py's report: ilct at 16x not trained yet
+        "split": "test", "n": 2000, "parallel": 1, "rows": [row("fmnist-ilct", 1, 9.0), row("fmnist-ilct", 4, 4.0),
+                                                             row("fmnist-ilct", 16, None)],
+        "missing": ["fmnist-ilct at 16x (32000 steps)"]}))
     script = [sys.executable, str(ROOT / "benchmarks" / "quality" / "demo_report.py")]
     out = tmp_path / "demo.json"
     args = ["--summary", str(tmp_path / "summary.json"), "--make-demo-seconds", "700", "--machine", "m",
-            "--budget", f"fmnist-ilct={run}:{evals}", "--out", str(out)]
+            "--budgets", str(tmp_path / "budgets.json"), "--out", str(out)]
     proc = subprocess.run(script + args, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     assert report["fid"] == {"1": 1.5, "2": 2.5} and report["train_seconds"] == 300.0 and report["split"] == "test"
-    assert [(b["steps"], b["seconds"], b["fid"]["1"]) for b in report["budgets"]] == [(2000, 200.0, 9.0), (8000, 450.0, 4.0)]
+    assert [(b["steps"], b["seconds"], b["fid"]["1"]) for b in report["budgets"]] == [(2000, 200.0, 9.0), (8000, 800.0, 4.0)]
     assert report["sweep"] == [] and report["missing"] == ["the sweep (benchmarks/quality/demo_sweep.py)",
                                                            "fmnist-ilct at 16x (32000 steps)"]
     curves = [{"run": r, "step": k, "n": 2000, "fid": {"1": f, "2": f}, "recall": {"1": 0.4, "2": 0.4}}
@@ -496,11 +524,10 @@ def test_demo_report_gathers_the_demo_the_budgets_and_says_what_is_missing(tmp_p
     report = json.loads(out.read_text())
     rows = [(b["preset"], b["changes"], b["steps"], b["seconds"], b["fid"]["1"]) for b in report["budgets"]]
     old = {"consistency.s1": "160", "train.beta2": "0.999"}  # those runs as changes to today's presets
-    assert rows == [("fmnist-ict", old, 8000, 1200.0, 5.0), ("fmnist-ilct", old, 2000, 300.0, 7.0),
-                    ("fmnist-ilct", old, 8000, 1200.0, 3.0)]  # seconds: steps x the demo's 300 s / 2000 steps
-    assert all(b["seconds_estimated"] and "m2" in b["features"] for b in report["budgets"])
-    assert f"fmnist-ilct {old} at 16x (32000 steps)" in report["missing"]
-    assert f"fmnist-ict {old} at 1x (2000 steps)" in report["missing"]
+    # only each run's last checkpoint: its step 2,000 is not the 1x model (the curriculum scales with the run)
+    assert rows == [("fmnist-ict", old, 8000, 1200.0, 5.0), ("fmnist-ilct", old, 8000, 1200.0, 3.0)]
+    assert all(b["seconds_estimated"] and "m2" in b["features"] for b in report["budgets"])  # 300 s / 2000 steps
+    assert "fmnist-ict at 4x (8000 steps)" in report["missing"]  # no --budgets: all six budgets missing
     summary["seconds"]["train"] = 0.0  # an `ilct demo` that reused its run measured no training
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     bad = subprocess.run(script + args, capture_output=True, text=True)

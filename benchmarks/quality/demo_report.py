@@ -7,18 +7,17 @@ It measures nothing itself; it gathers what other commands measured, each with i
   --make-demo-seconds  the wall time of that `make demo` (venv and install included), and --make-demo-command;
   --sweep         benchmarks/quality/demo_sweep.py's report: the configurations tried at the demo's CPU budget,
                   scored on the validation split (repeatable: parts of one sweep; the last part's winner is it);
-  --budget PRESET=RUN_DIR:EVAL_DIR  (repeatable) a run of PRESET trained past the demo's budget with its
-                  checkpoints scored by `ilct eval --split test --steps 1,2` into EVAL_DIR/step_XXXXXXXXX.json
-                  (as benchmarks/quality/stability.py does): the checkpoints at 1x, 4x and 16x the demo's steps
-                  become the budgets, with the training seconds from the run's log;
-  --stability     or benchmarks/quality/stability.py's JSON: its runs' checkpoints at those steps (their seconds
-                  estimated from the timed demo's training rate, as those runs shared the cores).
+  --budgets       benchmarks/quality/budgets.py's report: a run of each preset at 1x, 4x and 16x the demo's
+                  steps, its last checkpoint scored by `ilct eval --split test --steps 1,2`, with its seconds;
+  --stability     and benchmarks/quality/stability.py's JSON: its base runs' last checkpoints (8,000 steps, with
+                  the presets' old s1 and beta2; seconds estimated from the timed demo's rate, as those runs
+                  shared the cores).
 
     python benchmarks/quality/demo_report.py --summary /tmp/demo-check/runs/demo/summary.json \\
         --make-demo-seconds 716 --sweep docs/results/demo_sweep.json \\
-        --budget fmnist-ilct=runs/stability/runs/ilct-beta2:runs/stability/eval/ilct-beta2 --out docs/results/demo.json
+        --budgets docs/results/budgets.json --out docs/results/demo.json
 
-A budget that has no scored checkpoint is left out, and `missing` lists what is not there yet.
+A budget whose run has no scored last checkpoint is left out, and `missing` lists what is not there yet.
 """
 
 from __future__ import annotations
@@ -32,40 +31,16 @@ DEMO_STEPS = 2000
 MULTIPLES = (1, 4, 16)
 
 
-def run_seconds(run: Path, step: int) -> float | None:
-    """Training seconds up to `step` from the run's log.jsonl (elapsed_s restarts when a run is resumed)."""
-    total, last = 0.0, 0.0
-    for line in (run / "log.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if "elapsed_s" not in row or "step" not in row:
-            continue
-        if row["elapsed_s"] < last:  # a new process: the previous one's clock ends at `last`
-            total += last
-        last = row["elapsed_s"]
-        if row["step"] >= step:
-            return round(total + last, 1)
-    return None  # the run never got there
-
-
-def budgets(specs: list[str]) -> tuple[list[dict], list[str]]:
-    out, missing = [], []
-    for spec in specs:
-        preset, _, dirs = spec.partition("=")
-        run, _, evals = dirs.partition(":")
-        if not (preset and run and evals):
-            raise ValueError(f"--budget expects PRESET=RUN_DIR:EVAL_DIR, got {spec!r}")
-        for k in MULTIPLES:
-            steps = k * DEMO_STEPS
-            result = Path(evals) / f"step_{steps:09d}.json"
-            seconds = run_seconds(Path(run), steps) if (Path(run) / "log.jsonl").is_file() else None
-            if not result.is_file() or seconds is None:
-                missing.append(f"{preset} at {k}x ({steps} steps)")
-                continue
-            m = json.loads(result.read_text())
-            out.append({"preset": preset, "multiple": k, "steps": steps, "seconds": seconds, "run": run,
-                        "split": m.get("split"), "n": m.get("n"), "fid": {s: m["fid"][s] for s in ("1", "2")},
-                        "recall": {s: m["recall"][s] for s in ("1", "2")}})
-    return out, missing
+def budgets(path: str) -> tuple[list[dict], list[str]]:
+    """The rows of benchmarks/quality/budgets.py's report: one run per preset and budget, its final checkpoint."""
+    if not path:
+        return [], [f"{p} at {k}x ({k * DEMO_STEPS} steps)" for k in MULTIPLES for p in ("fmnist-ict", "fmnist-ilct")]
+    report = json.loads(Path(path).read_text())
+    rows = [{"preset": r["preset"], "changes": dict(s.split("=", 1) for s in r.get("sets", [])),
+             "multiple": r["multiple"], "steps": r["steps"], "seconds": r["seconds"], "run": r["run"], "split": report["split"],
+             "n": report["n"], "parallel": report["parallel"], "features": r["curve"][-1].get("features"), "fid": r["fid"],
+             "recall": r["recall"], "source": path} for r in report["rows"] if r["fid"]]
+    return rows, list(report["missing"])
 
 
 # the stability study's runs as changes to today's presets (s1 80 and beta2 0.99 since 2026-11-30; the study used s1 160)
@@ -75,26 +50,26 @@ STABILITY_RUNS = {"ict": ("fmnist-ict", OLD), "ict-beta2": ("fmnist-ict", {"cons
                   "ilct-beta2-s1": ("fmnist-ilct", {"consistency.s1": "160", "train.seed": "1"})}
 
 
-def stability_budgets(path: str, seconds_per_step: float) -> tuple[list[dict], list[str]]:
-    """1x, 4x and 16x rows from benchmarks/quality/stability.py's curves (checkpoints scored on the test split).
+def stability_budgets(path: str, seconds_per_step: float) -> list[dict]:
+    """The last checkpoint of each of benchmarks/quality/stability.py's base runs (8,000 steps: the 4x budget),
+    scored on the test split. Only the last: a checkpoint inside a run is not the model of that budget, since
+    the curriculum's stages scale with the run's steps.
 
     Those runs shared the cores with other jobs, so their own seconds are not speeds: a row's seconds are
     estimated as steps x the timed demo's quiet training rate, and say so."""
     study = json.loads(Path(path).read_text())
     curves, features = study["curves"], f"the classifier cached where the study ran ({study.get('machine', '?')})"
-    out, missing = [], []
+    out = []
     for run, (preset, changes) in STABILITY_RUNS.items():
-        for k in MULTIPLES:
-            steps = k * DEMO_STEPS
-            row = next((c for c in curves if c["run"] == run and c["step"] == steps), None)
-            if row is None:
-                missing.append(f"{preset} {changes} at {k}x ({steps} steps)")
-                continue
-            out.append({"preset": preset, "changes": changes, "multiple": k, "steps": steps,
-                        "seconds": round(steps * seconds_per_step, 1), "seconds_estimated": True, "run": f"{path}:{run}",
-                        "split": "test", "n": row["n"], "features": row.get("features_fingerprint", features),
-                        "fid": row["fid"], "recall": row["recall"]})
-    return out, missing
+        points = [c for c in curves if c["run"] == run]
+        row = max(points, key=lambda c: c["step"]) if points else None
+        if row is None or row["step"] % DEMO_STEPS:
+            continue
+        out.append({"preset": preset, "changes": changes, "multiple": row["step"] // DEMO_STEPS, "steps": row["step"],
+                    "seconds": round(row["step"] * seconds_per_step, 1), "seconds_estimated": True,
+                    "run": f"{path}:{run}", "split": "test", "n": row["n"],
+                    "features": row.get("features_fingerprint", features), "fid": row["fid"], "recall": row["recall"]})
+    return out
 
 
 def sweep_rows(path: str) -> tuple[list[dict], str | None, list[str]]:
@@ -114,9 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--make-demo-command", default="git clone <repo> /tmp/demo-check && cd /tmp/demo-check && time make demo")
     p.add_argument("--machine", required=True, help="where make demo ran, in words (CPU, cores, torch)")
     p.add_argument("--sweep", action="append", default=[], help="demo_sweep.py's JSON report (repeatable: parts of one sweep)")
-    p.add_argument("--budget", action="append", default=[], metavar="PRESET=RUN_DIR:EVAL_DIR")
+    p.add_argument("--budgets", default="", help="benchmarks/quality/budgets.py's JSON (docs/results/budgets.json)")
     p.add_argument("--stability", default="", help="benchmarks/quality/stability.py's JSON (docs/results/stability.json): "
-                   "its 2,000-, 8,000- and 32,000-step checkpoints as budgets, seconds estimated from the demo's rate")
+                   "its base runs' last checkpoints as budgets, seconds estimated from the demo's rate")
     p.add_argument("--seconds-per-step", type=float, default=0.0,
                    help="the training rate for --stability's estimates (default: the summary's, encoding included)")
     p.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
@@ -132,11 +107,10 @@ def main(argv: list[str] | None = None) -> None:
         parts = [sweep_rows(path) for path in args.sweep or [""]]
         sweep, missing_sweep = [r for rows, _, _ in parts for r in rows], [m for _, _, miss in parts for m in miss]
         winner = parts[-1][1]  # the last part decides: parts trained against other bases are not compared
-        budget_rows, missing_budgets = budgets(args.budget)
+        budget_rows, missing_budgets = budgets(args.budgets)
         if args.stability:
             rate = args.seconds_per_step or summary["seconds"]["train"] / summary.get("train_steps", DEMO_STEPS)
-            rows, missing = stability_budgets(args.stability, rate)
-            budget_rows, missing_budgets = budget_rows + rows, missing_budgets + missing
+            budget_rows = budget_rows + stability_budgets(args.stability, rate)
     except (OSError, ValueError, KeyError) as e:  # json.JSONDecodeError is a ValueError
         p.error(str(e))
     report = {"command": "python " + " ".join(sys.argv), "make_demo_command": args.make_demo_command,
