@@ -43,7 +43,7 @@ def main() -> None:
     args = p.parse_args()
     t0 = time.time()
     cache = default_cache_dir()
-    extract = make_extractor("fmnist", cache, args.data_dir, None, progress=True)
+    extract = make_extractor("fmnist")
     train = load_fashion_mnist(args.data_dir, "train")
     test = load_fashion_mnist(args.data_dir, "test")
     real = reference_features(extract, train, cache)

@@ -65,7 +65,8 @@ def scores(real: np.ndarray, fake: np.ndarray, n_pr: int, seed: int, k: int = 3)
     return {"fid": frechet_distance(mu_f, s_f, mu_r, s_r), "precision": p, "recall": r}
 
 
-def make_extractor(kind: str, cache_dir: Path, data_root: str, inception_weights: str | None, progress: bool):
+def make_extractor(kind: str, inception_weights: str | None = None):
+    """The FID feature extractor: the Fashion-MNIST classifier shipped with ilct, or a TorchScript Inception file."""
     if kind == "fmnist":
         from ilct.metrics.features import load_fashion_features
 
@@ -186,7 +187,7 @@ def evaluate_run(
     points = eval_points(steps, taus, run.cfg)
     d, cons = run.cfg.data, run.cfg.consistency
     fm_root = d.root if d.dataset == "fashion_mnist" else DEFAULT_ROOT
-    extract = make_extractor(features, cache_dir, fm_root, inception_weights, progress)
+    extract = make_extractor(features, inception_weights)
     reference = reference_set(features, run.cfg, fm_root, ref_n, split)
     real = reference_features(extract, reference, cache_dir, progress)
     out: dict = {"fid": {}, "precision": {}, "recall": {}, "rows": [], "n": n, "seed": seed, "features": extract.name,

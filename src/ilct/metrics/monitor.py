@@ -57,7 +57,7 @@ class FidMonitor:
         self.steps = make_objective(cfg).grid_steps
         cache = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
         fm_root = d.root if d.dataset == "fashion_mnist" else DEFAULT_ROOT
-        self.extract = make_extractor(t.fid_features, cache, fm_root, t.fid_inception_weights or None, progress)
+        self.extract = make_extractor(t.fid_features, t.fid_inception_weights or None)
         reference = reference_set(t.fid_features, cfg, fm_root, None, "train")
         self.reference_name = f"{reference.name} ({len(reference)} images)"
         self.mu, self.sigma = feature_stats(reference_features(self.extract, reference, cache, progress))
