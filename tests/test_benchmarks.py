@@ -502,8 +502,8 @@ def test_demo_report_gathers_the_demo_the_budgets_and_says_what_is_missing(tmp_p
                              "curve": [{"step": 2000 * k, "features": "f"}] if fid else []}
     (tmp_path / "budgets.json").write_text(json.dumps({  # budgets.py's report: ilct at 16x not trained yet
         "split": "test", "n": 2000, "parallel": 1, "rows": [row("fmnist-ilct", 1, 9.0), row("fmnist-ilct", 4, 4.0),
-                                                             row("fmnist-ilct", 16, None)],
-        "missing": ["fmnist-ilct at 16x (32000 steps)"]}))
+                                                             row("fmnist-ilct", 16, None), row("fmnist-ict", 1, 8.0)],
+        "missing": ["fmnist-ilct at 16x (32000 steps)"]}))  # and iCT's 4x and 16x never asked for
     script = [sys.executable, str(ROOT / "benchmarks" / "quality" / "demo_report.py")]
     out = tmp_path / "demo.json"
     args = ["--summary", str(tmp_path / "summary.json"), "--make-demo-seconds", "700", "--machine", "m",
@@ -512,9 +512,11 @@ def test_demo_report_gathers_the_demo_the_budgets_and_says_what_is_missing(tmp_p
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     assert report["fid"] == {"1": 1.5, "2": 2.5} and report["train_seconds"] == 300.0 and report["split"] == "test"
-    assert [(b["steps"], b["seconds"], b["fid"]["1"]) for b in report["budgets"]] == [(2000, 200.0, 9.0), (8000, 800.0, 4.0)]
+    assert [(b["preset"], b["steps"], b["seconds"], b["fid"]["1"]) for b in report["budgets"]] == [
+        ("fmnist-ilct", 2000, 200.0, 9.0), ("fmnist-ilct", 8000, 800.0, 4.0), ("fmnist-ict", 2000, 200.0, 8.0)]
     assert report["sweep"] == [] and report["missing"] == ["the sweep (benchmarks/quality/demo_sweep.py)",
-                                                           "fmnist-ilct at 16x (32000 steps)"]
+                                                           "fmnist-ilct at 16x (32000 steps)", "fmnist-ict at 4x (8000 steps)",
+                                                           "fmnist-ict at 16x (32000 steps)"]
     curves = [{"run": r, "step": k, "n": 2000, "fid": {"1": f, "2": f}, "recall": {"1": 0.4, "2": 0.4}}
               for r, k, f in (("ilct", 2000, 7.0), ("ilct", 8000, 3.0), ("ict", 8000, 5.0), ("other", 2000, 1.0))]
     (tmp_path / "stability.json").write_text(json.dumps({"machine": "m2", "curves": curves}))

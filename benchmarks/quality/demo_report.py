@@ -40,7 +40,10 @@ def budgets(path: str) -> tuple[list[dict], list[str]]:
              "multiple": r["multiple"], "steps": r["steps"], "seconds": r["seconds"], "run": r["run"], "split": report["split"],
              "n": report["n"], "parallel": report["parallel"], "features": r["curve"][-1].get("features"), "fid": r["fid"],
              "recall": r["recall"], "source": path} for r in report["rows"] if r["fid"]]
-    return rows, list(report["missing"])
+    ran = {(r["preset"], r["multiple"]) for r in report["rows"]}  # budgets.py's missing: the runs it was asked for
+    presets = dict.fromkeys(r["preset"] for r in report["rows"])
+    return rows, list(report["missing"]) + [f"{p} at {k}x ({k * DEMO_STEPS} steps)" for k in MULTIPLES for p in presets
+                                            if (p, k) not in ran]
 
 
 # the stability study's runs as changes to today's presets (s1 80 and beta2 0.99 since 2026-11-30; the study used s1 160)
