@@ -450,14 +450,17 @@ def test_demo_sweep_tiny_run_scores_on_val_and_reports_the_winner_on_test(tmp_pa
 def test_demo_sweep_probes_only_the_configurations_whose_step_costs_differ(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "demo_sweep.py"), "--autoencoder", "ae",
                            "--configs", "base,dit-t4,batch-32,lr-2e-3,s1-80,ema-0.999,ae-2000,beta2-0.99+s1-80,"
-                           "beta2-0.99+s1-80+cosine", "--work", str(tmp_path),
+                           "beta2-0.99+s1-80+cosine,adm-t+beta2-0.99+s1-80+lr-2e-3", "--work", str(tmp_path),
                            "--dry-run"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     probed = sorted(line.split(" --out ")[1].split()[0].rsplit("/", 1)[1] for line in proc.stdout.splitlines()
                     if f"{tmp_path / 'probes'}/" in line)
-    assert probed == ["base", "batch-32", "dit-t4"]
+    # the UNet at 2e-3 is timed by the UNet's own probe: they differ only in the learning rate
+    assert probed == ["adm-t+beta2-0.99+s1-80", "base", "batch-32", "dit-t4"]
     for line in (x for x in proc.stdout.splitlines() if " train " in x):  # the sweep's base: the preset as it was
         sets = [a for a in line.split() if "=" in a and not a.startswith("--")]
+        assert sets.index("model.arch=DiT-T/2") < min(i for i, a in enumerate(sets) if a.startswith("consistency."))
+        assert all(sets.index("model.arch=DiT-T/2") < i for i, a in enumerate(sets) if a == "model.arch=ADM-T")
         assert sets.index("consistency.s1=160") < sets.index("train.beta2=0.999")
         assert all(sets.index("train.beta2=0.999") < i for i, a in enumerate(sets) if a == "train.beta2=0.99")
         assert all(sets.index("consistency.s1=160") < i for i, a in enumerate(sets) if a == "consistency.s1=80")
@@ -487,6 +490,9 @@ def test_budgets_tiny_run_trains_each_budget_as_its_own_run_and_scores_its_quart
         assert r["fid"] == r["curve"][-1]["fid"] and np.isfinite(list(r["fid"].values())).all() and r["seconds"] > 0
     again = subprocess.run(argv, capture_output=True, text=True)  # run again: everything is there, nothing redone
     assert again.returncode == 0 and json.loads(out.read_text())["rows"] == report["rows"]
+    other = subprocess.run(argv + ["--set", "train.batch_size=4"], capture_output=True, text=True)
+    assert other.returncode == 2 and "another --work" in other.stderr.strip().splitlines()[-1]  # not those runs
+    assert json.loads(out.read_text())["rows"] == report["rows"]  # and nothing written
     bad = subprocess.run(argv[:2] + ["--autoencoder", "x", "--multiples", "4,x"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--multiples" in bad.stderr.strip().splitlines()[-1]
 
@@ -525,11 +531,25 @@ def test_demo_report_gathers_the_demo_the_budgets_and_says_what_is_missing(tmp_p
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     rows = [(b["preset"], b["changes"], b["steps"], b["seconds"], b["fid"]["1"]) for b in report["budgets"]]
-    old = {"consistency.s1": "160", "train.beta2": "0.999"}  # those runs as changes to today's presets
+    old = {"model.arch": "DiT-T/2", "consistency.s1": "160", "train.beta2": "0.999"}  # as changes to today's presets
     # only each run's last checkpoint: its step 2,000 is not the 1x model (the curriculum scales with the run)
     assert rows == [("fmnist-ict", old, 8000, 1200.0, 5.0), ("fmnist-ilct", old, 8000, 1200.0, 3.0)]
     assert all(b["seconds_estimated"] and "m2" in b["features"] for b in report["budgets"])  # 300 s / 2000 steps
-    assert "fmnist-ict at 4x (8000 steps)" in report["missing"]  # no --budgets: all six budgets missing
+    from ilct.config import load_config
+
+    steps = load_config("fmnist-ilct", []).train.total_steps  # no --budgets: all six of today's budgets missing
+    assert f"fmnist-ict at 4x ({4 * steps} steps)" in report["missing"] and len(report["missing"]) == 1 + 6  # and the sweep
+    # --budgets again: an earlier preset's report adds its rows (its sets are their changes), not its missing
+    old_rows = [dict(row("fmnist-ilct", 4, 5.0), sets=["model.arch=DiT-T/2"])]
+    (tmp_path / "old.json").write_text(json.dumps({"split": "test", "n": 2000, "parallel": 2, "demo_steps": 2000,
+                                                   "rows": old_rows, "missing": ["fmnist-ict at 16x (32000 steps)"]}))
+    proc = subprocess.run(script + args[:-2] + ["--budgets", str(tmp_path / "old.json"), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert [(b["steps"], b["changes"]) for b in report["budgets"]][-1] == (8000, {"model.arch": "DiT-T/2"})
+    assert len(report["budgets"]) == 4 and "fmnist-ict at 16x (32000 steps)" in report["missing"]
+    assert "fmnist-ict at 4x (8000 steps)" in report["missing"]  # the first file's: its 2,000-step unit, no demo_steps
     summary["seconds"]["train"] = 0.0  # an `ilct demo` that reused its run measured no training
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     bad = subprocess.run(script + args, capture_output=True, text=True)

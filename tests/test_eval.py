@@ -51,10 +51,10 @@ def test_eval_reports_each_tau_for_two_steps(run_and_detector, tmp_path, capsys)
     assert res["reference_n"] == 256 and "(256 images)" in res["reference"]  # a built-in dataset: all of it
     printed = capsys.readouterr().out
     assert "2 step(s), tau 1.382: FID" in printed and "1 step(s): FID" in printed
-    # without --tau: one 2-step setting at the default tau (0.2, measured), recorded
+    # without --tau: one 2-step setting at the default tau (the authors' 1.382), recorded
     assert main(eval_args(run_and_detector, "--steps", "2", "--ref-n", "100", "--json", str(out))) == 0
     res = json.loads(out.read_text())
-    assert list(res["fid"]) == ["2"] and res["rows"][0]["sigmas"][1] == 0.2
+    assert list(res["fid"]) == ["2"] and res["rows"][0]["sigmas"][1] == pytest.approx(1.382, abs=5e-4)
     assert res["reference_n"] == 100
 
 

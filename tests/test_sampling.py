@@ -14,9 +14,9 @@ from ilct.sampling import consistency_sample, default_sigmas, per_sample_noise
 def test_default_sigmas():
     assert default_sigmas(1) == [80.0]
     two = default_sigmas(2)
-    assert two == [80.0, 0.2]  # measured (docs/results/tau_sweep.json)
-    authors = default_sigmas(2, sigma_min=0.5)  # 0.2 outside (sigma_min, sigma_max): the authors' grid value
-    assert authors[1] == pytest.approx(float(karras_sigmas(40, 0.5, 80.0, 7.0)[22]), rel=1e-12)
+    assert two[0] == 80.0 and two[1] == pytest.approx(1.382, abs=5e-4)  # the authors' tau (golden: 1.3821...)
+    other = default_sigmas(2, sigma_min=0.5)  # index 22 of the 40-level grid over the run's own sigma range
+    assert other[1] == pytest.approx(float(karras_sigmas(40, 0.5, 80.0, 7.0)[22]), rel=1e-12) and other[1] != two[1]
     four = default_sigmas(4)
     assert len(four) == 4 and four[0] == 80.0 and all(b < a for a, b in zip(four, four[1:])) and four[-1] > 0.002
 

@@ -1,7 +1,8 @@
 """Issue #16, item 6: the fmnist presets at 1x, 4x and 16x the demo's training budget, FID against wall-clock.
 
-Each budget is a run of its own, `ilct train --config PRESET --set train.total_steps=k x 2000`: the curriculum's
-stages scale with train.total_steps (K' = K / (log2(s1/s0) + 1)), so the step-2,000 checkpoint of a longer run
+Each budget is a run of its own, `ilct train --config PRESET --set train.total_steps=k x D`, where D is the demo's
+steps (the demo preset's train.total_steps, or --demo-steps): the curriculum's stages scale with
+train.total_steps (K' = K / (log2(s1/s0) + 1)), so the step-D checkpoint of a longer run
 is not what a user with the 1x budget gets. Every run keeps a checkpoint at each quarter of its steps, and every
 checkpoint is scored with `ilct eval --split test --steps 1,2 --n N` in the Fashion-MNIST classifier features,
 so a run also gives its own curve. All runs train on the demo's data (the whole training split, encoded with
@@ -33,7 +34,14 @@ from pathlib import Path
 
 from ilct.latents.directory import is_complete
 
-DEMO_STEPS = 2000  # the demo's training steps (the fmnist presets' train.total_steps)
+
+def demo_steps() -> int:
+    """The demo's training steps: its preset's train.total_steps (3,000 since the presets moved to ADM-T)."""
+    from ilct.config import load_config
+    from ilct.demo import PRESET
+
+    return load_config(PRESET, []).train.total_steps
+
 PRESETS = "fmnist-ict,fmnist-ilct"
 TINY_SETS = ["model.arch=DiT-T/4", "train.batch_size=8", "train.device=cpu"]
 
@@ -73,18 +81,43 @@ def steps_of(args, multiple: int) -> int:
     return multiple * args.demo_steps
 
 
-def train_cmd(args, ilct: list[str], name: str, preset: str, multiple: int) -> list[str]:
-    out, steps = Path(args.work) / "runs" / name, steps_of(args, multiple)
-    if (out / "config.yaml").exists():  # run again: go on where it stopped
-        return ilct + ["train", "--out", str(out), "--resume", "--no-progress"]
-    sets = [f"data.latents={Path(args.work) / 'latents'}", f"train.total_steps={steps}",
+def run_sets(args, multiple: int) -> list[str]:
+    steps = steps_of(args, multiple)
+    return [f"data.latents={Path(args.work) / 'latents'}", f"train.total_steps={steps}",
             f"train.ckpt_every={max(1, steps // 4)}", "train.keep_checkpoints=5", "train.sample_every=0",
             f"train.log_every={max(1, min(50, steps // 10))}"] + (TINY_SETS if args.tiny else []) + args.set
+
+
+def train_cmd(args, ilct: list[str], name: str, preset: str, multiple: int) -> list[str]:
+    out, sets = Path(args.work) / "runs" / name, run_sets(args, multiple)
+    if (out / "config.yaml").exists():  # run again: go on where it stopped (same_run checked it is this budget's)
+        return ilct + ["train", "--out", str(out), "--resume", "--no-progress"]
     cmd = ilct + ["train", "--config", preset, "--out", str(out), "--autoencoder", args.autoencoder, "--no-progress"]
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     for s in sets:
         cmd += ["--set", s]
     return cmd
+
+
+def same_runs(args) -> None:
+    """Exit 2 when a run folder in --work holds another configuration than the one asked for now (a preset that
+    changed since, or other --set): resuming or scoring it would report that run under this budget's name."""
+    import yaml
+
+    from ilct.config import load_config
+
+    for name, preset, multiple in runs(args):
+        run = Path(args.work) / "runs" / name
+        if not (run / "config.yaml").is_file():
+            continue
+        want = load_config(preset, [s for s in run_sets(args, multiple) if not s.startswith("train.device=")])
+        have = yaml.safe_load((run / "config.yaml").read_text())
+        for section, key in (("model", "arch"), ("train", "total_steps"), ("train", "batch_size"),
+                             ("consistency", "s1"), ("train", "beta2"), ("method", "metric")):
+            if have.get(section, {}).get(key) != getattr(getattr(want, section), key):
+                print(f"budgets.py: {run} was trained with {section}.{key} = {have.get(section, {}).get(key)!r}, not "
+                      f"{getattr(getattr(want, section), key)!r} as {preset} asks now: give another --work", file=sys.stderr)
+                sys.exit(2)
 
 
 def checkpoints(run: Path) -> list[tuple[int, Path]]:
@@ -138,7 +171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default="", help="Fashion-MNIST IDX files (default: the preset's data.root)")
     p.add_argument("--presets", default=PRESETS, help=f"comma-separated (default {PRESETS})")
     p.add_argument("--multiples", default="1,4,16", help="budgets in multiples of --demo-steps (default 1,4,16)")
-    p.add_argument("--demo-steps", type=int, default=DEMO_STEPS, help="the 1x budget in steps")
+    p.add_argument("--demo-steps", type=int, default=0, help="the 1x budget in steps (default: the demo preset's)")
     p.add_argument("--set", action="append", default=[], help="a config change for every run (repeatable)")
     p.add_argument("--n", type=int, default=2000, help="samples per FID")
     p.add_argument("--parallel", type=int, default=1, help="jobs at once (1: the seconds are speeds)")
@@ -157,6 +190,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--multiples must be comma-separated integers, got {args.multiples!r}")
     if not args.presets or not args.multiples or min(args.multiples) < 1:
         p.error("--presets and --multiples must name at least one preset and budget, each multiple >= 1")
+    args.demo_steps = args.demo_steps or demo_steps()
     if args.demo_steps < 1 or args.n < 10 or args.parallel < 1:
         p.error("--demo-steps and --parallel must be >= 1 and --n >= 10")
     if args.tiny:
@@ -172,8 +206,10 @@ def main(argv: list[str] | None = None) -> None:
                      str(work / "latents"), "--no-progress"] + (["--device", "cpu"] if args.tiny else [])
     if args.dry_run:
         print(" ".join(encode))
-    elif not is_complete(work / "latents"):
-        subprocess.run(encode, check=True)
+    else:
+        same_runs(args)
+        if not is_complete(work / "latents"):
+            subprocess.run(encode, check=True)
     jobs = [(f"train {name}", train_cmd(args, ilct, name, preset, m), work / "logs" / f"{name}.train.log")
             for name, preset, m in runs(args)
             if not (work / "runs" / name / "checkpoints" / f"step_{steps_of(args, m):09d}" / "state.json").is_file()]

@@ -27,30 +27,41 @@ import json
 import sys
 from pathlib import Path
 
-DEMO_STEPS = 2000
 MULTIPLES = (1, 4, 16)
+DIT_DEMO_STEPS = 2000  # the demo's steps while the presets used DiT-T/2 (until 2026-11-30): the stability study's unit
+
+
+def demo_steps() -> int:
+    from ilct.config import load_config
+    from ilct.demo import PRESET
+
+    return load_config(PRESET, []).train.total_steps
 
 
 def budgets(path: str) -> tuple[list[dict], list[str]]:
-    """The rows of benchmarks/quality/budgets.py's report: one run per preset and budget, its final checkpoint."""
+    """The rows of benchmarks/quality/budgets.py's report: one run per preset and budget, its final checkpoint.
+    `missing` names the budgets of today's presets that no run measured."""
     if not path:
-        return [], [f"{p} at {k}x ({k * DEMO_STEPS} steps)" for k in MULTIPLES for p in ("fmnist-ict", "fmnist-ilct")]
+        return [], [f"{p} at {k}x ({k * demo_steps()} steps)" for k in MULTIPLES for p in ("fmnist-ict", "fmnist-ilct")]
     report = json.loads(Path(path).read_text())
+    unit = report.get("demo_steps", DIT_DEMO_STEPS)
     rows = [{"preset": r["preset"], "changes": dict(s.split("=", 1) for s in r.get("sets", [])),
              "multiple": r["multiple"], "steps": r["steps"], "seconds": r["seconds"], "run": r["run"], "split": report["split"],
              "n": report["n"], "parallel": report["parallel"], "features": r["curve"][-1].get("features"), "fid": r["fid"],
              "recall": r["recall"], "source": path} for r in report["rows"] if r["fid"]]
     ran = {(r["preset"], r["multiple"]) for r in report["rows"]}  # budgets.py's missing: the runs it was asked for
     presets = dict.fromkeys(r["preset"] for r in report["rows"])
-    return rows, list(report["missing"]) + [f"{p} at {k}x ({k * DEMO_STEPS} steps)" for k in MULTIPLES for p in presets
+    return rows, list(report["missing"]) + [f"{p} at {k}x ({k * unit} steps)" for k in MULTIPLES for p in presets
                                             if (p, k) not in ran]
 
 
-# the stability study's runs as changes to today's presets (s1 80 and beta2 0.99 since 2026-11-30; the study used s1 160)
-OLD = {"consistency.s1": "160", "train.beta2": "0.999"}
-STABILITY_RUNS = {"ict": ("fmnist-ict", OLD), "ict-beta2": ("fmnist-ict", {"consistency.s1": "160"}),
-                  "ilct": ("fmnist-ilct", OLD), "ilct-beta2": ("fmnist-ilct", {"consistency.s1": "160"}),
-                  "ilct-beta2-s1": ("fmnist-ilct", {"consistency.s1": "160", "train.seed": "1"})}
+# the stability study's runs as changes to today's presets (ADM-T, s1 80 and beta2 0.99 since 2026-11-30; the study
+# used DiT-T/2 and s1 160)
+DIT = {"model.arch": "DiT-T/2", "consistency.s1": "160"}
+OLD = {**DIT, "train.beta2": "0.999"}
+STABILITY_RUNS = {"ict": ("fmnist-ict", OLD), "ict-beta2": ("fmnist-ict", DIT),
+                  "ilct": ("fmnist-ilct", OLD), "ilct-beta2": ("fmnist-ilct", DIT),
+                  "ilct-beta2-s1": ("fmnist-ilct", {**DIT, "train.seed": "1"})}
 
 
 def stability_budgets(path: str, seconds_per_step: float) -> list[dict]:
@@ -66,9 +77,9 @@ def stability_budgets(path: str, seconds_per_step: float) -> list[dict]:
     for run, (preset, changes) in STABILITY_RUNS.items():
         points = [c for c in curves if c["run"] == run]
         row = max(points, key=lambda c: c["step"]) if points else None
-        if row is None or row["step"] % DEMO_STEPS:
+        if row is None or row["step"] % DIT_DEMO_STEPS:
             continue
-        out.append({"preset": preset, "changes": changes, "multiple": row["step"] // DEMO_STEPS, "steps": row["step"],
+        out.append({"preset": preset, "changes": changes, "multiple": row["step"] // DIT_DEMO_STEPS, "steps": row["step"],
                     "seconds": round(row["step"] * seconds_per_step, 1), "seconds_estimated": True,
                     "run": f"{path}:{run}", "split": "test", "n": row["n"],
                     "features": row.get("features_fingerprint", features), "fid": row["fid"], "recall": row["recall"]})
@@ -92,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--make-demo-command", default="git clone <repo> /tmp/demo-check && cd /tmp/demo-check && time make demo")
     p.add_argument("--machine", required=True, help="where make demo ran, in words (CPU, cores, torch)")
     p.add_argument("--sweep", action="append", default=[], help="demo_sweep.py's JSON report (repeatable: parts of one sweep)")
-    p.add_argument("--budgets", default="", help="benchmarks/quality/budgets.py's JSON (docs/results/budgets.json)")
+    p.add_argument("--budgets", action="append", default=[],
+                   help="benchmarks/quality/budgets.py's JSON (docs/results/budgets.json; repeatable: the budgets of "
+                        "earlier presets too, their rows' changes saying how they differ)")
     p.add_argument("--stability", default="", help="benchmarks/quality/stability.py's JSON (docs/results/stability.json): "
                    "its base runs' last checkpoints as budgets, seconds estimated from the demo's rate")
     p.add_argument("--seconds-per-step", type=float, default=0.0,
@@ -110,9 +123,10 @@ def main(argv: list[str] | None = None) -> None:
         parts = [sweep_rows(path) for path in args.sweep or [""]]
         sweep, missing_sweep = [r for rows, _, _ in parts for r in rows], [m for _, _, miss in parts for m in miss]
         winner = parts[-1][1]  # the last part decides: parts trained against other bases are not compared
-        budget_rows, missing_budgets = budgets(args.budgets)
+        parts = [budgets(path) for path in args.budgets or [""]]
+        budget_rows, missing_budgets = [r for rows, _ in parts for r in rows], parts[0][1]  # the first: today's
         if args.stability:
-            rate = args.seconds_per_step or summary["seconds"]["train"] / summary.get("train_steps", DEMO_STEPS)
+            rate = args.seconds_per_step or summary["seconds"]["train"] / summary.get("train_steps", DIT_DEMO_STEPS)
             budget_rows = budget_rows + stability_budgets(args.stability, rate)
     except (OSError, ValueError, KeyError) as e:  # json.JSONDecodeError is a ValueError
         p.error(str(e))
