@@ -53,7 +53,8 @@ class UNetSize:
 
 
 UNET_SIZES: dict[str, UNetSize] = {
-    # A guess sized for CPU tests on 8x8x4 latents (levels 8x8 and 4x4, attention at 4x4).
+    # A guess sized for CPU tests on 8x8x4 latents (levels 8x8 and 4x4, attention at 4x4); since the demo
+    # sweep (docs/stability.md) also the fmnist presets' backbone: at equal CPU time it beat DiT-T/2 and ADM-S.
     "ADM-T": UNetSize(32, (1, 2), 1, (2,)),
     # Sized like DiT-T/2 (4.17M parameters), the CPU presets' backbone, for comparisons on their 8x8
     # latents (benchmarks/quality/unet_vs_dit.py): 4.59M. Not from the authors.
