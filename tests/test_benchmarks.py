@@ -340,7 +340,7 @@ def test_stability_branches_are_one_switch_each_against_the_preset(tmp_path):
     assert [a for a in trains[7] if "beta2" in a] == ["train.beta2=0.999"]  # iCT's second seed, the study's setting
     for c in trains[:8]:  # the study's setting first, so that a base's own changes override it
         sets = [c[i + 1] for i, a in enumerate(c) if a == "--set"]
-        assert sets.index("consistency.s1=160") < sets.index("train.beta2=0.999") < len(sets)
+        assert sets.index("model.arch=DiT-T/2") < sets.index("consistency.s1=160") < sets.index("train.beta2=0.999")
         assert all(sets.index("train.beta2=0.999") < sets.index(x) for x in sets if x == "train.beta2=0.99")
     source = str(tmp_path / "runs" / "ilct" / "checkpoints" / "step_000004000")
     branches = trains[8:]

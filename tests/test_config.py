@@ -47,7 +47,7 @@ def test_yaml_round_trip(tmp_path):
     # a YAML file can name a preset as its base
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump({"base": "fmnist-ict", "train": {"batch_size": 32}}))
     mine = load_config(str(tmp_path / "mine.yaml"))
-    assert mine.train.batch_size == 32 and mine.model.arch == "DiT-T/2"
+    assert mine.train.batch_size == 32 and mine.model.arch == load_config("fmnist-ict").model.arch == "ADM-T"
 
 
 @pytest.mark.parametrize(

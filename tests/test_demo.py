@@ -57,3 +57,23 @@ def test_demo_stopped_by_a_signal_writes_no_summary(tmp_path, fake_fmnist, monke
     assert not (out / "summary.json").exists() and not (out / "samples_1step.png").exists()
     monkeypatch.setattr(ilct.train, "train", real_train)
     assert main(demo_args(out, fake_fmnist, "--quality-n", "0")) == 0 and (out / "summary.json").is_file()
+
+
+def test_demo_keeps_a_run_of_an_earlier_preset(tmp_path, fake_fmnist, monkeypatch, capsys):
+    """After an upgrade that changed the preset (its backbone, steps, ...), the demo's old run folder is neither
+    resumed with the new settings nor overwritten: one error line, exit 2, and the way on."""
+    import yaml
+
+    monkeypatch.setenv("ILCT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(demo_args(out, fake_fmnist, "--quality-n", "0")) == 0
+    config = out / "run" / "config.yaml"
+    old = yaml.safe_load(config.read_text())
+    old["model"]["arch"] = "DiT-T/4"  # what an earlier fmnist-ilct would have written
+    config.write_text(yaml.safe_dump(old))
+    before = {p: p.read_bytes() for p in (out / "run").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(demo_args(out, fake_fmnist, "--quality-n", "0", "--steps", "6")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "earlier fmnist-ilct (other model.arch" in err[0] and "mv " in err[0]
+    assert {p: p.read_bytes() for p in (out / "run").rglob("*") if p.is_file()} == before

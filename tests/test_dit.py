@@ -230,10 +230,10 @@ def test_the_config_passes_the_dit_options_to_the_network():
     from ilct.config import load_config
     from ilct.run import build_model
 
-    net = build_model(load_config("fmnist-ilct", ["model.mlp_act=relu", "model.qkv_bias=false",
+    net = build_model(load_config("fmnist-ilct", ["model.arch=DiT-T/2", "model.mlp_act=relu", "model.qkv_bias=false",
                                                   "model.norm_eps=1e-5"])).net
     assert all(isinstance(b.mlp.act, torch.nn.ReLU) and b.attn.qkv.bias is None for b in net.blocks)
     assert net.blocks[0].norm1.eps == 1e-5 and net.blocks[0].attn.q_norm.eps == 1e-5
-    default = build_model(load_config("fmnist-ilct")).net
+    default = build_model(load_config("fmnist-ilct", ["model.arch=DiT-T/2"])).net
     assert isinstance(default.blocks[0].mlp.act, torch.nn.GELU) and default.blocks[0].mlp.act.approximate == "tanh"
     assert default.blocks[0].attn.qkv.bias is not None and default.blocks[0].norm1.eps == 1e-6

@@ -93,8 +93,8 @@ def test_bf16_residual_needs_bf16():
     from ilct.errors import IlctError
 
     with pytest.raises(IlctError, match="train.bf16_residual needs train.precision=bf16"):
-        load_config("fmnist-ilct", ["train.bf16_residual=true"])
-    assert load_config("fmnist-ilct", ["train.precision=bf16", "train.bf16_residual=true"]).train.bf16_residual
+        load_config("fmnist-ilct", ["model.arch=DiT-T/2", "train.bf16_residual=true"])
+    assert load_config("fmnist-ilct", ["model.arch=DiT-T/2", "train.precision=bf16", "train.bf16_residual=true"]).train.bf16_residual
 
 
 def test_cuda_graphs_need_compile_and_fall_back_to_compiled_blocks_on_a_cpu(tmp_path, tiny_autoencoder, fake_fmnist,

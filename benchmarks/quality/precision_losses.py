@@ -1,6 +1,6 @@
 """Training losses with the precision switches, against fp32: does a switch change training?
 
-Trains the `fmnist-ilct` preset once per setting, from the same seed (so every
+Trains the `fmnist-ilct` preset (with --arch, DiT-T/2 by default) once per setting, from the same seed (so every
 step draws the same batch, noise and levels), and compares each run's logged
 losses (the mean over each `--log-every` window) with the first setting's.
 Rounding differences grow over training as the weights drift apart, so what to
@@ -52,6 +52,8 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--device", default="cpu")
     p.add_argument("--settings", default=DEFAULT_SETTINGS)
+    p.add_argument("--arch", default="DiT-T/2", help="model.arch (default DiT-T/2: the fmnist presets' backbone when "
+                   "this was measured; train.bf16_residual is a DiT switch, and the presets now use ADM-T)")
     p.add_argument("--work", default="runs/precision_losses", help="run directories (replaced)")
     p.add_argument("--out", default="", help="also write the JSON report to this file")
     args = p.parse_args()
@@ -66,7 +68,8 @@ def main() -> None:
                "--data-dir", args.data_dir, "--out", str(run), "--force", "--no-progress",
                "--set", f"train.total_steps={args.steps}", "--set", f"train.log_every={args.log_every}",
                "--set", "train.sample_every=0", "--set", f"train.ckpt_every={args.steps}",
-               "--set", f"train.device={args.device}", "--set", f"data.cache_dir={work / 'cache'}"]
+               "--set", f"train.device={args.device}", "--set", f"data.cache_dir={work / 'cache'}",
+               "--set", f"model.arch={args.arch}"]
         for kv in overrides:
             cmd += ["--set", kv]
         t0 = time.perf_counter()

@@ -41,9 +41,10 @@ from ilct.latents.directory import is_complete
 # The base runs: (preset, its changes). "ilct" is the paper's schedule (c_floor 0, whatever the preset says);
 # "ilct-floor" the adaptive c never below the fixed c (consistency.c_floor=1): a candidate fix that failed,
 # measured in docs/stability.md.
-# The study's setting: the fmnist presets as they were when it ran (they moved to s1 = 80 and beta2 = 0.99 on
-# 2026-11-30, the demo sweep's choice), first in every base run's changes, so the study repeats as measured.
-STUDY_SETS = ["consistency.s1=160", "train.beta2=0.999"]
+# The study's setting: the fmnist presets as they were when it ran (on 2026-11-30 they moved to beta2 = 0.99, and
+# from DiT-T/2 to the ADM-T UNet: the demo sweep's choices), first in every base run's changes, so the study
+# repeats as measured.
+STUDY_SETS = ["model.arch=DiT-T/2", "consistency.s1=160", "train.beta2=0.999"]
 BASES: dict[str, tuple[str, list[str]]] = {
     "ict": ("fmnist-ict", []),
     "ilct": ("fmnist-ilct", ["consistency.c_floor=0"]),

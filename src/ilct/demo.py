@@ -56,6 +56,8 @@ def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int =
     cfg = load_config(PRESET, overrides)
     run_dir = out / "run"
     resume = (run_dir / CONFIG_FILE).is_file()
+    if resume:
+        check_same_preset(cfg, run_dir)
     latest = latest_checkpoint(run_dir) if resume else None
     if latest is not None and latest.name == f"step_{cfg.train.total_steps:09d}":
         print(f"[demo] reusing the finished run in {run_dir}")
@@ -111,6 +113,23 @@ def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int =
         print(f"[demo]   the autoencoder's floor (its reconstructions of {q['n']} test images): FID "
               f"{q['autoencoder_floor_fid']:.2f}")
     return summary
+
+
+def check_same_preset(cfg, run_dir: Path) -> None:
+    """A run left by an earlier version of the preset (its settings changed since: another backbone, steps, ...)
+    is kept as it is, not resumed with other settings: the demo stops and says how to go on."""
+    import copy
+
+    from ilct.build import absolute_paths
+    from ilct.errors import IlctError
+    from ilct.runfolder import changed_settings
+
+    wanted = copy.deepcopy(cfg)
+    absolute_paths(wanted)  # as train() compares them: the run's config holds absolute paths
+    changed = changed_settings(wanted, run_dir)
+    if changed:
+        raise IlctError(f"{run_dir} holds a run of an earlier {PRESET} (other {', '.join(changed[:4])}); it is kept: "
+                        f"move it away (mv {run_dir} {run_dir}.old) and run the demo again, or give another --out")
 
 
 def measure_quality(run, data_dir: str, n: int, progress: bool = True) -> dict:

@@ -160,15 +160,21 @@ def saved_config(run_dir: str | Path, overrides: list[str]) -> Config:
     return from_dict(merge_raw(config_from_yaml_file(path).to_dict(), parse_overrides(overrides)))
 
 
+def changed_settings(cfg: Config, run_dir: Path) -> list[str]:
+    """The keys other than run-time ones in which `cfg` differs from the run's own config (which must exist)."""
+    saved = config_from_yaml_file(run_dir / CONFIG_FILE)
+    wanted = replace(cfg, model=replace(cfg.model, in_channels=saved.model.in_channels, input_size=saved.model.input_size,
+                                        frames=saved.model.frames),
+                     branch=saved.branch)  # a branched run's record (ilct.branch) stays as it was written
+    return [k for k in _changed_keys(saved, wanted) if k not in RUNTIME_KEYS]
+
+
 def resume_config(cfg: Config, run_dir: Path) -> Config:
     """The run's own config, with the run-time keys the user gives now; other differences are refused."""
     if not (run_dir / CONFIG_FILE).is_file():
         raise IlctError(f"--resume: {run_dir} holds no run (no {CONFIG_FILE})")
     saved = config_from_yaml_file(run_dir / CONFIG_FILE)
-    wanted = replace(cfg, model=replace(cfg.model, in_channels=saved.model.in_channels, input_size=saved.model.input_size,
-                                        frames=saved.model.frames),
-                     branch=saved.branch)  # a branched run's record (ilct.branch) stays as it was written
-    bad = [k for k in _changed_keys(saved, wanted) if k not in RUNTIME_KEYS]
+    bad = changed_settings(cfg, run_dir)
     if bad:
         raise IlctError(f"--resume: the run was made with other settings ({', '.join(bad[:4])}); "
                         "drop those --set values or start a new --out")
