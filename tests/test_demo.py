@@ -75,5 +75,5 @@ def test_demo_keeps_a_run_of_an_earlier_preset(tmp_path, fake_fmnist, monkeypatc
     capsys.readouterr()
     assert main(demo_args(out, fake_fmnist, "--quality-n", "0", "--steps", "6")) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "earlier fmnist-ilct (other model.arch" in err[0] and "mv " in err[0]
+    assert len(err) == 1 and "other settings than this demo's fmnist-ilct (other model.arch" in err[0] and "mv " in err[0]
     assert {p: p.read_bytes() for p in (out / "run").rglob("*") if p.is_file()} == before

@@ -128,7 +128,8 @@ def check_same_preset(cfg, run_dir: Path) -> None:
     absolute_paths(wanted)  # as train() compares them: the run's config holds absolute paths
     changed = changed_settings(wanted, run_dir)
     if changed:
-        raise IlctError(f"{run_dir} holds a run of an earlier {PRESET} (other {', '.join(changed[:4])}); it is kept: "
+        raise IlctError(f"{run_dir} holds a run with other settings than this demo's {PRESET} (other "
+                        f"{', '.join(changed[:4])}: an earlier version of the preset, or another --steps); it is kept: "
                         f"move it away (mv {run_dir} {run_dir}.old) and run the demo again, or give another --out")
 
 
