@@ -16,7 +16,8 @@ to itself (--parallel 1 and nothing else running); the report records --parallel
     python benchmarks/quality/budgets.py --autoencoder runs/demo/autoencoder --dry-run       # the commands
 
 Results: --out (default docs/results/budgets.json), written after every evaluation; run again, it resumes the
-trainings and skips what is scored. Per run: the preset, the multiple, steps, seconds, the final checkpoint's FID
+trainings and skips what is scored; with --score-only it trains nothing and scores the checkpoints there are (a
+run still training elsewhere gives its quarters so far, its budget stays under `missing`). Per run: the preset, the multiple, steps, seconds, the final checkpoint's FID
 and recall at 1 and 2 NFE, and its curve; `missing` lists what is not measured yet. `--tiny` is a seconds-long
 run for the tests (DiT-T/4, batch 8, a 4-step demo budget, --n 10).
 """
@@ -32,15 +33,9 @@ import sys
 import time
 from pathlib import Path
 
+from ilct.demo import preset_steps
 from ilct.latents.directory import is_complete
 
-
-def demo_steps() -> int:
-    """The demo's training steps: its preset's train.total_steps (3,000 since the presets moved to ADM-T)."""
-    from ilct.config import load_config
-    from ilct.demo import PRESET
-
-    return load_config(PRESET, []).train.total_steps
 
 PRESETS = "fmnist-ict,fmnist-ilct"
 TINY_SETS = ["model.arch=DiT-T/4", "train.batch_size=8", "train.device=cpu"]
@@ -121,7 +116,9 @@ def same_runs(args) -> None:
 
 
 def checkpoints(run: Path) -> list[tuple[int, Path]]:
-    found = [(int(p.name[5:]), p) for p in (run / "checkpoints").glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    """The run's checkpoints that hold a state.json, by step (a run another process is training may be deleting one)."""
+    found = [(int(p.name[5:]), p) for p in (run / "checkpoints").glob("step_*")
+             if p.name[5:].isdigit() and (p / "state.json").is_file()]
     return sorted(found)
 
 
@@ -182,6 +179,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="docs/results/budgets.json")
     p.add_argument("--tiny", action="store_true", help="a 4-step demo budget, DiT-T/4, batch 8, CPU, --n 10")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    p.add_argument("--score-only", action="store_true",
+                   help="train nothing: score the checkpoints the runs have and list the rest under `missing` "
+                        "(a report of all budgets while one is still training in another --out)")
     args = p.parse_args(argv)
     args.presets = [x.strip() for x in args.presets.split(",") if x.strip()]
     try:
@@ -190,7 +190,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--multiples must be comma-separated integers, got {args.multiples!r}")
     if not args.presets or not args.multiples or min(args.multiples) < 1:
         p.error("--presets and --multiples must name at least one preset and budget, each multiple >= 1")
-    args.demo_steps = args.demo_steps or demo_steps()
+    args.demo_steps = args.demo_steps or preset_steps()
     if args.demo_steps < 1 or args.n < 10 or args.parallel < 1:
         p.error("--demo-steps and --parallel must be >= 1 and --n >= 10")
     if args.tiny:
@@ -208,11 +208,12 @@ def main(argv: list[str] | None = None) -> None:
         print(" ".join(encode))
     else:
         same_runs(args)
-        if not is_complete(work / "latents"):
+        if not args.score_only and not is_complete(work / "latents"):
             subprocess.run(encode, check=True)
     jobs = [(f"train {name}", train_cmd(args, ilct, name, preset, m), work / "logs" / f"{name}.train.log")
             for name, preset, m in runs(args)
-            if not (work / "runs" / name / "checkpoints" / f"step_{steps_of(args, m):09d}" / "state.json").is_file()]
+            if not args.score_only
+            and not (work / "runs" / name / "checkpoints" / f"step_{steps_of(args, m):09d}" / "state.json").is_file()]
     ablation.pool(jobs, args.parallel, args.dry_run)
     if args.dry_run:
         print("then per checkpoint (each quarter of a run): ilct eval --run R --checkpoint C --split test --steps 1,2 ...")

@@ -31,18 +31,13 @@ MULTIPLES = (1, 4, 16)
 DIT_DEMO_STEPS = 2000  # the demo's steps while the presets used DiT-T/2 (until 2026-11-30): the stability study's unit
 
 
-def demo_steps() -> int:
-    from ilct.config import load_config
-    from ilct.demo import PRESET
-
-    return load_config(PRESET, []).train.total_steps
-
-
 def budgets(path: str) -> tuple[list[dict], list[str]]:
     """The rows of benchmarks/quality/budgets.py's report: one run per preset and budget, its final checkpoint.
     `missing` names the budgets of today's presets that no run measured."""
     if not path:
-        return [], [f"{p} at {k}x ({k * demo_steps()} steps)" for k in MULTIPLES for p in ("fmnist-ict", "fmnist-ilct")]
+        from ilct.demo import preset_steps
+
+        return [], [f"{p} at {k}x ({k * preset_steps()} steps)" for k in MULTIPLES for p in ("fmnist-ict", "fmnist-ilct")]
     report = json.loads(Path(path).read_text())
     unit = report.get("demo_steps", DIT_DEMO_STEPS)
     rows = [{"preset": r["preset"], "changes": dict(s.split("=", 1) for s in r.get("sets", [])),

@@ -25,6 +25,11 @@ PRESET = "fmnist-ilct"
 QUALITY_N = 2000  # samples per FID of the demo's summary (a quick number: docs/evaluation.md for the protocol)
 
 
+def preset_steps() -> int:
+    """The demo's training steps: its preset's train.total_steps (the unit of the longer budgets' multiples)."""
+    return load_config(PRESET, []).train.total_steps
+
+
 def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int = 1000, progress: bool = True,
              quality_n: int = QUALITY_N) -> dict | None:
     """The demo's summary; None when a signal stopped its training (checkpointed: running it again resumes)."""
