@@ -96,23 +96,24 @@ def train_cmd(args, ilct: list[str], name: str, preset: str, multiple: int) -> l
 
 def same_runs(args) -> None:
     """Exit 2 when a run folder in --work holds another configuration than the one asked for now (a preset that
-    changed since, or other --set): resuming or scoring it would report that run under this budget's name."""
-    import yaml
-
+    changed since, or other --set): resuming or scoring it would report that run under this budget's name. The
+    comparison is `ilct train --resume`'s: every key but the run-time ones."""
+    from ilct.build import absolute_paths
     from ilct.config import load_config
+    from ilct.runfolder import changed_settings
 
+    given = [f"autoencoder.path={args.autoencoder}"] + ([f"data.root={args.data_dir}"] if args.data_dir else [])
     for name, preset, multiple in runs(args):
         run = Path(args.work) / "runs" / name
         if not (run / "config.yaml").is_file():
             continue
-        want = load_config(preset, [s for s in run_sets(args, multiple) if not s.startswith("train.device=")])
-        have = yaml.safe_load((run / "config.yaml").read_text())
-        for section, key in (("model", "arch"), ("train", "total_steps"), ("train", "batch_size"),
-                             ("consistency", "s1"), ("train", "beta2"), ("method", "metric")):
-            if have.get(section, {}).get(key) != getattr(getattr(want, section), key):
-                print(f"budgets.py: {run} was trained with {section}.{key} = {have.get(section, {}).get(key)!r}, not "
-                      f"{getattr(getattr(want, section), key)!r} as {preset} asks now: give another --work", file=sys.stderr)
-                sys.exit(2)
+        want = load_config(preset, run_sets(args, multiple) + given)  # as train_cmd's `ilct train` builds it
+        absolute_paths(want)
+        changed = changed_settings(want, run)
+        if changed:
+            print(f"budgets.py: {run} was trained with other {', '.join(changed[:4])} than {preset} with these "
+                  "settings asks for now: give another --work", file=sys.stderr)
+            sys.exit(2)
 
 
 def checkpoints(run: Path) -> list[tuple[int, Path]]:
