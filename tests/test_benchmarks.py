@@ -445,10 +445,12 @@ def test_demo_sweep_tiny_run_scores_on_val_and_reports_the_winner_on_test(tmp_pa
     assert latents["dataset"] == "fashion_mnist/fit@32" and latents["count"] == 256 - 256 // 12  # never the val images
     again = subprocess.run(argv, capture_output=True, text=True)  # run again: everything is there, nothing redone
     assert again.returncode == 0 and json.loads(out.read_text())["rows"] == report["rows"]
-    scored = subprocess.run([a if a != "1,2" else "1,2,3" for a in argv] + ["--score-only"], capture_output=True, text=True)
+    scored = subprocess.run([a if a != "1,2" else "1,2,3" for a in argv] + ["--score-only", "--note", "1x, 2x: above"],
+                            capture_output=True, text=True)
     assert scored.returncode == 0, scored.stderr[-2000:]  # --score-only: the 3x budget is listed, not trained
     only = json.loads(out.read_text())
     assert only["rows"][:2] == report["rows"] and only["missing"] == ["fmnist-ilct at 3x (12 steps)"]
+    assert report["notes"] == [] and only["notes"] == ["1x, 2x: above"]
     assert only["rows"][2]["curve"] == [] and not (tmp_path / "work" / "runs" / "fmnist-ilct-3x").exists()
 
 
@@ -495,10 +497,12 @@ def test_budgets_tiny_run_trains_each_budget_as_its_own_run_and_scores_its_quart
         assert r["fid"] == r["curve"][-1]["fid"] and np.isfinite(list(r["fid"].values())).all() and r["seconds"] > 0
     again = subprocess.run(argv, capture_output=True, text=True)  # run again: everything is there, nothing redone
     assert again.returncode == 0 and json.loads(out.read_text())["rows"] == report["rows"]
-    scored = subprocess.run([a if a != "1,2" else "1,2,3" for a in argv] + ["--score-only"], capture_output=True, text=True)
+    scored = subprocess.run([a if a != "1,2" else "1,2,3" for a in argv] + ["--score-only", "--note", "1x, 2x: above"],
+                            capture_output=True, text=True)
     assert scored.returncode == 0, scored.stderr[-2000:]  # --score-only: the 3x budget is listed, not trained
     only = json.loads(out.read_text())
     assert only["rows"][:2] == report["rows"] and only["missing"] == ["fmnist-ilct at 3x (12 steps)"]
+    assert report["notes"] == [] and only["notes"] == ["1x, 2x: above"]
     assert only["rows"][2]["curve"] == [] and not (tmp_path / "work" / "runs" / "fmnist-ilct-3x").exists()
     other = subprocess.run(argv + ["--set", "train.batch_size=4"], capture_output=True, text=True)
     assert other.returncode == 2 and "another --work" in other.stderr.strip().splitlines()[-1]  # not those runs

@@ -152,7 +152,7 @@ def report(args, t0: float) -> dict:
     return {"command": "python " + " ".join(sys.argv), "machine": ablation.machine(), "split": "test", "n": args.n,
             "demo_steps": args.demo_steps, "parallel": args.parallel,
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"), "autoencoder": args.autoencoder,
-            "wall_seconds": round(time.time() - t0, 1), "rows": rows, "missing": missing}
+            "wall_seconds": round(time.time() - t0, 1), "rows": rows, "missing": missing, "notes": args.note}
 
 
 def write_report(args, t0: float) -> None:
@@ -180,6 +180,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="docs/results/budgets.json")
     p.add_argument("--tiny", action="store_true", help="a 4-step demo budget, DiT-T/4, batch 8, CPU, --n 10")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    p.add_argument("--note", action="append", default=[],
+                   help="a line for the report's notes, e.g. how runs trained by earlier invocations ran (repeatable)")
     p.add_argument("--score-only", action="store_true",
                    help="train nothing: score the checkpoints the runs have and list the rest under `missing` "
                         "(a report of all budgets while one is still training in another --out)")
