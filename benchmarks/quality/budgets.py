@@ -17,8 +17,9 @@ to itself (--parallel 1 and nothing else running); the report records --parallel
 
 Results: --out (default docs/results/budgets.json), written after every evaluation; run again, it resumes the
 trainings and skips what is scored; with --score-only it trains nothing and scores the checkpoints there are (a
-run still training elsewhere gives its quarters so far, its budget stays under `missing`). Per run: the preset, the multiple, steps, seconds, the final checkpoint's FID
-and recall at 1 and 2 NFE, and its curve; `missing` lists what is not measured yet. `--tiny` is a seconds-long
+run still training elsewhere gives its quarters so far, its budget stays under `missing`). Per run: the preset,
+the multiple, steps, seconds, the final checkpoint's FID and recall at 1 and 2 NFE, and its curve; `missing`
+lists what is not measured yet, `notes` the --note lines. `--tiny` is a seconds-long
 run for the tests (DiT-T/4, batch 8, a 4-step demo budget, --n 10).
 """
 
