@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+from ilct.checkpoint import list_checkpoints
 from ilct.demo import preset_steps
 from ilct.latents.directory import is_complete
 
@@ -119,9 +120,7 @@ def same_runs(args) -> None:
 
 def checkpoints(run: Path) -> list[tuple[int, Path]]:
     """The run's checkpoints that hold a state.json, by step (a run another process is training may be deleting one)."""
-    found = [(int(p.name[5:]), p) for p in (run / "checkpoints").glob("step_*")
-             if p.name[5:].isdigit() and (p / "state.json").is_file()]
-    return sorted(found)
+    return [(int(p.name[5:]), p) for p in list_checkpoints(run) if (p / "state.json").is_file()]
 
 
 def eval_cmd(args, ilct: list[str], run: Path, ckpt: Path, out_json: Path) -> list[str]:
