@@ -582,3 +582,34 @@ def test_demo_report_joins_sweep_parts_and_takes_the_last_parts_winner(tmp_path)
     assert [(r["name"], Path(r["sweep"]).name) for r in report["sweep"]] == [
         ("base", "a.json"), ("lr", "a.json"), ("base", "b.json"), ("beta2", "b.json")]
     assert report["sweep_winner"] == "beta2"  # not part a's lr: its val FID was measured against another base
+
+
+def test_denormals_resumes_copies_with_and_without_the_flush_and_leaves_the_run_alone(tmp_path, tiny_autoencoder, fake_fmnist):
+    cfg = {"base": "fmnist-ilct", "model": {"arch": "DiT-T/4"},
+           "train": {"total_steps": 12, "batch_size": 8, "ckpt_every": 2, "keep_checkpoints": 100, "sample_every": 0,
+                     "log_every": 1, "num_sample_images": 2, "device": "cpu"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    from ilct.cli import main
+
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--autoencoder", str(tiny_autoencoder), "--data-dir",
+                 str(fake_fmnist), "--out", str(run), "--set", f"data.cache_dir={tmp_path / 'cache'}", "--no-progress"]) == 0
+    (run / "checkpoints" / "latest").write_text("step_000000004")  # as if the run had stopped at step 4
+    before = sorted(p.name for p in run.rglob("*")), (run / "log.jsonl").read_text()
+    out = tmp_path / "denormals.json"
+    script = [sys.executable, str(ROOT / "benchmarks" / "speed" / "denormals.py")]
+    proc = subprocess.run(script + ["--run", str(run), "--seconds", "120", "--log-every", "1", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["from_step"] == 4 and "denormals.py" in report["command"] and report["machine"]
+    for mode in ("flush", "keep"):  # each copy resumed from step 4 and trained to the end (step 12)
+        assert report["modes"][mode]["steps"] == [5, 12] and report["modes"][mode]["img_per_s_median"] > 0
+    assert report["common_steps"] == 8 and report["same_losses"] is True and report["speedup"] > 0
+    census = report["census"]  # one step's gradients from step 4, counted (a tiny run has next to no subnormals)
+    assert census["step"] == 4 and census["weight_grads_of"] > 0 and 0 <= census["weight_grads"] <= census["weight_grads_of"]
+    assert census["output_grads"] >= 0 and all(v > 0 for v in census["weight_grads_worst"].values())
+    assert (sorted(p.name for p in run.rglob("*")), (run / "log.jsonl").read_text()) == before  # the run is untouched
+    for bad in (["--run", str(tmp_path / "nothing")], ["--run", str(run), "--seconds", "0"]):
+        proc = subprocess.run(script + bad, capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("denormals: ")

@@ -110,3 +110,22 @@ def test_cuda_graphs_need_compile_and_fall_back_to_compiled_blocks_on_a_cpu(tmp_
     monkeypatch.setattr(train_module, "compile_model", lambda m, *a: calls.append(("model", *a)) or m)
     run(tmp_path, "graphs", tiny_autoencoder, fake_fmnist, compile=True, cuda_graphs=True)
     assert calls == ["blocks"]  # no CUDA here: CUDA graphs cannot be used, the blocks are compiled instead
+
+
+def denormal_survives() -> bool:
+    """Whether the CPU still computes with subnormal floats (1e-39 is one in fp32)."""
+    return bool((torch.tensor([1e-39]) * 1.0).item() != 0.0)
+
+
+def test_flush_denormal_is_a_switch_that_does_not_change_the_losses(tmp_path, tiny_autoencoder, fake_fmnist):
+    if not torch.set_flush_denormal(True):  # not an x86 CPU with SSE3: torch cannot flush
+        pytest.skip("this CPU cannot flush subnormal floats")
+    try:
+        torch.set_flush_denormal(False)
+        flushed = run(tmp_path, "flushed", tiny_autoencoder, fake_fmnist)  # train.flush_denormal is on by default
+        assert not denormal_survives()
+        kept = run(tmp_path, "kept", tiny_autoencoder, fake_fmnist, flush_denormal=False)
+        assert denormal_survives()
+        assert len(flushed) == 4 and flushed == kept
+    finally:
+        torch.set_flush_denormal(False)
