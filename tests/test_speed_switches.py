@@ -1,9 +1,11 @@
-"""The speed switches do not change training: identical losses with compile and the fused optimizer on and
-off (fp32 on the CPU), and within bf16 tolerance with bf16 autocast."""
+"""The speed switches do not change training: identical losses with compile, the fused optimizer and the flush
+of subnormal floats on and off (fp32 on the CPU), and within bf16 tolerance with bf16 autocast."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,19 +115,42 @@ def test_cuda_graphs_need_compile_and_fall_back_to_compiled_blocks_on_a_cpu(tmp_
 
 
 def denormal_survives() -> bool:
-    """Whether the CPU still computes with subnormal floats (1e-39 is one in fp32)."""
+    """Whether this thread still computes with subnormal floats (1e-39 is one in fp32)."""
     return bool((torch.tensor([1e-39]) * 1.0).item() != 0.0)
 
 
-def test_flush_denormal_is_a_switch_that_does_not_change_the_losses(tmp_path, tiny_autoencoder, fake_fmnist):
+def test_subnormals_are_flushed_unless_the_environment_says_not_and_the_losses_are_the_same(
+        tmp_path, monkeypatch, tiny_autoencoder, fake_fmnist):
     if not torch.set_flush_denormal(True):  # not an x86 CPU with SSE3: torch cannot flush
         pytest.skip("this CPU cannot flush subnormal floats")
     try:
         torch.set_flush_denormal(False)
-        flushed = run(tmp_path, "flushed", tiny_autoencoder, fake_fmnist)  # train.flush_denormal is on by default
+        flushed = run(tmp_path, "flushed", tiny_autoencoder, fake_fmnist)  # flushed by default
         assert not denormal_survives()
-        kept = run(tmp_path, "kept", tiny_autoencoder, fake_fmnist, flush_denormal=False)
+        monkeypatch.setenv("ILCT_FLUSH_DENORMAL", "0")
+        kept = run(tmp_path, "kept", tiny_autoencoder, fake_fmnist)
         assert denormal_survives()
         assert len(flushed) == 4 and flushed == kept
     finally:
         torch.set_flush_denormal(False)
+
+
+FRESH = """
+import sys, torch
+torch.set_num_threads(2)
+if sys.argv[1] == "late":
+    (torch.randn(1_000_000) * 2).sum()  # torch's worker threads start here, before the flush
+from ilct.accel import flush_denormals, flush_reaches_all_threads
+print(flush_denormals(warn=True), flush_reaches_all_threads())
+"""
+
+
+def test_the_flush_reaches_every_thread_when_set_first_and_says_so_when_not():
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormal floats")
+    torch.set_flush_denormal(False)
+    first = subprocess.run([sys.executable, "-c", FRESH, "first"], capture_output=True, text=True)
+    assert first.returncode == 0 and first.stdout.split() == ["True", "True"] and first.stderr == ""
+    late = subprocess.run([sys.executable, "-c", FRESH, "late"], capture_output=True, text=True)
+    assert late.returncode == 0 and late.stdout.split() == ["False", "False"]  # the worker thread kept its mode
+    assert late.stderr.strip().splitlines() == [late.stderr.strip()] and "warning: subnormal" in late.stderr

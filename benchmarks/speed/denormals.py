@@ -1,14 +1,15 @@
-"""Subnormal floats on the CPU: a run's training speed with `train.flush_denormal` on and off.
+"""Subnormal floats on the CPU: a run's training speed with ilct's flush (ILCT_FLUSH_DENORMAL=1) and without (=0).
 
-Late in a long `fmnist-ict` run on a 2-core Xeon the training step slowed from 0.12 s to 0.31 s, and the slowdown
+Late in a long `fmnist-ict` run on a 2-core Xeon the training step slowed from 0.12 s to 0.31 s (2.6x), and the slowdown
 survived a resume: it was in the run's state, not in the process. Subnormal floats (|x| < 1.2e-38 in fp32) are
-computed in microcode on x86 CPUs, tens of times slower than normal ones; flushing them to zero
-(`torch.set_flush_denormal`, which ilct does by default, `train.flush_denormal`) gives the speed back.
+computed in microcode on x86 CPUs, many times slower than normal ones; flushing them to zero
+(`torch.set_flush_denormal`, which ilct does when a command starts unless ILCT_FLUSH_DENORMAL=0, ilct.accel)
+gives the speed back.
 
 First it counts, in one training step's backward pass from the run's latest checkpoint (a batch of the
 objective's own batch maker over N(0, 1) latents of the run's shape, flush off), the subnormal values in each
-module's output gradient and each weight's gradient: where they come from. Then it resumes copies of one run's latest checkpoint, one after the other (never two at once), once with the
-flush and once without, each for `--seconds`, and reports the images per second of each (the median of the
+module's output gradient and each weight's gradient: where they come from. Then it resumes copies of the
+checkpoint, one after the other (never two at once), once with the flush and once without, each for `--seconds`, and reports the images per second of each (the median of the
 log lines after the first) and whether the losses of the steps both reached are the same. The run itself is
 not touched: the copies live in a temporary folder.
 
@@ -34,7 +35,7 @@ import torch
 
 from ilct.checkpoint import latest_checkpoint, step_of
 
-MODES = {"flush": "true", "keep": "false"}
+MODES = {"flush": "1", "keep": "0"}  # ILCT_FLUSH_DENORMAL
 
 
 def fail(message: str) -> None:
@@ -97,8 +98,9 @@ def census(run: Path, ckpt: Path, top: int = 5) -> dict:
 def resume(run: Path, flush: str, seconds: float, log_every: int) -> dict:
     """Resume the copy for `seconds`, then stop it as a preemption would (SIGTERM), and read its log."""
     cmd = [sys.executable, "-m", "ilct", "train", "--out", str(run), "--resume", "--no-progress",
-           "--set", f"train.flush_denormal={flush}", "--set", f"train.log_every={log_every}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           "--set", f"train.log_every={log_every}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "ILCT_FLUSH_DENORMAL": flush})
     t0 = time.time()
     try:
         while proc.poll() is None and time.time() - t0 < seconds:

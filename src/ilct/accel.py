@@ -10,24 +10,60 @@ by all blocks of one shape and the compile time does not grow with depth.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 from torch import nn
 
 
-def setup_backends(device: torch.device, flush_denormal: bool = True) -> None:
+def setup_backends(device: torch.device) -> None:
     """TF32 for fp32 matrix products on GPUs (cuDNN already uses it), flash/efficient SDPA kernels, and
-    subnormal floats flushed to zero on the CPU (`train.flush_denormal`, on by default).
-
-    Subnormals (|x| < 1.2e-38 in fp32) are computed in microcode on x86 CPUs, tens of times slower than
-    normal floats. Late in a long `fmnist-ict` run enough of them appeared in the training step that a
-    step took 2.4x longer (0.14 s at step 8,000, 0.31 s at 14,000, state that survived a resume) and
-    flushing them gave the speed back with the same losses (docs/performance.md). Their values are below
-    anything the training can resolve, so flushing them does not change the maths.
-    """
-    torch.set_flush_denormal(flush_denormal)  # x86 with SSE3; a no-op (returns False) elsewhere
+    subnormal floats computed as zero on the CPU (`flush_denormals`)."""
+    flush_denormals(warn=True)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+_WARNED: list[bool] = []
+
+
+def flush_denormals(warn: bool = False) -> bool:
+    """Compute subnormal floats as zero on this CPU (x86 with SSE3; elsewhere nothing happens), unless the
+    environment says ILCT_FLUSH_DENORMAL=0. Returns whether every one of torch's CPU threads now flushes.
+
+    Subnormals (|x| < 1.2e-38 in fp32) are computed in microcode on x86 CPUs, many times slower than normal
+    floats. Late in a long `fmnist-ict` run on a CPU, subnormal attention gradients made a training step 2.6x
+    slower, and flushing them gave the speed back with the same losses to the last bit
+    (docs/performance.md). Values that small are below anything the training resolves.
+
+    The mode is each thread's own, and torch's worker threads take the main thread's when they start: it must
+    be set before torch's first parallel operation in the process. `ilct` does that when a command starts
+    (ilct.cli.main); `ilct.train.train` sets it again, and warns when torch work earlier in the process had
+    started threads that now keep the old mode (`warn`; once a process).
+    """
+    if os.environ.get("ILCT_FLUSH_DENORMAL", "1").strip() == "0":
+        torch.set_flush_denormal(False)  # (this thread; others keep the mode they started with)
+        return False
+    if not torch.set_flush_denormal(True):
+        return False
+    if flush_reaches_all_threads():
+        return True
+    if not warn or _WARNED:
+        return False
+    _WARNED.append(True)
+    print("ilct: warning: subnormal floats are flushed in only some of torch's CPU threads (torch work earlier "
+          "in this process started them); a fresh process (the ilct command) trains at full speed", file=sys.stderr)
+    return False
+
+
+def flush_reaches_all_threads() -> bool:
+    """Whether every one of torch's CPU threads computes subnormals as zero: an elementwise product over a
+    chunk per thread, of subnormals made from their bits (the int 2^20 is 1.5e-39 as fp32; a float
+    converted to fp32 by a flushing thread would be 0 already)."""
+    x = torch.full((torch.get_num_threads() * 65536,), 1 << 20, dtype=torch.int32).view(torch.float32)
+    return bool(((x * 2.0) == 0).all())
 
 
 def _dynamo_settings() -> None:

@@ -694,6 +694,9 @@ def main(argv: list[str] | None = None) -> int:
     signals = _Signals()
     try:
         args = build_parser().parse_args(argv)  # loads torch (through the config) with signals recorded
+        from ilct.accel import flush_denormals
+
+        flush_denormals()  # before torch's first parallel operation: its worker threads take the main thread's mode
         signals.start_raising()
         return args.func(args)
     except (IlctError, OSError) as e:

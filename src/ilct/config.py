@@ -150,7 +150,6 @@ class TrainConfig:
     compile: bool = False  # torch.compile each transformer block (ilct.accel)
     cuda_graphs: bool = False  # with compile, on CUDA: the whole network with CUDA graphs (mode reduce-overhead)
     fused_optimizer: bool = True  # weights in one flat buffer (ilct.flat): RAdam and EMA as a few kernels, one with compile
-    flush_denormal: bool = True  # on x86 CPUs: subnormal floats (|x| < 1.2e-38) computed as 0, not in slow microcode (ilct.accel)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     log_every: int = 100
@@ -239,7 +238,6 @@ RUNTIME_KEYS = frozenset(
         "train.compile",
         "train.cuda_graphs",
         "train.fused_optimizer",
-        "train.flush_denormal",
         "train.log_every",
         "train.sample_every",
         "train.ckpt_every",

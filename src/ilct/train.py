@@ -121,7 +121,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     if not resume:
         check_new_run_dir(run_dir, force)
     absolute_paths(cfg)
-    setup_backends(device, cfg.train.flush_denormal)
+    setup_backends(device)
     data = build_data(cfg, run_dir, resume, allow_other[0], progress, dist, device, allow_other[1],
                       stats_from=source and source.run)
     torch.manual_seed(cfg.train.seed)  # the initial weights, equal on every rank
