@@ -1,7 +1,7 @@
 """Subnormal floats on the CPU: a run's training speed with ilct's flush (ILCT_FLUSH_DENORMAL=1) and without (=0).
 
-Late in a long `fmnist-ict` run on a 2-core Xeon the training step slowed from 0.12 s to 0.31 s (2.6x), and the slowdown
-survived a resume: it was in the run's state, not in the process. Subnormal floats (|x| < 1.2e-38 in fp32) are
+Late in a long `fmnist-ict` run on a 2-core Xeon the training step slowed from 0.12 s to 0.31 s (2.6x), and
+the slowdown survived a resume: it was in the run's state, not in the process. Subnormal floats (|x| < 1.2e-38 in fp32) are
 computed in microcode on x86 CPUs, many times slower than normal ones; flushing them to zero
 (`torch.set_flush_denormal`, which ilct does when a command starts unless ILCT_FLUSH_DENORMAL=0, ilct.accel)
 gives the speed back.
@@ -9,8 +9,9 @@ gives the speed back.
 First it counts, in one training step's backward pass from the run's latest checkpoint (a batch of the
 objective's own batch maker over N(0, 1) latents of the run's shape, flush off), the subnormal values in each
 module's output gradient and each weight's gradient: where they come from. Then it resumes copies of the
-checkpoint, one after the other (never two at once), once with the flush and once without, each for `--seconds`, and reports the images per second of each (the median of the
-log lines after the first) and whether the losses of the steps both reached are the same. The run itself is
+checkpoint, one after the other (never two at once), once with the flush and once without, each for
+`--seconds`, and reports the images per second of each (the median of the log lines after the first) and
+whether the losses of the steps both reached are the same. The run itself is
 not touched: the copies live in a temporary folder.
 
     python benchmarks/speed/denormals.py --run runs/budgets/runs/fmnist-ict-16x --seconds 120 \
