@@ -610,6 +610,6 @@ def test_denormals_resumes_copies_with_and_without_the_flush_and_leaves_the_run_
     assert census["step"] == 4 and census["weight_grads_of"] > 0 and 0 <= census["weight_grads"] <= census["weight_grads_of"]
     assert census["output_grads"] >= 0 and all(v > 0 for v in census["weight_grads_worst"].values())
     assert (sorted(p.name for p in run.rglob("*")), (run / "log.jsonl").read_text()) == before  # the run is untouched
-    for bad in (["--run", str(tmp_path / "nothing")], ["--run", str(run), "--seconds", "0"]):
+    for bad in (["--run", str(tmp_path / "nothing")], ["--run", str(run), "--seconds", "0"], ["--run", str(run), "--step", "7"]):
         proc = subprocess.run(script + bad, capture_output=True, text=True)
         assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("denormals: ")

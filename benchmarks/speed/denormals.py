@@ -6,7 +6,7 @@ computed in microcode on x86 CPUs, many times slower than normal ones; flushing 
 (`torch.set_flush_denormal`, which ilct does when a command starts unless ILCT_FLUSH_DENORMAL=0, ilct.accel)
 gives the speed back.
 
-First it counts, in one training step's backward pass from the run's latest checkpoint (a batch of the
+First it counts, in one training step's backward pass from the run's latest checkpoint (or --step's; a batch of the
 objective's own batch maker over N(0, 1) latents of the run's shape, flush off), the subnormal values in each
 module's output gradient and each weight's gradient: where they come from. Then it resumes copies of the
 checkpoint, one after the other (never two at once), once with the flush and once without, each for
@@ -14,7 +14,7 @@ checkpoint, one after the other (never two at once), once with the flush and onc
 whether the losses of the steps both reached are the same. The run itself is
 not touched: the copies live in a temporary folder.
 
-    python benchmarks/speed/denormals.py --run runs/budgets/runs/fmnist-ict-16x --seconds 120 \
+    python benchmarks/speed/denormals.py --run runs/budgets/runs/fmnist-ict-16x --step 36000 --seconds 100 \
         --out docs/results/denormals_cpu.json
 """
 
@@ -127,6 +127,8 @@ def resume(run: Path, flush: str, seconds: float, log_every: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="a run folder with a checkpoint (it is copied, not changed)")
+    p.add_argument("--step", type=int, default=None, help="resume from this checkpoint (default: the latest; a "
+                   "finished run's latest has nothing left to train)")
     p.add_argument("--seconds", type=float, default=120.0, help="how long each copy trains")
     p.add_argument("--log-every", type=int, default=25, help="log lines (speed samples) every this many steps")
     p.add_argument("--out", default="", help="write the JSON report here")
@@ -137,6 +139,10 @@ def main() -> None:
     ckpt = latest_checkpoint(run, quiet=True) if run.is_dir() else None
     if ckpt is None:
         fail(f"{run} is not a run folder with a checkpoint")
+    if args.step is not None:
+        ckpt = ckpt.parent / f"step_{args.step:09d}"
+        if not (ckpt / "state.json").is_file():
+            fail(f"{run} has no checkpoint of step {args.step}")
     report = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "run": str(run),
               "from_step": step_of(ckpt),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs",
@@ -149,11 +155,13 @@ def main() -> None:
             report["modes"][mode] = resume(Path(tmp) / mode, flush, args.seconds, args.log_every)
             print(f"{mode}: {report['modes'][mode]['img_per_s_median']} images/s (median), steps "
                   f"{report['modes'][mode]['steps']}", flush=True)
+    if not all(report["modes"][m]["losses"] for m in MODES):
+        fail(f"the copies trained no step from step {report['from_step']} (a finished run? give --step)")
     flush, keep = (report["modes"][m]["losses"] for m in MODES)
     common = sorted(set(flush) & set(keep))
     report["common_steps"] = len(common)
     report["same_losses"] = all(flush[k] == keep[k] for k in common)
-    if flush and keep and report["modes"]["keep"]["img_per_s_median"]:
+    if report["modes"]["keep"]["img_per_s_median"]:
         report["speedup"] = round(report["modes"]["flush"]["img_per_s_median"]
                                   / report["modes"]["keep"]["img_per_s_median"], 2)
     for m in MODES:

@@ -30,7 +30,7 @@ _WARNED: list[bool] = []
 
 
 def flush_denormals(warn: bool = False) -> bool:
-    """Compute subnormal floats as zero on this CPU (x86 with SSE3; elsewhere nothing happens), unless the
+    """Compute subnormal floats as zero on this CPU (x86 with SSE3, AArch64; elsewhere nothing happens), unless the
     environment says ILCT_FLUSH_DENORMAL=0. Returns whether every one of torch's CPU threads now flushes.
 
     Subnormals (|x| < 1.2e-38 in fp32) are computed in microcode on x86 CPUs, many times slower than normal
