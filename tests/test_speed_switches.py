@@ -121,7 +121,7 @@ def denormal_survives() -> bool:
 
 def test_subnormals_are_flushed_unless_the_environment_says_not_and_the_losses_are_the_same(
         tmp_path, monkeypatch, tiny_autoencoder, fake_fmnist):
-    if not torch.set_flush_denormal(True):  # not an x86 CPU with SSE3: torch cannot flush
+    if not torch.set_flush_denormal(True):  # neither x86 with SSE3 nor AArch64: torch cannot flush
         pytest.skip("this CPU cannot flush subnormal floats")
     try:
         torch.set_flush_denormal(False)
