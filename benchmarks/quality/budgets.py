@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from ilct.checkpoint import list_checkpoints
+from ilct.checkpoint import list_checkpoints, step_of
 from ilct.demo import preset_steps
 from ilct.latents.directory import is_complete
 
@@ -120,7 +120,7 @@ def same_runs(args) -> None:
 
 def checkpoints(run: Path) -> list[tuple[int, Path]]:
     """The run's checkpoints that hold a state.json, by step (a run another process is training may be deleting one)."""
-    return [(int(p.name[5:]), p) for p in list_checkpoints(run) if (p / "state.json").is_file()]
+    return [(step_of(p), p) for p in list_checkpoints(run) if (p / "state.json").is_file()]
 
 
 def eval_cmd(args, ilct: list[str], run: Path, ckpt: Path, out_json: Path) -> list[str]:

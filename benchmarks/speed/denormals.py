@@ -1,20 +1,20 @@
 """Subnormal floats on the CPU: a run's training speed with ilct's flush (ILCT_FLUSH_DENORMAL=1) and without (=0).
 
 Late in a long `fmnist-ict` run on a 2-core Xeon the training step slowed from 0.12 s to 0.31 s (2.6x), and
-the slowdown survived a resume: it was in the run's state, not in the process. Subnormal floats (|x| < 1.2e-38 in fp32) are
-computed in microcode on x86 CPUs, many times slower than normal ones; flushing them to zero
+the slowdown survived a resume: it was in the run's state, not in the process. Subnormal floats (|x| < 1.2e-38
+in fp32) are computed in microcode on x86 CPUs, many times slower than normal ones; flushing them to zero
 (`torch.set_flush_denormal`, which ilct does when a command starts unless ILCT_FLUSH_DENORMAL=0, ilct.accel)
 gives the speed back.
 
-First it counts, in one training step's backward pass from the run's latest checkpoint (or --step's; a batch of the
-objective's own batch maker over N(0, 1) latents of the run's shape, flush off), the subnormal values in each
+First it counts, in one training step's backward pass from the run's latest checkpoint (or --step's; a batch
+of the objective's own batch maker over N(0, 1) latents of the run's shape, flush off), the subnormal values in each
 module's output gradient and each weight's gradient: where they come from. Then it resumes copies of the
 checkpoint, one after the other (never two at once), once with the flush and once without, each for
 `--seconds`, and reports the images per second of each (the median of the log lines after the first) and
 whether the losses of the steps both reached are the same. The run itself is
 not touched: the copies live in a temporary folder.
 
-    python benchmarks/speed/denormals.py --run runs/budgets/runs/fmnist-ict-16x --step 36000 --seconds 100 \
+    python benchmarks/speed/denormals.py --run runs/budgets/runs/fmnist-ict-16x --step 14844 --seconds 100 \
         --out docs/results/denormals_cpu.json
 """
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from ilct.checkpoint import latest_checkpoint, step_of
+from ilct.checkpoint import latest_checkpoint, list_checkpoints, step_of
 
 MODES = {"flush": "1", "keep": "0"}  # ILCT_FLUSH_DENORMAL
 
@@ -140,8 +140,9 @@ def main() -> None:
     if ckpt is None:
         fail(f"{run} is not a run folder with a checkpoint")
     if args.step is not None:
-        ckpt = ckpt.parent / f"step_{args.step:09d}"
-        if not (ckpt / "state.json").is_file():
+        ckpt = next((c for c in list_checkpoints(run) if step_of(c) == args.step and (c / "state.json").is_file()),
+                    None)
+        if ckpt is None:
             fail(f"{run} has no checkpoint of step {args.step}")
     report = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "run": str(run),
               "from_step": step_of(ckpt),
