@@ -96,19 +96,18 @@ def write_folder(root: Path) -> Path:
 
 def test_image_folder(tmp_path):
     ds = load_image_folder(write_folder(tmp_path / "imgs"), 16, labels_from_subfolders=True)
-    assert len(ds) == 8 and ds.skipped == 1 and ds.shape == (3, 16, 16)
-    assert sorted(ds.labels.tolist()) == [-1, 0, 0, 0, 1, 1, 1, 1]
-    x = ds.batch(0, 8)
+    assert len(ds) == 9 and ds.shape == (3, 16, 16)  # listed, not decoded: the broken file is found when read
+    assert sorted(ds.labels.tolist()) == [-1, 0, 0, 0, 0, 1, 1, 1, 1]
+    images, ok, bad = ds.read_at(np.arange(9))
+    assert images.shape == (8, 16, 16, 3) and ok.sum() == 8
+    assert [Path(b.path).name for b in bad] == ["broken.png"] and not ok[bad[0].index]
+    x = ds.batch_indices(np.flatnonzero(ok))
     assert x.shape == (8, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
+    with pytest.raises(IlctError, match="unreadable image .*broken.png"):
+        ds.images_at(np.arange(9))
     (tmp_path / "empty").mkdir()
     with pytest.raises(IlctError, match="no readable images"):
         load_image_folder(tmp_path / "empty", 16)
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for k in range(3):
-        (bad / f"{k}.jpg").write_bytes(b"nope")
-    with pytest.raises(IlctError, match="3 unreadable"):
-        load_image_folder(bad, 16)
 
 
 def test_encode_bad_inputs(tmp_path, capsys, tiny_autoencoder):

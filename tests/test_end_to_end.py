@@ -97,11 +97,26 @@ def test_sample_png_and_npz(trained_run, tmp_path, capsys):
 
 def test_schedule_json(capsys):
     assert main(["schedule", "--config", "ilct", "--total-steps", "700", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    report = json.loads(capsys.readouterr().out)
+    assert report["objective"] == "consistency" and "s0 = 10, s1 = 640" in report["summary"]
+    rows = report["stages"]
     assert [r["N"] for r in rows] == [11, 21, 41, 81, 161, 321, 641]
     assert set(rows[0]) == {"start_step", "end_step", "N", "c"}
     assert rows[0]["c"] == pytest.approx(0.03456) and rows[1]["c"] == pytest.approx(0.0136353, rel=1e-5)
     assert rows[-1]["end_step"] == 700
+
+
+def test_schedule_says_what_the_objective_uses(capsys):
+    """MeanFlow has no consistency curriculum: `schedule` says so (and gives alpha(k) when AlphaFlow's is on)."""
+    assert main(["schedule", "--config", "fmnist-meanflow", "--latent-shape", "4x8x8"]) == 0
+    out = capsys.readouterr().out
+    assert "no consistency curriculum" in out and "N " not in out and "s1" not in out
+    assert main(["schedule", "--config", "fmnist-meanflow", "--latent-shape", "4x8x8", "--total-steps", "100",
+                 "--set", "meanflow.alpha_curriculum=true", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["stages"]
+    assert rows[0] == {"step": 0, "alpha": 1.0} and rows[-1]["alpha"] == 0.0 and len(rows) == 11
+    assert main(["schedule", "--config", "fmnist-ilct", "--latent-shape", "4x8x8"]) == 0
+    assert "objective consistency" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- bad input
@@ -146,15 +161,20 @@ def test_checkpoint_from_another_model_size(capsys, trained_run, tmp_path):
     assert main(train_args(cfg, trained_run["ae"], trained_run["data"], other, trained_run["cache"],
                            "--set", "model.arch=DiT-T/2")) == 0
     png = tmp_path / "never.png"
-    expect_error(capsys, ["sample", "--run", str(trained_run["out"]), "--checkpoint", str(latest_checkpoint(other)),
-                          "--out", str(png), "--no-progress"], "does not match")
+    theirs = ["sample", "--run", str(trained_run["out"]), "--checkpoint", str(latest_checkpoint(other)),
+              "--out", str(png), "--no-progress"]
+    expect_error(capsys, theirs, "is not a checkpoint of")  # another run's: refused unless asked for
+    expect_error(capsys, theirs + ["--allow-other-checkpoint"], "holds a 'DiT-T/2' model")  # state.json's arch
+    state = json.loads((latest_checkpoint(other) / "state.json").read_text())
+    (latest_checkpoint(other) / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "arch"}))
+    expect_error(capsys, theirs + ["--allow-other-checkpoint"], "does not match")  # no arch recorded: the shapes
     assert not png.exists()
     # a damaged weights file is a clear error too
     broken = tmp_path / "broken"
     shutil.copytree(latest_checkpoint(trained_run["out"]), broken)
     (broken / "ema.safetensors").write_bytes(b"not a safetensors file")
     expect_error(capsys, ["sample", "--run", str(trained_run["out"]), "--checkpoint", str(broken),
-                          "--out", str(png), "--no-progress"], "cannot read")
+                          "--out", str(png), "--no-progress", "--allow-other-checkpoint"], "cannot read")
     expect_error(capsys, ["sample", "--run", str(tmp_path), "--out", str(png)], "not a run directory")
     expect_error(capsys, ["sample", "--run", str(trained_run["out"]), "--steps", "2", "--tau", "90",
                           "--out", str(png)], "--tau")

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import yaml
 
-from ilct.checkpoint import latest_checkpoint, read_state, read_tensors, restore, save_checkpoint, step_of, whole
+from ilct.checkpoint import CHECKPOINT_FILES, latest_checkpoint, read_state, read_tensors, restore, save_checkpoint, step_of, whole
 from ilct.config import BranchConfig, Config, config_from_yaml_file, from_dict, merge_raw, parse_overrides
 from ilct.errors import IlctError
 from ilct.runfolder import CHECKPOINTS_DIR, CONFIG_FILE, STATS_FILE, is_run
@@ -52,6 +52,7 @@ class Source:
     checkpoint: Path  # RUN/checkpoints/step_XXXXXXXXX
     step: int
     cfg: Config  # the source run's config.yaml
+    rng: dict[str, torch.Tensor] | None = None  # its RNG record, read with the weights (restore_branch)
 
 
 def find_source(source: str | Path) -> Source:
@@ -131,8 +132,13 @@ def restore_branch(src: Source, model: torch.nn.Module, ema: torch.nn.Module, op
     """The source checkpoint's student, EMA and optimizer state into this run's parts (one line if the network
     does not fit), the changed optimizer settings written into the restored optimizer; returns its state.json."""
     try:
+        src.rng = read_tensors(src.checkpoint / "rng.safetensors")  # everything read now: nothing is read later
         state = restore(src.checkpoint, model, ema, opt, cfg)
     except IlctError as e:
+        if not all((src.checkpoint / f).is_file() for f in CHECKPOINT_FILES):  # rotated away by a running trainer
+            raise IlctError(f"{FLAG}: {src.checkpoint} was deleted while it was read (its run is training and keeps "
+                            f"only its newest train.keep_checkpoints): branch again, from the run or a newer "
+                            "checkpoint") from None
         if "does not match" not in str(e):  # a damaged checkpoint, not another network
             raise IlctError(f"{FLAG}: {e}") from None
         shape = [k for k in changed_keys(src.cfg, cfg) if k.startswith(SHAPE_SECTIONS)]
@@ -156,7 +162,7 @@ def restore_branch(src: Source, model: torch.nn.Module, ema: torch.nn.Module, op
 def write_branch_point(run_dir: Path, src: Source, model, ema, opt, state: dict[str, Any], cfg: Config) -> Path:
     """NEW's first checkpoint: the restored state at the source's step (its RNG record and counters copied), so
     NEW resumes and evaluates from the branch point like from any of its checkpoints."""
-    rng = read_tensors(src.checkpoint / "rng.safetensors")
+    rng = src.rng if src.rng is not None else read_tensors(src.checkpoint / "rng.safetensors")
     extra = {k: v for k, v in state.items() if k != "step"}
     extra["branched_from"] = str(src.checkpoint)
     return save_checkpoint(run_dir, src.step, model, ema, opt, rng, extra, keep=cfg.train.keep_checkpoints)

@@ -34,7 +34,7 @@ from ilct.errors import IlctError
 from ilct.files import read_json, read_tensors, save_tensors, write_text
 from ilct.runfolder import CHECKPOINTS_DIR
 
-__all__ = ["latest_checkpoint", "list_checkpoints", "load_weights", "read_json", "read_state", "read_tensors",
+__all__ = ["check_layout", "latest_checkpoint", "list_checkpoints", "load_weights", "read_json", "read_state", "read_tensors",
            "save_checkpoint", "whole"]
 
 STEP_DIR = re.compile(r"^step_(\d{9})$")
@@ -152,22 +152,65 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if STEP_DIR.match(p.name) and p.is_dir() and _inside(p, root))
 
 
+def check_layout(run_dir: Path) -> None:
+    """The run's checkpoints/ folder as ilct writes it, checked before a resumed run trains: `latest` a file,
+    every step_NNNNNNNNN entry a folder of the run's own (not a link, not a file)."""
+    root = run_dir / CHECKPOINTS_DIR
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise IlctError(f"{root} is not a folder of the run (a link or a file): move it away and resume again")
+    if not root.is_dir():
+        return
+    latest = root / "latest"
+    if latest.is_symlink() or (latest.exists() and not latest.is_file()):
+        raise IlctError(f"{latest} is a folder or a link, not the file ilct writes there: remove it and resume again")
+    for p in sorted(root.iterdir()):
+        if STEP_DIR.match(p.name) and (p.is_symlink() or not p.is_dir()):
+            raise IlctError(f"{p} is a link or a file, not a checkpoint folder of this run: move it away and resume again")
+
+
+# state.json's fields (ilct writes exactly these; a missing optional one takes its default where read)
+STATE_INTS = {"step": (0, 999_999_999), "nonfinite_total": (0, 2**53), "world_size": (1, 2**20)}  # step: 9 digits
+STATE_TEXTS = {"arch": 200, "branched_from": 4096}  # most characters
+MAX_DIGEST = 64
+
+
+def _check_state_field(key: str, value: Any) -> str | None:
+    """What is wrong with one known state.json field, or None."""
+    if key in STATE_INTS:
+        lo, hi = STATE_INTS[key]
+        ok = type(value) is int and lo <= value <= hi
+        return None if ok else f"must be an integer in {lo}..{hi}"
+    if key == "lr_halved":
+        return None if type(value) is bool else "must be true or false"
+    if key in STATE_TEXTS:
+        ok = isinstance(value, str) and 0 < len(value) <= STATE_TEXTS[key]
+        return None if ok else f"must be a string of 1..{STATE_TEXTS[key]} characters"
+    if key == "rng":  # a record for inspection (ilct.checkpoint.rng_state); never read back
+        ok = isinstance(value, dict) and all(isinstance(v, list) for v in value.values())
+        return None if ok else "must be an object of lists"
+    if key == "replica_digests":
+        ok = isinstance(value, list) and 0 < len(value) <= STATE_INTS["world_size"][1] and all(
+            isinstance(d, str) and 0 < len(d) <= MAX_DIGEST for d in value)
+        return None if ok else "must be a list of digest strings"
+    return None  # another key: not read by ilct
+
+
 def read_state(path: Path) -> dict[str, Any]:
-    """A checkpoint's state.json, validated: types, ranges, and the step matching the folder name (a
-    checkpoint copied elsewhere under another name, given with --checkpoint, keeps its own step)."""
-    state = read_json(path / "state.json")
+    """A checkpoint's state.json, validated: every field ilct reads by type and range, and the step matching
+    the folder name (a checkpoint copied elsewhere under another name, given with --checkpoint, keeps its
+    own step)."""
+    file = path / "state.json"
+    state = read_json(file)
     if not isinstance(state, dict):
-        raise IlctError(f"{path / 'state.json'} is not a JSON object")
-    want = {"step": int, "nonfinite_total": int, "world_size": int, "lr_halved": bool}
-    for key, typ in want.items():
-        if key in state and (type(state[key]) is not typ):
-            raise IlctError(f"{path / 'state.json'}: '{key}' must be {typ.__name__}, got {state[key]!r}")
+        raise IlctError(f"{file} is not a JSON object")
     if "step" not in state:
-        raise IlctError(f"{path / 'state.json'} has no step")
-    if state["step"] < 0 or (step_of(path) is not None and state["step"] != step_of(path)):
-        raise IlctError(f"{path / 'state.json'}: step {state['step']} does not match the folder name {path.name}")
-    if state.get("nonfinite_total", 0) < 0 or state.get("world_size", 1) < 1:
-        raise IlctError(f"{path / 'state.json'}: counters out of range")
+        raise IlctError(f"{file} has no step")
+    for key, value in state.items():
+        problem = _check_state_field(key, value)
+        if problem:
+            raise IlctError(f"{file}: '{key}' {problem}, got {repr(value)[:60]}")
+    if step_of(path) is not None and state["step"] != step_of(path):
+        raise IlctError(f"{file}: step {state['step']} does not match the folder name {path.name}")
     return state
 
 

@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 
 from ilct.errors import IlctError
+from ilct.limits import (MAX_BATCH, MAX_COUNT, MAX_FRAMES, MAX_GIF_MS, MAX_GUIDANCE, MAX_RESOLUTION, MAX_SAMPLING_STEPS,
+                         MAX_LEVELS, MAX_SCALE, check_ranges)
 
 
 def _progress(args) -> bool:
@@ -21,13 +23,6 @@ def _progress(args) -> bool:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def _at_least(args, minimum: int, *names: str) -> None:
-    """Integer options that must be >= minimum (one line naming the first that is not)."""
-    for name in names:
-        if getattr(args, name) < minimum:
-            raise IlctError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(args, name)}")
 
 
 def _seed(args) -> None:
@@ -50,16 +45,16 @@ def cmd_autoencoder(args) -> int:
 
     from ilct.runfolder import check_out_dir
 
+    check_ranges(args, {"steps": (1, MAX_COUNT), "batch_size": (1, MAX_BATCH), "latent_channels": (1, 1024)})
+    if not (math.isfinite(args.lr) and 0 < args.lr <= 10):
+        raise IlctError(f"--lr must be in (0, 10], got {args.lr}")
+    _seed(args)
     out = check_out_dir(args.out)
     is_ae = (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     if is_ae and not args.force:
         raise IlctError(f"{out} already holds an autoencoder: pass --force to replace it")
     if out.is_dir() and any(out.iterdir()) and not is_ae:
         raise IlctError(f"--out {out} is not empty and holds no autoencoder: choose a new or empty folder")
-    _at_least(args, 1, "steps", "batch_size", "latent_channels")
-    if not (math.isfinite(args.lr) and 0 < args.lr <= 10):
-        raise IlctError(f"--lr must be in (0, 10], got {args.lr}")
-    _seed(args)
     train_set = load_fashion_mnist(args.data_dir, "train", 32)
     test_set = load_fashion_mnist(args.data_dir, "test", 32)
     device = str(resolve_device(args.device))
@@ -114,9 +109,9 @@ def cmd_train(args) -> int:
 
 
 def _run_inputs(run_dir, cfg) -> tuple[Path, ...]:
-    """The folders a command that reads a run must never write into: its checkpoints, its autoencoder
-    and its latents (the run's own top-level files are protected by ilct.outputs in any case)."""
-    paths = [Path(run_dir) / "checkpoints"]  # runfolder.CHECKPOINTS_DIR (not imported here: cli loads fast)
+    """The folders a command that reads a run must never write into: the run itself (checkpoints, samples/ and
+    all), its autoencoder and its latents (ilct.outputs also refuses any folder ilct made)."""
+    paths = [Path(run_dir)]
     for value in (cfg.autoencoder.path, cfg.data.latents):
         if value and Path(value).is_dir():
             paths.append(Path(value))
@@ -135,19 +130,45 @@ def _parse_tau(text: str | None, steps: int) -> list[float] | None:
     return taus
 
 
-def cmd_sample(args) -> int:
-    import torch
+SAMPLE_RANGES = {"steps": (1, MAX_SAMPLING_STEPS), "n": (1, MAX_COUNT), "batch_size": (1, MAX_BATCH),
+                 "scale": (1, MAX_SCALE), "duration": (1, MAX_GIF_MS), "guidance": (0, MAX_GUIDANCE)}
 
-    from ilct.grid import save_npz
-    from ilct.run import open_run
+
+def sample_bytes(cfg) -> int:
+    """An upper bound of one decoded sample's bytes: uint8 frames x data.resolution^2 x 3 channels."""
+    return max(1, cfg.model.frames or 1) * cfg.data.resolution**2 * 3
+
+
+def _check_sample_memory(cfg, n: int, batch_size: int, scale: int) -> None:
+    from ilct.config import latent_shape
+    from ilct.limits import check_memory
+
+    per = sample_bytes(cfg)
+    check_memory(n * per * (1 + scale**2), f"{n} samples and their grid at --scale {scale}",
+                 "sample fewer (--n) or at a smaller --scale, in several runs with other --seed values")
+    latent = 4 * max(1, cfg.model.frames or 1) * (latent_shape(cfg)[0] * cfg.model.input_size**2)
+    check_memory(min(n, batch_size) * (per * 4 * 8 + latent * 32), f"a batch of {min(n, batch_size)} samples",
+                 "lower --batch-size")
+
+
+def _sample_sigmas(args, cfg, objective) -> list[float]:
+    from ilct.sampling import default_sigmas
+
+    cons = cfg.consistency
+    taus = _parse_tau(args.tau, args.steps)
+    if taus is not None and not objective.takes_tau:
+        raise IlctError(f"--tau applies to consistency sampling; this run's objective is {objective.name}")
+    sigmas = [cons.sigma_max] + taus if taus is not None else default_sigmas(args.steps, cons.sigma_min, cons.sigma_max, cons.rho)
+    if any(not (cons.sigma_min < s <= cons.sigma_max) for s in sigmas) or any(b >= a for a, b in zip(sigmas, sigmas[1:])):
+        raise IlctError(f"--tau values must decrease and lie in ({cons.sigma_min}, {cons.sigma_max}), got {sigmas[1:]}")
+    return sigmas
+
+
+def _check_sample_outputs(args, cfg) -> None:
     from ilct.outputs import check_output
-    from ilct.sampling import check_request, default_sigmas, generate
 
-    _at_least(args, 1, "steps", "n", "batch_size", "scale", "duration")
-    _seed(args)
-    run = open_run(args.run, args.checkpoint, args.device)
-    clips = bool(run.cfg.model.frames)  # a clip run: samples (n, T, H, W, C)
-    inputs = _run_inputs(args.run, run.cfg)
+    clips = bool(cfg.model.frames)  # a clip run: samples (n, T, H, W, C)
+    inputs = _run_inputs(args.run, cfg)
     check_output(args.out, (".png", ".gif") if clips else (".png",), "--out", inputs)
     if args.gif:
         if not clips:
@@ -155,27 +176,30 @@ def cmd_sample(args) -> int:
         check_output(args.gif, (".gif",), "--gif", inputs)
     if args.npz:
         check_output(args.npz, (".npz",), "--npz", inputs)
-    check_request(run.cfg, args.cls, args.prompt is not None, args.guidance)
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from ilct.grid import save_npz
+    from ilct.objectives import make_objective
+    from ilct.run import open_run, own_checkpoint, run_config
+    from ilct.sampling import check_request, generate
+
+    check_ranges(args, SAMPLE_RANGES)
+    _seed(args)
+    cfg = run_config(args.run)  # the config only: everything is checked before the model is built
+    if args.checkpoint:
+        own_checkpoint(Path(args.run), args.checkpoint, args.allow_other_checkpoint)
+    _check_sample_outputs(args, cfg)
+    check_request(cfg, args.cls, args.prompt is not None, args.guidance)
     if args.prompt is not None and not args.prompt.strip():
         raise IlctError("--prompt is empty")
-    cons = run.cfg.consistency
-    taus = _parse_tau(args.tau, args.steps)
-    from ilct.objectives import make_objective
-
-    objective = make_objective(run.cfg)
-    if taus is not None and not objective.takes_tau:
-        raise IlctError(f"--tau applies to consistency sampling; this run's objective is {objective.name}")
-    sigmas = [cons.sigma_max] + taus if taus is not None else default_sigmas(args.steps, cons.sigma_min, cons.sigma_max, cons.rho)
-    if any(not (cons.sigma_min < s <= cons.sigma_max) for s in sigmas) or any(b >= a for a, b in zip(sigmas, sigmas[1:])):
-        raise IlctError(f"--tau values must decrease and lie in ({cons.sigma_min}, {cons.sigma_max}), got {sigmas[1:]}")
-    text = None
-    if args.prompt is not None:
-        from ilct.text import TextEncoder
-
-        encoder = TextEncoder(args.text_encoder or None)
-        if encoder.dim != run.cfg.model.text_dim:
-            raise IlctError(f"--prompt: the text encoder gives {encoder.dim}-d embeddings, the run wants {run.cfg.model.text_dim}")
-        text = encoder.condition([args.prompt], run.cfg.model.text_tokens)  # pooled, or packed with its tokens
+    objective = make_objective(cfg)
+    sigmas = _sample_sigmas(args, cfg, objective)
+    _check_sample_memory(cfg, args.n, args.batch_size, args.scale)
+    text = _prompt_condition(args, cfg) if args.prompt is not None else None
+    run = open_run(args.run, args.checkpoint, args.device, args.allow_other_autoencoder, args.allow_other_checkpoint)
     with torch.inference_mode():
         images = generate(run.model, run.autoencoder, run.stats, run.cfg, args.n, args.steps, args.seed,
                           args.batch_size, sigmas, progress=_progress(args), labels=args.cls, guidance=args.guidance,
@@ -188,9 +212,18 @@ def cmd_sample(args) -> int:
         how += f", class {args.cls}, guidance {args.guidance:g}"
     if args.prompt is not None:
         how += f", prompt {args.prompt!r}, guidance {args.guidance:g}"
-    what = f"{args.n} clips of {images.shape[1]} frames" if clips else f"{args.n} samples"
+    what = f"{args.n} clips of {images.shape[1]} frames" if cfg.model.frames else f"{args.n} samples"
     print(f"{what}, {how}, from {run.checkpoint} (step {run.step}) -> {' and '.join(written + ([args.npz] if args.npz else []))}")
     return 0
+
+
+def _prompt_condition(args, cfg):
+    from ilct.text import TextEncoder
+
+    encoder = TextEncoder(args.text_encoder or None)
+    if encoder.dim != cfg.model.text_dim:
+        raise IlctError(f"--prompt: the text encoder gives {encoder.dim}-d embeddings, the run wants {cfg.model.text_dim}")
+    return encoder.condition([args.prompt], cfg.model.text_tokens)  # pooled, or packed with its tokens
 
 
 def _save_samples(images, out: str, gif: str | None, scale: int, duration: int) -> list[str]:
@@ -210,40 +243,43 @@ def _save_samples(images, out: str, gif: str | None, scale: int, duration: int) 
     return [p for p in (out, gif) if p]
 
 
-def cmd_schedule(args) -> int:
+def _latent_elements(args, cfg) -> int:
+    """D, the latent's element count: --latent-shape CxHxW (CxTxHxW), else the config's resolved shape."""
     import math
 
-    from ilct.config import latent_dim, load_config
-    from ilct.consistency.schedule import curriculum
+    from ilct.config import latent_dim
 
-    cfg = load_config(args.config, args.set)
-    if args.total_steps is not None:
-        if args.total_steps < 1:
-            raise IlctError("--total-steps must be >= 1")
-        cfg.train.total_steps = args.total_steps
     if args.latent_shape:
         try:
             dims = [int(v) for v in args.latent_shape.lower().split("x")]
         except ValueError:
             dims = []
-        if len(dims) not in (3, 4) or min(dims) < 1:
-            raise IlctError(f"--latent-shape expects CxHxW or CxTxHxW (clips), e.g. 4x32x32, got {args.latent_shape!r}")
-        D = math.prod(dims)
-    elif cfg.model.in_channels and cfg.model.input_size:
-        D = latent_dim(cfg)
-    else:
-        raise IlctError("this config leaves the latent shape to the data: pass --latent-shape CxHxW (CxTxHxW for clips)")
-    cons = cfg.consistency
-    stages = curriculum(cfg.train.total_steps, cons.s0, cons.s1, D, cfg.method.adaptive_c, cons.c_scale, cons.c_floor)
-    rows = [{"start_step": s.start_step, "end_step": s.end_step, "N": s.N, "c": s.c} for s in stages]
+        if len(dims) not in (3, 4) or min(dims) < 1 or max(dims) > 1 << 16:
+            raise IlctError(f"--latent-shape expects CxHxW or CxTxHxW (clips) of sides 1..65536, e.g. 4x32x32, "
+                            f"got {args.latent_shape!r}")
+        return math.prod(dims)
+    if cfg.model.in_channels and cfg.model.input_size:
+        return latent_dim(cfg)
+    raise IlctError("this config leaves the latent shape to the data: pass --latent-shape CxHxW (CxTxHxW for clips)")
+
+
+def cmd_schedule(args) -> int:
+    from ilct.config import MAX_STEPS, load_config
+    from ilct.objectives import make_objective
+
+    check_ranges(args, {"total_steps": (1, MAX_STEPS)})
+    cfg = load_config(args.config, args.set)
+    if args.total_steps is not None:
+        cfg.train.total_steps = args.total_steps
+    head, rows = make_objective(cfg).schedule(_latent_elements(args, cfg))
     if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print(f"{cfg.train.total_steps} steps, D = {D}, s0 = {cons.s0}, s1 = {cons.s1}, "
-              f"c {'adaptive' if cfg.method.adaptive_c else 'fixed'}, metric {cfg.method.metric}")
-        print(f"{'start_step':>10} {'end_step':>10} {'N':>5} {'c':>10}")
+        print(json.dumps({"objective": cfg.train.objective, "summary": head, "stages": rows}, indent=2))
+        return 0
+    print(head)
+    if rows:
+        print(" ".join(f"{k:>10}" for k in rows[0]))
         for r in rows:
-            print(f"{r['start_step']:>10} {r['end_step']:>10} {r['N']:>5} {r['c']:>10.4g}")
+            print(" ".join(f"{v:>10.4g}" if isinstance(v, float) else f"{v:>10}" for v in r.values()))
     return 0
 
 
@@ -261,8 +297,6 @@ def _data_spec(args) -> dict:
     name, _, root = args.data.partition(":")
     if name not in DATASETS + CLIP_DATASETS:
         raise IlctError(f"--data expects one of {', '.join(DATASETS + CLIP_DATASETS)} (optionally NAME:PATH), got {args.data!r}")
-    if args.resolution < 8:
-        raise IlctError("--resolution must be >= 8")
     if args.split == "heldout" and name not in ("moving_fmnist", "emoji_clips"):
         raise IlctError(f"--split heldout applies to moving_fmnist and emoji_clips, not {name}")
     if args.split in ("fit", "val") and name != "fashion_mnist":
@@ -270,42 +304,63 @@ def _data_spec(args) -> dict:
     spec = {"dataset": name, "root": root, "split": args.split, "resolution": args.resolution, "rgb": args.rgb,
             "labels_from_subfolders": args.labels_from_subfolders}
     if name in CLIP_DATASETS:
-        _at_least(args, 1, "frames", "frame_stride")
         spec.update(frames=args.frames, frame_stride=args.frame_stride)
     elif (args.frames, args.frame_stride) != (8, 1):
         raise IlctError(f"--frames and --frame-stride apply to clip datasets ({', '.join(CLIP_DATASETS)}), not {name}")
     return spec
 
 
+ENCODE_RANGES = {"batch_size": (1, MAX_BATCH), "shard_size": (1, 10**7), "limit": (1, MAX_COUNT),
+                 "resolution": (8, MAX_RESOLUTION), "frames": (1, MAX_FRAMES), "frame_stride": (1, MAX_FRAMES),
+                 "max_pixels": (1, MAX_COUNT)}
+
+
+def _check_encode_memory(args) -> None:
+    """A batch of pixels (float32, with the encoder's activations at least 8x that) and a shard of latents (at
+    least 1/64 of the pixels: the most any supported autoencoder compresses) must fit in memory."""
+    from ilct.limits import check_memory
+
+    pixels = 4 * 3 * args.resolution**2 * args.frames  # float32 RGB, one image or clip
+    check_memory(args.batch_size * pixels * 8, f"a batch of {args.batch_size} at --resolution {args.resolution}",
+                 "lower --batch-size")
+    check_memory(args.shard_size * pixels / 64, f"a shard of {args.shard_size} latents", "lower --shard-size")
+
+
 def cmd_encode(args) -> int:
     from ilct.autoencoders import load_autoencoder
     from ilct.data import load_dataset
     from ilct.data.clips import subset
+    from ilct.data.folder import MAX_PIXELS
     from ilct.latents import check_posterior, encode_to_dir
+    from ilct.latents.directory import skipped_files
     from ilct.run import resolve_device
 
     from ilct.runfolder import check_out_dir, is_run
 
+    check_ranges(args, ENCODE_RANGES)
+    _seed(args)
+    _check_encode_memory(args)
     kind, path = _autoencoder_spec(args.autoencoder)
     spec = _data_spec(args)
-    _at_least(args, 1, "batch_size", "shard_size")
-    _seed(args)
+    if spec["dataset"] == "image_folder":
+        spec["max_pixels"] = args.max_pixels
+    elif args.max_pixels != MAX_PIXELS:
+        raise IlctError(f"--max-pixels applies to image_folder, not {spec['dataset']}")
     if is_run(check_out_dir(args.out)) or (Path(args.out) / "model.safetensors").is_file():
         raise IlctError(f"--out {args.out} holds a run or an autoencoder: choose a new folder for the latents")
     ae = load_autoencoder(kind, path)
     check_posterior(ae, args.posterior, args.autoencoder)  # before the dataset is read
     data = load_dataset(**spec)
     if args.limit is not None:
-        if args.limit < 1:
-            raise IlctError("--limit must be >= 1")
         data = subset(data, args.limit)
         spec["limit"] = args.limit
-    if data.skipped:
-        print(f"skipped {data.skipped} unreadable file(s)")
     out = encode_to_dir(ae, data, args.out, autoencoder_name=args.autoencoder, data_spec=spec,
                         shard_size=args.shard_size, batch_size=args.batch_size, flip=args.flip,
                         device=resolve_device(args.device), progress=_progress(args),
-                        posterior=args.posterior, seed=args.seed)
+                        posterior=args.posterior, seed=args.seed, strict=args.strict)
+    skipped = skipped_files(out.meta)
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s): first: {skipped[0][0]} ({skipped[0][1]})")
     unit = "clip" if len(data.shape) == 4 else "image"
     how = "posterior means" if args.posterior == "mean" else f"one posterior sample per {unit}, seed {args.seed}"
     print(f"{out.count} latents of shape {'x'.join(map(str, out.shape))} in {out.path} "
@@ -324,18 +379,27 @@ def cmd_analyze(args) -> int:
     from ilct.outputs import check_file_name, check_output
     from ilct.runfolder import check_out_dir
 
-    _at_least(args, 1, "n")
+    check_ranges(args, {"n": (1, MAX_COUNT)})
     _seed(args)
+    if args.run and any(not 2 <= N <= MAX_LEVELS for N in args.levels):
+        raise IlctError(f"--levels must lie in 2..{MAX_LEVELS}, got {args.levels}")
+    if args.checkpoint and not args.run:
+        raise IlctError("--checkpoint is a checkpoint of --run: give the run too")
     out = check_out_dir(args.out)
     lat = LatentDir(args.latents)
     name = check_file_name(args.name, "--name") if args.name is not None else lat.path.name
-    protected = (lat.path,) + ((Path(args.run) / "checkpoints",) if args.run else ())
+    protected = (lat.path,) + ((Path(args.run),) if args.run else ())
     for suffix in (".json", "_boxplot.png"):
         check_output(out / f"{name}{suffix}", (suffix,), "--out/--name", protected)
-    if args.checkpoint and not args.run:
-        raise IlctError("--checkpoint is a checkpoint of --run: give the run too")
-    if args.run and any(N < 2 for N in args.levels):
-        raise IlctError("--levels must be >= 2")
+    from ilct.limits import check_memory
+
+    per = 4 * int(np.prod(lat.shape))
+    check_memory(min(args.n, len(lat)) * per * 8, f"--n {args.n} latents of shape {tuple(lat.shape)} and their "
+                 "statistics", "analyze fewer (--n)")
+    if args.run and args.checkpoint:
+        from ilct.run import own_checkpoint
+
+        own_checkpoint(Path(args.run), args.checkpoint, args.allow_other_checkpoint)
     n = min(args.n, len(lat))
     rng = np.random.default_rng(args.seed)
     idx = np.sort(rng.choice(len(lat), n, replace=False))
@@ -354,7 +418,7 @@ def cmd_analyze(args) -> int:
     if args.run:
         from ilct.run import open_run
 
-        run = open_run(args.run, args.checkpoint, device=args.device)
+        run = open_run(args.run, args.checkpoint, args.device, args.allow_other_autoencoder, args.allow_other_checkpoint)
         lat.check_autoencoder(run.autoencoder)
         report["td"] = [td_residuals(run, latents, N, n=min(512, n), seed=args.seed) for N in args.levels]
     write_report(report, out / f"{name}.json")
@@ -386,29 +450,39 @@ def _parse_float_list(text: str | None, flag: str) -> list[float] | None:
     return values
 
 
+EVAL_RANGES = {"n": (10, MAX_COUNT), "batch_size": (1, MAX_BATCH), "ref_n": (0, MAX_COUNT)}
+
+
+def _eval_steps(text: str) -> list[int]:
+    try:
+        steps = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise IlctError(f"--steps expects comma-separated integers, got {text!r}") from None
+    if not steps or min(steps) < 1 or max(steps) > MAX_SAMPLING_STEPS:
+        raise IlctError(f"--steps needs step counts in 1..{MAX_SAMPLING_STEPS}, got {text!r}")
+    return steps
+
+
 def cmd_eval(args) -> int:
     from ilct.metrics.evaluate import evaluate_run
+    from ilct.outputs import check_output
+    from ilct.run import own_checkpoint, run_config
 
-    try:
-        steps = [int(v) for v in args.steps.split(",") if v.strip()]
-    except ValueError:
-        raise IlctError(f"--steps expects comma-separated integers, got {args.steps!r}") from None
-    if not steps or min(steps) < 1:
-        raise IlctError("--steps needs step counts >= 1")
-    if args.n < 10:
-        raise IlctError("--n must be >= 10")
-    _at_least(args, 1, "batch_size")
+    check_ranges(args, EVAL_RANGES)
+    steps = _eval_steps(args.steps)
     _seed(args)
-    if args.json:
-        from ilct.outputs import check_output
-
-        check_output(args.json, (".json",), "--json", (Path(args.run) / "checkpoints",))
-    if args.ref_n is not None and args.ref_n < 0:
-        raise IlctError("--ref-n must be >= 0 (0 = all reference images)")
     taus = _parse_float_list(args.tau, "--tau")
+    cfg = run_config(args.run)
+    if args.checkpoint:
+        own_checkpoint(Path(args.run), args.checkpoint, args.allow_other_checkpoint)
+    if args.json:
+        check_output(args.json, (".json",), "--json", _run_inputs(args.run, cfg))
+    _check_sample_memory(cfg, args.n, args.batch_size, 0)
     result = evaluate_run(args.run, steps, args.n, args.seed, args.features, args.inception_weights,
                           Path(args.cache_dir) if args.cache_dir else None, args.batch_size, args.device, _progress(args),
-                          args.checkpoint, taus=taus, ref_n=args.ref_n, split=args.split)
+                          args.checkpoint, taus=taus, ref_n=args.ref_n, split=args.split,
+                          allow_other_autoencoder=args.allow_other_autoencoder,
+                          allow_other_checkpoint=args.allow_other_checkpoint)
     print(f"features: {result['features']}")
     print(f"reference: {result['reference']}, {args.split} split")
     for row in result["rows"]:
@@ -434,9 +508,13 @@ def cmd_clips(args) -> int:
     name, _, root = args.data.partition(":")
     if name not in CLIP_DATASETS:
         raise IlctError(f"--data expects one of {', '.join(CLIP_DATASETS)} (optionally NAME:PATH), got {args.data!r}")
-    _at_least(args, 1, "n", "frames", "frame_stride", "scale", "duration")
-    if args.resolution < 8:
-        raise IlctError("--resolution must be >= 8")
+    check_ranges(args, {"n": (1, MAX_COUNT), "frames": (1, MAX_FRAMES), "frame_stride": (1, MAX_FRAMES),
+                        "scale": (1, MAX_SCALE), "duration": (1, MAX_GIF_MS), "resolution": (8, MAX_RESOLUTION)})
+    from ilct.limits import check_memory
+
+    check_memory(args.n * args.frames * args.resolution**2 * 3 * (1 + 2 * args.scale**2),
+                 f"{args.n} clips of {args.frames} frames at {args.resolution}x{args.resolution}, --scale {args.scale}",
+                 "render fewer (--n), shorter (--frames) or smaller (--resolution, --scale) clips")
     out = check_out_dir(args.out)
     base = check_file_name(args.name if args.name is not None else name, "--name")
     protected = (Path(root),) if root else ()
@@ -455,6 +533,9 @@ def cmd_clips(args) -> int:
 def cmd_demo(args) -> int:
     from ilct.demo import run_demo
 
+    from ilct.config import MAX_STEPS
+
+    check_ranges(args, {"steps": (1, MAX_STEPS), "ae_steps": (1, MAX_COUNT), "quality_n": (0, 1_000_000)})
     if args.quality_n != 0 and args.quality_n < 10:
         raise IlctError("--quality-n must be 0 (skip) or >= 10")
     summary = run_demo(Path(args.out), data_dir=args.data_dir, steps=args.steps, ae_steps=args.ae_steps,
@@ -466,6 +547,8 @@ def cmd_demo(args) -> int:
 
 
 def add_encode_parser(sub, fmt) -> None:
+    from ilct.data.folder import MAX_PIXELS  # the limit lives with the decoder (Pillow is imported there)
+
     e = sub.add_parser("encode", help="encode a dataset into a latent directory (sharded, resumable)", formatter_class=fmt)
     e.add_argument("--data", required=True, help="fashion_mnist[:DIR], image_folder:DIR or emoji[:FONT]; clips: "
                    "moving_fmnist[:DIR], emoji_clips[:FONT] or video_folder:DIR")
@@ -483,6 +566,10 @@ def add_encode_parser(sub, fmt) -> None:
     e.add_argument("--flip", action="store_true", help="also encode horizontally flipped copies (clips: every frame "
                    "mirrored; refused for captioned clips, whose motion the mirror reverses)")
     e.add_argument("--limit", type=int, help="encode only the first N images or clips")
+    e.add_argument("--strict", action="store_true", help="image_folder: stop at the first file that cannot be "
+                   "decoded (exit 2, naming it) instead of skipping and counting it")
+    e.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="image_folder: a file with more pixels (read "
+                   "from its header) is unreadable, never decoded (the default is Pillow's own refusal threshold)")
     e.add_argument("--posterior", default="mean", choices=["mean", "sample"],
                    help="KL autoencoders (builtin, diffusers): store the posterior mean, or one draw mean + std * eps "
                    "per image (TAESD-family encoders have no posterior: mean only)")
@@ -492,6 +579,15 @@ def add_encode_parser(sub, fmt) -> None:
     e.add_argument("--device", default="auto")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_encode)
+
+
+def _add_allow_other(p) -> None:
+    p.add_argument("--allow-other-autoencoder", action="store_true",
+                   help="decode through an autoencoder other than the one the run was trained with (its fingerprint, "
+                        "recorded with the run's statistics, differs: the folder was retrained or replaced)")
+    p.add_argument("--allow-other-checkpoint", action="store_true",
+                   help="--checkpoint names a checkpoint that is not one of the run's own: use it with this run's "
+                        "config, statistics and autoencoder (its architecture and shapes are checked either way)")
 
 
 def add_eval_parser(sub, fmt) -> None:
@@ -519,6 +615,7 @@ def add_eval_parser(sub, fmt) -> None:
                    "inception-2015-12-05.pt (called with return_features=True: pool3 features)")
     v.add_argument("--cache-dir", help="where reference features are cached (default $ILCT_CACHE)")
     v.add_argument("--batch-size", type=int, default=256)
+    _add_allow_other(v)
     v.add_argument("--device", default="auto")
     v.add_argument("--no-progress", action="store_true")
     v.set_defaults(func=cmd_eval)
@@ -620,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance weight w: f_u + w (f_c - f_u); 1 = conditional, 0 = unconditional")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--scale", type=int, default=2, help="nearest-neighbour upscaling of the grid PNG")
+    _add_allow_other(s)
     s.add_argument("--device", default="auto")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_sample)
@@ -645,6 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--run", help="a trained run: also analyze its temporal-difference residuals")
     z.add_argument("--checkpoint", help="with --run: a checkpoint directory of the run (default: its latest)")
     z.add_argument("--levels", type=int, nargs="+", default=[11, 161, 641], help="N for the TD residuals")
+    _add_allow_other(z)
     z.add_argument("--device", default="auto")
     z.set_defaults(func=cmd_analyze)
 
@@ -687,11 +786,18 @@ class _Signals:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+# What a signal before the end leaves, by command (the others write their outputs only at the end, atomically).
+AFTER_SIGNAL = {"train": "nothing was trained", "autoencoder": "nothing was saved",
+                "encode": "the finished shards are kept: the same command resumes",
+                "demo": "its finished parts are kept: run it again to go on"}
+
+
 def main(argv: list[str] | None = None) -> int:
     from ilct.preempt import RECEIVED, Interrupted
 
     RECEIVED.clear()  # the signals ilct's handlers (here and ilct.preempt) see during this command
     signals = _Signals()
+    args = None
     try:
         args = build_parser().parse_args(argv)  # loads torch (through the config) with signals recorded
         from ilct.accel import flush_denormals
@@ -711,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ilct: error: {where}{_one_line(e.strerror or str(e))}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"ilct: {e}; nothing was trained", file=sys.stderr)
+        print(f"ilct: {e}; {AFTER_SIGNAL.get(getattr(args, 'command', None), 'nothing was written')}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         print("ilct: interrupted", file=sys.stderr)

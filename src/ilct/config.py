@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -200,6 +201,13 @@ RENAMED = {"method.diffusion_weight": "lambda_diff"}
 MAX_STEPS = 999_999_999  # checkpoint folders are step_XXXXXXXXX
 MAX_FRAMES = 1024  # data.frames and data.frame_stride
 MAX_TEXT_TOKENS = 256  # the sentence encoder's own limit (all-MiniLM-L6-v2: max_seq_length 256)
+# Bounds far beyond any use, so that a typo (or a hostile value) is refused here rather than exhausting memory later.
+MAX_RESOLUTION = 4096  # data.resolution, model.input_size (sides in pixels / latents)
+MAX_CHANNELS = 1024  # model.in_channels (latent channels: 4 for SD, 16 for FLUX, 128 for deep-compression VAEs)
+MAX_CLASSES = 100_000  # model.num_classes (ImageNet-21k has 21,841)
+MAX_TEXT_DIM = 8192  # model.text_dim (caption embeddings: 384 for all-MiniLM-L6-v2, 4096 for T5-XXL)
+MAX_LEVELS = 100_000  # consistency.s0 / s1, discretization steps (the paper's curricula end at 1280)
+MAX_GRID_IMAGES = 4096  # train.num_sample_images, kept in memory for each periodic grid
 
 # Allowed values of the string fields that are choices.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -263,11 +271,74 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in files.iterdir() if p.name.endswith(".yaml"))
 
 
-def _read_yaml(text: str, where: str) -> dict[str, Any]:
+MAX_YAML_BYTES = 1 << 20  # a config is a few KB; a larger file is not one
+MAX_YAML_DEPTH = 8  # a config nests two levels (sections, keys); a deeper document is not one
+MAX_BASE_CHAIN = 16  # presets and files named by `base:`, one after another
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader refusing what a config never needs: aliases (`*name`, which a "billion laughs"
+    document expands exponentially), nesting deeper than MAX_YAML_DEPTH, and a key given twice in one
+    mapping (plain YAML keeps the last silently)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a config", mark)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                twice = key in seen
+            except TypeError:  # an unhashable key: SafeLoader's own error names it
+                continue
+            if twice:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {_show(key)} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """repr of a value for a one-line message, cut to `limit` characters."""
     try:
-        data = yaml.safe_load(text)
+        text = repr(value)
+    except ValueError:  # an integer of more than sys.get_int_max_str_digits() digits
+        text = f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text through ConfigLoader; any problem is one IlctError line naming `where` and the line."""
+    try:
+        return yaml.load(text, Loader=ConfigLoader)  # a SafeLoader: no Python objects
+    except yaml.MarkedYAMLError as e:
+        line = f", line {e.problem_mark.line + 1}" if e.problem_mark is not None else ""
+        problem = " ".join(str(e.problem or e.context or "malformed").split())
+        raise IlctError(f"{where}{line}: not valid YAML ({problem})") from None
     except yaml.YAMLError as e:
-        raise IlctError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise IlctError(f"{where}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
+    except RecursionError:
+        raise IlctError(f"{where}: not valid YAML (nested too deeply)") from None
+    except ValueError as e:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise IlctError(f"{where}: not valid YAML ({' '.join(str(e).split())[:120]})") from None
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    data = parse_yaml(text, where)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -275,27 +346,50 @@ def _read_yaml(text: str, where: str) -> dict[str, Any]:
     return data
 
 
-def _raw_preset_or_file(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The nested dict of a preset or YAML file, with `base:` chains merged."""
-    if name_or_path in seen:
-        raise IlctError(f"config: circular 'base:' chain {' -> '.join(seen + (name_or_path,))}")
-    path = Path(name_or_path)
-    if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
+def _is_file(name_or_path: str) -> bool:
+    return name_or_path.endswith((".yaml", ".yml")) or Path(name_or_path).is_file()
+
+
+def _read_source(name_or_path: str) -> tuple[dict[str, Any], Path | None]:
+    """The raw dict of a YAML file or preset, and the folder its relative `base:` is taken from (None: a preset)."""
+    if _is_file(name_or_path):
+        path = Path(name_or_path)
         if not path.is_file():
             raise IlctError(f"config file not found: {name_or_path}")
-        raw = _read_yaml(read_text(path, "config file"), str(path))
-    else:
-        if name_or_path not in preset_names():
-            raise IlctError(
-                f"unknown preset '{name_or_path}' (presets: {', '.join(preset_names())}; "
-                "or give a path to a .yaml file)"
-            )
-        text = (resources.files("ilct") / "presets" / f"{name_or_path}.yaml").read_text()
-        raw = _read_yaml(text, f"preset {name_or_path}")
+        return _read_yaml(read_text(path, "config file", MAX_YAML_BYTES), str(path)), path.parent
+    if name_or_path not in preset_names():
+        raise IlctError(
+            f"unknown preset '{name_or_path}' (presets: {', '.join(preset_names())}; "
+            "or give a path to a .yaml file)"
+        )
+    text = (resources.files("ilct") / "presets" / f"{name_or_path}.yaml").read_text()
+    return _read_yaml(text, f"preset {name_or_path}"), None
+
+
+def _resolve_base(base: Any, folder: Path | None, where: str) -> str:
+    """A `base:` value as a preset name or a path; a relative path is taken from the naming file's folder."""
+    if not isinstance(base, str) or not base.strip():
+        raise IlctError(f"{where}: base must be a preset name or a path to a .yaml file, got {_show(base)}")
+    if folder is None or Path(base).is_absolute():
+        return base
+    beside = folder / base
+    if base.endswith((".yaml", ".yml")) or "/" in base or beside.is_file():
+        return str(beside)
+    return base  # a preset name
+
+
+def _raw_preset_or_file(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The nested dict of a preset or YAML file, with `base:` chains merged."""
+    key = str(Path(name_or_path).resolve()) if _is_file(name_or_path) else name_or_path
+    if key in seen:
+        raise IlctError(f"config: circular 'base:' chain {' -> '.join(seen + (key,))}")
+    if len(seen) >= MAX_BASE_CHAIN:
+        raise IlctError(f"config: 'base:' chain longer than {MAX_BASE_CHAIN} ({' -> '.join(seen[:3])} -> ...)")
+    raw, folder = _read_source(name_or_path)
     base = raw.pop("base", None)
     if base is None:
         return raw
-    merged = _raw_preset_or_file(str(base), seen + (name_or_path,))
+    merged = _raw_preset_or_file(_resolve_base(base, folder, name_or_path), seen + (key,))
     for section, values in raw.items():
         if isinstance(values, dict) and isinstance(merged.get(section), dict):
             merged[section] = {**merged[section], **values}
@@ -320,37 +414,50 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
             return value.lower() in ("true", "yes", "on", "1")
-        raise IlctError(f"config: {name} must be true or false, got {value!r}")
+        raise IlctError(f"config: {name} must be true or false, got {_show(value)}")
     if typ is int:
         if isinstance(value, bool):
-            raise IlctError(f"config: {name} must be an integer, got {value!r}")
+            raise IlctError(f"config: {name} must be an integer, got {_show(value)}")
         if isinstance(value, int):
             if abs(value) >= 2**63:
-                raise IlctError(f"config: {name} is out of range (|value| < 2^63), got {value!r}")
+                raise IlctError(f"config: {name} is out of range (|value| < 2^63), got {_show(value)}")
             return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            return _coerce(int(value), int, name)
         if isinstance(value, str):
             try:
                 return _coerce(int(value.replace("_", "")), int, name)
             except ValueError:
                 pass
-        raise IlctError(f"config: {name} must be an integer, got {value!r}")
+        raise IlctError(f"config: {name} must be an integer, got {_show(value)}")
     if typ is float:
         if isinstance(value, bool):
-            raise IlctError(f"config: {name} must be a number, got {value!r}")
+            raise IlctError(f"config: {name} must be a number, got {_show(value)}")
         try:
             out = float(value)
-        except (TypeError, ValueError):
-            raise IlctError(f"config: {name} must be a number, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise IlctError(f"config: {name} must be a number, got {_show(value)}") from None
         if not math.isfinite(out):
-            raise IlctError(f"config: {name} must be finite, got {value!r}")
+            raise IlctError(f"config: {name} must be finite, got {_show(value)}")
         return out
     if typ is str:
-        if isinstance(value, (dict, list)):
-            raise IlctError(f"config: {name} must be a string, got {value!r}")
-        return "" if value is None else str(value)
+        return _coerce_str(value, name)
     raise AssertionError(f"unhandled config type {typ} for {name}")
+
+
+def _coerce_str(value: Any, name: str) -> str:
+    """A string field: a scalar as text; no NUL (no path or name holds one) and nothing no UTF-8 file
+    can hold (a lone surrogate from a "\\ud800" escape)."""
+    if isinstance(value, (dict, list, set, tuple, bytes)):
+        raise IlctError(f"config: {name} must be a string, got {_show(value)}")
+    text = "" if value is None else str(value)
+    if "\x00" in text:
+        raise IlctError(f"config: {name} must not hold a NUL character, got {_show(text)}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise IlctError(f"config: {name} holds a lone surrogate (\\ud800-\\udfff), not text: {_show(text)}") from None
+    return text
 
 
 def _section_types(cls: type) -> dict[str, Any]:
@@ -368,7 +475,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
         if values is None:
             continue
         if not isinstance(values, dict):
-            raise IlctError(f"config: section '{section}' must be a mapping, got {values!r}")
+            raise IlctError(f"config: section '{section}' must be a mapping, got {_show(values)}")
         obj = getattr(cfg, section)
         types = _section_types(type(obj))
         values = {RENAMED.get(f"{section}.{k}", k): v for k, v in values.items()}  # configs of older runs
@@ -388,17 +495,21 @@ def validate(cfg: Config) -> None:
     def need(ok: bool, name: str, msg: str) -> None:
         if not ok:
             value = getattr(getattr(cfg, name.split(".")[0]), name.split(".")[1])
-            raise IlctError(f"config: {name} {msg}, got {value!r}")
+            raise IlctError(f"config: {name} {msg}, got {_show(value)}")
 
     for name, allowed in CHOICES.items():
         section, key = name.split(".")
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
-            raise IlctError(f"config: {name} must be one of {', '.join(allowed)}, got {value!r}")
+            raise IlctError(f"config: {name} must be one of {', '.join(allowed)}, got {_show(value)}")
 
     _validate_arch(cfg)
     cons, m, t, d, me, mf = cfg.consistency, cfg.model, cfg.train, cfg.data, cfg.method, cfg.meanflow
-    need(d.resolution >= 8, "data.resolution", "must be at least 8")
+    need(8 <= d.resolution <= MAX_RESOLUTION, "data.resolution", f"must be in 8..{MAX_RESOLUTION}")
+    try:
+        re.compile(d.caption_holdout)
+    except re.error as e:
+        raise IlctError(f"config: data.caption_holdout is not a regular expression ({e})") from None
     clips = d.dataset in CLIP_DATASETS
     need(1 <= d.frames <= MAX_FRAMES, "data.frames", f"must be in 1..{MAX_FRAMES}")
     need(1 <= d.frame_stride <= MAX_FRAMES, "data.frame_stride", f"must be in 1..{MAX_FRAMES}")
@@ -408,16 +519,16 @@ def validate(cfg: Config) -> None:
          f"heldout applies to moving_fmnist and emoji_clips, not {d.dataset}")
     need(d.split not in ("fit", "val") or d.dataset == "fashion_mnist", "data.split",
          f"{d.split} applies to fashion_mnist, not {d.dataset}")
-    need(m.in_channels is None or m.in_channels >= 1, "model.in_channels", "must be positive")
-    need(m.input_size is None or m.input_size >= 1, "model.input_size", "must be positive")
+    need(m.in_channels is None or 1 <= m.in_channels <= MAX_CHANNELS, "model.in_channels", f"must be in 1..{MAX_CHANNELS}")
+    need(m.input_size is None or 1 <= m.input_size <= MAX_RESOLUTION, "model.input_size", f"must be in 1..{MAX_RESOLUTION}")
     need(m.frames is None or 0 <= m.frames <= 4096, "model.frames", "must be in 0..4096 (0: images)")
     need(1 <= m.patch_t <= 64, "model.patch_t", "must be in 1..64")
     need(m.frames is None or max(m.frames, 1) % m.patch_t == 0, "model.patch_t",
          f"must divide the latent frames (model.frames={m.frames}; an image is one frame)")
     need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
-    need(m.num_classes >= -1, "model.num_classes", "must be >= 0, or -1 (from the data)")
+    need(-1 <= m.num_classes <= MAX_CLASSES, "model.num_classes", f"must be in 0..{MAX_CLASSES}, or -1 (from the data)")
     need(0.0 <= m.class_dropout < 1.0, "model.class_dropout", "must be in [0, 1)")
-    need(m.text_dim >= 0, "model.text_dim", "must be >= 0")
+    need(0 <= m.text_dim <= MAX_TEXT_DIM, "model.text_dim", f"must be in 0..{MAX_TEXT_DIM} (0 = no text)")
     need(0 <= m.text_tokens <= MAX_TEXT_TOKENS, "model.text_tokens", f"must be in 0..{MAX_TEXT_TOKENS} (0 = pooled only)")
     need(m.text_tokens == 0 or m.text_dim > 0, "model.text_tokens", "needs a text-conditional model (model.text_dim > 0)")
     need(1e-12 <= m.norm_eps <= 1e-1, "model.norm_eps", "must be in [1e-12, 0.1]")
@@ -427,13 +538,13 @@ def validate(cfg: Config) -> None:
     need(cons.sigma_min < cons.sigma_max <= 1e6, "consistency.sigma_max", "must be > consistency.sigma_min and <= 1e6")
     need(1e-6 <= cons.sigma_data <= 1e3, "consistency.sigma_data", "must be in [1e-6, 1e3]")
     need(0.1 <= cons.rho <= 1000, "consistency.rho", "must be in [0.1, 1000]")
-    need(cons.s0 >= 1, "consistency.s0", "must be >= 1")
-    need(cons.s1 >= cons.s0, "consistency.s1", f"must be >= consistency.s0 ({cons.s0})")
+    need(1 <= cons.s0 <= MAX_LEVELS, "consistency.s0", f"must be in 1..{MAX_LEVELS}")
+    need(cons.s0 <= cons.s1 <= MAX_LEVELS, "consistency.s1", f"must be in consistency.s0 ({cons.s0})..{MAX_LEVELS}")
     need(cons.p_std > 0, "consistency.p_std", "must be > 0")
     need(0 < cons.c_scale <= 1e3, "consistency.c_scale", "must be in (0, 1e3]")
     need(0 <= cons.c_floor <= 1e3, "consistency.c_floor", "must be in [0, 1e3]")
     need(abs(cons.p_mean) <= 100 and cons.p_std <= 100, "consistency.p_mean", "and p_std must lie within 100")
-    need(me.lambda_diff >= 0, "method.lambda_diff", "must be >= 0")
+    need(0 <= me.lambda_diff <= 1e4, "method.lambda_diff", "must be in [0, 1e4]")
     need(0.0 <= me.diffusion_fraction <= 1.0, "method.diffusion_fraction", "must be in [0, 1]")
     need(abs(mf.p_mean) <= 100, "meanflow.p_mean", "must lie within 100")
     need(0 < mf.p_std <= 100, "meanflow.p_std", "must be in (0, 100]")
@@ -454,22 +565,22 @@ def validate(cfg: Config) -> None:
     need(1 <= t.batch_size <= 2**20, "train.batch_size", "must be in 1..2^20")
     need(0 < t.lr <= 10, "train.lr", "must be in (0, 10]")
     need(0 <= t.seed < 2**63, "train.seed", "must be in 0..2^63-1")
-    need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-    need(t.adam_eps > 0, "train.adam_eps", "must be > 0")
+    need(0 <= t.weight_decay <= 10, "train.weight_decay", "must be in [0, 10]")
+    need(0 < t.adam_eps <= 1, "train.adam_eps", "must be in (0, 1]")
     need(0.0 <= t.beta1 < 1.0, "train.beta1", "must be in [0, 1)")
     need(0.0 <= t.beta2 < 1.0, "train.beta2", "must be in [0, 1)")
-    need(0 <= t.warmup_steps, "train.warmup_steps", "must be >= 0 (0: no warm-up)")
+    need(0 <= t.warmup_steps <= MAX_STEPS, "train.warmup_steps", f"must be in 0..{MAX_STEPS} (0: no warm-up)")
     need(t.lr_decay in LR_DECAYS, "train.lr_decay", f"must be one of {', '.join(LR_DECAYS)}")
     need(0.0 <= t.lr_final <= 1.0, "train.lr_final", "must be in [0, 1]")
-    need(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
+    need(0 <= t.grad_clip <= 1e9, "train.grad_clip", "must be in [0, 1e9] (0 = off)")
     need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
-    need(t.log_every >= 1, "train.log_every", "must be >= 1")
-    need(t.sample_every >= 0, "train.sample_every", "must be >= 0 (0 = off)")
-    need(t.ckpt_every >= 1, "train.ckpt_every", "must be >= 1")
-    need(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
-    need(t.num_sample_images >= 1, "train.num_sample_images", "must be >= 1")
-    need(t.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1")
-    need(t.fid_every >= 0, "train.fid_every", "must be >= 0 (0 = off)")
+    need(1 <= t.log_every <= MAX_STEPS, "train.log_every", f"must be in 1..{MAX_STEPS}")
+    need(0 <= t.sample_every <= MAX_STEPS, "train.sample_every", f"must be in 0..{MAX_STEPS} (0 = off)")
+    need(1 <= t.ckpt_every <= MAX_STEPS, "train.ckpt_every", f"must be in 1..{MAX_STEPS}")
+    need(1 <= t.keep_checkpoints <= MAX_STEPS, "train.keep_checkpoints", f"must be in 1..{MAX_STEPS}")
+    need(1 <= t.num_sample_images <= MAX_GRID_IMAGES, "train.num_sample_images", f"must be in 1..{MAX_GRID_IMAGES}")
+    need(1 <= t.max_nonfinite <= MAX_STEPS, "train.max_nonfinite", f"must be in 1..{MAX_STEPS}")
+    need(0 <= t.fid_every <= MAX_STEPS, "train.fid_every", f"must be in 0..{MAX_STEPS} (0 = off)")
     need(10 <= t.fid_n <= 1_000_000, "train.fid_n", "must be in 10..1,000,000")
     need(t.fid_features in ("fmnist", "inception"), "train.fid_features", "must be fmnist or inception")
     need(t.fid_features != "inception" or not t.fid_every or bool(t.fid_inception_weights),
@@ -561,8 +672,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
             raise IlctError(f"--set expects section.key=value, got {item!r}")
         section, name = key.strip().split(".")
         try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
+            parsed = yaml.load(value, Loader=ConfigLoader) if value.strip() else ""
+        except (yaml.YAMLError, RecursionError, ValueError):  # not YAML: the text itself
             parsed = value
         out.setdefault(section, {})[name] = parsed
     return out
@@ -587,7 +698,7 @@ def dump_config(cfg: Config, path: str | Path) -> None:
 
 
 def config_from_yaml_file(path: str | Path) -> Config:
-    return from_dict(_read_yaml(read_text(path, "config file"), str(path)))
+    return from_dict(_read_yaml(read_text(path, "config file", MAX_YAML_BYTES), str(path)))
 
 
 def latent_shape(cfg: Config) -> tuple[int, ...]:

@@ -15,6 +15,7 @@ import torch
 
 from ilct.checkpoint import latest_checkpoint
 from ilct.config import load_config
+from ilct.files import read_json
 from ilct.grid import make_grid, save_png
 from ilct.run import open_run
 from ilct.runfolder import CONFIG_FILE, LOG_FILE
@@ -34,12 +35,17 @@ def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int =
              quality_n: int = QUALITY_N) -> dict | None:
     """The demo's summary; None when a signal stopped its training (checkpointed: running it again resumes)."""
     t0 = time.time()
+    ae_dir, run_dir = out / "autoencoder", out / "run"
+    cfg = demo_config(out, data_dir, steps)  # every setting checked before the autoencoder trains
+    check_demo_out(out)
+    if (run_dir / CONFIG_FILE).is_file():
+        check_same_preset(cfg, run_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     # 1. the autoencoder
-    ae_dir = out / "autoencoder"
     if (ae_dir / "model.safetensors").is_file() and (ae_dir / "config.json").is_file():
-        ae_metrics = json.loads((ae_dir / "config.json").read_text()).get("metrics", {})
+        meta = read_json(ae_dir / "config.json")
+        ae_metrics = meta.get("metrics", {}) if isinstance(meta, dict) and isinstance(meta.get("metrics", {}), dict) else {}
         print(f"[demo] reusing the autoencoder in {ae_dir}")
     else:
         from ilct.autoencoders.kl import KLAutoencoderConfig
@@ -55,14 +61,7 @@ def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int =
     t_ae = time.time() - t0
 
     # 2. consistency training (resumes an interrupted demo; skips a finished one)
-    overrides = [f"autoencoder.path={ae_dir}", f"data.root={data_dir}", f"data.cache_dir={out / 'cache'}"]
-    if steps is not None:
-        overrides.append(f"train.total_steps={steps}")
-    cfg = load_config(PRESET, overrides)
-    run_dir = out / "run"
     resume = (run_dir / CONFIG_FILE).is_file()
-    if resume:
-        check_same_preset(cfg, run_dir)
     latest = latest_checkpoint(run_dir) if resume else None
     if latest is not None and latest.name == f"step_{cfg.train.total_steps:09d}":
         print(f"[demo] reusing the finished run in {run_dir}")
@@ -118,6 +117,35 @@ def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int =
         print(f"[demo]   the autoencoder's floor (its reconstructions of {q['n']} test images): FID "
               f"{q['autoencoder_floor_fid']:.2f}")
     return summary
+
+
+DEMO_ENTRIES = ("autoencoder", "run", "cache", "summary.json", "samples_1step.png", "samples_2step.png")
+
+
+def demo_config(out: Path, data_dir: str, steps: int | None):
+    """The demo's training config (validated: a bad --steps is refused before anything trains)."""
+    overrides = [f"autoencoder.path={out / 'autoencoder'}", f"data.root={data_dir}", f"data.cache_dir={out / 'cache'}"]
+    if steps is not None:
+        overrides.append(f"train.total_steps={steps}")
+    return load_config(PRESET, overrides)
+
+
+def check_demo_out(out: Path) -> None:
+    """--out is a new or empty folder, or an earlier demo's (it holds what the demo writes): never a run, an
+    autoencoder, a latent directory or a folder of the user's own files."""
+    from ilct.errors import IlctError
+    from ilct.runfolder import check_out_dir, is_run
+
+    check_out_dir(out)
+    if not out.is_dir():
+        return
+    if is_run(out) or (out / "model.safetensors").is_file() or (out / "meta.json").is_file() or (out / "state.json").is_file():
+        raise IlctError(f"--out {out} holds a run, a checkpoint, an autoencoder or latents of its own: the demo writes "
+                        "autoencoder/, run/ and cache/ into its --out; give a new folder")
+    entries = [p.name for p in out.iterdir()]
+    if entries and not any(name in DEMO_ENTRIES for name in entries):
+        raise IlctError(f"--out {out} is not empty and holds no earlier demo ({len(entries)} entries of "
+                        "its own): give a new or empty folder")
 
 
 def check_same_preset(cfg, run_dir: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +63,14 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_text(path: str | Path, what: str = "file") -> str:
-    """A UTF-8 text file; a missing, unreadable or non-UTF-8 one is an IlctError."""
+def read_text(path: str | Path, what: str = "file", max_bytes: int | None = None) -> str:
+    """A UTF-8 text file; a missing, unreadable, non-UTF-8 one (or one over `max_bytes`) is an IlctError."""
     path = Path(path)
     if not path.is_file():
         raise IlctError(f"{what} not found: {path}")
     try:
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            raise IlctError(f"{path}: {path.stat().st_size:,} bytes, more than the {max_bytes:,} a {what} may have")
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise IlctError(f"cannot read {path}: not UTF-8 text (byte {e.start})") from None
@@ -75,10 +78,64 @@ def read_text(path: str | Path, what: str = "file") -> str:
         raise IlctError(f"cannot read {path}: {e.strerror or e}") from None
 
 
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    text = read_text(path, "file")
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook: a JSON object as a dict, refusing a key given twice (json keeps the last)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # \ud800..\udfff: only an escape can give a surrogate
+
+
+def _first_surrogate(value: Any) -> str | None:
+    """Where in a parsed JSON value the first string (or key) holding a lone surrogate is, which no UTF-8
+    file can hold (json.loads accepts "\\ud800"); None when none does. Iterative: json limits the depth."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return at or "the top level"
+        elif isinstance(item, dict):
+            inner = [((k, f"{at}[{k[:40]!a}] (the key)"), (v, f"{at}[{k[:40]!a}]")) for k, v in item.items()]
+            stack.extend(reversed([pair for both in inner for pair in both]))
+        elif isinstance(item, list):
+            stack.extend(reversed([(v, f"{at}[{i}]") for i, v in enumerate(item)]))
+    return None
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON text as Python values; IlctError (one line naming `where`) for malformed JSON, a key given twice
+    in one object, nesting too deep for the parser, or a string no UTF-8 file can hold (a lone surrogate)."""
     try:
-        return json.loads(text)
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise IlctError(f"cannot read {where}: the key {str(e.args[0])[:60]!a} is given twice in one object") from None
+    except RecursionError:
+        raise IlctError(f"cannot read {where}: nested too deeply") from None
     except ValueError as e:
-        raise IlctError(f"cannot read {path}: {e}") from None
+        raise IlctError(f"cannot read {where}: {e}") from None
+    bad = _first_surrogate(value) if _SURROGATE_ESCAPE.search(text) else None
+    if bad is not None:
+        raise IlctError(f"cannot read {where}: the string at {bad} holds a lone surrogate (\\ud800-\\udfff), "
+                        "not text")
+    return value
+
+
+MAX_JSON_BYTES = 1 << 30  # a JSON file of ilct's (caption lists included) stays far below 1 GiB
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file (UTF-8), parsed and checked as `parse_json` does; every problem is an IlctError."""
+    path = Path(path)
+    return parse_json(read_text(path, "JSON file", MAX_JSON_BYTES), str(path))

@@ -1,9 +1,10 @@
 """Output paths never land on inputs.
 
-Every file a command writes (`sample --out/--npz`, `eval --json`, `analyze --out/--name`) is checked
-before anything is computed: it must carry its own suffix, must not be a folder, and must not be a file
-of a run (its config, statistics, log, checkpoints), of an autoencoder or of a latent directory, the
-ones the command reads or any other ilct made. An existing file that passes is replaced atomically.
+Every file a command writes (`sample --out/--npz/--gif`, `eval --json`, `analyze --out/--name`, `clips --out`)
+is checked before anything is computed: it must carry its own suffix, must not be a folder, and must not lie
+anywhere inside a run (its config, statistics, log, checkpoints, samples/), a checkpoint, an autoencoder or a
+latent directory: the ones the command reads or any other ilct made. An existing file that passes is
+replaced atomically.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ilct.errors import IlctError
-from ilct.runfolder import CHECKPOINTS_DIR, CONFIG_FILE, LOCK_FILE, RUN_FILES, STATS_FILE
+from ilct.runfolder import CHECKPOINTS_DIR, CONFIG_FILE, STATS_FILE
 
 # Folders ilct makes, recognized by the files they hold.
 _MARKERS = {
@@ -20,17 +21,25 @@ _MARKERS = {
     "autoencoder": ("config.json", "model.safetensors"),
     "latent directory": ("meta.json",),
 }
-_RUN_FILES = (*RUN_FILES, LOCK_FILE)
 
 
 def _made_by_ilct(folder: Path) -> str | None:
     """What ilct folder this is (a run, a checkpoint, an autoencoder, a latent directory), or None."""
     for what, names in _MARKERS.items():
-        if all((folder / n).is_file() for n in names):
+        if all((folder / n).is_file() for n in names) and (what != "latent directory" or _latent_meta(folder)):
             return what
     if folder.name == CHECKPOINTS_DIR and (folder / "latest").exists():
         return "checkpoint folder"
     return None
+
+
+def _latent_meta(folder: Path) -> bool:
+    """Whether folder/meta.json is a latent directory's (it names the autoencoder's fingerprint), not any meta.json."""
+    try:
+        with open(folder / "meta.json", "rb") as f:
+            return b'"autoencoder_fingerprint"' in f.read(1 << 16)
+    except OSError:
+        return False
 
 
 def check_file_name(name: str, flag: str) -> str:
@@ -56,9 +65,8 @@ def check_output(path: str | Path, suffixes: tuple[str, ...], flag: str, protect
         root = Path(root).resolve()
         if target == root or root in target.parents:
             raise IlctError(f"{flag} {text} lies inside {root}, which this command reads: write it elsewhere")
-    for folder in list(target.parents)[:3]:
+    for folder in target.parents:
         what = _made_by_ilct(folder)
-        inside_run_files = what == "run" and target.parent == folder and target.name in _RUN_FILES
-        if what in ("checkpoint", "autoencoder", "latent directory", "checkpoint folder") or inside_run_files:
-            raise IlctError(f"{flag} {text} would overwrite a file of the {what} {folder}: write it elsewhere")
+        if what is not None:
+            raise IlctError(f"{flag} {text} lies inside the {what} {folder}, which belongs to ilct: write it elsewhere")
     return path

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ilct.consistency.schedule import karras_sigmas
+from ilct.limits import MAX_GUIDANCE
 from ilct.nets.embedders import null_condition, text_condition_shape
 
 # The 2-step tau: the authors' value, index 22 of a 40-level Karras grid (1.382 for sigma in [0.002, 80]).
@@ -54,8 +55,8 @@ def check_request(cfg, labels, has_text: bool, guidance: float) -> None:
             raise IlctError(f"class labels (--class) must lie in 0..{K - 1}, got {labels}")
     if has_text and T <= 0:
         raise IlctError("a prompt (--prompt) given, but the run is not text-conditional (model.text_dim = 0)")
-    if guidance < 0:
-        raise IlctError(f"the guidance weight (--guidance) must be >= 0, got {guidance}")
+    if not (math.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE):
+        raise IlctError(f"the guidance weight (--guidance) must lie in 0..{MAX_GUIDANCE:g}, got {guidance}")
     if guidance != 1.0 and labels is None and not has_text:
         raise IlctError("a guidance weight (--guidance) needs a condition: --class or --prompt")
 

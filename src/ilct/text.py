@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ilct.errors import IlctError
-from ilct.files import save_tensors, write_text
+from ilct.files import read_json, save_tensors, write_text
 
 ENCODER = "all-MiniLM-L6-v2"
 TEXT_DIM = 384
@@ -152,12 +152,12 @@ def caption_embeddings(latent_dir: str | Path, captions: list[str], path: str | 
     want = {"encoder": ENCODER if not path else str(path), "n": len(captions), "captions": captions_digest(captions)}
     if meta_file.is_file() and data_file.is_file():
         try:
-            if json.loads(meta_file.read_text()) == want:
-                e = np.load(data_file)
-                if e.shape[0] == len(captions):
+            if read_json(meta_file) == want:
+                e = np.load(data_file, allow_pickle=False)
+                if e.dtype == np.float32 and e.ndim == 2 and e.shape[0] == len(captions) and np.isfinite(e).all():
                     return torch.from_numpy(e)
-        except (ValueError, OSError):
-            pass  # unreadable cache: recompute
+        except (IlctError, ValueError, OSError):
+            pass  # unreadable or damaged cache: recompute
     unique = sorted(set(captions))
     table = TextEncoder(path).embed(unique)
     pos = {c: j for j, c in enumerate(unique)}

@@ -106,6 +106,8 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     main = dist.main
     absolute_paths(cfg)  # (before the comparison with a resumed run's config, which holds absolute paths)
     cfg = resume_config(cfg, run_dir) if resume else cfg
+    if resume:
+        ckpt.check_layout(run_dir)  # a damaged checkpoints/ would fail only at the first save
     source = None
     if branch_from is not None:
         if resume:

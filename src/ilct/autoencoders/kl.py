@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,7 @@ from torch import nn
 
 from ilct.autoencoders.base import Autoencoder
 from ilct.errors import IlctError
-from ilct.files import read_tensors, save_tensors, write_text
+from ilct.files import read_json, read_tensors, save_tensors, write_text
 
 
 @dataclass
@@ -27,6 +29,42 @@ class KLAutoencoderConfig:
     latent_channels: int = 4
     channels: tuple[int, ...] = (16, 32, 64)  # one entry per resolution; len - 1 down-samplings
     kl_weight: float = 1e-6
+
+
+# The ranges config.json's fields must lie in (the sizes far beyond use; GroupNorm(8, ch) needs multiples of 8).
+INT_RANGES = {"image_channels": (1, 16), "latent_channels": (1, 1024)}
+MAX_LEVELS = 8  # entries of `channels`: at most 7 down-samplings (128x)
+MAX_WIDTH = 4096  # one entry of `channels`
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def config_from_json(meta: Any, where: Path) -> KLAutoencoderConfig:
+    """The KLAutoencoderConfig of a config.json's parsed contents, every field checked by type and range;
+    IlctError naming the field and the file otherwise."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise IlctError(f"{where} is not a built-in autoencoder config (no 'config' object)")
+    if meta.get("kind", "builtin") != "builtin":
+        raise IlctError(f"{where}: kind must be 'builtin', got {str(meta['kind'])[:40]!r}")
+    c, names = meta["config"], [f.name for f in fields(KLAutoencoderConfig)]
+    odd = sorted(set(names) ^ set(c))
+    if odd:
+        raise IlctError(f"{where}: config must hold exactly {', '.join(names)}; "
+                        f"{'unknown' if odd[0] in c else 'missing'} {odd[0][:40]!r}")
+    for name, (lo, hi) in INT_RANGES.items():
+        if not _is_int(c[name]) or not lo <= c[name] <= hi:
+            raise IlctError(f"{where}: config.{name} must be an integer in {lo}..{hi}, got {repr(c[name])[:40]}")
+    ch = c["channels"]
+    if (not isinstance(ch, list) or not 1 <= len(ch) <= MAX_LEVELS
+            or not all(_is_int(w) and 8 <= w <= MAX_WIDTH and w % 8 == 0 for w in ch)):
+        raise IlctError(f"{where}: config.channels must be a list of 1..{MAX_LEVELS} multiples of 8 in "
+                        f"8..{MAX_WIDTH}, got {repr(ch)[:60]}")
+    kl = c["kl_weight"]
+    if not isinstance(kl, (int, float)) or isinstance(kl, bool) or not (math.isfinite(kl) and 0 <= kl <= 1):
+        raise IlctError(f"{where}: config.kl_weight must be a number in [0, 1], got {repr(kl)[:40]}")
+    return KLAutoencoderConfig(c["image_channels"], c["latent_channels"], tuple(ch), float(kl))
 
 
 class ResBlock(nn.Module):
@@ -113,18 +151,17 @@ class KLAutoencoder(Autoencoder):
                 f"no built-in autoencoder in {directory} (expected config.json and model.safetensors; "
                 "train one with: ilct autoencoder --out DIR)"
             )
-        try:
-            meta = json.loads(cfg_file.read_text())
-            c = meta["config"]
-            cfg = KLAutoencoderConfig(**{**c, "channels": tuple(c["channels"])})
-        except (ValueError, KeyError, TypeError) as e:
-            raise IlctError(f"{cfg_file} is not a built-in autoencoder config ({e})") from None
-        model = cls(cfg)
+        cfg = config_from_json(read_json(cfg_file), cfg_file)
         state = read_tensors(weights)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise IlctError(f"{weights} does not match {cfg_file}: {str(e).splitlines()[0]}") from None
+        with torch.device("meta"):  # shapes only: a config.json naming a huge model allocates nothing
+            want = {k: tuple(v.shape) for k, v in cls(cfg).state_dict().items()}
+        have = {k: tuple(v.shape) for k, v in state.items()}
+        if have != want:
+            name = sorted(set(want) ^ set(have)) or sorted(k for k in want if want[k] != have[k])
+            raise IlctError(f"{weights} does not match {cfg_file}: {name[0]!r} is "
+                            f"{have.get(name[0], 'missing')}, expected {want.get(name[0], 'no such weight')}")
+        model = cls(cfg)
+        model.load_state_dict(state)
         if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
             raise IlctError(f"{weights} holds weights that are not finite")
         return model.eval().requires_grad_(False)

@@ -20,16 +20,18 @@ def load_dataset(
     labels_from_subfolders: bool = False,
     frames: int = 8,
     frame_stride: int = 1,
+    max_pixels: int | None = None,
 ) -> ImageDataset | ClipDataset:
     """One of DATASETS (an ImageDataset) or CLIP_DATASETS (a ClipDataset of `frames` frames
-    `frame_stride` apart), rendered at `resolution` (and as RGB when asked)."""
+    `frame_stride` apart), rendered at `resolution` (and as RGB when asked). `max_pixels`: an image
+    folder's limit on one file's pixels (default ilct.data.folder.MAX_PIXELS)."""
     if dataset == "fashion_mnist":
         base = load_fashion_mnist(root or "/usr/share/datasets/fashion-mnist", split, 32)
         return base if (resolution == 32 and not rgb) else ResizedImages(base, resolution, rgb)
     if dataset == "image_folder":
-        from ilct.data.folder import load_image_folder
+        from ilct.data.folder import MAX_PIXELS, load_image_folder
 
-        return load_image_folder(root, resolution, labels_from_subfolders)
+        return load_image_folder(root, resolution, labels_from_subfolders, max_pixels or MAX_PIXELS)
     if dataset == "emoji":
         from ilct.data.emoji import DEFAULT_FONT, load_emoji
 

@@ -3,13 +3,27 @@
 `ArrayImages` holds its images in memory (Fashion-MNIST, emoji); `FolderImages`
 (ilct.data.folder) reads files on demand, so a large folder is never held in
 memory; `ResizedImages` renders another dataset at another size and/or as RGB.
+`read_at` is what an encoder reads through: the images that could be read and
+the files that could not (a folder's damaged files), so those are skipped and
+counted where they are decoded.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from PIL import Image
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A file passed over while reading: its image index, its path and why, in one line."""
+
+    index: int
+    path: str
+    reason: str
 
 
 class ImageDataset:
@@ -26,10 +40,15 @@ class ImageDataset:
         """uint8 (n, H, W, C) images at the given indices."""
         raise NotImplementedError
 
+    def read_at(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Unreadable]]:
+        """(uint8 images of the readable ones, a bool mask of which were readable, the unreadable ones);
+        here every image is readable."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        return self.images_at(idx), np.ones(len(idx), bool), []
+
     def batch_indices(self, idx: np.ndarray) -> torch.Tensor:
         """float32 NCHW in [-1, 1]."""
-        x = torch.from_numpy(np.ascontiguousarray(self.images_at(np.asarray(idx))))
-        return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return to_float(self.images_at(np.asarray(idx)))
 
     def batch(self, start: int, stop: int) -> torch.Tensor:
         return self.batch_indices(np.arange(start, min(stop, len(self))))
@@ -78,6 +97,15 @@ class Subset(ImageDataset):
 
     def images_at(self, idx: np.ndarray) -> np.ndarray:
         return self.base.images_at(idx)
+
+    def read_at(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Unreadable]]:
+        return self.base.read_at(idx)
+
+
+def to_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 (n, H, W, C) -> float32 NCHW in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

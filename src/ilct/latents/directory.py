@@ -1,7 +1,9 @@
 """Encoded datasets on disk (latent directories), their statistics, and the latent cache.
 
-    LATENT_DIR/meta.json            autoencoder fingerprint, dataset name, count, shape, shards,
-                                    posterior (mean, or one seeded sample per image)
+    LATENT_DIR/meta.json            autoencoder fingerprint, dataset name, sources (images, x2 with
+                                    flip), count (latents), shape, shards (each with the files it
+                                    skipped as unreadable and why), posterior (mean, or one seeded
+                                    sample per image)
     LATENT_DIR/shard_00000.npy      raw latents, float32 (n, C, H, W), or (n, C, T, H, W) for clips
                                     (T latent frames), memory-mappable
     LATENT_DIR/labels_00000.npy     int64 (n,)
@@ -14,7 +16,12 @@ Clips (ilct.data.clips, data.shape = (C, T, H, W)) go through an autoencoder tha
 their latents are `ae.clip_latent_shape(H, T)`.
 
 Encoding streams the images through the encoder one batch at a time, writes a
-shard at a time (atomically), and resumes by skipping finished shards. Each
+shard at a time (atomically), and resumes by skipping finished shards. A new
+directory is written into a hidden sibling (`.NAME.partial`) and renamed to
+NAME when finished, so a failed encode (a full disk, a signal, --strict) never
+leaves a half-written NAME; running it again resumes. A file that cannot be
+decoded is skipped where it is read (its latent index, path and reason are
+recorded), so a shard may hold fewer latents than its range of images. Each
 latent is the posterior mean of a KL autoencoder (`posterior="mean"`, and what
 a deterministic encoder such as TAESD gives), or one draw mean + std * eps of
 its posterior (`posterior="sample"`), eps for latent j drawn from its own
@@ -29,9 +36,11 @@ The latent cache used by `ilct train` is a latent directory under
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +51,7 @@ from tqdm import tqdm
 from ilct.autoencoders.base import Autoencoder
 from ilct.autoencoders.frames import for_clips
 from ilct.data.clips import ClipDataset
-from ilct.data.images import ImageDataset
+from ilct.data.images import ImageDataset, Unreadable, to_float
 from ilct.errors import IlctError
 from ilct.files import read_json, read_tensors, save_tensors, write_text
 
@@ -222,6 +231,139 @@ def check_posterior(ae: Autoencoder, posterior: str, autoencoder_name: str) -> N
                         "(no posterior to sample, e.g. the TAESD family); use --posterior mean")
 
 
+def _same_latents(old: dict, meta: dict) -> bool:
+    """Whether a directory's meta.json describes the latents `meta` asks for (autoencoder, data, layout)."""
+    old = {"posterior": "mean", "posterior_seed": None, **old}  # directories from before the posterior setting
+    old.setdefault("sources", old.get("count"))  # directories from before skipping at read time
+    core = ("file", "labels", "start", "stop")
+    listed = old.get("shards") if isinstance(old.get("shards"), list) else []
+    shards = [{k: s.get(k) for k in core} for s in listed if isinstance(s, dict)]
+    return shards == [{k: s[k] for k in core} for s in meta["shards"]] and all(
+        old.get(k) == meta[k] for k in ("format", "autoencoder_fingerprint", "dataset", "flip", "sources", "shape",
+                                        "posterior", "posterior_seed"))
+
+
+def _meta_at(folder: Path) -> dict | None:
+    """A folder's meta.json as a dict; None when it has none; {} when it is not readable JSON."""
+    path = folder / META_FILE
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, OSError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def partial_dir(out: Path) -> Path:
+    """Where a new latent directory is written before it is renamed to `out`: a hidden sibling."""
+    out = out.resolve()
+    return out.with_name(f".{out.name}.partial")
+
+
+def _work_dir(out: Path, meta: dict) -> tuple[Path, dict | None]:
+    """(the folder to encode into, its meta.json to resume from or None). A new encode goes into
+    `partial_dir(out)` (resumed when it holds these latents, else started afresh); an incomplete
+    directory of these latents at `out` itself (made before the partial folder) is resumed in place."""
+    old = _meta_at(out)
+    if old is not None:
+        if not _same_latents(old, meta):
+            raise IlctError(f"{out} already holds other latents ({old.get('autoencoder', '?')} on "
+                            f"{old.get('dataset', '?')}); choose another --out")
+        return out, old
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise IlctError(f"{out} exists and is not a latent directory; choose another --out")
+    work = partial_dir(out)
+    old = _meta_at(work)
+    if old is not None and old.get("format") == FORMAT and _same_latents(old, meta):
+        return work, old
+    if work.exists():
+        if old is None and (not work.is_dir() or any(work.iterdir())):
+            raise IlctError(f"{work} is in the way of encoding into {out} and is not an unfinished encode; remove it")
+        shutil.rmtree(work) if work.is_dir() else work.unlink()  # an unfinished encode of other latents
+    return work, None
+
+
+def _shard_done(work: Path, old: dict | None, k: int, rec: dict, shape: tuple[int, ...]) -> dict | None:
+    """The record of shard k when `old` (the meta.json resumed from) and the files say it is finished."""
+    if old is None or not (work / rec["file"]).is_file() or not (work / rec["labels"]).is_file():
+        return None
+    done = old["shards"][k]
+    rows = done.get("kept", rec["stop"] - rec["start"])  # shards from before skipping at read time: all kept
+    try:
+        if np.load(work / rec["file"], mmap_mode="r").shape == (rows, *shape) and \
+                np.load(work / rec["labels"], mmap_mode="r").shape == (rows,):
+            return {**rec, "kept": rows, "skipped": list(done.get("skipped", []))}
+    except (ValueError, OSError):
+        pass  # damaged: encode again
+    return None
+
+
+def _read(data: ImageDataset | ClipDataset, src: np.ndarray) -> tuple[torch.Tensor, np.ndarray, list[Unreadable]]:
+    """A batch in [-1, 1], a bool mask of the items that could be read, and the unreadable ones."""
+    if isinstance(data, ImageDataset):
+        images, ok, bad = data.read_at(src)
+        return to_float(images), ok, bad
+    return data.batch_indices(src), np.ones(len(src), bool), []
+
+
+def _encode_shard(ae: Autoencoder, data: ImageDataset | ClipDataset, rec: dict, shape: tuple[int, ...],
+                  opts: dict, bar: tqdm) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Shard `rec`'s latents and labels (the readable items of rec's range) and its skipped items."""
+    n_images = len(data)
+    lat, labels, skipped = [], [], []
+    for b in range(rec["start"], rec["stop"], opts["batch_size"]):
+        j = np.arange(b, min(b + opts["batch_size"], rec["stop"]))  # latent indices (>= n_images: mirrored)
+        x, ok, bad = _read(data, j % n_images)
+        if bad and opts["strict"]:
+            raise IlctError(f"unreadable image {bad[0].path}: {bad[0].reason} (--strict)")
+        skipped += [{"index": int(i), "path": u.path, "reason": u.reason} for i, u in zip(j[~ok], bad)]
+        j = j[ok]
+        bar.update(len(ok))
+        if not len(j):
+            continue
+        x = x.to(opts["device"])
+        if opts["flip"]:
+            mirrored = torch.from_numpy(j >= n_images).to(x.device)
+            x = torch.where(mirrored.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)  # (n, C, [T,] H, W)
+        lat.append(encode_batch(ae, x, opts["posterior"], opts["seed"], j).float().cpu().numpy())
+        labels.append(data.labels[j % n_images])
+    if not lat:
+        return np.empty((0, *shape), np.float32), np.empty(0, np.int64), skipped
+    return np.concatenate(lat), np.concatenate(labels).astype(np.int64), skipped
+
+
+def _statistics(work: Path, shards: list[dict], shape: tuple[int, ...], count: int) -> LatentStats:
+    """Per-element mean and (unbiased) std in float64, read back shard by shard."""
+    s1 = np.zeros(shape, np.float64)
+    s2 = np.zeros(shape, np.float64)
+    for rec in shards:
+        a = np.load(work / rec["file"], mmap_mode="r").astype(np.float64)
+        s1 += a.sum(0)
+        s2 += (a * a).sum(0)
+    mean = s1 / count
+    var = np.maximum(s2 / count - mean**2, 0.0) * count / max(count - 1, 1)
+    return LatentStats(torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float().clamp_min(1e-6))
+
+
+def _kept(shards: list[dict]) -> list[int]:
+    """The latent indices (>= the number of images: mirrored) that were encoded, in order."""
+    out = []
+    for rec in shards:
+        gone = {int(s["index"]) for s in rec["skipped"]}
+        out += [j for j in range(rec["start"], rec["stop"]) if j not in gone]
+    return out
+
+
+def skipped_files(meta: dict) -> list[tuple[str, str]]:
+    """(path, reason) of each file a latent directory's encode passed over, once each, in order."""
+    seen: dict[str, str] = {}
+    for rec in meta.get("shards", []):
+        for s in rec.get("skipped", []) if isinstance(rec, dict) else []:
+            seen.setdefault(str(s.get("path")), str(s.get("reason")))
+    return list(seen.items())
+
+
 @torch.no_grad()
 def encode_to_dir(
     ae: Autoencoder,
@@ -236,15 +378,18 @@ def encode_to_dir(
     progress: bool = True,
     posterior: str = "mean",
     seed: int = 0,
+    strict: bool = False,
 ) -> LatentDir:
     """Encode `data` (and, with flip, its horizontal mirror images) into a latent directory.
 
     Clips (data.shape = (C, T, H, W)) go through `for_clips(ae)` (an image autoencoder frame by frame;
     its fingerprint is what the directory records) into (c, T', h, w) latents; flip mirrors every frame.
     posterior: "mean", or "sample" (one draw per latent, seeded by (seed, latent index); only for
-    autoencoders with a posterior). Safe to re-run: a finished directory is returned as it is,
-    finished shards are skipped; a directory made by another autoencoder, dataset or posterior
-    setting is refused.
+    autoencoders with a posterior). A file that cannot be read is skipped and recorded in meta.json
+    (`skipped_files`); with strict, it stops the encode (IlctError). A new directory is written into
+    `partial_dir(out)` and renamed to `out` when finished, so `out` never holds a half-written one.
+    Safe to re-run: a finished directory is returned as it is, finished shards are skipped; a directory
+    made by another autoencoder, dataset or posterior setting is refused.
     """
     out = Path(out)
     clips = len(data.shape) == 4  # (C, T, H, W)
@@ -258,87 +403,83 @@ def encode_to_dir(
                         "(\"... moving left\") would be wrong for the copies; encode them without flip")
     if data.shape[0] != ae.image_channels:
         raise IlctError(f"dataset {data.name} has {data.shape[0]} channels, the autoencoder expects {ae.image_channels}")
-    n_images = len(data)
-    count = n_images * (2 if flip else 1)
+    sources = len(data) * (2 if flip else 1)
     try:
         shape = ae.clip_latent_shape(data.shape[2], data.shape[1]) if clips else ae.latent_shape(data.shape[1])
     except ValueError as e:
         raise IlctError(f"{data.name} does not fit the autoencoder: {e} (choose another --resolution)") from None
-    shards = [
-        {"file": f"shard_{k:05d}.npy", "labels": f"labels_{k:05d}.npy", "start": s, "stop": min(s + shard_size, count)}
-        for k, s in enumerate(range(0, count, shard_size))
-    ]
+    shards = [{"file": f"shard_{k:05d}.npy", "labels": f"labels_{k:05d}.npy", "start": s,
+               "stop": min(s + shard_size, sources)} for k, s in enumerate(range(0, sources, shard_size))]
     meta = {
         "format": FORMAT, "complete": False, "autoencoder": autoencoder_name, "autoencoder_fingerprint": ae.fingerprint(),
-        "dataset": data.name, "data": data_spec or {}, "flip": flip, "count": count, "shape": list(shape), "shards": shards,
-        "posterior": posterior, "posterior_seed": seed if posterior == "sample" else None,
+        "dataset": data.name, "data": data_spec or {}, "flip": flip, "sources": sources, "count": None,
+        "shape": list(shape), "shards": shards, "posterior": posterior,
+        "posterior_seed": seed if posterior == "sample" else None,
     }
-    meta_path = out / META_FILE
-    if meta_path.is_file():
-        try:
-            old = json.loads(meta_path.read_text())
-        except ValueError:
-            old = {}
-        old = {"posterior": "mean", "posterior_seed": None, **old}  # directories from before the posterior setting
-        same = all(old.get(k) == meta[k] for k in ("format", "autoencoder_fingerprint", "dataset", "flip", "count", "shape",
-                                                   "shards", "posterior", "posterior_seed"))
-        if not same:
-            raise IlctError(f"{out} already holds other latents ({old.get('autoencoder', '?')} on {old.get('dataset', '?')}); "
-                            "choose another --out")
-        if old.get("complete"):
-            return LatentDir(out)
-    elif out.exists() and any(out.iterdir()):
-        raise IlctError(f"{out} exists and is not a latent directory; choose another --out")
-    write_text(meta_path, json.dumps(meta, indent=1))
-    ae = ae.to(device).eval()
-    bar = tqdm(total=count, desc="encode", disable=not progress, dynamic_ncols=True, unit="clip" if clips else "img")
-    for shard in shards:
-        path = out / shard["file"]
-        n = shard["stop"] - shard["start"]
-        if path.is_file() and (out / shard["labels"]).is_file():
-            try:
-                if np.load(path, mmap_mode="r").shape == (n, *shape):
-                    bar.update(n)
-                    continue
-            except (ValueError, OSError):
-                pass  # damaged: encode again
-        lat = np.empty((n, *shape), np.float32)
-        labels = np.empty(n, np.int64)
-        for b in range(shard["start"], shard["stop"], batch_size):
-            e = min(b + batch_size, shard["stop"])
-            src = np.arange(b, e) % n_images
-            x = data.batch_indices(src).to(device)
-            if flip:
-                mirrored = torch.from_numpy(np.arange(b, e) >= n_images).to(device)
-                x = torch.where(mirrored.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)  # (n, C, [T,] H, W)
-            z = encode_batch(ae, x, posterior, seed, np.arange(b, e))
-            lat[b - shard["start"] : e - shard["start"]] = z.float().cpu().numpy()
-            labels[b - shard["start"] : e - shard["start"]] = data.labels[src]
-            bar.update(e - b)
-        _save_npy(out / shard["labels"], labels)
-        _save_npy(path, lat)
-    bar.close()
-    # per-element statistics in float64, read back shard by shard
-    s1 = np.zeros(shape, np.float64)
-    s2 = np.zeros(shape, np.float64)
-    for shard in shards:
-        a = np.load(out / shard["file"], mmap_mode="r").astype(np.float64)
-        s1 += a.sum(0)
-        s2 += (a * a).sum(0)
-    mean = s1 / count
-    var = np.maximum(s2 / count - mean**2, 0.0) * count / max(count - 1, 1)
-    LatentStats(torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float().clamp_min(1e-6)).save(out / STATS_FILE)
+    work, old = _work_dir(out, meta)
+    if old is not None and old.get("complete"):
+        return LatentDir(out) if work == out else _finish(data, work, out, old)  # killed just before the rename
+    meta["shards"] = [_shard_done(work, old, k, rec, shape) or rec for k, rec in enumerate(shards)]
+    write_text(work / META_FILE, json.dumps(meta, indent=1))
+    opts = {"batch_size": batch_size, "device": device, "flip": flip, "posterior": posterior, "seed": seed,
+            "strict": strict}
+    _encode_shards(ae.to(device).eval(), data, work, meta, opts, progress)
+    return _finish(data, work, out, meta)
+
+
+def _encode_shards(ae: Autoencoder, data: ImageDataset | ClipDataset, work: Path, meta: dict, opts: dict,
+                   progress: bool) -> None:
+    """Every shard not finished yet, each written whole and then recorded (kept, skipped) in meta.json."""
+    shape = tuple(meta["shape"])
+    unit = "clip" if len(data.shape) == 4 else "img"
+    with tqdm(total=meta["sources"], desc="encode", disable=not progress, dynamic_ncols=True, unit=unit) as bar:
+        for k, rec in enumerate(meta["shards"]):
+            if "kept" in rec:  # finished (_shard_done)
+                bar.update(rec["stop"] - rec["start"])
+                continue
+            lat, labels, skipped = _encode_shard(ae, data, rec, shape, opts, bar)
+            _save_npy(work / rec["file"], lat)
+            _save_npy(work / rec["labels"], labels)
+            meta["shards"][k] = {**rec, "kept": len(lat), "skipped": skipped}
+            write_text(work / META_FILE, json.dumps(meta, indent=1))
+
+
+def _finish(data: ImageDataset | ClipDataset, work: Path, out: Path, meta: dict) -> LatentDir:
+    """Statistics, captions and the completed meta.json; then the partial folder becomes `out`."""
+    shards = meta["shards"]
+    count = sum(rec["kept"] for rec in shards)
+    if count == 0:
+        first = "".join(f" (first: {path} ({why}))" for path, why in skipped_files(meta)[:1])
+        if work != out:
+            shutil.rmtree(work, ignore_errors=True)
+        raise IlctError(f"no readable images in {data.name}: all {len(data)} file(s) unreadable{first}")
+    _statistics(work, shards, tuple(meta["shape"]), count).save(work / STATS_FILE)
     if data.captions:  # aligned with the latents (flipped copies repeat their image's caption)
-        write_text(out / CAPTIONS_FILE, json.dumps([data.captions[j % n_images] for j in range(count)]))
-    meta["complete"] = True
-    write_text(meta_path, json.dumps(meta, indent=1))
+        write_text(work / CAPTIONS_FILE, json.dumps([data.captions[j % len(data)] for j in _kept(shards)]))
+    meta["count"], meta["complete"] = count, True
+    write_text(work / META_FILE, json.dumps(meta, indent=1))
+    for stale in work.glob(".*.tmp*.npy"):  # temporary shards of an encode killed while writing
+        stale.unlink(missing_ok=True)
+    if work != out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work, out)  # `out` is absent or an empty folder (_work_dir)
     return LatentDir(out)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
+    """Written whole under a temporary name, then renamed; never a temporary file left behind. A full disk
+    (numpy reports a short write without an errno) is one line naming the file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT) or (e.errno is None and " requested and " in str(e)):
+            raise IlctError(f"no space left on device while writing {path} (the finished shards are kept: free "
+                            "some space and run the same command again to resume)") from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def default_cache_dir() -> Path:

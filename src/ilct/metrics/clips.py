@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from ilct.data.clips import DIRECTIONS
 from ilct.errors import IlctError
-from ilct.files import read_tensors, save_tensors, write_text
+from ilct.files import read_json, read_tensors, save_tensors, write_text
 from ilct.metrics.features import FashionFeatures, to_gray32
 from ilct.metrics.frechet import feature_stats, frechet_distance
 
@@ -220,7 +220,7 @@ def load_clip_classifier(cache_dir: Path, data_root: str, data: ClipData = ClipD
         try:
             model = ClipClassifier(data.frames)
             model.load_state_dict(read_tensors(out / "model.safetensors"))
-            meta = json.loads((out / "config.json").read_bytes().decode("utf-8"))
+            meta = read_json(out / "config.json")
             if isinstance(meta, dict) and "test_accuracy" in meta and "heldout_accuracy" in meta:
                 return ClipScorer(model, meta)
         except (IlctError, RuntimeError, ValueError):

@@ -55,6 +55,19 @@ def reference_features(extract, data: ImageDataset, cache_dir: Path, progress: b
     return feats
 
 
+def check_cache_dir(cache_dir: Path) -> None:
+    """The reference-feature cache can be written (checked before any feature is computed)."""
+    folder = Path(cache_dir) / "reference"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise IlctError(f"the feature cache {folder} cannot be written ({e.strerror or e}): give a writable "
+                        "--cache-dir (or $ILCT_CACHE)") from None
+
+
 def scores(real: np.ndarray, fake: np.ndarray, n_pr: int, seed: int, k: int = 3) -> dict[str, float]:
     """FID against all reference features; precision/recall against n_pr of them."""
     mu_r, s_r = feature_stats(real)
@@ -163,6 +176,8 @@ def evaluate_run(
     taus: list[float] | None = None,
     ref_n: int | None = None,
     split: str = "train",
+    allow_other_autoencoder: bool = False,
+    allow_other_checkpoint: bool = False,
 ) -> dict:
     """FID, precision and recall per sampler setting (eval_points), against the reference set.
 
@@ -180,7 +195,8 @@ def evaluate_run(
     if split not in SPLITS:
         raise IlctError(f"--split must be train, test or val, got {split!r}")
     cache_dir = cache_dir or default_cache_dir()
-    run = open_run(run_dir, checkpoint, device=device)
+    check_cache_dir(cache_dir)
+    run = open_run(run_dir, checkpoint, device, allow_other_autoencoder, allow_other_checkpoint)
     if run.cfg.model.frames:
         raise IlctError(f"{run_dir} is a clip run (model.frames = {run.cfg.model.frames}): `ilct eval` measures FID on "
                         "images only; clips are scored by the video benchmark (docs/video.md)")

@@ -39,7 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ilct.errors import IlctError
-from ilct.files import save_tensors, write_text
+from ilct.files import read_json, save_tensors, write_text
 
 
 class FashionClassifier(nn.Module):
@@ -174,16 +174,17 @@ def load_fashion_features(weights: Path = PACKAGED, meta_path: Path = PACKAGED_M
     Trained once by `benchmarks/quality/fmnist_classifier.py` (train_fashion_classifier, then float16); a
     classifier trained on each machine gave other features (another fingerprint) on another CPU."""
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(meta_path)
         state = read_packed_tensors(weights)
         model = FashionClassifier()
         model.load_state_dict(state)
     except (OSError, IlctError, RuntimeError, ValueError) as e:
         raise IlctError(f"the Fashion-MNIST feature classifier {weights} cannot be read ({str(e).splitlines()[0]}); "
                         "reinstall ilct") from None
-    if state_fingerprint(model) != meta.get("fingerprint"):
+    want = meta.get("fingerprint") if isinstance(meta, dict) else None
+    if state_fingerprint(model) != want:
         raise IlctError(f"the Fashion-MNIST feature classifier {weights} is damaged (its fingerprint is not "
-                        f"{meta.get('fingerprint')}); reinstall ilct")
+                        f"{str(want)[:40]}); reinstall ilct")
     return FashionFeatures(model, meta)
 
 

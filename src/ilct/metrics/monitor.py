@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ilct.errors import IlctError
-from ilct.files import read_text, write_text
+from ilct.files import read_json, write_text
 from ilct.metrics.frechet import feature_stats, frechet_distance
 from ilct.runfolder import BEST_FILE
 
@@ -36,11 +36,13 @@ def read_best(run_dir: Path) -> Best | None:
     if not path.is_file():
         return None
     try:
-        d = json.loads(read_text(path))
-        best = Best(int(d["step"]), float(d["fid"]))
-    except (IlctError, ValueError, KeyError, TypeError):
+        d = read_json(path)
+    except IlctError:
         return None
-    return best if best.step >= 1 and math.isfinite(best.fid) else None
+    if not isinstance(d, dict) or type(d.get("step")) is not int or type(d.get("fid")) not in (int, float):
+        return None
+    best = Best(d["step"], float(d["fid"]))
+    return best if 1 <= best.step <= 999_999_999 and math.isfinite(best.fid) and best.fid >= 0 else None
 
 
 class FidMonitor:

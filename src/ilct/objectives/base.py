@@ -82,6 +82,12 @@ class Objective(ABC):
 
         return guided(model, cond, w, null_index)
 
+    def schedule(self, D: int) -> tuple[str, list[dict[str, Any]]]:
+        """What `ilct schedule` prints: a line saying what the objective's training schedule is (for latents of D
+        elements), and its stages as rows of a table (none where every step trains the same objective)."""
+        return (f"objective {self.name}: no curriculum; every one of the {self.cfg.train.total_steps} steps trains the "
+                "same loss", [])
+
     def nfe(self, steps: int) -> int:
         """Network evaluations of `steps` sampling steps."""
         return steps

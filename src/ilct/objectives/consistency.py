@@ -16,7 +16,7 @@ from torch import nn
 from ilct.config import latent_dim
 from ilct.consistency.objective import consistency_training_loss
 from ilct.consistency.precond import ConsistencyModel
-from ilct.consistency.schedule import karras_sigmas, level_probabilities, num_levels, sample_levels, scaling_c
+from ilct.consistency.schedule import curriculum, karras_sigmas, level_probabilities, num_levels, sample_levels, scaling_c
 from ilct.objectives.base import LossTerms, Objective
 
 
@@ -83,6 +83,14 @@ class ConsistencyTraining(Objective):
         sigmas = sigmas or default_sigmas(steps, cons.sigma_min, cons.sigma_max, cons.rho)
         return consistency_sample(f, per_sample_noise(seed, indices, shape, len(sigmas)), sigmas, cons.sigma_min,
                                   device=device)
+
+    def schedule(self, D: int) -> tuple[str, list[dict[str, Any]]]:
+        """The curriculum's stages: N levels and the scaling c(N) from each start step (METHOD.md section 3)."""
+        cfg, cons = self.cfg, self.cfg.consistency
+        stages = curriculum(cfg.train.total_steps, cons.s0, cons.s1, D, cfg.method.adaptive_c, cons.c_scale, cons.c_floor)
+        head = (f"objective consistency: {cfg.train.total_steps} steps, D = {D}, s0 = {cons.s0}, s1 = {cons.s1}, "
+                f"c {'adaptive' if cfg.method.adaptive_c else 'fixed'}, metric {cfg.method.metric}")
+        return head, [{"start_step": s.start_step, "end_step": s.end_step, "N": s.N, "c": s.c} for s in stages]
 
     def describe(self, steps: int, sigmas: list[float] | None) -> str:
         from ilct.sampling import default_sigmas

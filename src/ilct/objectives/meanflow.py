@@ -136,6 +136,20 @@ class MeanFlow(Objective):
         e = per_sample_noise(seed, indices, shape, 1)[0].to(device)
         return meanflow_sample(f, e, steps, self.cfg.meanflow.two_step_m)
 
+    def schedule(self, D: int) -> tuple[str, list[dict[str, Any]]]:
+        """No consistency curriculum: the times are drawn the same way at every step; with
+        meanflow.alpha_curriculum, alpha(k) moves the target from flow matching to MeanFlow (rows: alpha at
+        each tenth of the run)."""
+        mf, total = self.cfg.meanflow, self.cfg.train.total_steps
+        head = (f"objective meanflow: no consistency curriculum (no N, no c); every step draws t, r from "
+                f"sigmoid({mf.p_mean:g} + {mf.p_std:g} N(0, 1)) with r = t for {mf.equal_fraction:.0%} of samples, "
+                f"metric {mf.metric}, {total} steps")
+        if not mf.alpha_curriculum:
+            return head + "; alpha_curriculum off: the MeanFlow target from step 0", []
+        steps = sorted({min(total - 1, round(q * total / 10)) for q in range(11)})
+        rows = [{"step": k, "alpha": alpha_at(k, total, mf.alpha_start, mf.alpha_end, mf.alpha_gamma)} for k in steps]
+        return head + "; alpha_curriculum on: alpha(k) from flow matching (1) to MeanFlow (0)", rows
+
     def describe(self, steps: int, sigmas: list[float] | None) -> str:
         times = sampling_times(steps, self.cfg.meanflow.two_step_m)
         return f"{steps} step(s) at times {[round(s, 4) for s in times]}"
