@@ -143,3 +143,21 @@ def test_damaged_cached_reference_features_are_computed_again(run_and_detector, 
         assert main(args(cache, again)) == 0
         assert "damaged; computing them again" in capsys.readouterr().err
         assert json.loads(again.read_text())["fid"] == json.loads(first.read_text())["fid"]
+
+
+def test_reference_features_pass_over_an_unreadable_file(tmp_path, capsys):
+    """An image folder's unreadable file is passed over (and counted) in the FID reference, as encode does."""
+    import numpy as np
+    from PIL import Image
+
+    from ilct.data.folder import load_image_folder
+    from ilct.metrics.evaluate import dataset_features
+
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    data = load_image_folder(tmp_path, 8)
+    feats = dataset_features(lambda images: images.reshape(len(images), -1)[:, :2].astype(np.float64), data,
+                             batch_size=2, progress=False)
+    assert len(data) == 4 and feats.shape == (3, 2) and sorted(feats[:, 0]) == [0, 40, 80]
+    assert "1 unreadable reference file(s) passed over" in capsys.readouterr().err

@@ -28,9 +28,18 @@ from ilct.metrics.precision_recall import precision_recall
 
 
 def dataset_features(extract, data: ImageDataset, batch_size: int = 1000, progress: bool = True) -> np.ndarray:
-    out = []
+    """Features of every readable image (an unreadable file of an image folder is passed over and counted)."""
+    out, skipped = [], []
     for s in tqdm(range(0, len(data), batch_size), desc="reference features", disable=not progress, dynamic_ncols=True):
-        out.append(extract(data.images_at(np.arange(s, min(s + batch_size, len(data))))))
+        images, _, bad = data.read_at(np.arange(s, min(s + batch_size, len(data))))
+        skipped += bad
+        if len(images):
+            out.append(extract(images))
+    if skipped:
+        print(f"note: {len(skipped)} unreadable reference file(s) passed over; first: {skipped[0].path} "
+              f"({skipped[0].reason})", file=sys.stderr)
+    if not out:
+        raise IlctError(f"no readable reference images in {data.name}")
     return np.concatenate(out)
 
 
@@ -41,7 +50,7 @@ def reference_features(extract, data: ImageDataset, cache_dir: Path, progress: b
         try:
             with np.load(path, allow_pickle=False) as f:
                 cached = f["features"].astype(np.float64)
-            if cached.ndim == 2 and len(cached) == len(data) and np.isfinite(cached).all():
+            if cached.ndim == 2 and 0 < len(cached) <= len(data) and np.isfinite(cached).all():  # <: files passed over
                 return cached
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass
