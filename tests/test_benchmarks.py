@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -613,3 +614,35 @@ def test_denormals_resumes_copies_with_and_without_the_flush_and_leaves_the_run_
     for bad in (["--run", str(tmp_path / "nothing")], ["--run", str(run), "--seconds", "0"], ["--run", str(run), "--step", "7"]):
         proc = subprocess.run(script + bad, capture_output=True, text=True)
         assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("denormals: ")
+
+
+def test_scale_tiny_run_measures_each_wrapping_of_each_model_and_the_jvp(tmp_path):
+    """benchmarks/device/scale.py --tiny: DDP and FSDP2 (world size 1, gloo) beside the plain loop for the image,
+    clip and MeanFlow models, and the JVP alone; then --deadline 0 records every row as not run."""
+    script = [sys.executable, str(ROOT / "benchmarks" / "device" / "scale.py")]
+    proc = subprocess.run(script + ["--tiny", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "scale.json").read_text())
+    assert report["world_size"] == 1 and "--tiny" in report["command"] and report["torch"] and report["date"]
+    rows = report["rows"]
+    assert {(r["kind"], r["wrapping"]) for r in rows} == {
+        (kind, w) for kind in ("image", "clip", "meanflow") for w in ("plain", "ddp", "fsdp2")} | {("meanflow", "jvp")}
+    assert not any(r["compiled"] for r in rows)  # --tiny does not compile
+    for r in rows:
+        if r["kind"] == "meanflow" and r["wrapping"] == "fsdp2" and "error" in r:
+            continue  # JVP through FSDP2 may be refused: the exception is the result
+        assert "error" not in r, r
+        numbers = ("forward_ms", "forward_math_ms", "jvp_ms") if r["wrapping"] == "jvp" else (
+            "per_s", "ms_per_step", "tflop_per_step", "mfu")
+        assert all(math.isfinite(r[k]) and r[k] > 0 for k in numbers), r
+        assert r["wrapping"] == "jvp" or r["fp32_final_layer"]
+    assert [r["fused_optimizer"] for r in rows if r["kind"] == "image" and r["wrapping"] == "plain"] == [True, False]
+    assert all(r["over_consistency_step"] > 0 for r in rows if r["kind"] == "meanflow" and "ms_per_step" in r
+               and r["wrapping"] != "jvp")
+    md = (tmp_path / "scale.md").read_text()
+    assert "world size 1" in md and "fsdp2" in md and "JVP / forward" in md
+    late = subprocess.run(script + ["--tiny", "--deadline", "0", "--out", str(tmp_path / "late")], capture_output=True,
+                          text=True)
+    assert late.returncode == 0, late.stderr[-2000:]
+    late_rows = json.loads((tmp_path / "late" / "scale.json").read_text())["rows"]
+    assert len(late_rows) == len(rows) and all(r["error"] == "not run (deadline)" for r in late_rows)

@@ -416,3 +416,30 @@ def test_the_cauchy_metric_has_the_gradient_of_the_adaptive_one_with_c_2c_square
     (g_cauchy,) = torch.autograd.grad(meanflow_loss(u, tgt, "cauchy", c=c).sum(), u)
     (g_adaptive,) = torch.autograd.grad(meanflow_loss(u, tgt, "adaptive", p=1.0, c=2 * c**2).sum(), u)
     assert torch.allclose(g_cauchy, g_adaptive, rtol=1e-12, atol=0)
+
+
+def test_attention_under_forward_mode_runs_in_fp32_under_autocast():
+    """Inside forward_mode (MeanFlow's JVP) attention is computed in fp32 with autocast off and handed back in the
+    autocast dtype (CUDA's math kernel fails in bf16 there); outside it, attend is the plain kernel call."""
+    import torch.nn.functional as F
+
+    from ilct.nets.attention import attend, forward_mode
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(3))
+    exact = F.scaled_dot_product_attention(q, k, v)
+    assert torch.equal(attend(q, k, v), exact)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with forward_mode():
+            inside = attend(q.bfloat16(), k.bfloat16(), v.bfloat16())
+        outside = attend(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert inside.dtype == torch.bfloat16 and outside.dtype == torch.bfloat16
+    want = F.scaled_dot_product_attention(q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float())
+    assert torch.equal(inside, want.bfloat16())  # the fp32 computation, rounded once
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):  # the forward-mode rule exists on the math kernel only
+        out, tangent = torch.func.jvp(lambda x: F.scaled_dot_product_attention(x, k, v), (q,), (torch.ones_like(q),))
+    with forward_mode():
+        out2, tangent2 = torch.func.jvp(lambda x: attend(x, k, v), (q,), (torch.ones_like(q),))
+    assert torch.allclose(out, out2, atol=1e-6) and torch.allclose(tangent, tangent2, atol=1e-5)

@@ -29,10 +29,10 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ilct.consistency.losses import cauchy, squared_residual
 from ilct.errors import IlctError
+from ilct.nets.attention import forward_mode
 
 UFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # u(z, r, t), r and t of shape (B,)
 
@@ -103,9 +103,9 @@ def total_derivative_jvp(u_fn: UFn, z: torch.Tensor, r: torch.Tensor, t: torch.T
 
     The primal u keeps its autograd graph (the loss back-propagates through it). Inside, the
     scaled-dot-product attention runs on the math kernel: the flash and memory-efficient kernels
-    have no forward-mode rule.
+    have no forward-mode rule (and in fp32 under bf16 autocast: ilct.nets.attention).
     """
-    with sdpa_kernel(SDPBackend.MATH):
+    with forward_mode():  # the math kernel, in fp32 under bf16 autocast (ilct.nets.attention says why)
         return torch.func.jvp(u_fn, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
 
 

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ilct.nets.attention import attend
+
 from ilct.nets.embedders import (LabelEmbedder, TextEmbedder, TimestepEmbedder,  # noqa: F401 (also imported from here)
                                  TokenEmbedder, text_condition_shape, unpack_text)
 
@@ -106,7 +108,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, T, head_dim)
         q, k = self.q_norm(q), self.k_norm(k)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        x = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(x.transpose(1, 2).reshape(B, T, C))
 
 
@@ -133,7 +135,7 @@ class CrossAttention(nn.Module):
         kv = self.kv(context)  # (B, S, 2 D)
         k, v = kv.reshape(B, S, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, S, hd)
         q, k = self.q_norm(q), self.k_norm(k)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :],  # (B, 1, 1, S): True = attended
+        x = attend(q, k, v, attn_mask=keep[:, None, None, :],  # (B, 1, 1, S): True = attended
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 

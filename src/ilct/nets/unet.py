@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ilct.nets.attention import attend
+
 from ilct.errors import IlctError
 from ilct.nets.dit import at_least_fp32
 from ilct.nets.embedders import LabelEmbedder, TextEmbedder, TimestepEmbedder
@@ -118,7 +120,7 @@ class SelfAttention(nn.Module):
         B, C, H, W = h.shape
         qkv = self.qkv(self.norm(h)).reshape(B, 3, self.num_heads, C // self.num_heads, H * W)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, H*W, d)
-        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H*W, d)
+        a = attend(q, k, v)  # (B, heads, H*W, d)
         return h + self.proj(a.transpose(-1, -2).reshape(B, C, H, W))
 
 
