@@ -646,3 +646,16 @@ def test_scale_tiny_run_measures_each_wrapping_of_each_model_and_the_jvp(tmp_pat
     assert late.returncode == 0, late.stderr[-2000:]
     late_rows = json.loads((tmp_path / "late" / "scale.json").read_text())["rows"]
     assert len(late_rows) == len(rows) and all(r["error"] == "not run (deadline)" for r in late_rows)
+
+
+def test_meanflow_check_tiny_run_trains_every_combination(tmp_path):
+    """benchmarks/device/meanflow_check.py --tiny: precision x derivative rows of MeanFlow's training step and the
+    consistency control all train on the CPU (on CUDA, bf16 + JVP needed ilct.nets.attention.forward_mode)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device" / "meanflow_check.py"), "--tiny",
+                           "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "meanflow_check.json").read_text())["rows"]
+    steps = [r for r in rows if "preset" in r]
+    assert {(r["precision"], r["derivative"]) for r in steps if r["preset"] == "meanflow"} == {
+        (p, d) for p in ("fp32", "bf16") for d in ("jvp", "finite_difference")}
+    assert all(r["ok"] and math.isfinite(r["ms_per_step"]) and r["ms_per_step"] > 0 for r in steps), steps
