@@ -1,0 +1,218 @@
+"""The package's structure, measured from the code: modules, import cycles, upward imports, imports made inside
+functions, and the path of a one-step training run through the files.
+
+    python benchmarks/structure.py                      # prints a report; --json FILE writes it
+    python benchmarks/structure.py --no-trace           # the import measures only (no training run)
+
+Imports are read with `ast` (every `import ilct...` and `from ilct... import ...`, at module level or inside a
+function). A cycle is a strongly connected set of two or more modules. An upward import is one whose target
+sits on a higher floor than its importer, the floors given by LAYERS below (the tree's layers, from the ground
+up; a module's floor is that of the longest prefix listed). The trace runs `ilct train` for one step on tiny
+synthetic data in this process under `sys.setprofile` and counts the ilct files entered, and the returns to a
+file already left (A -> B -> A counts one return to A).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "ilct"
+
+# Floors from the ground up: a module may import from its own floor and below. Before the restructuring
+# (issue 35) several names here did not exist; they are simply not matched then.
+LAYERS: list[tuple[str, ...]] = [
+    ("ilct.errors", "ilct.schema", "ilct.limits", "ilct.faults"),
+    ("ilct.io", "ilct.files", "ilct.grid", "ilct.animation", "ilct.accel", "ilct.distributed", "ilct.preempt"),
+    ("ilct.nets", "ilct.data", "ilct.text", "ilct.sampling", "ilct.optim", "ilct.flat", "ilct.nonfinite"),
+    ("ilct.autoencoders",),
+    ("ilct.latents",),
+    ("ilct.objectives", "ilct.consistency", "ilct.flowmap", "ilct.edm"),
+    ("ilct.config",),
+    ("ilct.runs", "ilct.runfolder", "ilct.checkpoint", "ilct.outputs", "ilct.run"),
+    ("ilct.generate", "ilct.metrics", "ilct.analysis"),
+    ("ilct.training", "ilct.train", "ilct.step", "ilct.build", "ilct.batches", "ilct.warmstart", "ilct.branch"),
+    ("ilct.demo", "ilct.reports"),
+    ("ilct.cli", "ilct.__main__"),
+]
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(SRC.rglob("*.py"))}
+
+
+def _target(name: str, known: dict[str, Path]) -> str | None:
+    """The module an imported name belongs to: the longest known prefix."""
+    while name and name not in known:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def imports(known: dict[str, Path]) -> list[tuple[str, str, bool]]:
+    """(importer, imported module, made inside a function) for every internal import."""
+    out = []
+    for mod, path in known.items():
+        tree = ast.parse(path.read_text())
+        inside = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                  for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            targets = {_target(name, known) for name in names if name.startswith("ilct")}
+            for target in sorted(t for t in targets if t):  # one per statement and module imported
+                if target != mod and not mod.startswith(target + "."):
+                    out.append((mod, target, id(node) in inside))
+    return out
+
+
+def floor(mod: str) -> int:
+    best, level = -1, 0
+    for i, names in enumerate(LAYERS):
+        for prefix in names:
+            if (mod == prefix or mod.startswith(prefix + ".")) and len(prefix) > best:
+                best, level = len(prefix), i
+    return level
+
+
+def cycles(edges: list[tuple[str, str, bool]]) -> list[list[str]]:
+    """Strongly connected sets of two or more modules (Tarjan)."""
+    graph: dict[str, set[str]] = {}
+    for a, b, _ in edges:
+        graph.setdefault(a, set()).add(b)
+        graph.setdefault(b, set())
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    sys.setrecursionlimit(10_000)
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def import_report() -> dict:
+    known = modules()
+    edges = imports(known)
+    top = sorted(m for m, p in known.items() if p.parent == SRC and p.name not in ("__init__.py", "__main__.py"))
+    packages = sorted(module_name(p.parent) for p in SRC.glob("*/__init__.py"))
+    upward = sorted({(a, b) for a, b, _ in edges if floor(b) > floor(a)})
+    return {"modules": len(known), "top_level_modules": len(top), "top_level": top, "packages": packages,
+            "internal_imports": len(edges), "inside_functions": sum(1 for *_, f in edges if f),
+            "cycles": cycles(edges), "upward_imports": [f"{a} -> {b}" for a, b in upward]}
+
+
+def trace_report() -> dict:
+    """Files entered by a one-step `ilct train` on tiny synthetic data, and returns to a file already left."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import make_fake_fmnist  # the tests' synthetic Fashion-MNIST files
+
+    from ilct.cli import main
+
+    root = Path(tempfile.mkdtemp())
+    data = make_fake_fmnist(root / "fmnist")
+    assert main(["autoencoder", "--out", str(root / "ae"), "--data-dir", str(data), "--steps", "1",
+                 "--no-progress", "--device", "cpu"]) == 0
+    argv = ["train", "--config", "fmnist-ilct", "--autoencoder", str(root / "ae"), "--data-dir", str(data),
+            "--out", str(root / "run"), "--no-progress", "--set", f"data.cache_dir={root / 'cache'}",
+            "--set", "train.total_steps=1", "--set", "train.batch_size=8", "--set", "train.sample_every=0",
+            "--set", "model.arch=DiT-T/4", "--set", "train.device=cpu"]
+    assert main(argv + ["--out", str(root / "warm")]) == 0  # imports, caches: the traced run is the second
+    path: list[str] = []
+
+    def profile(frame, event, arg) -> None:
+        if event == "call":
+            name = frame.f_code.co_filename
+            if name.startswith(str(SRC)):
+                f = str(Path(name).relative_to(SRC.parent))
+                if not path or path[-1] != f:
+                    path.append(f)
+
+    sys.setprofile(profile)
+    try:
+        rc = main(argv)
+    finally:
+        sys.setprofile(None)
+    assert rc == 0
+    del np
+    outside_nets = [f for f in path if not f.startswith("ilct/nets/")]  # the backbone's own calls left out
+    outside_nets = [f for i, f in enumerate(outside_nets) if i == 0 or outside_nets[i - 1] != f]
+    return {"all": _walk(path), "without_nets": _walk(outside_nets)}
+
+
+def _walk(path: list[str]) -> dict:
+    left, returns = set(), 0
+    for a, b in zip(path, path[1:]):
+        left.add(a)
+        returns += b in left
+    return {"files": len(set(path)), "file_changes": len(path) - 1, "returns": returns,
+            "entries_per_file": {f: path.count(f) for f in sorted(set(path), key=path.count, reverse=True)[:8]}}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", help="write the report here")
+    p.add_argument("--no-trace", action="store_true", help="skip the one-step training trace")
+    args = p.parse_args()
+    report = import_report()
+    if not args.no_trace:
+        report["trace"] = trace_report()
+    print(f"{report['modules']} modules, {report['top_level_modules']} at the top of ilct/, "
+          f"{len(report['packages'])} packages; {report['internal_imports']} internal imports, "
+          f"{report['inside_functions']} inside functions; {len(report['cycles'])} cycle(s) "
+          f"{[len(c) for c in report['cycles']]}; {len(report['upward_imports'])} upward import(s)")
+    for c in report["cycles"]:
+        print("  cycle:", " ".join(c))
+    for u in report["upward_imports"]:
+        print("  upward:", u)
+    for key, t in report.get("trace", {}).items():
+        print(f"one-step train ({key.replace('_', ' ')}): {t['files']} files entered, {t['file_changes']} changes of "
+              f"file, {t['returns']} returns to a file already left; most entered: {t['entries_per_file']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
