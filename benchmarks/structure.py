@@ -27,16 +27,16 @@ SRC = ROOT / "src" / "ilct"
 # Floors from the ground up: a module may import from its own floor and below. Before the restructuring
 # (issue 35) several names here did not exist; they are simply not matched then.
 LAYERS: list[tuple[str, ...]] = [
-    ("ilct.errors", "ilct.schema", "ilct.limits", "ilct.faults"),
-    ("ilct.io", "ilct.files", "ilct.grid", "ilct.animation", "ilct.accel", "ilct.distributed", "ilct.preempt"),
-    ("ilct.nets", "ilct.data", "ilct.text", "ilct.sampling", "ilct.optim", "ilct.flat", "ilct.nonfinite"),
+    ("ilct.errors", "ilct.schema", "ilct.limits", "ilct.runs.faults"),
+    ("ilct.io", "ilct.io.files", "ilct.io.grid", "ilct.io.animation", "ilct.training.accel", "ilct.training.distributed", "ilct.training.preempt"),
+    ("ilct.nets", "ilct.data", "ilct.nets.text", "ilct.sampling", "ilct.training.optim", "ilct.training.flat", "ilct.training.nonfinite"),
     ("ilct.autoencoders",),
     ("ilct.latents",),
-    ("ilct.objectives", "ilct.consistency", "ilct.flowmap", "ilct.edm"),
+    ("ilct.objectives", "ilct.objectives.consistency", "ilct.objectives.meanflow"),
     ("ilct.config",),
-    ("ilct.runs", "ilct.runfolder", "ilct.checkpoint", "ilct.outputs", "ilct.run"),
-    ("ilct.generate", "ilct.metrics", "ilct.analysis"),
-    ("ilct.training", "ilct.train", "ilct.step", "ilct.build", "ilct.batches", "ilct.warmstart", "ilct.branch"),
+    ("ilct.runs", "ilct.runs.folder", "ilct.runs.checkpoint", "ilct.runs.outputs", "ilct.runs.opened"),
+    ("ilct.generate", "ilct.metrics", "ilct.metrics.outliers"),
+    ("ilct.training", "ilct.training.loop", "ilct.training.step", "ilct.training.build", "ilct.training.batches", "ilct.training.warmstart", "ilct.training.branch"),
     ("ilct.demo", "ilct.reports"),
     ("ilct.cli", "ilct.__main__"),
 ]

@@ -91,7 +91,9 @@ def assert_guidance_interpolates(net, cond, null_cond, null_index: int, w: float
     2-step sampler with w = 1 equals sampling with the condition directly (labels or caption embeddings)."""
     import torch
 
-    from ilct.sampling import consistency_sample, guided
+    from ilct.objectives.consistency.sampler import consistency_sample
+
+    from ilct.objectives.sampling import guided
 
     n = cond.shape[0]
     x, s = torch.randn(n, 4, 8, 8), torch.full((n,), 2.0)

@@ -1,4 +1,4 @@
-"""AlphaFlow's curriculum (ilct.flowmap.alphaflow): the schedule's golden values, the discrete target's
+"""AlphaFlow's curriculum (ilct.objectives.meanflow.alphaflow): the schedule's golden values, the discrete target's
 closed form and its limits (flow matching at alpha = 1, a step toward the MeanFlow target as alpha -> 0),
 the loss scale, and the switch on the MeanFlow objective trained through the CLI."""
 
@@ -13,8 +13,8 @@ import torch
 from ilct.cli import main
 from ilct.config import load_config
 from ilct.errors import IlctError
-from ilct.flowmap.alphaflow import ALPHA_CLAMP, alpha_at, alphaflow_target, loss_scale
-from ilct.flowmap.meanflow import meanflow_target
+from ilct.objectives.meanflow.alphaflow import ALPHA_CLAMP, alpha_at, alphaflow_target, loss_scale
+from ilct.objectives.meanflow.maths import meanflow_target
 from ilct.objectives import make_objective
 from test_end_to_end import expect_error, train_args
 from test_meanflow_objective import tiny_meanflow

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ilct.batches import BatchMaker, Prefetcher, step_seed
+from ilct.training.batches import BatchMaker, Prefetcher, step_seed
 from ilct.config import load_config
-from ilct.consistency.coupling import ot_permutation
+from ilct.objectives.consistency.coupling import ot_permutation
 from ilct.objectives import make_objective
 
 DATA = torch.randn(50, 2, 4, 4, generator=torch.Generator().manual_seed(0))

@@ -318,12 +318,12 @@ def test_stability_branches_are_one_switch_each_against_the_preset(tmp_path):
     values = {name: change.split("=") for name, (change, _) in st.BRANCHES.items()}
     assert all(len(v) == 2 for v in values.values())
     assert values["fixed-c"] == ["method.adaptive_c", "false"] and ilct.method.adaptive_c
-    assert float(values["lr-half"][1]) == ilct.train.lr / 2
+    assert float(values["lr-half"][1]) == ilct.training.loop.lr / 2
     assert float(values["lambda-diff-half"][1]) == ilct.method.lambda_diff / 2
-    assert int(values["s1-double"][1]) == 2 * ilct.consistency.s1 and int(values["s1-half"][1]) == ilct.consistency.s1 // 2
-    assert float(values["ema-0.999"][1]) == 0.999 != ilct.train.ema_decay
+    assert int(values["s1-double"][1]) == 2 * ilct.objectives.consistency.s1 and int(values["s1-half"][1]) == ilct.objectives.consistency.s1 // 2
+    assert float(values["ema-0.999"][1]) == 0.999 != ilct.training.loop.ema_decay
     assert values["pseudo-huber"][1] != ilct.method.metric
-    assert float(values["beta2-0.99"][1]) == 0.99 != ilct.train.beta2
+    assert float(values["beta2-0.99"][1]) == 0.99 != ilct.training.loop.beta2
     for key, value in values.values():  # each a valid change of the source's config
         load_config("fmnist-ilct", [f"{key}={value}"])
     proc = subprocess.run([sys.executable, stability_script(), "--autoencoder", "ae", "--work", str(tmp_path), "--dry-run"],

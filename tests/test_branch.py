@@ -1,4 +1,4 @@
-"""`ilct train --branch-from` (ilct.branch): a new run from another run's checkpoint with one setting changed.
+"""`ilct train --branch-from` (ilct.training.branch): a new run from another run's checkpoint with one setting changed.
 
 A 6-step source run with checkpoints at 3 and 6; branches from step 3. Covers: no change reproduces the
 source's step 6 bit for bit; a method change and a halved lr differ, reach the loop and the optimizer, and are
@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from conftest import crashed_copy, second_autoencoder
-from ilct.checkpoint import list_checkpoints, read_tensors
+from ilct.runs.checkpoint import list_checkpoints, read_tensors
 from ilct.cli import main
 from ilct.latents import LatentStats
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from ilct.checkpoint import (
+from ilct.runs.checkpoint import (
     latest_checkpoint, list_checkpoints, load_weights, optimizer_from_files, optimizer_to_files, read_tensors,
     save_checkpoint,
 )

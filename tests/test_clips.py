@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from ilct.animation import clip_strip, grid_frames, save_clip_strip, save_gif
+from ilct.io.animation import clip_strip, grid_frames, save_clip_strip, save_gif
 from ilct.config import Config, from_dict
 from ilct.data import CLIP_DATASETS, ArrayClips, ClipFrames, load_dataset
 from ilct.data.clips import DIRECTIONS, bounce, net_starts
 from ilct.data.emoji_clips import MOTIONS, EmojiClips, heldout_motion
 from ilct.data.moving_fmnist import HELDOUT, NAMES, MovingFashionMNIST, heldout_pairs
 from ilct.errors import IlctError
-from ilct.grid import save_npz
+from ilct.io.grid import save_npz
 
 REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
@@ -322,7 +322,7 @@ def test_ilct_clips_renders_a_strip_a_gif_and_the_captions(tmp_path, fake_fmnist
 
 def test_a_run_loads_clip_datasets_with_their_frames(fake_fmnist):
     """Training on clips is wired (tests/test_video_train.py); the run's data are the config's clips."""
-    from ilct.run import load_dataset as run_dataset
+    from ilct.training.data import load_dataset as run_dataset
 
     cfg = from_dict({"data": {"dataset": "moving_fmnist", "root": str(fake_fmnist), "frames": 3, "frame_stride": 2}})
     data = run_dataset(cfg)

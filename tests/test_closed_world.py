@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ilct.checkpoint import list_checkpoints
+from ilct.runs.checkpoint import list_checkpoints
 from ilct.cli import main
 from reliability_report import record
 from test_hostile import CKPT, World, changed_files, file_digests, first_float, remember_logs, tensors, touch, user_folder
@@ -287,14 +287,14 @@ def test_a_signal_during_sampling_says_what_was_left(world, tmp_path, capsys, mo
     """A signal while sampling ends with 128 + signal and a line that does not claim training was stopped."""
     import signal
 
-    import ilct.sampling
-    from ilct.preempt import RECEIVED, Interrupted
+    import ilct.generate
+    from ilct.training.preempt import RECEIVED, Interrupted
 
     def interrupted(*a, **k):
         RECEIVED.append(signal.SIGTERM)
         raise Interrupted(signal.SIGTERM)
 
-    monkeypatch.setattr(ilct.sampling, "generate", interrupted)
+    monkeypatch.setattr(ilct.generate, "generate", interrupted)
     out = tmp_path / "sig.png"
     assert main(world.sample(world.run, out=str(out))) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
@@ -304,16 +304,16 @@ def test_a_signal_during_sampling_says_what_was_left(world, tmp_path, capsys, mo
 def test_branch_from_a_run_whose_checkpoint_is_rotated_away_while_read(world, tmp_path, capsys, monkeypatch):
     """--branch-from a run that is still training: its trainer may delete the checkpoint being read (rotation).
     Everything is read before the new run is written, and the race ends in one line with nothing written."""
-    import ilct.branch
+    import ilct.training.branch
 
     source = world.copy("rotating", only=None)
-    real_restore = ilct.branch.restore
+    real_restore = ilct.training.branch.restore
 
     def rotated(path, *args):
         shutil.rmtree(path)  # the source's trainer keeps only its newest checkpoints
         return real_restore(path, *args)
 
-    monkeypatch.setattr(ilct.branch, "restore", rotated)
+    monkeypatch.setattr(ilct.training.branch, "restore", rotated)
     new = tmp_path / "branch"
     assert main(["train", "--branch-from", str(source / "checkpoints" / "step_000000008"), "--out", str(new), "--no-progress",
                  "--set", f"data.cache_dir={world.cache}"]) == 2

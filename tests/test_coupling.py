@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ilct.consistency.coupling import ot_cost, ot_couple, ot_permutation
+from ilct.objectives.consistency.coupling import ot_cost, ot_couple, ot_permutation
 
 
 def total_cost(x, z, perm):

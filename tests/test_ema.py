@@ -1,4 +1,4 @@
-"""The EMA update (ilct.step.ema_update) and the trainables ilct train builds (ilct.build.build_student)."""
+"""The EMA update (ilct.training.step.ema_update) and the trainables ilct train builds (ilct.training.build.build_student)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-from ilct import flat
+from ilct.training import flat
 from ilct.config import load_config
-from ilct.run import make_ema
-from ilct.build import build_student as make_student
-from ilct.step import ema_update
+from ilct.models import make_ema
+from ilct.training.build import build_student as make_student
+from ilct.training.step import ema_update
 
 
 def pair(flat_: bool) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from conftest import encode_fake, second_autoencoder
-from ilct.analysis import excess_kurtosis, tukey_fractions
+from ilct.metrics.outliers import excess_kurtosis, tukey_fractions
 from ilct.cli import main
 from ilct.data.folder import load_image_folder
 from ilct.latents import LatentDir
@@ -172,8 +172,8 @@ def test_emoji_taef2_end_to_end(tmp_path, capsys):
 
 def test_large_latent_sets_are_gathered_from_the_memory_map(tmp_path, capsys, monkeypatch, tiny_autoencoder, fake_fmnist):
     """The same run, with the in-memory limit at 0 bytes, trains bit-identically from the memory map."""
-    import ilct.build as train_module
-    from ilct.checkpoint import latest_checkpoint, read_tensors
+    import ilct.training.build as train_module
+    from ilct.runs.checkpoint import latest_checkpoint, read_tensors
 
     lat = tmp_path / "lat"
     encode_fake(lat, tiny_autoencoder, fake_fmnist, "--shard-size", "50")
@@ -262,7 +262,7 @@ def test_encode_posterior_sample_refused_for_taesd(tmp_path, capsys):
 
 def _level_gradient_setup(n: int, overrides=()):
     from ilct.config import load_config
-    from ilct.run import build_model
+    from ilct.models import build_model
 
     cfg = load_config("fmnist-ilct", ["model.arch=DiT-T/4", "model.in_channels=4", "model.input_size=8", *overrides])
     torch.manual_seed(0)
@@ -279,7 +279,7 @@ def test_level_gradients_follow_the_metric_and_the_diffusion_mask():
     floor(0.75 N) on, and nowhere with the switch off; the shares are fractions."""
     from dataclasses import replace
 
-    from ilct.analysis import gradient_shares, level_gradients
+    from ilct.metrics.outliers import gradient_shares, level_gradients
 
     cfg, model, x, z = _level_gradient_setup(1)
     N, c = 11, 0.01

@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from conftest import crashed_copy
-from ilct.checkpoint import latest_checkpoint, list_checkpoints, read_tensors
+from ilct.runs.checkpoint import latest_checkpoint, list_checkpoints, read_tensors
 from ilct.cli import main
 
 

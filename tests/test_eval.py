@@ -76,8 +76,8 @@ def test_eval_refuses_bad_taus_in_one_line(run_and_detector, capsys, extra, need
 def test_fid_features_see_the_exact_uint8_samples(run_and_detector, monkeypatch):
     """The extractor gets the decoder's uint8 arrays themselves: no file, no JPEG, no rounding in between."""
     import ilct.metrics.evaluate as ev
-    from ilct.run import open_run
-    from ilct.sampling import generate
+    from ilct.runs.opened import open_run
+    from ilct.generate import generate
 
     seen = []
     real_make = ev.make_extractor

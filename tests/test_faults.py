@@ -22,8 +22,8 @@ import yaml
 
 from conftest import crashed_copy, encode_fake, second_autoencoder
 from reliability_report import record
-from ilct import faults
-from ilct.checkpoint import latest_checkpoint, read_json, read_tensors
+from ilct.runs import faults
+from ilct.runs.checkpoint import latest_checkpoint, read_json, read_tensors
 from ilct.cli import main
 
 SEED = 0
@@ -224,7 +224,7 @@ def test_bad_inputs_exit_2_and_change_nothing(tmp_path, capsys, monkeypatch, tin
         clean += ok
         names.append(name)
     # a full disk while saving: a clear error, the previous checkpoint intact
-    import ilct.checkpoint as checkpoint_module
+    import ilct.runs.checkpoint as checkpoint_module
 
     resumable = crashed_copy(run, tmp_path / "disk", 8, 4)
     snapshot = digest(resumable / "checkpoints" / "step_000000004")

@@ -1,4 +1,4 @@
-"""ilct.flat: parameters as views of one aligned flat buffer, values and state-dict keys unchanged."""
+"""ilct.training.flat: parameters as views of one aligned flat buffer, values and state-dict keys unchanged."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from ilct import flat
+from ilct.training import flat
 
 
 def net() -> torch.nn.Module:

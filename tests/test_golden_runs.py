@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from ilct.checkpoint import latest_checkpoint, read_tensors
+from ilct.runs.checkpoint import latest_checkpoint, read_tensors
 from ilct.cli import main
 
 GOLDEN = Path(__file__).with_name("golden_runs.json")

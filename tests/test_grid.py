@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ilct.grid import make_grid, save_npz, save_png
+from ilct.io.grid import make_grid, save_npz, save_png
 
 
 def test_npz_holds_the_exact_uint8_samples_under_images_and_arr_0(tmp_path):

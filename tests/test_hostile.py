@@ -22,7 +22,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from conftest import crashed_copy, encode_fake, second_autoencoder
-from ilct.checkpoint import latest_checkpoint, list_checkpoints, read_json
+from ilct.runs.checkpoint import latest_checkpoint, list_checkpoints, read_json
 from ilct.cli import main
 from reliability_report import record
 
@@ -183,12 +183,12 @@ def read_only(monkeypatch, root: Path):
 def full_disk(monkeypatch):
     from safetensors import SafetensorError
 
-    import ilct.files
+    import ilct.io.files
 
     def fail(*a, **k):
         raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
                               "message: \"No space left on device\" })")
-    monkeypatch.setattr(ilct.files, "save_file", fail)
+    monkeypatch.setattr(ilct.io.files, "save_file", fail)
 
 
 # --------------------------------------------------------------------------- the table
@@ -604,7 +604,7 @@ def test_a_signal_that_surfaces_as_another_error_is_reported_as_the_signal(monke
     import argparse
 
     import ilct.cli as cli
-    from ilct import preempt
+    from ilct.training import preempt
     from ilct.errors import IlctError
 
     def cut_short(args):

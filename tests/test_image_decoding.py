@@ -72,7 +72,7 @@ def write_good(folder: Path, n: int = 3) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def rgb_autoencoder(tmp_path_factory) -> Path:
     """A built-in KL autoencoder for RGB images (random weights, seeded): 16x16 images -> 4x4x4 latents."""
-    from ilct.accel import flush_denormals
+    from ilct.training.accel import flush_denormals
     from ilct.autoencoders.kl import KLAutoencoder, KLAutoencoderConfig
 
     flush_denormals()  # before this process's first torch work, as `ilct` does (else a later train warns)
@@ -297,7 +297,7 @@ def test_disk_full_is_one_line_and_leaves_no_temporary_shard(tmp_path, capsys, r
 
 def test_a_signal_mid_encode_leaves_out_untouched(tmp_path, capsys, rgb_autoencoder, monkeypatch):
     from ilct.latents import directory
-    from ilct.preempt import Interrupted
+    from ilct.training.preempt import Interrupted
 
     folder = tmp_path / "imgs"
     write_good(folder, 4)

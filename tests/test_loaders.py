@@ -15,12 +15,12 @@ import yaml
 
 from ilct.autoencoders import load_autoencoder
 from ilct.autoencoders.kl import KLAutoencoder
-from ilct.checkpoint import read_state
+from ilct.runs.checkpoint import read_state
 from ilct.cli import main
 from ilct.config import MAX_YAML_BYTES, load_config
 from ilct.data.video_folder import read_captions
 from ilct.errors import IlctError
-from ilct.files import read_json
+from ilct.io.files import read_json
 from ilct.metrics.monitor import read_best
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ilct.config import CHOICES
-from ilct.consistency.losses import (
+from ilct.objectives.consistency.losses import (
     ELEMENT_METRICS, METRIC_NAMES, METRICS, cauchy, cauchy_element, consistency_loss, diffusion_loss, diffusion_mask,
     geman_mcclure, l2, pseudo_huber, squared_residual, w_sigma,
 )

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ilct.errors import IlctError
-from ilct.flowmap.meanflow import (
+from ilct.objectives.meanflow.maths import (
     TIME_SCALE, MeanFlowModel, adaptive_weight, flow_path, guided_velocity, meanflow_loss, meanflow_sample,
     meanflow_target, sample_times, sampling_times,
 )
@@ -346,7 +346,7 @@ def test_meanflow_model_feeds_scaled_t_and_t_minus_r():
 
 
 def _ddp_grads(rank: int, world: int, port: int, out: str) -> None:
-    """One gloo rank: the JVP through the DDP-wrapped model, as ilct.train wraps it (broadcast_buffers=False)."""
+    """One gloo rank: the JVP through the DDP-wrapped model, as ilct.training.loop wraps it (broadcast_buffers=False)."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -394,7 +394,7 @@ def test_jvp_through_ddp_averages_the_gradients_of_the_ranks(tmp_path):
 
 
 def test_the_model_runs_the_jvp_in_its_forward_when_given_a_tangent():
-    # (so that a DDP wrapper's forward work stays outside torch.func.jvp: ilct.objectives.meanflow calls it so)
+    # (so that a DDP wrapper's forward work stays outside torch.func.jvp: ilct.objectives.meanflow.objective calls it so)
     torch.manual_seed(0)
     model = MeanFlowModel(open_dit(build_dit("DiT-T/4", 8, 4, two_times=True, num_classes=3))).eval()
     y = torch.tensor([0, 2])

@@ -1,4 +1,4 @@
-"""MeanFlow as a training objective (ilct.objectives.meanflow; the maths are tested in test_meanflow.py):
+"""MeanFlow as a training objective (ilct.objectives.meanflow.objective; the maths are tested in test_meanflow.py):
 trained, checkpointed, resumed bit-exactly and sampled through the CLI; guidance in the loss path; the
 finite-difference option; OT coupling; a class-conditional run; two gloo ranks; the config section."""
 
@@ -13,13 +13,13 @@ import torch
 import yaml
 
 from conftest import conditioned_dit, crashed_copy
-from ilct.batches import Batch
-from ilct.build import make_batch_maker
-from ilct.checkpoint import latest_checkpoint, read_tensors
+from ilct.training.batches import Batch
+from ilct.training.build import make_batch_maker
+from ilct.runs.checkpoint import latest_checkpoint, read_tensors
 from ilct.cli import main
 from ilct.config import Config, config_from_yaml_file, dump_config, load_config
 from ilct.errors import IlctError
-from ilct.flowmap.meanflow import MeanFlowModel, flow_path, meanflow_loss, meanflow_target
+from ilct.objectives.meanflow.maths import MeanFlowModel, flow_path, meanflow_loss, meanflow_target
 from ilct.objectives import OBJECTIVES, MeanFlow, make_objective
 from test_end_to_end import expect_error, train_args
 
@@ -95,7 +95,7 @@ def test_the_sampler_is_the_flow_map_from_per_sample_noise():
     torch.manual_seed(0)
     model = MeanFlowModel(conditioned_dit(two_times=True)).eval()
     one = objective.sample(model, 5, range(2), (4, 8, 8), 1, None, torch.device("cpu"))
-    from ilct.sampling import per_sample_noise
+    from ilct.seeds import per_sample_noise
 
     e = per_sample_noise(5, range(2), (4, 8, 8), 1)[0]
     with torch.no_grad():

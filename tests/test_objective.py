@@ -3,9 +3,9 @@
 import torch
 
 from ilct.config import MethodConfig
-from ilct.consistency.objective import consistency_training_loss, student_teacher
-from ilct.consistency.precond import ConsistencyModel
-from ilct.consistency.schedule import karras_sigmas
+from ilct.objectives.consistency.loss import consistency_training_loss, student_teacher
+from ilct.objectives.consistency.precond import ConsistencyModel
+from ilct.objectives.consistency.schedule import karras_sigmas
 from ilct.nets.dit import build_dit
 
 

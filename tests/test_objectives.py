@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from conftest import crashed_copy
-from ilct.checkpoint import latest_checkpoint, read_json, read_tensors
+from ilct.runs.checkpoint import latest_checkpoint, read_json, read_tensors
 from ilct.cli import main
-from ilct.consistency.objective import LossTerms
-from ilct.consistency.precond import c_in, sigma_per_sample
+from ilct.objectives.consistency.loss import LossTerms
+from ilct.objectives.consistency.precond import c_in, sigma_per_sample
 from ilct.objectives import OBJECTIVES, Objective
 from test_end_to_end import tiny_config, train_args
 
@@ -47,7 +47,7 @@ class XPrediction(Objective):
         return LossTerms(mse, mse.detach(), torch.zeros((), device=batch.x.device))
 
     def sample(self, f, seed, indices, shape, steps, sigmas, device):
-        from ilct.sampling import per_sample_noise
+        from ilct.seeds import per_sample_noise
 
         self.calls.append(f"sample {steps}")
         sigma_max = self.cfg.consistency.sigma_max
@@ -85,11 +85,11 @@ def test_a_new_objective_is_one_class_and_one_registry_line(tmp_path, tiny_autoe
 
 def test_the_built_model_is_the_objectives_parameterization(monkeypatch):
     from ilct.config import load_config
-    from ilct.consistency.precond import ConsistencyModel
-    from ilct.edm import EDMDenoiser
-    from ilct.run import build_model
+    from ilct.objectives.consistency.precond import ConsistencyModel
+    from ilct.objectives.edm import EDMDenoiser
+    from ilct.models import build_model
 
-    from ilct.flowmap.meanflow import MeanFlowModel
+    from ilct.objectives.meanflow.maths import MeanFlowModel
 
     monkeypatch.setitem(OBJECTIVES, "xpred", XPrediction)
     kinds = {}

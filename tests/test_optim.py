@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from ilct import flat
-from ilct.checkpoint import optimizer_from_files, optimizer_to_files
-from ilct.files import read_tensors, save_tensors
-from ilct.optim import LR_DECAYS, RAdam, lr_factor, warmup_factor
+from ilct.training import flat
+from ilct.runs.checkpoint import optimizer_from_files, optimizer_to_files
+from ilct.io.files import read_tensors, save_tensors
+from ilct.training.optim import LR_DECAYS, RAdam, lr_factor, warmup_factor
 
 
 def net() -> torch.nn.Module:
@@ -107,7 +107,7 @@ def test_the_training_step_scales_its_update_by_the_decay():
     from types import SimpleNamespace
 
     from ilct.config import load_config
-    from ilct.step import training_step
+    from ilct.training.step import training_step
 
     def update(decay: str) -> torch.Tensor:  # the change of the weights at step k = 3 of K = 4
         model, ema = net(), net()

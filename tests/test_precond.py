@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ilct.consistency.precond import ConsistencyModel, c_in, c_noise, c_out, c_skip
+from ilct.objectives.consistency.precond import ConsistencyModel, c_in, c_noise, c_out, c_skip
 
 
 def test_boundary_coefficients_at_sigma_min():
@@ -61,7 +61,7 @@ class Bf16Backbone(torch.nn.Module):
 
 @pytest.mark.parametrize("wrap", ["consistency", "edm"])
 def test_output_maths_in_fp32_under_bf16_autocast(wrap):
-    from ilct.edm import EDMDenoiser
+    from ilct.objectives.edm import EDMDenoiser
 
     model = ConsistencyModel(Bf16Backbone()) if wrap == "consistency" else EDMDenoiser(Bf16Backbone())
     x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))

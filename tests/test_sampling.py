@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
-from ilct.consistency.precond import ConsistencyModel
+from ilct.objectives.consistency.precond import ConsistencyModel
 from ilct.nets.dit import build_dit
-from ilct.consistency.schedule import karras_sigmas
-from ilct.sampling import consistency_sample, default_sigmas, per_sample_noise
+from ilct.objectives.consistency.schedule import karras_sigmas
+from ilct.objectives.consistency.sampler import consistency_sample, default_sigmas
+from ilct.seeds import per_sample_noise
 
 
 def test_default_sigmas():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ilct.consistency.schedule import (
+from ilct.objectives.consistency.schedule import (
     adaptive_c, curriculum, fixed_c, karras_sigmas, lambda_weight, level_probabilities,
     num_levels, sample_levels, scaling_c, stage_length,
 )

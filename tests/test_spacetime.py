@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from ilct.config import Config, latent_dim, latent_shape, load_config
-from ilct.consistency.coupling import ot_permutation
-from ilct.consistency.losses import consistency_loss, diffusion_loss
-from ilct.consistency.objective import consistency_training_loss
-from ilct.consistency.precond import ConsistencyModel
-from ilct.edm import EDMDenoiser, edm_loss
+from ilct.objectives.consistency.coupling import ot_permutation
+from ilct.objectives.consistency.losses import consistency_loss, diffusion_loss
+from ilct.objectives.consistency.loss import consistency_training_loss
+from ilct.objectives.consistency.precond import ConsistencyModel
+from ilct.objectives.edm import EDMDenoiser, edm_loss
 from ilct.errors import IlctError
-from ilct.flowmap.meanflow import MeanFlowModel, meanflow_loss, meanflow_target
+from ilct.objectives.meanflow.maths import MeanFlowModel, meanflow_loss, meanflow_target
 from ilct.nets import build_backbone, takes_clips
 from ilct.nets.dit import build_dit, sincos_pos_embed_2d, sincos_pos_embed_3d
 
@@ -181,7 +181,7 @@ def test_config_clip_fields():
 
 
 def test_run_build_model_makes_a_clip_dit_from_the_config():
-    from ilct.run import build_model
+    from ilct.models import build_model
 
     cfg = load_config("ilct", ["model.arch=DiT-T/2", "model.frames=2", "model.attention=factorized",
                                "model.in_channels=4", "model.input_size=8"])
@@ -273,10 +273,10 @@ def write_clip_latents(root, fingerprint: str, shape=(4, 4, 8, 8), n: int = 8):
 
 @pytest.mark.parametrize("attention", ["full", "factorized"])
 def test_build_data_takes_the_frames_from_clip_latents_and_a_step_trains(tmp_path, attention):
-    from ilct import distributed
+    from ilct.training import distributed
     from ilct.autoencoders import KLAutoencoder, KLAutoencoderConfig
-    from ilct.build import build_data
-    from ilct.run import build_model
+    from ilct.training.build import build_data
+    from ilct.models import build_model
 
     KLAutoencoder(KLAutoencoderConfig(1, 4, (8, 16))).save(tmp_path / "ae")
     from ilct.autoencoders import for_clips, load_autoencoder

@@ -101,7 +101,7 @@ def test_bf16_residual_needs_bf16():
 
 def test_cuda_graphs_need_compile_and_fall_back_to_compiled_blocks_on_a_cpu(tmp_path, tiny_autoencoder, fake_fmnist,
                                                                             monkeypatch, capsys):
-    import ilct.train as train_module
+    import ilct.training.loop as train_module
     from ilct.config import load_config
     from ilct.errors import IlctError
 
@@ -140,7 +140,7 @@ import sys, torch
 torch.set_num_threads(2)
 if sys.argv[1] == "late":
     (torch.randn(1_000_000) * 2).sum()  # torch's worker threads start here, before the flush
-from ilct.accel import flush_denormals, flush_reaches_all_threads
+from ilct.training.accel import flush_denormals, flush_reaches_all_threads
 print(flush_denormals(warn=True), flush_reaches_all_threads())
 """
 

@@ -25,14 +25,14 @@ FMNIST_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "sh
 
 @pytest.fixture(scope="module")
 def encoder():
-    from ilct.text import TextEncoder
+    from ilct.nets.text import TextEncoder
 
     return TextEncoder()
 
 
 def test_encoder_loads_offline_and_gives_unit_384_d_embeddings(monkeypatch):
     """No network: every socket connection fails, yet the packaged model loads and embeds."""
-    from ilct.text import TEXT_DIM, TextEncoder
+    from ilct.nets.text import TEXT_DIM, TextEncoder
 
     def no_network(*args, **kwargs):
         raise OSError("network access in a test")
@@ -49,7 +49,7 @@ def test_encoder_loads_offline_and_gives_unit_384_d_embeddings(monkeypatch):
 
 
 def test_encoder_refuses_a_folder_that_is_not_a_model(tmp_path, encoder):
-    from ilct.text import TextEncoder
+    from ilct.nets.text import TextEncoder
 
     with pytest.raises(IlctError, match="not a sentence-transformers model folder"):
         TextEncoder(tmp_path)
@@ -59,7 +59,7 @@ def test_encoder_refuses_a_folder_that_is_not_a_model(tmp_path, encoder):
 
 
 def test_caption_embeddings_are_cached_with_the_latents(tmp_path, monkeypatch, encoder):
-    import ilct.text as text
+    import ilct.nets.text as text
 
     caps = ["cat face", "red heart", "cat face"]
     e = text.caption_embeddings(tmp_path, caps)
@@ -127,7 +127,7 @@ def text_run_args(tmp_path, tiny_autoencoder, lat, out, **extra):
 
 
 def test_train_and_sample_a_text_conditional_run(tmp_path, tiny_autoencoder, fake_fmnist, capsys, monkeypatch):
-    from ilct.batches import BatchMaker
+    from ilct.training.batches import BatchMaker
 
     lat, labels = captioned_latents(tmp_path, tiny_autoencoder, fake_fmnist)
     seen = {}
@@ -142,7 +142,7 @@ def test_train_and_sample_a_text_conditional_run(tmp_path, tiny_autoencoder, fak
     assert main(text_run_args(tmp_path, tiny_autoencoder, lat, run)) == 0
     kept = ~np.isin(labels, [5, 9])  # sandal, ankle boot: held out
     assert seen["n"] == kept.sum() and seen["y"].shape == (kept.sum(), 384)
-    from ilct.text import TextEncoder
+    from ilct.nets.text import TextEncoder
 
     names = TextEncoder().embed(FMNIST_NAMES)
     torch.testing.assert_close(seen["y"], names[torch.from_numpy(labels[kept])])  # each latent its caption's embedding

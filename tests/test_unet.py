@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import yaml
 
 from conftest import assert_guidance_interpolates, fixed_net_and_inputs
-from ilct.checkpoint import latest_checkpoint, read_tensors
+from ilct.runs.checkpoint import latest_checkpoint, read_tensors
 from ilct.cli import main
 from ilct.config import load_config
 from ilct.errors import IlctError
@@ -186,7 +186,7 @@ def test_output_layer_runs_in_fp32_under_bf16_autocast():
 
 
 def test_regional_compile_finds_the_residual_blocks():
-    from ilct.accel import compile_blocks
+    from ilct.training.accel import compile_blocks
 
     net = build_unet("ADM-T", 8, 4)
     compile_blocks(net)  # lazy: nothing is compiled until a block runs
@@ -212,7 +212,7 @@ def test_one_registry_for_both_backbones():
 
 
 def test_config_accepts_unet_names_and_refuses_what_does_not_fit():
-    from ilct.run import build_model
+    from ilct.models import build_model
 
     cfg = load_config("fmnist-ilct", ["model.arch=ADM-T"])
     model = build_model(cfg)

@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from conftest import crashed_copy
-from ilct.checkpoint import read_tensors
+from ilct.runs.checkpoint import read_tensors
 from ilct.cli import main
 
 FRAMES = 3
@@ -179,8 +179,8 @@ def test_a_one_frame_clip_takes_the_image_path(tmp_path, tiny_autoencoder, fake_
     from ilct.data.clips import ClipFrames, subset
     from ilct.data.moving_fmnist import load_moving_fmnist
     from ilct.latents import encode_to_dir
-    from ilct.run import open_run
-    from ilct.sampling import generate
+    from ilct.runs.opened import open_run
+    from ilct.generate import generate
 
     ae = load_autoencoder("builtin", str(tiny_autoencoder))
     clips = subset(load_moving_fmnist(fake_fmnist, "train", 32, frames=1), 32)

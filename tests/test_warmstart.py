@@ -1,4 +1,4 @@
-"""Warm start (`train.init_from`, ilct.warmstart): a new run, of any objective, starts from another run's EMA
+"""Warm start (`train.init_from`, ilct.training.warmstart): a new run, of any objective, starts from another run's EMA
 backbone weights; bad sources are refused in one line before anything is written."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import crashed_copy
-from ilct.build import build_student
-from ilct.checkpoint import latest_checkpoint, read_tensors
+from ilct.training.build import build_student
+from ilct.runs.checkpoint import latest_checkpoint, read_tensors
 from ilct.cli import main
 from ilct.config import config_from_yaml_file
 from test_end_to_end import expect_error, tiny_config, train_args

@@ -1,9 +1,9 @@
 """Which MeanFlow training steps run: precision (fp32, bf16) x meanflow.derivative (jvp, finite_difference).
 
 A diagnostic for benchmarks/device/scale.py, whose MeanFlow step rows (bf16 autocast, derivative jvp) all failed
-on CUDA. Each row builds the `meanflow` preset's student as ilct does (ilct.build.build_student: flat weights,
+on CUDA. Each row builds the `meanflow` preset's student as ilct does (ilct.training.build.build_student: flat weights,
 EMA, RAdam; eager), draws synthetic N(0, 1/4) latents through ilct's batch maker, and runs 3
-ilct.step.training_step calls; a control row runs the `ilct` preset's consistency step in bf16. A row records
+ilct.training.step.training_step calls; a control row runs the `ilct` preset's consistency step in bf16. A row records
 ok and ms/step (the mean of the steps after the first), or the exception's class, its first line, the innermost
 frame of ilct code in its traceback and the innermost frame overall. An error raised in the backward has only
 `loss.backward()` as its ilct frame, so a failed row is run once more, one step under
@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ilct.build import build_student, make_batch_maker
+from ilct.training.build import build_student, make_batch_maker
 from ilct.config import load_config
 from ilct.objectives import make_objective
-from ilct.step import training_step
+from ilct.training.step import training_step
 
 N_DATA = 256
 SRC = os.sep + "ilct" + os.sep
@@ -210,7 +210,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     report = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "argv": "python " + " ".join(sys.argv),
-              "step": f"ilct.step.training_step, eager, {args.steps} steps (ms/step: mean after the first)", "rows": []}
+              "step": f"ilct.training.step.training_step, eager, {args.steps} steps (ms/step: mean after the first)", "rows": []}
 
     def record(rec: dict) -> None:
         report["rows"].append(rec)

@@ -1,11 +1,11 @@
 """The wrappers for several GPUs, measured on one: DDP and FSDP2 against the plain loop, and what MeanFlow's JVP costs.
 
-Each row is ilct.step.training_step (as `ilct train` runs it: bf16 autocast, the `ilct` preset's method, OT
+Each row is ilct.training.step.training_step (as `ilct train` runs it: bf16 autocast, the `ilct` preset's method, OT
 coupling, RAdam and EMA, batches prefetched; blocks torch.compile'd where the row says so) on synthetic N(0, 1/4)
 latents, with the model wrapped one of three ways:
 
     plain   the model itself (one process, as `ilct train` without torchrun)
-    ddp     DistributedDataParallel(broadcast_buffers=False) around it, as ilct.train wraps it under torchrun
+    ddp     DistributedDataParallel(broadcast_buffers=False) around it, as ilct.training.loop wraps it under torchrun
     fsdp2   torch.distributed.fsdp.fully_shard on every block, then on the root (the EMA copy sharded the same
             way); compiled rows compile each sharded block in place, so FSDP2's hooks are inside the compiled
             call (what Dynamo makes of them depends on the torch version; each compiled row counts its graph breaks)
@@ -41,9 +41,9 @@ FSDP2 needs the optimizer over lists of tensors (train.fused_optimizer=false: sh
 parameters, so they cannot be views of one flat buffer); a `plain` row with that optimizer is measured
 too, the like-for-like reference of the FSDP2 rows. Three parts of the step do not take FSDP2's DTensor
 parameters, and this script works around them without changing the library: the step runs under DTensor's
-implicit_replication (the grad-norm and skip tensors mix DTensors with plain ones); ilct.optim.RAdam's
+implicit_replication (the grad-norm and skip tensors mix DTensors with plain ones); ilct.training.optim.RAdam's
 update runs on each rank's shards (`ShardRAdam`: its gradient copy into one flat buffer is refused for
-the shard of a (1, ...) parameter); and the EMA update (ilct.step.ema_update reads the weights' storage to
+the shard of a (1, ...) parameter); and the EMA update (ilct.training.step.ema_update reads the weights' storage to
 find flat buffers) is swapped, for the FSDP2 rows only, for the same lerp on the shards.
 
     PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 python3 benchmarks/device/scale.py --out $OUT       # one GPU, ~7 min
@@ -81,17 +81,17 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.flop_counter import FlopCounterMode
 
-import ilct.step
-from ilct.accel import compile_model, setup_backends
-from ilct.batches import Prefetcher
-from ilct.build import build_student, make_batch_maker
+import ilct.training.step
+from ilct.training.accel import compile_model, setup_backends
+from ilct.training.batches import Prefetcher
+from ilct.training.build import build_student, make_batch_maker
 from ilct.config import load_config
-from ilct.flowmap.meanflow import flow_path
+from ilct.objectives.meanflow.maths import flow_path
 from ilct.nets.embedders import pack_text
 from ilct.objectives import make_objective
-from ilct.optim import RAdam, radam_update_
-from ilct.run import build_model
-from ilct.step import training_step
+from ilct.training.optim import RAdam, radam_update_
+from ilct.models import build_model
+from ilct.training.step import training_step
 
 
 def _load_throughput():
@@ -245,7 +245,7 @@ def local(t):
 
 @torch.no_grad()
 def ema_update_on_shards(ema: torch.nn.Module, model: torch.nn.Module, decay: float, keep=None) -> None:
-    """ilct.step.ema_update's lerp over each rank's shards (EMA and model sharded alike)."""
+    """ilct.training.step.ema_update's lerp over each rank's shards (EMA and model sharded alike)."""
     for e, m in zip(ema.parameters(), model.parameters()):
         e, m = local(e), local(m)
         w = torch.full((), 1.0 - decay, dtype=e.dtype, device=e.device)
@@ -253,8 +253,8 @@ def ema_update_on_shards(ema: torch.nn.Module, model: torch.nn.Module, decay: fl
 
 
 class ShardRAdam(RAdam):
-    """ilct.optim.RAdam on each rank's shards of FSDP2's DTensor parameters: the update is elementwise, so it is
-    the same update (ilct.optim.RAdam itself flattens the gradients into one buffer, which DTensor refuses for a
+    """ilct.training.optim.RAdam on each rank's shards of FSDP2's DTensor parameters: the update is elementwise, so it is
+    the same update (ilct.training.optim.RAdam itself flattens the gradients into one buffer, which DTensor refuses for a
     shard of a (1, ...) parameter)."""
 
     def step(self, found_inf=None, lr_scale: float = 1.0) -> None:  # type: ignore[override]
@@ -275,13 +275,13 @@ class ShardRAdam(RAdam):
 @contextlib.contextmanager
 def fsdp2_step():
     """training_step over FSDP2 modules: plain tensors count as replicated DTensors, the EMA lerps the shards."""
-    original = ilct.step.ema_update
-    ilct.step.ema_update = ema_update_on_shards
+    original = ilct.training.step.ema_update
+    ilct.training.step.ema_update = ema_update_on_shards
     try:
         with implicit_replication():
             yield
     finally:
-        ilct.step.ema_update = original
+        ilct.training.step.ema_update = original
 
 
 def backbone(model: torch.nn.Module) -> torch.nn.Module:
@@ -289,7 +289,7 @@ def backbone(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def wrap(row: Row, cfg, device: torch.device):
-    """(the model the step calls, its EMA, the optimizer) for the row's wrapping, compiled as ilct.train does."""
+    """(the model the step calls, its EMA, the optimizer) for the row's wrapping, compiled as ilct.training.loop does."""
     torch.manual_seed(0)
     model, ema, opt = build_student(cfg, device, quiet=True)
     if row.wrapping == "fsdp2":
@@ -532,7 +532,7 @@ def main() -> None:
     clips = [Model("clip", args.clip_preset, a, parse_shape(args.clip_latent), args.clip_batch) for a in clip_archs]
     report = {"device": name, "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": "python " + " ".join(sys.argv), "peak_tflops": peak, "world_size": 1, "world": WORLD_NOTE,
-              "step": "ilct.step.training_step: bf16 autocast, the objective's loss (consistency: student forward + "
+              "step": "ilct.training.step.training_step: bf16 autocast, the objective's loss (consistency: student forward + "
                       "backward and teacher forward; MeanFlow: one JVP forward + backward), RAdam, EMA; FLOPs counted "
                       "on the eager model without the optimizer", "rows": []}
     out = Path(args.out)

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import torch
 
-from ilct.consistency.losses import cauchy, squared_residual
-from ilct.consistency.precond import ConsistencyModel
-from ilct.consistency.schedule import karras_sigmas, lambda_weight, level_probabilities, sample_levels, scaling_c
+from ilct.objectives.consistency.losses import cauchy, squared_residual
+from ilct.objectives.consistency.precond import ConsistencyModel
+from ilct.objectives.consistency.schedule import karras_sigmas, lambda_weight, level_probabilities, sample_levels, scaling_c
 from ilct.nets.dit import build_dit
 
 SETTINGS = {"fp32": (False, True), "bf16, bf16 output": (True, False), "bf16, fp32 output": (True, True)}

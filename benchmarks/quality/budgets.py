@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from ilct.checkpoint import list_checkpoints, step_of
+from ilct.runs.checkpoint import list_checkpoints, step_of
 from ilct.demo import preset_steps
 from ilct.latents.directory import is_complete
 
@@ -100,9 +100,9 @@ def same_runs(args) -> None:
     """Exit 2 when a run folder in --work holds another configuration than the one asked for now (a preset that
     changed since, or other --set): resuming or scoring it would report that run under this budget's name. The
     comparison is `ilct train --resume`'s: every key but the run-time ones."""
-    from ilct.build import absolute_paths
+    from ilct.training.build import absolute_paths
     from ilct.config import load_config
-    from ilct.runfolder import changed_settings
+    from ilct.runs.folder import changed_settings
 
     given = [f"autoencoder.path={args.autoencoder}"] + ([f"data.root={args.data_dir}"] if args.data_dir else [])
     for name, preset, multiple in runs(args):

@@ -27,12 +27,12 @@ import torch
 
 from ilct.data import load_dataset
 from ilct.latents import default_cache_dir
-from ilct.grid import make_grid, save_png
+from ilct.io.grid import make_grid, save_png
 from ilct.metrics.evaluate import reference_features
 from ilct.metrics.features import load_fashion_features
 from ilct.metrics.frechet import feature_stats, frechet_distance
-from ilct.run import open_run
-from ilct.sampling import generate
+from ilct.runs.opened import open_run
+from ilct.generate import generate
 
 
 def main() -> None:

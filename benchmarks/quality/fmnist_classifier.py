@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ilct.data.fashion_mnist import load_fashion_mnist
-from ilct.files import read_tensors, save_tensors, write_text
+from ilct.io.files import read_tensors, save_tensors, write_text
 from ilct.metrics.features import (PACKAGED, FashionClassifier, state_fingerprint, classifier_accuracy,
                                    train_fashion_classifier)
 

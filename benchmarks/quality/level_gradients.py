@@ -7,13 +7,13 @@ sigma_{i+1}) is largest and the residual e smallest) could take over the gradien
 (lambda_i e / sqrt(r + c^2), bounded in e) would not. This script measures it instead of assuming it: for each
 run, checkpoint, N and metric, the norm of the parameter gradient of each level's consistency term (and of the
 diffusion term where technique 2 selects the level), on the same latents and Gaussian noise (no OT pairing), with
-the student weights (ilct.analysis.level_gradients); P(i) |g_i| is level i's expected share of a step.
+the student weights (ilct.metrics.outliers.level_gradients); P(i) |g_i| is level i's expected share of a step.
 
     python benchmarks/quality/level_gradients.py --run ilct=runs/stability/runs/ilct \\
         --run ict=runs/stability/runs/ict --steps 6000,7000 --levels 81,161 --metrics cauchy,pseudo_huber \\
         --n 64 --out docs/results/level_gradients.json --plot docs/figures/level_gradients.png
 
-The c of each (run, N) is the run's own schedule's c(N) (ilct.consistency.schedule.scaling_c), whatever the
+The c of each (run, N) is the run's own schedule's c(N) (ilct.objectives.consistency.schedule.scaling_c), whatever the
 metric; `--c-of-metric` instead uses the fixed c for pseudo-Huber and the run's c(N) for Cauchy.
 """
 
@@ -31,9 +31,9 @@ import torch
 
 
 def load_student(run_dir: Path, step: int):
-    from ilct.checkpoint import load_weights
+    from ilct.runs.checkpoint import load_weights
     from ilct.config import config_from_yaml_file
-    from ilct.run import build_model
+    from ilct.models import build_model
 
     cfg = config_from_yaml_file(run_dir / "config.yaml")
     ckpt = run_dir / "checkpoints" / f"step_{step:09d}"
@@ -47,7 +47,8 @@ def load_student(run_dir: Path, step: int):
 def batch(cfg, run_dir: Path, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n of the run's latents, normalized as training does, and Gaussian noise, both from `seed`."""
     from ilct.latents.directory import LatentStats
-    from ilct.run import clip_data, load_latents, run_autoencoder
+    from ilct.models import clip_data, run_autoencoder
+    from ilct.training.data import load_latents
 
     lat = load_latents(cfg, run_autoencoder(cfg, clip_data(cfg)), torch.device("cpu"), progress=False)
     g = torch.Generator().manual_seed(seed)
@@ -57,9 +58,9 @@ def batch(cfg, run_dir: Path, n: int, seed: int) -> tuple[torch.Tensor, torch.Te
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ilct.analysis import gradient_shares, level_gradients
+    from ilct.metrics.outliers import gradient_shares, level_gradients
     from ilct.config import latent_dim
-    from ilct.consistency.schedule import fixed_c, scaling_c
+    from ilct.objectives.consistency.schedule import fixed_c, scaling_c
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR")

@@ -3,7 +3,7 @@
 Trained 4x longer than the demo, the full method (fmnist-ilct) got worse at one step while the iCT baseline
 (fmnist-ict) kept improving; a branch of the fmnist-ilct run at step 4000 with only method.adaptive_c off did
 not collapse (the issue's report; docs/stability.md). This study measures that on this code, one switch at a
-time from the same checkpoint (`ilct train --branch-from`, ilct.branch):
+time from the same checkpoint (`ilct train --branch-from`, ilct.training.branch):
 
     (a) fmnist-ict and fmnist-ilct trained for --steps (default 8000 = 4x the demo's 2000), a checkpoint
         every --every steps (default 1000), all kept, on the demo's autoencoder;
@@ -147,9 +147,9 @@ def checkpoints(run: Path, after: int = 0) -> list[tuple[int, Path]]:
 
 def stage_at(run: Path, step: int) -> tuple[int, float, float]:
     """(N, the run's c, the adaptive schedule's c(N)) of the last update before checkpoint `step`, from the run's own
-    config.yaml (the curriculum of ilct.consistency.schedule)."""
+    config.yaml (the curriculum of ilct.objectives.consistency.schedule)."""
     from ilct.config import config_from_yaml_file, latent_dim
-    from ilct.consistency.schedule import curriculum, scaling_c
+    from ilct.objectives.consistency.schedule import curriculum, scaling_c
 
     cfg = config_from_yaml_file(run / "config.yaml")
     c, D = cfg.consistency, latent_dim(cfg)

@@ -36,11 +36,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ilct.grid import make_grid, save_png
+from ilct.io.grid import make_grid, save_png
 from ilct.latents import LatentDir
-from ilct.run import load_dataset, open_run
-from ilct.sampling import generate
-from ilct.text import TextEncoder, kept_indices
+from ilct.runs.opened import open_run
+from ilct.training.data import load_dataset
+from ilct.generate import generate
+from ilct.nets.text import TextEncoder, kept_indices
 
 FEATURE_SIDE = 16
 NEAR_K = 5

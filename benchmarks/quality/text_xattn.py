@@ -76,7 +76,7 @@ def _shared():
 
 def parameters(run: Path) -> int:
     from ilct.config import config_from_yaml_file
-    from ilct.run import build_model
+    from ilct.models import build_model
 
     return sum(p.numel() for p in build_model(config_from_yaml_file(run / "config.yaml")).net.parameters())
 
@@ -91,7 +91,7 @@ def reused_row(args: argparse.Namespace, name: str, settings: list[str], path: s
     """Row `name` from an earlier text_retrieval.py report, refused unless it scored the same prompts the same way
     as the `trained` row; its parameters are counted on the trained run's latent shape."""
     from ilct.config import config_from_yaml_file, load_config
-    from ilct.run import build_model
+    from ilct.models import build_model
 
     old = json.loads(Path(path).read_text())
     want = {(k, s, w) for k in ("seen", "held-out") for s in map(int, args.sample_steps.split(","))

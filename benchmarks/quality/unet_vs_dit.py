@@ -33,7 +33,7 @@ def parameters(arch: str) -> tuple[int, str]:
     """The parameter count and class of the backbone `arch` on the preset's latents (8x8x4)."""
     from ilct.config import load_config
     from ilct.nets import backbone_family
-    from ilct.run import build_model
+    from ilct.models import build_model
 
     net = build_model(load_config(PRESET, [f"model.arch={arch}"])).net
     return sum(p.numel() for p in net.parameters()), backbone_family(arch)

@@ -19,7 +19,7 @@ Every row samples with the same noise: clip j of a setting starts from the seed 
         --out docs/results/video.json --figures docs/figures --plot docs/figures/video_accuracy.png
 
 `--train PRESET --train-steps K` first trains the run (`ilct train --config PRESET --out RUN --force`) and
-records its time, so one command does it all. Sampling is in-process (ilct.run.open_run, ilct.sampling.generate:
+records its time, so one command does it all. Sampling is in-process (ilct.runs.opened.open_run, ilct.generate.generate:
 one model load for every caption) unless `--sampler cli` (one `ilct sample --npz` per caption and setting).
 `--tiny` is a run of seconds for the tests (2 captions of each kind, 2 clips each, one w, one NFE, a clip
 classifier of a few steps).
@@ -70,8 +70,8 @@ class InProcessSampler:
     """A finished text-conditional moving_fmnist run, opened once; every caption of a setting in one draw."""
 
     def __init__(self, run_dir: str, device: str = "auto", batch_size: int = 256, text_encoder: str = ""):
-        from ilct.run import open_run
-        from ilct.text import TextEncoder
+        from ilct.runs.opened import open_run
+        from ilct.nets.text import TextEncoder
 
         self.run = open_run(run_dir, device=device)
         cfg = self.run.cfg
@@ -83,7 +83,7 @@ class InProcessSampler:
     def __call__(self, captions: list[str], per_prompt: int, nfe: int, guidance: float, seed: int) -> np.ndarray:
         import torch
 
-        from ilct.sampling import generate
+        from ilct.generate import generate
 
         r = self.run
         text = self.encoder.condition(captions, r.cfg.model.text_tokens).repeat_interleave(per_prompt, 0)
@@ -153,7 +153,7 @@ def real_clips(root: str, data: ClipData, split: str, garments: str, n: int):
 
 
 def write_gif(clips: np.ndarray, path: Path, cols: int) -> None:
-    from ilct.animation import grid_frames, save_gif
+    from ilct.io.animation import grid_frames, save_gif
 
     save_gif(grid_frames(clips, cols=cols), path, duration=150, scale=3)
 

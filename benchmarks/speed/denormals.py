@@ -3,7 +3,7 @@
 Late in a long `fmnist-ict` run on a 2-core Xeon the training step slowed from 0.12 s to 0.31 s (2.6x), and
 the slowdown survived a resume: it was in the run's state, not in the process. Subnormal floats (|x| < 1.2e-38
 in fp32) are computed in microcode on x86 CPUs, many times slower than normal ones; flushing them to zero
-(`torch.set_flush_denormal`, which ilct does when a command starts unless ILCT_FLUSH_DENORMAL=0, ilct.accel)
+(`torch.set_flush_denormal`, which ilct does when a command starts unless ILCT_FLUSH_DENORMAL=0, ilct.training.accel)
 gives the speed back.
 
 First it counts, in one training step's backward pass from the run's latest checkpoint (or --step's; a batch
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from ilct.checkpoint import latest_checkpoint, list_checkpoints, step_of
+from ilct.runs.checkpoint import latest_checkpoint, list_checkpoints, step_of
 
 MODES = {"flush": "1", "keep": "0"}  # ILCT_FLUSH_DENORMAL
 
@@ -61,11 +61,11 @@ def subnormals(t: torch.Tensor) -> int:
 
 def census(run: Path, ckpt: Path, top: int = 5) -> dict:
     """Subnormal values in one training step's gradients (module outputs' and weights'), without the flush."""
-    from ilct import checkpoint
-    from ilct.build import build_student, make_batch_maker
+    from ilct.runs import checkpoint
+    from ilct.training.build import build_student, make_batch_maker
     from ilct.config import latent_shape
     from ilct.objectives import make_objective
-    from ilct.runfolder import saved_config
+    from ilct.runs.folder import saved_config
 
     torch.set_flush_denormal(False)
     cfg = saved_config(run, ["train.device=cpu"])

@@ -3,7 +3,7 @@
 A step's time on a GPU that the matrix products do not explain is memory traffic
 (docs/performance.md: about 39 of DiT-B/2's 85 ms on an H100). This counts that
 traffic without a GPU, to compare settings on any machine: one ilct training step
-(ilct.step.training_step: bf16 autocast, every transformer block compiled as
+(ilct.training.step.training_step: bf16 autocast, every transformer block compiled as
 `ilct train` compiles them) runs at two batch sizes, and Inductor's own count of
 the bytes each kernel of a block's three graphs (student forward, its backward,
 the teacher's no-grad forward) reads and writes (GraphLowering.count_bytes, the
@@ -39,11 +39,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ilct.accel import compile_model
+from ilct.training.accel import compile_model
 from ilct.config import load_config
 from ilct.objectives import make_objective
-from ilct.build import build_student as make_student, make_batch_maker
-from ilct.step import training_step
+from ilct.training.build import build_student as make_student, make_batch_maker
+from ilct.training.step import training_step
 
 _layer_norm = F.layer_norm
 

@@ -6,7 +6,7 @@
     flat+compile   train.fused_optimizer=true with train.compile: the RAdam update as one
                    torch.compile'd kernel, the EMA as one lerp
 
-Each is exactly what ilct.step.training_step runs after the backward pass: the
+Each is exactly what ilct.training.step.training_step runs after the backward pass: the
 device-side gradient-norm check, RAdam.step, ema_update. The gradients are
 random. Memory traffic of the fused update: read theta, g, m, v and write
 theta, m, v, plus the gradient copy and the EMA (reported as GB/s of that minimum).
@@ -25,8 +25,8 @@ import time
 import torch
 
 from ilct.config import load_config
-from ilct.build import build_student as make_student
-from ilct.step import ema_update
+from ilct.training.build import build_student as make_student
+from ilct.training.step import ema_update
 
 
 def main() -> None:

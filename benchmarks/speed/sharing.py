@@ -5,7 +5,7 @@ slower, where sharing should cost about 2x. The suspect: PyTorch's OpenMP thread
 the end of every parallel region by spinning (libgomp spins about 300,000 times before it sleeps), so
 with two processes of 2 threads each on 2 cores a spinning thread holds the core that the thread it waits
 for needs. This measures, in one run, a training step of the demo's model (`fmnist-ilct`: DiT-T/2 on 8x8x4
-latents, batch 64, all five techniques; synthetic latents, the real `ilct.step.training_step`) in these
+latents, batch 64, all five techniques; synthetic latents, the real `ilct.training.step.training_step`) in these
 scenarios, each process started fresh with its environment:
 
     alone      one training process
@@ -48,11 +48,11 @@ def worker(kind: str, seconds: float) -> dict:
             a = torch.tanh(a @ a.T / 512)
             n += 1
         return {"kind": kind, "matmul_per_s": n / (time.perf_counter() - t0)}
-    from ilct.batches import Prefetcher
-    from ilct.build import build_student, make_batch_maker
+    from ilct.training.batches import Prefetcher
+    from ilct.training.build import build_student, make_batch_maker
     from ilct.config import load_config
     from ilct.objectives import make_objective
-    from ilct.step import training_step
+    from ilct.training.step import training_step
 
     cfg = load_config("fmnist-ilct", ["train.device=cpu"])
     device = torch.device("cpu")

@@ -8,7 +8,7 @@ techniques on, OT coupling included). Two modes, measured in the same process:
     reference  fp32 matrix products in TF32, eager, torch.optim.RAdam, the OT
                assignment on the main thread (cost matrix on the device, Hungarian
                on the host), the loss read back every step (.item()): the authors' loop
-    ilct       ilct.step.training_step as `ilct train` runs it: bf16 autocast (loss
+    ilct       ilct.training.step.training_step as `ilct train` runs it: bf16 autocast (loss
                maths in fp32), every block torch.compile'd, batches drawn and
                OT-coupled ahead in a worker process, the device-side skipping RAdam
                over flat weights as one compiled kernel and the EMA as one lerp
@@ -43,16 +43,16 @@ from pathlib import Path
 
 import torch
 
-from ilct.accel import compile_model, setup_backends
-from ilct.batches import Prefetcher
-from ilct.build import build_student as make_student, make_batch_maker
+from ilct.training.accel import compile_model, setup_backends
+from ilct.training.batches import Prefetcher
+from ilct.training.build import build_student as make_student, make_batch_maker
 from ilct.config import MethodConfig, load_config
-from ilct.consistency.coupling import ot_cost
-from ilct.consistency.objective import consistency_training_loss
-from ilct.consistency.schedule import karras_sigmas
+from ilct.objectives.consistency.coupling import ot_cost
+from ilct.objectives.consistency.loss import consistency_training_loss
+from ilct.objectives.consistency.schedule import karras_sigmas
 from ilct.objectives import ConsistencyTraining, make_objective
-from ilct.run import build_model, make_ema
-from ilct.step import ema_update, training_step
+from ilct.models import build_model, make_ema
+from ilct.training.step import ema_update, training_step
 
 N_DATA = 2048  # synthetic latents the batches are drawn from
 
@@ -169,7 +169,7 @@ def reference_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: in
 
 def ilct_steps(cfg, device, latents: torch.Tensor, n_steps: int, warmup: int, profile_to: Path | None = None,
                scope: str = "blocks", compile_mode: str | None = None):
-    """ilct.step.training_step with the prefetcher; returns (seconds per step, the EMA model, the student)."""
+    """ilct.training.step.training_step with the prefetcher; returns (seconds per step, the EMA model, the student)."""
     model, ema, opt = make_student(cfg, device)
     t = cfg.train
     if t.compile:

@@ -39,11 +39,11 @@ def cmd_autoencoder(args) -> int:
     from ilct.autoencoders.kl import KLAutoencoderConfig
     from ilct.autoencoders.training import AutoencoderTrainSettings, train_autoencoder
     from ilct.data.fashion_mnist import load_fashion_mnist
-    from ilct.run import resolve_device
+    from ilct.models import resolve_device
 
     import math
 
-    from ilct.runfolder import check_out_dir
+    from ilct.runs.folder import check_out_dir
 
     check_ranges(args, {"steps": (1, MAX_COUNT), "batch_size": (1, MAX_BATCH), "latent_channels": (1, 1024)})
     if not (math.isfinite(args.lr) and 0 < args.lr <= 10):
@@ -82,20 +82,20 @@ def _train_config(args):
             raise IlctError("--branch-from takes the source run's config: change it with --set, not --config")
         if args.resume:
             raise IlctError("--branch-from starts a new run and --resume continues the run in --out: give one of them")
-        from ilct.branch import branch_config
+        from ilct.training.branch import branch_config
 
         return branch_config(args.branch_from, overrides)  # checked against the checkpoint again in train
     if args.config is None:
         if not args.resume:
             raise IlctError("--config is required unless --resume is given")
-        from ilct.runfolder import saved_config
+        from ilct.runs.folder import saved_config
 
         return saved_config(args.out, overrides)  # checked against the run again by resume_config
     return load_config(args.config, overrides)
 
 
 def cmd_train(args) -> int:
-    from ilct.train import train
+    from ilct.training.loop import train
 
     if args.resume and args.force:
         raise IlctError("--resume and --force exclude each other")
@@ -110,7 +110,7 @@ def cmd_train(args) -> int:
 
 def _run_inputs(run_dir, cfg) -> tuple[Path, ...]:
     """The folders a command that reads a run must never write into: the run itself (checkpoints, samples/ and
-    all), its autoencoder and its latents (ilct.outputs also refuses any folder ilct made)."""
+    all), its autoencoder and its latents (ilct.runs.outputs also refuses any folder ilct made)."""
     paths = [Path(run_dir)]
     for value in (cfg.autoencoder.path, cfg.data.latents):
         if value and Path(value).is_dir():
@@ -152,7 +152,7 @@ def _check_sample_memory(cfg, n: int, batch_size: int, scale: int) -> None:
 
 
 def _sample_sigmas(args, cfg, objective) -> list[float]:
-    from ilct.sampling import default_sigmas
+    from ilct.objectives.consistency.sampler import default_sigmas
 
     cons = cfg.consistency
     taus = _parse_tau(args.tau, args.steps)
@@ -165,7 +165,7 @@ def _sample_sigmas(args, cfg, objective) -> list[float]:
 
 
 def _check_sample_outputs(args, cfg) -> None:
-    from ilct.outputs import check_output
+    from ilct.runs.outputs import check_output
 
     clips = bool(cfg.model.frames)  # a clip run: samples (n, T, H, W, C)
     inputs = _run_inputs(args.run, cfg)
@@ -181,10 +181,11 @@ def _check_sample_outputs(args, cfg) -> None:
 def cmd_sample(args) -> int:
     import torch
 
-    from ilct.grid import save_npz
+    from ilct.io.grid import save_npz
     from ilct.objectives import make_objective
-    from ilct.run import open_run, own_checkpoint, run_config
-    from ilct.sampling import check_request, generate
+    from ilct.runs.opened import open_run, own_checkpoint, run_config
+    from ilct.generate import generate
+    from ilct.objectives.sampling import check_request
 
     check_ranges(args, SAMPLE_RANGES)
     _seed(args)
@@ -218,7 +219,7 @@ def cmd_sample(args) -> int:
 
 
 def _prompt_condition(args, cfg):
-    from ilct.text import TextEncoder
+    from ilct.nets.text import TextEncoder
 
     encoder = TextEncoder(args.text_encoder or None)
     if encoder.dim != cfg.model.text_dim:
@@ -229,8 +230,8 @@ def _prompt_condition(args, cfg):
 def _save_samples(images, out: str, gif: str | None, scale: int, duration: int) -> list[str]:
     """Images (n, H, W, C) as one PNG grid; clips (n, T, H, W, C) as a PNG strip (rows = samples, columns =
     frames) for a .png, and one animated GIF of every sample playing side by side for a .gif (`out` or `gif`)."""
-    from ilct.animation import grid_frames, save_clip_strip, save_gif
-    from ilct.grid import make_grid, save_png
+    from ilct.io.animation import grid_frames, save_clip_strip, save_gif
+    from ilct.io.grid import make_grid, save_png
 
     if images.ndim == 4:
         save_png(make_grid(images), out, scale=scale)
@@ -333,9 +334,9 @@ def cmd_encode(args) -> int:
     from ilct.data.folder import MAX_PIXELS
     from ilct.latents import check_posterior, encode_to_dir
     from ilct.latents.directory import skipped_files
-    from ilct.run import resolve_device
+    from ilct.models import resolve_device
 
-    from ilct.runfolder import check_out_dir, is_run
+    from ilct.runs.folder import check_out_dir, is_run
 
     check_ranges(args, ENCODE_RANGES)
     _seed(args)
@@ -371,13 +372,13 @@ def cmd_encode(args) -> int:
 def cmd_analyze(args) -> int:
     import numpy as np
 
-    from ilct.analysis import box_plot, channel_report, td_residuals, write_report
+    from ilct.metrics.outliers import box_plot, channel_report, td_residuals, write_report
     from ilct.data import load_dataset
     from ilct.data.clips import subset
     from ilct.latents import LatentDir
 
-    from ilct.outputs import check_file_name, check_output
-    from ilct.runfolder import check_out_dir
+    from ilct.runs.outputs import check_file_name, check_output
+    from ilct.runs.folder import check_out_dir
 
     check_ranges(args, {"n": (1, MAX_COUNT)})
     _seed(args)
@@ -397,7 +398,7 @@ def cmd_analyze(args) -> int:
     check_memory(min(args.n, len(lat)) * per * 8, f"--n {args.n} latents of shape {tuple(lat.shape)} and their "
                  "statistics", "analyze fewer (--n)")
     if args.run and args.checkpoint:
-        from ilct.run import own_checkpoint
+        from ilct.runs.opened import own_checkpoint
 
         own_checkpoint(Path(args.run), args.checkpoint, args.allow_other_checkpoint)
     n = min(args.n, len(lat))
@@ -416,7 +417,7 @@ def cmd_analyze(args) -> int:
         arrays["pixels"] = data.batch_indices(pix_idx).numpy()
         report["pixel"] = channel_report(arrays["pixels"])
     if args.run:
-        from ilct.run import open_run
+        from ilct.runs.opened import open_run
 
         run = open_run(args.run, args.checkpoint, args.device, args.allow_other_autoencoder, args.allow_other_checkpoint)
         lat.check_autoencoder(run.autoencoder)
@@ -465,8 +466,8 @@ def _eval_steps(text: str) -> list[int]:
 
 def cmd_eval(args) -> int:
     from ilct.metrics.evaluate import evaluate_run
-    from ilct.outputs import check_output
-    from ilct.run import own_checkpoint, run_config
+    from ilct.runs.outputs import check_output
+    from ilct.runs.opened import own_checkpoint, run_config
 
     check_ranges(args, EVAL_RANGES)
     steps = _eval_steps(args.steps)
@@ -489,7 +490,7 @@ def cmd_eval(args) -> int:
         how = f"{row['steps']} step(s)" + (f", tau {row['tau']:g}" if row["tau"] is not None else "")
         print(f"{how}: FID {row['fid']:.3f}  precision {row['precision']:.3f}  recall {row['recall']:.3f}  (n = {args.n})")
     if args.json:
-        from ilct.files import write_text
+        from ilct.io.files import write_text
 
         write_text(args.json, json.dumps(result, indent=2))
         print(f"written to {args.json}")
@@ -499,11 +500,11 @@ def cmd_eval(args) -> int:
 def cmd_clips(args) -> int:
     import numpy as np
 
-    from ilct.animation import grid_frames, save_clip_strip, save_gif
+    from ilct.io.animation import grid_frames, save_clip_strip, save_gif
     from ilct.data import CLIP_DATASETS, load_dataset
-    from ilct.files import write_text
-    from ilct.outputs import check_file_name, check_output
-    from ilct.runfolder import check_out_dir
+    from ilct.io.files import write_text
+    from ilct.runs.outputs import check_file_name, check_output
+    from ilct.runs.folder import check_out_dir
 
     name, _, root = args.data.partition(":")
     if name not in CLIP_DATASETS:
@@ -757,7 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
 class _Signals:
     """SIGINT/SIGTERM before a command runs: recorded while the heavy modules load (an import cut short
     would leave them half made), then checked; while the command runs they raise preempt.Interrupted (the
-    training loop replaces this with its own handling, ilct.preempt). Either way: one line, 128 + signal."""
+    training loop replaces this with its own handling, ilct.training.preempt). Either way: one line, 128 + signal."""
 
     def __init__(self) -> None:
         self.raising = False
@@ -767,14 +768,14 @@ class _Signals:
                 signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        from ilct.preempt import RECEIVED, Interrupted
+        from ilct.training.preempt import RECEIVED, Interrupted
 
         RECEIVED.append(signum)
         if self.raising:
             raise Interrupted(signum)
 
     def start_raising(self) -> None:
-        from ilct.preempt import RECEIVED, Interrupted
+        from ilct.training.preempt import RECEIVED, Interrupted
 
         self.raising = True
         if RECEIVED:
@@ -793,14 +794,14 @@ AFTER_SIGNAL = {"train": "nothing was trained", "autoencoder": "nothing was save
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ilct.preempt import RECEIVED, Interrupted
+    from ilct.training.preempt import RECEIVED, Interrupted
 
-    RECEIVED.clear()  # the signals ilct's handlers (here and ilct.preempt) see during this command
+    RECEIVED.clear()  # the signals ilct's handlers (here and ilct.training.preempt) see during this command
     signals = _Signals()
     args = None
     try:
         args = build_parser().parse_args(argv)  # loads torch (through the config) with signals recorded
-        from ilct.accel import flush_denormals
+        from ilct.training.accel import flush_denormals
 
         flush_denormals()  # before torch's first parallel operation: its worker threads take the main thread's mode
         signals.start_raising()

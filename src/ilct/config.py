@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from ilct.errors import IlctError
-from ilct.files import read_text
+from ilct.io.files import read_text
 
 
 @dataclass
@@ -61,7 +61,7 @@ class ModelConfig:
     dropout: float = 0.0
     num_classes: int = 0  # 0 = unconditional; -1 = from the data (largest label + 1)
     class_dropout: float = 0.1  # label (or caption) dropout to the null condition, when conditional
-    text_dim: int = 0  # 0 = no text; 384 = conditioned on caption embeddings (all-MiniLM-L6-v2, ilct.text)
+    text_dim: int = 0  # 0 = no text; 384 = conditioned on caption embeddings (all-MiniLM-L6-v2, ilct.nets.text)
     text_tokens: int = 0  # 0 = the pooled caption embedding only (adaLN); L > 0 = also the caption's first L token
     #                       embeddings ([CLS] and [SEP] included, padded, masked), cross-attended in every DiT block
     # DiT only: the authors' later DiT used relu and no q/k/v bias (docs/method.md, "The backbone")
@@ -121,7 +121,7 @@ class MeanFlowConfig:
     guidance_kappa: float = 0.0  # (w = 1, kappa = 0: the unguided v; label-dropped samples always keep v)
     time_scale: float = 1.0  # S: the network's time inputs are S t and S (t - r)
     two_step_m: float = 0.5  # the intermediate time of 2-step sampling: 1 -> m -> 0
-    # AlphaFlow (ilct.flowmap.alphaflow): the target moves from flow matching (alpha 1) to MeanFlow (alpha 0)
+    # AlphaFlow (ilct.objectives.meanflow.alphaflow): the target moves from flow matching (alpha 1) to MeanFlow (alpha 0)
     alpha_curriculum: bool = False  # the switch (off: MeanFlow from step 0)
     alpha_start: float = 0.0  # fractions of train.total_steps: alpha 1 before start, 0 after end,
     alpha_end: float = 1.0  #   a sigmoid of slope alpha_gamma between
@@ -137,8 +137,8 @@ class TrainConfig:
     total_steps: int = 400_000
     batch_size: int = 128
     lr: float = 1e-4
-    warmup_steps: int = 0  # the learning rate ramped linearly over the first W steps (0: none, the paper's; ilct.optim)
-    lr_decay: str = "none"  # none (the paper's) | linear | cosine: after the warm-up the lr falls towards lr_final (ilct.optim)
+    warmup_steps: int = 0  # the learning rate ramped linearly over the first W steps (0: none, the paper's; ilct.training.optim)
+    lr_decay: str = "none"  # none (the paper's) | linear | cosine: after the warm-up the lr falls towards lr_final (ilct.training.optim)
     lr_final: float = 0.0  # with lr_decay: the lr reached at the end, as a fraction of train.lr
     weight_decay: float = 1e-4
     adam_eps: float = 1e-4
@@ -148,9 +148,9 @@ class TrainConfig:
     ema_decay: float = 0.9999
     precision: str = "fp32"  # fp32 | bf16 (autocast; the loss maths stay fp32)
     bf16_residual: bool = False  # with precision=bf16: the DiT's residual stream in bf16 too, not fp32
-    compile: bool = False  # torch.compile each transformer block (ilct.accel)
+    compile: bool = False  # torch.compile each transformer block (ilct.training.accel)
     cuda_graphs: bool = False  # with compile, on CUDA: the whole network with CUDA graphs (mode reduce-overhead)
-    fused_optimizer: bool = True  # weights in one flat buffer (ilct.flat): RAdam and EMA as a few kernels, one with compile
+    fused_optimizer: bool = True  # weights in one flat buffer (ilct.training.flat): RAdam and EMA as a few kernels, one with compile
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     log_every: int = 100
@@ -169,7 +169,7 @@ class TrainConfig:
 
 @dataclass
 class BranchConfig:
-    """Where a branched run started (`ilct train --branch-from`, ilct.branch): written by ilct, not set by hand.
+    """Where a branched run started (`ilct train --branch-from`, ilct.training.branch): written by ilct, not set by hand.
 
     A branch starts from another run's checkpoint (student, EMA, optimizer moments, step) with the source's
     config except `changes`; all three are empty / 0 in a run that is not a branch.
@@ -490,7 +490,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
 def validate(cfg: Config) -> None:
     """Range and cross-field checks; raises IlctError naming the first bad field."""
     from ilct.data import CLIP_DATASETS  # late import: the dataset registry lives with the data
-    from ilct.optim import LR_DECAYS  # late import: the learning-rate schedule lives with the optimizer
+    from ilct.training.optim import LR_DECAYS  # late import: the learning-rate schedule lives with the optimizer
 
     def need(ok: bool, name: str, msg: str) -> None:
         if not ok:

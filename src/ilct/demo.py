@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from ilct.checkpoint import latest_checkpoint
+from ilct.runs.checkpoint import latest_checkpoint
 from ilct.config import load_config
-from ilct.files import read_json
-from ilct.grid import make_grid, save_png
-from ilct.run import open_run
-from ilct.runfolder import CONFIG_FILE, LOG_FILE
+from ilct.io.files import read_json
+from ilct.io.grid import make_grid, save_png
+from ilct.runs.opened import open_run
+from ilct.runs.folder import CONFIG_FILE, LOG_FILE
 
 PRESET = "fmnist-ilct"
 
@@ -66,7 +66,7 @@ def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int =
     if latest is not None and latest.name == f"step_{cfg.train.total_steps:09d}":
         print(f"[demo] reusing the finished run in {run_dir}")
     else:
-        from ilct.train import train
+        from ilct.training.loop import train
 
         print(f"[demo] training {PRESET} for {cfg.train.total_steps} steps into {run_dir}"
               + (" (resuming)" if resume else ""))
@@ -77,7 +77,7 @@ def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int =
     t_train = time.time() - t0 - t_ae
 
     # 3. sample grids
-    from ilct.sampling import generate
+    from ilct.generate import generate
 
     run = open_run(run_dir, device="cpu")
     grids = {}
@@ -134,7 +134,7 @@ def check_demo_out(out: Path) -> None:
     """--out is a new or empty folder, or an earlier demo's (it holds what the demo writes): never a run, an
     autoencoder, a latent directory or a folder of the user's own files."""
     from ilct.errors import IlctError
-    from ilct.runfolder import check_out_dir, is_run
+    from ilct.runs.folder import check_out_dir, is_run
 
     check_out_dir(out)
     if not out.is_dir():
@@ -153,9 +153,9 @@ def check_same_preset(cfg, run_dir: Path) -> None:
     is kept as it is, not resumed with other settings: the demo stops and says how to go on."""
     import copy
 
-    from ilct.build import absolute_paths
+    from ilct.training.build import absolute_paths
     from ilct.errors import IlctError
-    from ilct.runfolder import changed_settings
+    from ilct.runs.folder import changed_settings
 
     wanted = copy.deepcopy(cfg)
     absolute_paths(wanted)  # as train() compares them: the run's config holds absolute paths
@@ -177,7 +177,7 @@ def measure_quality(run, data_dir: str, n: int, progress: bool = True) -> dict:
     from ilct.latents import default_cache_dir
     from ilct.metrics.evaluate import reference_features, scores
     from ilct.metrics.features import load_fashion_features
-    from ilct.sampling import generate
+    from ilct.generate import generate
 
     cache = default_cache_dir()
     extract = load_fashion_features()

@@ -20,7 +20,7 @@ from torch import nn
 
 from ilct.autoencoders.base import Autoencoder
 from ilct.errors import IlctError
-from ilct.files import read_json, read_tensors, save_tensors, write_text
+from ilct.io.files import read_json, read_tensors, save_tensors, write_text
 
 
 @dataclass

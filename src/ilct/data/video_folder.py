@@ -32,7 +32,7 @@ from PIL import Image
 from ilct.data.clips import ClipDataset, check_clip_size
 from ilct.data.folder import center_crop_resize
 from ilct.errors import IlctError
-from ilct.files import read_json
+from ilct.io.files import read_json
 
 EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif"}
 CAPTIONS = "captions.json"

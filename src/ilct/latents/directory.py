@@ -53,7 +53,7 @@ from ilct.autoencoders.frames import for_clips
 from ilct.data.clips import ClipDataset
 from ilct.data.images import ImageDataset, Unreadable, to_float
 from ilct.errors import IlctError
-from ilct.files import read_json, read_tensors, save_tensors, write_text
+from ilct.io.files import read_json, read_tensors, save_tensors, write_text
 
 META_FILE = "meta.json"
 STATS_FILE = "stats.safetensors"
@@ -209,7 +209,7 @@ class LatentDir:
 
 def posterior_noise(seed: int, indices: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
     """eps ~ N(0, I), (len(indices), *shape); latent j's from a generator seeded by (seed, j)."""
-    from ilct.sampling import sample_seed
+    from ilct.seeds import sample_seed
 
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(sample_seed(seed, int(j))))
                         for j in indices])

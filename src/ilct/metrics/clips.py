@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from ilct.data.clips import DIRECTIONS
 from ilct.errors import IlctError
-from ilct.files import read_json, read_tensors, save_tensors, write_text
+from ilct.io.files import read_json, read_tensors, save_tensors, write_text
 from ilct.metrics.features import FashionFeatures, to_gray32
 from ilct.metrics.frechet import feature_stats, frechet_distance
 

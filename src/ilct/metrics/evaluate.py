@@ -196,8 +196,9 @@ def evaluate_run(
     """
     from ilct.data.fashion_mnist import DEFAULT_ROOT
     from ilct.latents import default_cache_dir
-    from ilct.run import open_run
-    from ilct.sampling import default_sigmas, generate
+    from ilct.runs.opened import open_run
+    from ilct.generate import generate
+    from ilct.objectives.consistency.sampler import default_sigmas
 
     if ref_n is not None and ref_n < 0:
         raise IlctError(f"--ref-n must be >= 0 (0 = all), got {ref_n}")

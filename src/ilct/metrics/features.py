@@ -39,7 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ilct.errors import IlctError
-from ilct.files import read_json, save_tensors, write_text
+from ilct.io.files import read_json, save_tensors, write_text
 
 
 class FashionClassifier(nn.Module):

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from ilct.errors import IlctError
-from ilct.files import read_json, write_text
+from ilct.io.files import read_json, write_text
 from ilct.metrics.frechet import feature_stats, frechet_distance
-from ilct.runfolder import BEST_FILE
+from ilct.runs.folder import BEST_FILE
 
 
 @dataclass
@@ -67,7 +67,7 @@ class FidMonitor:
 
     def measure(self, ema: torch.nn.Module, ae, stats, step: int) -> dict:
         """One measurement at `step`; `new_best` says whether it beat every earlier one."""
-        from ilct.sampling import generate
+        from ilct.generate import generate
 
         with torch.inference_mode():
             images = generate(ema, ae, stats, self.cfg, self.n, self.steps, seed=0)

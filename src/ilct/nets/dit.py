@@ -1,12 +1,12 @@
 """Diffusion Transformer backbone F with adaLN-Zero (Peebles & Xie 2023).
 
 The network sees c_in(sigma) x and c_noise(sigma) = 250 ln(sigma), never sigma
-(the parameterization lives in ilct.consistency.precond). Differences from the
+(the parameterization lives in ilct.objectives.consistency.precond). Differences from the
 reference DiT: per-head query/key LayerNorm, which is a Non-scaling LayerNorm
 (METHOD.md section 4, technique 5) when `nsln=True`; dropout in attention and
 MLP; `F.scaled_dot_product_attention`; with `two_times=True`, a second time input t2
 embedded by its own timestep embedder and added to the adaLN conditioning (the MeanFlow
-net sees t and t - r, METHOD.md section 7; the wrapper is ilct.flowmap.meanflow.MeanFlowModel);
+net sees t and t - r, METHOD.md section 7; the wrapper is ilct.objectives.meanflow.maths.MeanFlowModel);
 with `text_tokens` = L > 0, a cross-attention sublayer in every block that attends to the caption's
 token embeddings (as text-to-image DiTs do: PixArt-alpha), the pooled caption vector still in adaLN.
 
@@ -168,7 +168,7 @@ class DiTBlock(nn.Module):
     NsLN (no gain) when nsln is on (`make_norm`), and its output projection starts at zero (closed).
     """
 
-    compile_region = True  # ilct.accel.compile_blocks compiles each block on its own
+    compile_region = True  # ilct.training.accel.compile_blocks compiles each block on its own
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, nsln: bool, dropout: float,
                  mlp_act: str = "gelu", qkv_bias: bool = True, eps: float = 1e-6, cross_attn: bool = False):
@@ -200,7 +200,7 @@ class TemporalAttention(nn.Module):
     the output projection (4 D^2 + 4 D), the adaLN map (3 D^2 + 3 D) and the q/k norms: about 7/18 of a
     DiT block's weights (DiT-T/2: 4.17 M -> 5.72 M parameters)."""
 
-    compile_region = True  # ilct.accel.compile_blocks compiles each block on its own
+    compile_region = True  # ilct.training.accel.compile_blocks compiles each block on its own
 
     def __init__(self, dim: int, num_heads: int, nsln: bool, dropout: float, qkv_bias: bool = True, eps: float = 1e-6):
         super().__init__()

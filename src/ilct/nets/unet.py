@@ -127,7 +127,7 @@ class SelfAttention(nn.Module):
 class ResBlock(nn.Module):
     """The ADM residual block with scale-shift conditioning, optional resampling and attention."""
 
-    compile_region = True  # ilct.accel.compile_blocks compiles each block on its own
+    compile_region = True  # ilct.training.accel.compile_blocks compiles each block on its own
 
     def __init__(self, c_in: int, c_out: int, emb: int, nsln: bool, dropout: float, resample: str = "none",
                  attention: bool = False, channels_per_head: int = 64):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ilct.objectives.base import LossTerms, Objective
-from ilct.objectives.consistency import ConsistencyTraining
+from ilct.objectives.consistency.objective import ConsistencyTraining
 from ilct.objectives.edm import EDMDiffusion
-from ilct.objectives.meanflow import MeanFlow
+from ilct.objectives.meanflow.objective import MeanFlow
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "consistency": ConsistencyTraining,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ilct.consistency.objective import LossTerms  # (loss, main term, auxiliary term): what every objective returns
+from ilct.objectives.consistency.loss import LossTerms  # (loss, main term, auxiliary term): what every objective returns
 
 
 class Objective(ABC):
@@ -77,8 +77,8 @@ class Objective(ABC):
 
     def condition(self, model: nn.Module, cond: torch.Tensor, w: float, null_index: int):
         """What `sample` evaluates for condition `cond` (labels or caption embeddings) at guidance weight w:
-        by default classifier-free guidance of f(x, sigma) (ilct.sampling.guided)."""
-        from ilct.sampling import guided
+        by default classifier-free guidance of f(x, sigma) (ilct.objectives.sampling.guided)."""
+        from ilct.objectives.sampling import guided
 
         return guided(model, cond, w, null_index)
 

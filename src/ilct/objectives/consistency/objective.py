@@ -3,7 +3,7 @@
 The state of step k is the curriculum's N(k) with its Karras sigmas and the scaling c(N) (technique 4); a
 step draws level indices i ~ P(i) (the discretized log-normal); the loss is the student-teacher consistency
 term with the chosen metric (technique 1) plus the early-timestep diffusion loss (technique 2) from
-ilct.consistency.objective; sampling is the consistency models' multistep Algorithm 1.
+ilct.objectives.consistency.loss; sampling is the consistency models' multistep Algorithm 1.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from ilct.config import latent_dim
-from ilct.consistency.objective import consistency_training_loss
-from ilct.consistency.precond import ConsistencyModel
-from ilct.consistency.schedule import curriculum, karras_sigmas, level_probabilities, num_levels, sample_levels, scaling_c
+from ilct.objectives.consistency.loss import consistency_training_loss
+from ilct.objectives.consistency.precond import ConsistencyModel
+from ilct.objectives.consistency.schedule import curriculum, karras_sigmas, level_probabilities, num_levels, sample_levels, scaling_c
 from ilct.objectives.base import LossTerms, Objective
 
 
@@ -77,7 +77,8 @@ class ConsistencyTraining(Objective):
                                          self.cfg.consistency.sigma_data, batch.y)
 
     def sample(self, f, seed, indices, shape, steps, sigmas, device) -> torch.Tensor:
-        from ilct.sampling import consistency_sample, default_sigmas, per_sample_noise
+        from ilct.objectives.consistency.sampler import consistency_sample, default_sigmas
+        from ilct.seeds import per_sample_noise
 
         cons = self.cfg.consistency
         sigmas = sigmas or default_sigmas(steps, cons.sigma_min, cons.sigma_max, cons.rho)
@@ -93,7 +94,7 @@ class ConsistencyTraining(Objective):
         return head, [{"start_step": s.start_step, "end_step": s.end_step, "N": s.N, "c": s.c} for s in stages]
 
     def describe(self, steps: int, sigmas: list[float] | None) -> str:
-        from ilct.sampling import default_sigmas
+        from ilct.objectives.consistency.sampler import default_sigmas
 
         cons = self.cfg.consistency
         sigmas = sigmas or default_sigmas(steps, cons.sigma_min, cons.sigma_max, cons.rho)

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ilct.checkpoint import latest_checkpoint
+from ilct.runs.checkpoint import latest_checkpoint
 from ilct.config import Config, config_from_yaml_file
 from ilct.errors import IlctError
-from ilct.files import read_tensors
-from ilct.runfolder import CONFIG_FILE, is_run
+from ilct.io.files import read_tensors
+from ilct.runs.folder import CONFIG_FILE, is_run
 
 
 def _modules(keys: list[str]) -> str:

@@ -1,7 +1,7 @@
 """Speed switches that do not change the maths: backends and torch.compile.
 
 `train.precision=bf16` (autocast, in train.py) and `train.compile=true` are the
-two switches; the loss maths stay in fp32 either way (ilct.consistency.losses
+two switches; the loss maths stay in fp32 either way (ilct.objectives.consistency.losses
 casts to fp32). Compilation is regional: each block of the backbone (a DiT's
 transformer blocks, a UNet's residual blocks: the classes that set
 `compile_region = True`) is compiled on its own, so the compiled code is shared
@@ -40,7 +40,7 @@ def flush_denormals(warn: bool = False) -> bool:
 
     The mode is each thread's own, and torch's worker threads take the main thread's when they start: it must
     be set before torch's first parallel operation in the process. `ilct` does that when a command starts
-    (ilct.cli.main); `ilct.train.train` sets it again, and warns when torch work earlier in the process had
+    (ilct.cli.main); `ilct.training.loop.train` sets it again, and warns when torch work earlier in the process had
     started threads that now keep the old mode (`warn`; once a process).
     """
     if os.environ.get("ILCT_FLUSH_DENORMAL", "1").strip() == "0":

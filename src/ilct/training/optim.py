@@ -19,7 +19,7 @@ square root):
 `radam_update_` writes it once, with multi-tensor (foreach) ops and the device
 scalars as tensors (a per-parameter loop would launch a kernel per tensor).
 `RAdam` calls it on lists of tensors, the gradients copied into one scratch buffer
-with NaN/inf zeroed. The speed path (`train.fused_optimizer`) is ilct.flat's
+with NaN/inf zeroed. The speed path (`train.fused_optimizer`) is ilct.training.flat's
 `FlatRAdam`: the same formulas on flat buffers, one compiled kernel with
 `train.compile`; this module does not know about it.
 
@@ -101,7 +101,7 @@ def radam_update_(theta: list[torch.Tensor], g: list[torch.Tensor], m: list[torc
 
 
 class RAdam(torch.optim.Optimizer):
-    """The plain update over lists of tensors (ilct.flat.FlatRAdam runs the same formulas on flat buffers)."""
+    """The plain update over lists of tensors (ilct.training.flat.FlatRAdam runs the same formulas on flat buffers)."""
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-4,
                  weight_decay: float = 0.0):

@@ -112,7 +112,7 @@ def td_residuals(run, latents: torch.Tensor, N: int, n: int = 512, seed: int = 0
     """Temporal-difference residuals f(x + sigma_i z, sigma_i) - f(x + sigma_{i+1} z, sigma_{i+1})
     of a run's EMA model at N levels, levels drawn as in training. `rms_per_sample` gives the quartiles of
     sqrt(r), r the per-sample mean of the squared residual: the scale to hold against the metric's c."""
-    from ilct.consistency.schedule import karras_sigmas, level_probabilities, sample_levels
+    from ilct.objectives.consistency.schedule import karras_sigmas, level_probabilities, sample_levels
 
     cons = run.cfg.consistency
     g = torch.Generator().manual_seed(seed)
@@ -126,7 +126,7 @@ def td_residuals(run, latents: torch.Tensor, N: int, n: int = 512, seed: int = 0
     si, sn = s[i], s[i + 1]
     view = (-1, *[1] * (x.ndim - 1))  # (n, C, [T,] H, W)
     d = run.model(x + si.view(view) * z, si) - run.model(x + sn.view(view) * z, sn)
-    r = d.pow(2).flatten(1).mean(1)  # the metric's r (ilct.consistency.losses): per-sample mean of d^2
+    r = d.pow(2).flatten(1).mean(1)  # the metric's r (ilct.objectives.consistency.losses): per-sample mean of d^2
     rms = r.sqrt().double().cpu().numpy()  # sqrt(r), the scale the metric's c is set against
     q1, med, q3 = np.percentile(rms, [25, 50, 75])
     return {"N": N, "samples": n, "residual": summarize(d.cpu().numpy()),
@@ -135,7 +135,7 @@ def td_residuals(run, latents: torch.Tensor, N: int, n: int = 512, seed: int = 0
 
 
 def write_report(report: dict, path: str | Path) -> None:
-    from ilct.files import write_text
+    from ilct.io.files import write_text
 
     write_text(path, json.dumps(report, indent=2))  # atomic
 
@@ -146,9 +146,9 @@ def level_gradients(model, cfg, x: torch.Tensor, z: torch.Tensor, N: int, c: flo
     teacher) with `metric` and `c`, and of lambda_diff x the diffusion term where technique 2 selects i, all
     on the same (normalized) latents x and noise z. Multiplied by P(i) it is level i's expected share of a
     training step's gradient (as norms, not vectors). `model` is the student (the trained weights, not the EMA)."""
-    from ilct.consistency.losses import consistency_loss, diffusion_loss, diffusion_mask, squared_residual
-    from ilct.consistency.objective import student_teacher
-    from ilct.consistency.schedule import karras_sigmas, lambda_weight, level_probabilities
+    from ilct.objectives.consistency.losses import consistency_loss, diffusion_loss, diffusion_mask, squared_residual
+    from ilct.objectives.consistency.loss import student_teacher
+    from ilct.objectives.consistency.schedule import karras_sigmas, lambda_weight, level_probabilities
 
     cons, method = cfg.consistency, cfg.method
     sigmas = karras_sigmas(N, cons.sigma_min, cons.sigma_max, cons.rho)

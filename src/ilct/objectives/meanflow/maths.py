@@ -14,7 +14,7 @@ At r = t the target is v and the loss is flow matching. Sampling walks the flow 
 backwards from noise: z_r = z_t - (t - r) u_theta(z_t, r, t).
 
 Choices made where METHOD.md is silent (docs/method.md, "MeanFlow (beside the paper)"):
-- ||Delta||^2 is the per-sample MEAN over elements (as every metric in ilct.consistency.losses);
+- ||Delta||^2 is the per-sample MEAN over elements (as every metric in ilct.objectives.consistency.losses);
   the authors' codes sum over elements. With p = 1 the two are the same loss when c is
   scaled by D = C*H*W: r / (r + c) = (D r) / (D r + D c), value and gradient.
 - r = t is drawn per sample (Bernoulli with probability `equal_fraction`), as in the authors'
@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ilct.consistency.losses import cauchy, squared_residual
+from ilct.objectives.consistency.losses import cauchy, squared_residual
 from ilct.errors import IlctError
 from ilct.nets.attention import forward_mode
 
@@ -147,7 +147,7 @@ def meanflow_target(
 
     For a DDP-wrapped network the JVP must go through the wrapped module (through .module the ranks'
     gradients are never averaged), and (torch 2.13) DDP must be built with broadcast_buffers=False,
-    as ilct.train does, and without find_unused_parameters or static_graph: torch.func.jvp refuses
+    as ilct.training.loop does, and without find_unused_parameters or static_graph: torch.func.jvp refuses
     the in-place buffer sync of DDP's forward and the autograd.Function those two options wrap the
     output in. Best call the wrapper with the tangent (`jvp=lambda z, r, t, v: ddp(z, r, t, y,
     tangent=v)`): DDP's own forward work then stays outside the transform. With u_fn = ddp the JVP

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ilct.consistency.losses import consistency_loss, diffusion_loss, diffusion_mask
-from ilct.consistency.schedule import lambda_weight
+from ilct.objectives.consistency.losses import consistency_loss, diffusion_loss, diffusion_mask
+from ilct.objectives.consistency.schedule import lambda_weight
 
 if TYPE_CHECKING:
     from ilct.config import MethodConfig

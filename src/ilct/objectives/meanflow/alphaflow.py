@@ -1,5 +1,5 @@
 """AlphaFlow's curriculum from flow matching to MeanFlow (Zhang et al. 2025, "AlphaFlow: Understanding and
-Improving MeanFlow Models", arXiv 2510.20771), on the symbols of ilct.flowmap.meanflow.
+Improving MeanFlow Models", arXiv 2510.20771), on the symbols of ilct.objectives.meanflow.maths.
 
 The alpha-Flow target, for 0 < alpha <= 1 and dt = alpha (t - r), under stop-gradient:
 
@@ -8,7 +8,7 @@ The alpha-Flow target, for 0 < alpha <= 1 and dt = alpha (t - r), under stop-gra
 - alpha = 1: u_tgt = v, trajectory flow matching (the network is not evaluated);
 - alpha -> 0: u_tgt = u + alpha (u_MF - u) + O(alpha^2), with u_MF = v - (t - r) du/dt the MeanFlow target:
   a step of size alpha toward it, with a discrete (JVP-free) derivative;
-- alpha = 0: MeanFlow itself (the JVP target of ilct.flowmap.meanflow.meanflow_target).
+- alpha = 0: MeanFlow itself (the JVP target of ilct.objectives.meanflow.maths.meanflow_target).
 
 Samples with r = t keep u_tgt = v. Their loss keeps its weight; the others' is multiplied by alpha (so the
 objective's size does not shrink with alpha squared as the target approaches u).
@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from ilct.flowmap.meanflow import UFn, per_sample
+from ilct.objectives.meanflow.maths import UFn, per_sample
 
 ALPHA_CLAMP = 0.005  # alpha within this of 0 or 1 becomes 0 or 1
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ilct.errors import IlctError
-from ilct.files import read_json, save_tensors, write_text
+from ilct.io.files import read_json, save_tensors, write_text
 
 ENCODER = "all-MiniLM-L6-v2"
 TEXT_DIM = 384

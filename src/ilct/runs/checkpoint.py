@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ilct import faults
+from ilct.runs import faults
 from ilct.config import Config
 from ilct.errors import IlctError
-from ilct.files import read_json, read_tensors, save_tensors, write_text
-from ilct.runfolder import CHECKPOINTS_DIR
+from ilct.io.files import read_json, read_tensors, save_tensors, write_text
+from ilct.runs.folder import CHECKPOINTS_DIR
 
 __all__ = ["check_layout", "latest_checkpoint", "list_checkpoints", "load_weights", "read_json", "read_state", "read_tensors",
            "save_checkpoint", "whole"]
@@ -185,7 +185,7 @@ def _check_state_field(key: str, value: Any) -> str | None:
     if key in STATE_TEXTS:
         ok = isinstance(value, str) and 0 < len(value) <= STATE_TEXTS[key]
         return None if ok else f"must be a string of 1..{STATE_TEXTS[key]} characters"
-    if key == "rng":  # a record for inspection (ilct.checkpoint.rng_state); never read back
+    if key == "rng":  # a record for inspection (ilct.runs.checkpoint.rng_state); never read back
         ok = isinstance(value, dict) and all(isinstance(v, list) for v in value.values())
         return None if ok else "must be an object of lists"
     if key == "replica_digests":
@@ -279,7 +279,7 @@ def load_weights(module: nn.Module, path: Path, what: str) -> None:
 
 def rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The global RNG states, recorded with each checkpoint for inspection. A resumed run does not
-    need them: every draw of step k is seeded by (train.seed, k) (ilct.batches.step_seed)."""
+    need them: every draw of step k is seeded by (train.seed, k) (ilct.training.batches.step_seed)."""
     np_state = np.random.get_state()
     tensors = {"torch_cpu": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
     if device.type == "cuda":

@@ -5,7 +5,7 @@ them in a few launches, but every elementwise operation of the RAdam update is
 still one pass over all 130 M weights in memory: about 35 passes, 10 ms per
 step on an H100 (docs/performance.md). When the parameters are views of one
 buffer, the whole update is a function of a few flat tensors, which
-torch.compile fuses into one kernel (ilct.optim).
+torch.compile fuses into one kernel (ilct.training.optim).
 
 Layout: the parameters in `module.parameters()` order, each starting at a
 multiple of ALIGN elements (so that every view stays 64-byte aligned, as
@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ilct.optim import RAdam, radam_update_
+from ilct.training.optim import RAdam, radam_update_
 
 ALIGN = 16  # elements: 64 bytes of fp32
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from ilct.consistency.coupling import ot_couple
+from ilct.objectives.consistency.coupling import ot_couple
 
 _MIX = 0x9E3779B97F4A7C15  # odd constant (2^64 / golden ratio) that spreads (seed, step) over 63 bits
 

@@ -8,11 +8,12 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ilct import faults, flat
-from ilct.batches import Batch
+from ilct.runs import faults
+from ilct.training import flat
+from ilct.training.batches import Batch
 from ilct.config import Config
 from ilct.objectives import Objective
-from ilct.optim import RAdam, lr_factor
+from ilct.training.optim import RAdam, lr_factor
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -23,7 +24,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, keep: torch.Tensor | None = None) -> None:
     """ema <- ema + (1 - decay) keep (model - ema), a lerp per weight tensor (one, when the weights are one flat
-    buffer: ilct.flat); keep = 0 (a skipped step) changes nothing."""
+    buffer: ilct.training.flat); keep = 0 (a skipped step) changes nothing."""
     for e, m in zip(*flat.weight_tensors(ema, model)):
         w = torch.full((), 1.0 - decay, dtype=e.dtype, device=e.device)
         e.lerp_(m, w if keep is None else w * keep.to(w.dtype))

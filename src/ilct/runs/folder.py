@@ -4,11 +4,11 @@
     RUN_DIR/latent_stats.safetensors   m and s the run normalizes with (and the autoencoder's fingerprint)
     RUN_DIR/log.jsonl                  one JSON object per logged step
     RUN_DIR/samples/                   periodic 1-step grids (clip runs: PNG strips and GIFs)
-    RUN_DIR/checkpoints/               see ilct.checkpoint
+    RUN_DIR/checkpoints/               see ilct.runs.checkpoint
     RUN_DIR/.lock                      held (flock) by the one training process writing the run
 
 A run folder is a closed world: what ilct reads from it (the `latest` pointer, the
-checkpoints) must resolve inside it (ilct.checkpoint). `--force` deletes only the
+checkpoints) must resolve inside it (ilct.runs.checkpoint). `--force` deletes only the
 names above, and only in a folder that holds a run.
 """
 
@@ -165,7 +165,7 @@ def changed_settings(cfg: Config, run_dir: Path) -> list[str]:
     saved = config_from_yaml_file(run_dir / CONFIG_FILE)
     wanted = replace(cfg, model=replace(cfg.model, in_channels=saved.model.in_channels, input_size=saved.model.input_size,
                                         frames=saved.model.frames),
-                     branch=saved.branch)  # a branched run's record (ilct.branch) stays as it was written
+                     branch=saved.branch)  # a branched run's record (ilct.training.branch) stays as it was written
     return [k for k in _changed_keys(saved, wanted) if k not in RUNTIME_KEYS]
 
 

@@ -1,11 +1,11 @@
 """The training loop (`ilct train`), for every objective and kind of data.
 
-Reads top to bottom: `train` checks every input and builds the run's parts (ilct.build), then locks and
+Reads top to bottom: `train` checks every input and builds the run's parts (ilct.training.build), then locks and
 writes the run folder or restores its newest checkpoint (`_start`); `_loop` runs the steps: the objective's
-schedule state -> the batch (drawn ahead with its OT coupling, ilct.batches) -> one update (ilct.step), with
-no host synchronization inside a step; at check points the non-finite policy (ilct.nonfinite), the log,
-sample grids, checkpoints and the stop request (ilct.preempt). The same loop runs one process or several
-under `torchrun` (ilct.distributed).
+schedule state -> the batch (drawn ahead with its OT coupling, ilct.training.batches) -> one update (ilct.training.step), with
+no host synchronization inside a step; at check points the non-finite policy (ilct.training.nonfinite), the log,
+sample grids, checkpoints and the stop request (ilct.training.preempt). The same loop runs one process or several
+under `torchrun` (ilct.training.distributed).
 """
 
 from __future__ import annotations
@@ -23,23 +23,23 @@ import torch
 from tqdm import tqdm
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ilct import branch
-from ilct import checkpoint as ckpt
-from ilct import distributed
-from ilct.accel import compile_blocks, compile_model, setup_backends
-from ilct.animation import grid_frames, save_clip_strip, save_gif
-from ilct.batches import Prefetcher, step_seed
-from ilct.build import RunData, absolute_paths, build_data, build_student
+from ilct.training import branch
+from ilct.runs import checkpoint as ckpt
+from ilct.training import distributed
+from ilct.training.accel import compile_blocks, compile_model, setup_backends
+from ilct.io.animation import grid_frames, save_clip_strip, save_gif
+from ilct.training.batches import Prefetcher, step_seed
+from ilct.training.build import RunData, absolute_paths, build_data, build_student
 from ilct.config import Config, dump_config
 from ilct.errors import IlctError
-from ilct.grid import make_grid, save_png
-from ilct.nonfinite import NonFinitePolicy
-from ilct.preempt import StopFlag
-from ilct.run import resolve_device
-from ilct.runfolder import (CONFIG_FILE, LOG_FILE, SAMPLES_DIR, STATS_FILE, RunLock, check_new_run_dir, check_out_dir,
+from ilct.io.grid import make_grid, save_png
+from ilct.training.nonfinite import NonFinitePolicy
+from ilct.training.preempt import StopFlag
+from ilct.models import resolve_device
+from ilct.runs.folder import (CONFIG_FILE, LOG_FILE, SAMPLES_DIR, STATS_FILE, RunLock, check_new_run_dir, check_out_dir,
                             open_log, resume_config, start_run_dir)
-from ilct.sampling import generate
-from ilct.step import training_step
+from ilct.generate import generate
+from ilct.training.step import training_step
 
 
 @dataclass
@@ -80,7 +80,7 @@ def train(
     branch_from: str | Path | None = None,
 ) -> TrainResult:
     """Train (or resume) the run in `run_dir`; with `branch_from` (a run or one of its checkpoints), a new run
-    that starts from that checkpoint's training state with cfg's settings (ilct.branch). Every input is checked
+    that starts from that checkpoint's training state with cfg's settings (ilct.training.branch). Every input is checked
     before the run folder is touched; the caller's `cfg` is not changed. Raises IlctError for bad input and
     preempt.Interrupted for a signal before training began."""
     cfg = copy.deepcopy(cfg)

@@ -1,4 +1,4 @@
-"""MeanFlow as an objective (Geng et al. 2025; METHOD.md section 7; the maths in ilct.flowmap.meanflow).
+"""MeanFlow as an objective (Geng et al. 2025; METHOD.md section 7; the maths in ilct.objectives.meanflow.maths).
 
 A step draws, per sample, the times (r, t) (logit-normal, r = t with probability meanflow.equal_fraction)
 and a uniform that decides whether the sample is trained with the null condition (label / caption
@@ -11,13 +11,13 @@ samples keep the unguided velocity). The loss:
     u, u_tgt = u_theta(z_t, r, t), sg(v~ - (t - r) (v~ d_z u + d_t u))           one JVP (or a central difference)
     loss    = mean over the batch of the metric of Delta = u - u_tgt (adaptive | l2 | cauchy)
 
-With meanflow.alpha_curriculum (AlphaFlow, ilct.flowmap.alphaflow) the state of step k is alpha(k): while
+With meanflow.alpha_curriculum (AlphaFlow, ilct.objectives.meanflow.alphaflow) the state of step k is alpha(k): while
 alpha > 0 the target is the discrete alpha-Flow target (flow matching at alpha = 1, one extra forward without
 gradient in between) and the loss of the samples with r < t is scaled by alpha; at alpha = 0 it is the above.
 
 The JVP runs through the model as the step passes it: the DDP wrapper under torchrun, so the backward
 through u all-reduces; the model is called with the tangent, so the JVP runs inside the wrapped forward
-(ilct.flowmap.meanflow.meanflow_target says why). Sampling walks z_r = z_t - (t - r) u from
+(ilct.objectives.meanflow.maths.meanflow_target says why). Sampling walks z_r = z_t - (t - r) u from
 noise in 1 step, 2 steps (through meanflow.two_step_m) or n uniform steps; guidance is trained in, so
 sampling takes no guidance weight, and no intermediate sigmas (--tau).
 """
@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ilct.consistency.losses import squared_residual
+from ilct.objectives.consistency.losses import squared_residual
 from ilct.errors import IlctError
-from ilct.flowmap.alphaflow import alpha_at, alphaflow_target, loss_scale
-from ilct.flowmap.meanflow import (MeanFlowModel, flow_path, guided_velocity, meanflow_loss, meanflow_sample,
+from ilct.objectives.meanflow.alphaflow import alpha_at, alphaflow_target, loss_scale
+from ilct.objectives.meanflow.maths import (MeanFlowModel, flow_path, guided_velocity, meanflow_loss, meanflow_sample,
                                    meanflow_target, per_sample, sample_times, sampling_times)
 from ilct.nets.embedders import null_condition
 from ilct.objectives.base import LossTerms, Objective
@@ -64,7 +64,7 @@ class MeanFlow(Objective):
         return MeanFlowModel(net, self.cfg.meanflow.time_scale)
 
     def draw(self, k: int, batch_size: int, g: torch.Generator) -> torch.Tensor:
-        """(B, 3): r, t (ilct.flowmap.meanflow.sample_times) and a uniform; below model.class_dropout
+        """(B, 3): r, t (ilct.objectives.meanflow.maths.sample_times) and a uniform; below model.class_dropout
         the sample is trained with the null condition."""
         mf = self.cfg.meanflow
         r, t = sample_times(batch_size, g, mf.p_mean, mf.p_std, mf.equal_fraction)
@@ -131,7 +131,7 @@ class MeanFlow(Objective):
         return lambda z, r, t: model(z, r, t, cond)
 
     def sample(self, f, seed, indices, shape, steps, sigmas, device) -> torch.Tensor:
-        from ilct.sampling import per_sample_noise
+        from ilct.seeds import per_sample_noise
 
         e = per_sample_noise(seed, indices, shape, 1)[0].to(device)
         return meanflow_sample(f, e, steps, self.cfg.meanflow.two_step_m)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ilct.errors import IlctError
-from ilct.runfolder import CHECKPOINTS_DIR, CONFIG_FILE, STATS_FILE
+from ilct.runs.folder import CHECKPOINTS_DIR, CONFIG_FILE, STATS_FILE
 
 # Folders ilct makes, recognized by the files they hold.
 _MARKERS = {

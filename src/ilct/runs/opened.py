@@ -1,101 +1,24 @@
-"""A run's pieces built from its config, and a finished run opened again for sampling.
+"""A finished run opened again for sampling, held to the rules `ilct train --resume` keeps: the run's own
+checkpoint (the newest that loads), its architecture, and the autoencoder it was trained with.
 
-The run folder's layout and rules live in ilct.runfolder; checkpoints in ilct.checkpoint.
+The run folder's layout and rules live in ilct.runs.folder; checkpoints in ilct.runs.checkpoint.
 """
 
 from __future__ import annotations
 
-import copy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from ilct.autoencoders import Autoencoder, for_clips, load_autoencoder
-from ilct.checkpoint import latest_checkpoint, list_checkpoints, load_weights, read_state, whole
-from ilct.config import Config, backbone_kwargs, config_from_yaml_file, latent_shape
-from ilct.data.clips import ClipDataset
-from ilct.data.images import ImageDataset
-from ilct.latents import LatentDir, LatentStats, cached_latents
+from ilct.autoencoders import Autoencoder
+from ilct.config import Config, config_from_yaml_file
 from ilct.errors import IlctError
-from ilct.nets import build_backbone
-from ilct.objectives import make_objective
-from ilct.runfolder import CONFIG_FILE, STATS_FILE
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise IlctError(f"train.device={name} but CUDA is not available on this machine (use cpu or auto)")
-    return torch.device(name)
-
-
-def build_model(cfg: Config) -> nn.Module:
-    """The backbone named by cfg.model.arch, a DiT or an ADM UNet (ilct.nets.ARCHS; the latent shape must be
-    resolved), wrapped in the objective's parameterization (f(x, sigma) for consistency training, D for EDM)."""
-    m = cfg.model
-    if m.in_channels is None or m.input_size is None:
-        raise ValueError("model.in_channels / model.input_size are not resolved")
-    try:
-        net = build_backbone(m.arch, m.input_size, m.in_channels, m.frames or 0, **backbone_kwargs(cfg))
-    except ValueError as e:
-        dims = "x".join(map(str, latent_shape(cfg)))
-        raise IlctError(f"config: model.arch {m.arch} does not fit {dims} latents: {e}") from None
-    return make_objective(cfg).wrap(net)
-
-
-def make_ema(model: nn.Module) -> nn.Module:
-    """A frozen copy of the model in eval mode."""
-    ema = copy.deepcopy(model).eval()
-    ema.requires_grad_(False)
-    return ema
-
-
-def load_dataset(cfg: Config) -> ImageDataset | ClipDataset:
-    """The images, or the clips (ilct.data.CLIP_DATASETS: data.frames frames data.frame_stride apart), of
-    a run's config."""
-    from ilct.data import load_dataset as load
-
-    d = cfg.data
-    return load(d.dataset, d.root, d.split, d.resolution, d.rgb, d.labels_from_subfolders, d.frames, d.frame_stride)
-
-
-def clip_data(cfg: Config) -> bool:
-    """Whether the data a run trains on are clips: model.frames > 0 where it is set; else the latent
-    directory's shape is (C, T, H, W) (data.latents), or the dataset is a clip dataset."""
-    from ilct.data import CLIP_DATASETS
-
-    if cfg.model.frames is not None:
-        return cfg.model.frames > 0
-    if cfg.data.latents:
-        return len(LatentDir(cfg.data.latents).shape) == 4
-    return cfg.data.dataset in CLIP_DATASETS
-
-
-def run_autoencoder(cfg: Config, clips: bool) -> Autoencoder:
-    """The run's autoencoder: cfg.autoencoder, and for clips `for_clips` of it (an image autoencoder frame by
-    frame, fingerprint `frames-...`; a video VAE as it is), the one the latents were encoded with."""
-    ae = load_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path)
-    return for_clips(ae) if clips else ae
-
-
-def load_latents(cfg: Config, ae: Autoencoder, device: torch.device, progress: bool) -> LatentDir:
-    """The run's latents: a given latent directory, or the cache (encoding on first use). Never a clip
-    dataset's `heldout` split: it holds only the held-out (class, motion) pairs, never trained on."""
-    if cfg.data.split == "heldout" and not cfg.data.latents:
-        raise IlctError(f"data.split=heldout: {cfg.data.dataset}'s held-out (class, motion) pairs are never trained on "
-                        "(train on split train; sample their captions with `ilct sample --prompt`)")
-    if cfg.data.latents:
-        latents = LatentDir(cfg.data.latents)
-        latents.check_autoencoder(ae)
-        if (latents.meta.get("data") or {}).get("split") == "heldout":
-            raise IlctError(f"data.latents={latents.path} holds the held-out split of {latents.meta.get('dataset', '?')}: "
-                            "its (class, motion) pairs are never trained on (encode split train)")
-        return latents
-    return cached_latents(ae, load_dataset(cfg), cfg.data.cache_dir or None, device=device, progress=progress)
+from ilct.latents import LatentStats
+from ilct.models import build_model, resolve_device, run_autoencoder
+from ilct.runs.checkpoint import latest_checkpoint, list_checkpoints, load_weights, read_state, whole
+from ilct.runs.folder import CONFIG_FILE, STATS_FILE
 
 
 @dataclass

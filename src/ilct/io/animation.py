@@ -1,8 +1,8 @@
 """Clips as animated GIFs and as PNG strips (rows = clips, columns = frames), written atomically.
 
 Clips are uint8 (N, T, H, W, C) arrays (C = 1 or 3), one (T, H, W, C) clip at a
-time for a GIF. Layout comes from ilct.grid.make_grid; .npz files of clips
-come from ilct.grid.save_npz. GIF holds at most 256 colours per frame:
+time for a GIF. Layout comes from ilct.io.grid.make_grid; .npz files of clips
+come from ilct.io.grid.save_npz. GIF holds at most 256 colours per frame:
 grayscale and clips with few colours round-trip exactly, others are quantized,
 so use the PNG strip or the .npz for anything measured. Pillow merges a frame
 identical to the one before it into that frame (their durations add up), so
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ilct.grid import make_grid, save_png
+from ilct.io.grid import make_grid, save_png
 
 
 def _check_clip(clip: np.ndarray) -> None:
@@ -59,7 +59,7 @@ def clip_strip(clips: np.ndarray, pad: int = 2) -> np.ndarray:
 
 
 def save_clip_strip(clips: np.ndarray, path: str | Path, scale: int = 1, pad: int = 2) -> None:
-    """The PNG of clip_strip (lossless, atomic, as ilct.grid.save_png)."""
+    """The PNG of clip_strip (lossless, atomic, as ilct.io.grid.save_png)."""
     save_png(clip_strip(clips, pad), path, scale)
 
 

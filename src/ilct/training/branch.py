@@ -31,10 +31,10 @@ from typing import Any
 import torch
 import yaml
 
-from ilct.checkpoint import CHECKPOINT_FILES, latest_checkpoint, read_state, read_tensors, restore, save_checkpoint, step_of, whole
+from ilct.runs.checkpoint import CHECKPOINT_FILES, latest_checkpoint, read_state, read_tensors, restore, save_checkpoint, step_of, whole
 from ilct.config import BranchConfig, Config, config_from_yaml_file, from_dict, merge_raw, parse_overrides
 from ilct.errors import IlctError
-from ilct.runfolder import CHECKPOINTS_DIR, CONFIG_FILE, STATS_FILE, is_run
+from ilct.runs.folder import CHECKPOINTS_DIR, CONFIG_FILE, STATS_FILE, is_run
 
 FLAG = "--branch-from"
 # config keys the optimizer's saved param_groups hold (restored with the moments, so set again when changed)
@@ -148,7 +148,7 @@ def restore_branch(src: Source, model: torch.nn.Module, ema: torch.nn.Module, op
     t, before = cfg.train, src.cfg.train
     changed = {OPTIMIZER_KEYS[k] for k in changed_keys(src.cfg, cfg) if k in OPTIMIZER_KEYS}
     for group in opt.param_groups:
-        if "lr" in changed:  # keep a halving by the non-finite policy (ilct.nonfinite)
+        if "lr" in changed:  # keep a halving by the non-finite policy (ilct.training.nonfinite)
             group["lr"] = t.lr * (group["lr"] / before.lr)
         if "betas" in changed:
             group["betas"] = (t.beta1, t.beta2)

@@ -1,6 +1,6 @@
 """Numerical trouble is policy, not luck (STYLE lesson 9): count, skip, roll back, halve the learning rate, stop.
 
-A step whose loss or gradient is not finite is skipped on the device (ilct.step: weights, moments and EMA
+A step whose loss or gradient is not finite is skipped on the device (ilct.training.step: weights, moments and EMA
 untouched). The counters live on the device and are read only at check points: the steps skipped since the
 last check are logged and added to the run's total; `train.max_nonfinite` skipped in a row roll the run back
 to its last checkpoint with half the learning rate, once; if it happens again the run stops with one line

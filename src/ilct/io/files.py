@@ -21,7 +21,7 @@ def _tmp_name(path: Path) -> Path:
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file via a temporary name, fsync, rename. Each tensor is copied on its own
-    (views of one buffer, ilct.flat, or one tensor under several names are stored as separate tensors)."""
+    (views of one buffer, ilct.training.flat, or one tensor under several names are stored as separate tensors)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)

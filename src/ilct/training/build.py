@@ -12,16 +12,17 @@ from pathlib import Path
 
 import torch
 
-from ilct import distributed, flat
-from ilct.batches import BatchMaker
+from ilct.training import distributed, flat
+from ilct.training.batches import BatchMaker
 from ilct.config import Config
 from ilct.latents import LatentStats
 from ilct.errors import IlctError
 from ilct.objectives import Objective, make_objective
-from ilct.optim import RAdam
-from ilct.run import build_model, clip_data, load_latents, make_ema, run_autoencoder
-from ilct.runfolder import STATS_FILE
-from ilct.warmstart import warm_start
+from ilct.training.optim import RAdam
+from ilct.models import build_model, clip_data, make_ema, run_autoencoder
+from ilct.training.data import load_latents
+from ilct.runs.folder import STATS_FILE
+from ilct.training.warmstart import warm_start
 
 IN_MEMORY_BYTES = 4 << 30  # latent sets up to 4 GiB are loaded whole
 
@@ -78,14 +79,14 @@ def _conditions(cfg: Config, latent_set, main: bool):
     if cfg.data.caption_holdout:  # held-out prompts: their images are never trained on (checked before the embeddings)
         if not latent_set.captions:
             raise IlctError("config: data.caption_holdout is set but the latents carry no captions")
-        from ilct.text import kept_indices
+        from ilct.nets.text import kept_indices
 
         kept = torch.tensor(kept_indices(latent_set.captions, cfg.data.caption_holdout), dtype=torch.long)
     if cfg.model.text_dim > 0:  # text-conditional: caption embeddings (and tokens), cached with the latents
         if not latent_set.captions:
             raise IlctError("config: model.text_dim is set but the latents carry no captions (emoji, moving_fmnist, "
                             "emoji_clips and captioned video folders have them)")
-        from ilct.text import caption_conditions
+        from ilct.nets.text import caption_conditions
 
         # (n, text_dim) pooled, or with model.text_tokens = L the packed (n, 1 + L, text_dim + 1) (ilct.nets.embedders)
         labels = caption_conditions(latent_set.path, latent_set.captions, cfg.model.text_tokens)
@@ -102,7 +103,7 @@ def build_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder
                   stats_from: Path | None = None) -> RunData:
     """Everything the run reads, checked (writes only to the latent cache; rank 0 encodes first).
     Fills in cfg's latent shape and class count. The latent statistics are the run's own when resumed, the
-    source run's (`stats_from`) for a branch (ilct.branch), else measured on the latents."""
+    source run's (`stats_from`) for a branch (ilct.training.branch), else measured on the latents."""
     main, cons = dist.main, cfg.consistency
     clips = clip_data(cfg)
     if cfg.train.fid_every and clips:
@@ -168,10 +169,10 @@ def make_batch_maker(cfg: Config, objective: Objective, gather, n_data: int, sha
 def build_student(cfg: Config, device: torch.device, init: bool = True,
                   quiet: bool = False) -> tuple[torch.nn.Module, torch.nn.Module, RAdam]:
     """The network in training mode, its EMA copy and the optimizer; with `train.fused_optimizer` the
-    weights (and so the EMA's and the moments) are flat buffers (ilct.flat), and with `train.compile`
+    weights (and so the EMA's and the moments) are flat buffers (ilct.training.flat), and with `train.compile`
     too the RAdam update is one compiled kernel. Seeded by the caller. With `train.init_from` (and `init`:
     the run starts at step 0, not from a checkpoint of its own) the backbone starts from that run's EMA
-    weights (ilct.warmstart; one line printed unless `quiet`)."""
+    weights (ilct.training.warmstart; one line printed unless `quiet`)."""
     t = cfg.train
     model = build_model(cfg)
     if t.init_from and init:
