@@ -24,20 +24,34 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "ilct"
 
-# Floors from the ground up: a module may import from its own floor and below. Before the restructuring
-# (issue 35) several names here did not exist; they are simply not matched then.
+# Floors from the ground up: a module may import from its own floor and below.
 LAYERS: list[tuple[str, ...]] = [
-    ("ilct.errors", "ilct.schema", "ilct.limits", "ilct.runs.faults"),
-    ("ilct.io", "ilct.io.files", "ilct.io.grid", "ilct.io.animation", "ilct.training.accel", "ilct.training.distributed", "ilct.training.preempt"),
-    ("ilct.nets", "ilct.data", "ilct.nets.text", "ilct.sampling", "ilct.training.optim", "ilct.training.flat", "ilct.training.nonfinite"),
+    ("ilct.errors", "ilct.schema", "ilct.limits", "ilct.seeds"),
+    ("ilct.io", "ilct.runs.faults"),
+    ("ilct.nets", "ilct.data"),
     ("ilct.autoencoders",),
     ("ilct.latents",),
-    ("ilct.objectives", "ilct.objectives.consistency", "ilct.objectives.meanflow"),
+    ("ilct.objectives",),
+    ("ilct.config", "ilct.models"),
+    ("ilct.runs",),
+    ("ilct.generate", "ilct.metrics"),
+    ("ilct.training",),
+    ("ilct.demo",),
+    ("ilct.cli", "ilct.__main__"),
+]
+# The same floors under the names the modules had before issue 35's restructuring (for measuring that tree).
+LAYERS_BEFORE: list[tuple[str, ...]] = [
+    ("ilct.errors", "ilct.limits", "ilct.faults"),
+    ("ilct.files", "ilct.grid", "ilct.animation", "ilct.accel", "ilct.distributed", "ilct.preempt"),
+    ("ilct.nets", "ilct.data", "ilct.text", "ilct.optim", "ilct.flat", "ilct.nonfinite"),
+    ("ilct.autoencoders",),
+    ("ilct.latents",),
+    ("ilct.objectives", "ilct.consistency", "ilct.flowmap", "ilct.edm", "ilct.sampling"),
     ("ilct.config",),
-    ("ilct.runs", "ilct.runs.folder", "ilct.runs.checkpoint", "ilct.runs.outputs", "ilct.runs.opened"),
-    ("ilct.generate", "ilct.metrics", "ilct.metrics.outliers"),
-    ("ilct.training", "ilct.training.loop", "ilct.training.step", "ilct.training.build", "ilct.training.batches", "ilct.training.warmstart", "ilct.training.branch"),
-    ("ilct.demo", "ilct.reports"),
+    ("ilct.runfolder", "ilct.checkpoint", "ilct.outputs", "ilct.run"),
+    ("ilct.metrics", "ilct.analysis"),
+    ("ilct.train", "ilct.step", "ilct.build", "ilct.batches", "ilct.warmstart", "ilct.branch"),
+    ("ilct.demo",),
     ("ilct.cli", "ilct.__main__"),
 ]
 
@@ -81,9 +95,9 @@ def imports(known: dict[str, Path]) -> list[tuple[str, str, bool]]:
     return out
 
 
-def floor(mod: str) -> int:
+def floor(mod: str, layers: list[tuple[str, ...]]) -> int:
     best, level = -1, 0
-    for i, names in enumerate(LAYERS):
+    for i, names in enumerate(layers):
         for prefix in names:
             if (mod == prefix or mod.startswith(prefix + ".")) and len(prefix) > best:
                 best, level = len(prefix), i
@@ -135,7 +149,8 @@ def import_report() -> dict:
     edges = imports(known)
     top = sorted(m for m, p in known.items() if p.parent == SRC and p.name not in ("__init__.py", "__main__.py"))
     packages = sorted(module_name(p.parent) for p in SRC.glob("*/__init__.py"))
-    upward = sorted({(a, b) for a, b, _ in edges if floor(b) > floor(a)})
+    layers = LAYERS if (SRC / "schema.py").is_file() else LAYERS_BEFORE  # the tree before issue 35 had no schema
+    upward = sorted({(a, b) for a, b, _ in edges if floor(b, layers) > floor(a, layers)})
     return {"modules": len(known), "top_level_modules": len(top), "top_level": top, "packages": packages,
             "internal_imports": len(edges), "inside_functions": sum(1 for *_, f in edges if f),
             "cycles": cycles(edges), "upward_imports": [f"{a} -> {b}" for a, b in upward]}

@@ -312,7 +312,7 @@ def test_ilct_clips_renders_a_strip_a_gif_and_the_captions(tmp_path, fake_fmnist
         assert im.n_frames == 5
     for argv, msg in [(["--data", "fashion_mnist"], "--data expects one of moving_fmnist, emoji_clips, video_folder"),
                       (["--data", f"video_folder:{tmp_path / 'none'}"], "video folder not found"),
-                      (["--data", "moving_fmnist", "--frames", "0"], "--frames must be >= 1, got 0")]:
+                      (["--data", "moving_fmnist", "--frames", "0"], "--frames must lie in 1..1,024, got 0")]:
         capsys.readouterr()
         assert main(["clips", "--out", str(out), *argv]) == 2
         err = capsys.readouterr().err

@@ -59,8 +59,8 @@ def test_eval_reports_each_tau_for_two_steps(run_and_detector, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("extra,needle", [
-    (["--steps", "1,2", "--tau", "0.001"], "--tau values must lie in"),
-    (["--steps", "2", "--tau", "80"], "--tau values must lie in"),
+    (["--steps", "1,2", "--tau", "0.001"], "--tau values must decrease and lie in"),
+    (["--steps", "2", "--tau", "80"], "--tau values must decrease and lie in"),
     (["--steps", "2", "--tau", "1.0,abc"], "--tau expects comma-separated numbers"),
     (["--steps", "1", "--tau", "1.0"], "add 2 to --steps"),
     (["--steps", "2", "--tau", "1.0,1.0"], "repeated"),

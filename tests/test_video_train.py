@@ -245,7 +245,7 @@ def test_bad_clip_input_is_one_line(tmp_path, tiny_autoencoder, fake_fmnist, cli
                  "--out", str(tmp_path / "v"), "--frames", "3", "--frame-stride", "3", "--rgb", "--device", "cpu"]) == 2
     assert re.search(r"has 5 frame\(s\), fewer than the 7 that 3 frames 3 apart need", one_error_line(capsys))
     for argv, msg in ((["--data", f"fashion_mnist:{fake_fmnist}", "--frames", "4"], "apply to clip datasets"),
-                      (["--data", f"moving_fmnist:{fake_fmnist}", "--frames", "0"], "--frames must be >= 1"),
+                      (["--data", f"moving_fmnist:{fake_fmnist}", "--frames", "0"], "--frames must lie in 1..1,024"),
                       (["--data", f"moving_fmnist:{fake_fmnist}", "--flip"], "reverses their motion")):
         assert main(["encode", "--autoencoder", f"builtin:{tiny_autoencoder}", "--out", str(tmp_path / "b"),
                      "--limit", "4", "--no-progress", "--device", "cpu", *argv]) == 2

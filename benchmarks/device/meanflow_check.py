@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import json
 import os
 import platform
 import sys
@@ -41,6 +40,10 @@ from ilct.training.build import build_student, make_batch_maker
 from ilct.config import load_config
 from ilct.objectives import make_objective
 from ilct.training.step import training_step
+
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
 
 N_DATA = 256
 SRC = os.sep + "ilct" + os.sep
@@ -214,9 +217,7 @@ def main() -> None:
 
     def record(rec: dict) -> None:
         report["rows"].append(rec)
-        tmp = out / "meanflow_check.json.tmp"
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, out / "meanflow_check.json")
+        common.write_json(out / "meanflow_check.json", report)
         print(summary(rec), flush=True)
 
     print(f"{name}, torch {torch.__version__}", flush=True)

@@ -59,8 +59,6 @@ import contextlib
 import datetime
 import gc
 import importlib
-import importlib.util
-import json
 import os
 import platform
 import signal
@@ -93,18 +91,10 @@ from ilct.training.optim import RAdam, radam_update_
 from ilct.models import build_model
 from ilct.training.step import training_step
 
-
-def _load_throughput():
-    """benchmarks/speed/throughput.py, for its timing helpers and the matrix-product peak."""
-    spec = importlib.util.spec_from_file_location(
-        "throughput", Path(__file__).resolve().parents[1] / "speed" / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-throughput = _load_throughput()
-sync, measure_peak = throughput.sync, throughput.measure_peak
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
+from benchmarks.speed.throughput import measure_peak, seconds_per_call, sync  # noqa: E402
 
 N_DATA = 1024  # synthetic latents (or clips) the batches are drawn from
 WORLD_NOTE = ("world size 1: DDP's bucketing and all-reduce hooks and FSDP2's all-gather / reduce-scatter and "
@@ -362,7 +352,7 @@ def measure_jvp(row: Row, device: torch.device, steps: int, warmup: int) -> dict
 
     def timed(fn) -> float:
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
-            return throughput.seconds_per_call(fn, warmup, steps, device) * 1e3
+            return seconds_per_call(fn, warmup, steps, device) * 1e3
 
     def forward_math():
         with sdpa_kernel(SDPBackend.MATH):
@@ -399,9 +389,7 @@ def write(report: dict, out: Path) -> None:
             ref = consistency_reference(report, row)
             if ref is not None:
                 row["over_consistency_step"] = row["ms_per_step"] / ref["ms_per_step"]
-    tmp = out / "scale.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out / "scale.json")
+    common.write_json(out / "scale.json", report)
     lines = ["| model | batch | wrapping | compiled | per s | ms/step | peak GiB | TFLOP/s | MFU | note |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     jvp = ["| model | batch | forward ms | forward (math attention) ms | JVP ms | JVP / forward | JVP / forward (math) |",

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
 
 
 def main() -> None:
@@ -20,10 +25,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--nfe", default="1", help="which NFE to plot for consistency rows (EDM rows: 35)")
     args = p.parse_args()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     fig, axes = plt.subplots(1, len(args.tables), figsize=(6.5 * len(args.tables), 4.5), squeeze=False)
     for ax, path in zip(axes[0], args.tables):
@@ -43,8 +45,7 @@ def main() -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
+    common.save_figure(fig, args.out, 110)
     print(f"wrote {args.out}")
 
 

@@ -12,7 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
+
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
 
 
 def main() -> None:
@@ -20,10 +25,7 @@ def main() -> None:
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     cols = min(3, len(args.runs))
     rows = math.ceil(len(args.runs) / cols)
@@ -43,8 +45,7 @@ def main() -> None:
     for ax in list(axes.flat)[len(args.runs):]:
         ax.axis("off")
     fig.tight_layout()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=100)
+    common.save_figure(fig, args.out, 100)
     print(f"written to {args.out}")
 
 

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import signal
 import subprocess
 import sys
@@ -37,6 +35,10 @@ import time
 from pathlib import Path
 
 from ilct.latents.directory import is_complete
+
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
 
 ROWS = ["ict-baseline", "+cauchy", "+diffusion-loss", "+ot", "+adaptive-c", "ilct-full", "ilct-full-cauchy-element",
         "edm-diffusion"]
@@ -72,44 +74,6 @@ def jobs(rows: list[str], seeds: list[int]) -> list[tuple[str, int]]:
         for s in seeds + [x for x in EXTRA_SEEDS.get(r, []) if x not in seeds]:
             out.append((r, s))
     return out
-
-
-def run(cmd: list[str], log: Path) -> subprocess.Popen:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-
-
-def pool(cmds: list[tuple[str, list[str], Path]], parallel: int, dry_run: bool, deadline: float = 0,
-         stop_running: bool = False) -> dict[str, float]:
-    """Run (key, command, log) jobs, `parallel` at a time; returns seconds per key. A job that fails
-    stops the benchmark. Past `deadline` (a time.time()) no new job starts, and with `stop_running`
-    the running ones get SIGTERM (training checkpoints and exits 0; the table records its step)."""
-    pending, active, seconds, stopped = list(cmds), [], {}, False
-    while pending or active:
-        late = bool(deadline) and time.time() > deadline
-        while pending and len(active) < parallel and not late:
-            key, cmd, log = pending.pop(0)
-            if dry_run:
-                print(" ".join(cmd))
-                continue
-            active.append((run(cmd, log), key, log, time.time()))
-        if late:
-            if pending:
-                print(f"deadline: {len(pending)} jobs not started", flush=True)
-                pending.clear()
-            if stop_running and not stopped:
-                for proc, *_ in active:
-                    proc.terminate()
-                stopped = True
-        for item in list(active):
-            proc, key, log, started = item
-            if proc.poll() is not None:
-                if proc.returncode != 0:
-                    raise SystemExit(f"{key} failed; see {log}")
-                seconds[key] = round(time.time() - started, 1)
-                active.remove(item)
-        time.sleep(0.5)
-    return seconds
 
 
 def encode_latents(spaces: list[str], aes: list[str], work: Path, ilct: list[str], limit: int | None,
@@ -188,8 +152,7 @@ def main() -> None:
                 f"train.log_every={min(50, max(1, steps // 4))}"] + row_overrides(row)
         out = run_dir(space, row, seed, root)
         cmd = ilct + ["train", "--config", "fmnist-ict", "--out", str(out), "--no-progress"] + ae_sets[space]
-        for s in sets:
-            cmd += ["--set", s]
+        cmd += common.set_flags(sets)
         if (out / "config.yaml").exists():
             cmd.append("--force" if root == "calibration" else "--resume")
         return cmd
@@ -198,8 +161,8 @@ def main() -> None:
     steps = budget["steps"]
     if args.train_seconds and not args.dry_run:
         probe = args.probe
-        pool([(f"{s}/{r}/{d}", train_cmd(s, r, d, probe, "calibration"), work / "logs" / f"calib_{s}_{r}_s{d}.log")
-              for s, r, d in todo], len(todo), False)
+        common.pool([(f"{s}/{r}/{d}", train_cmd(s, r, d, probe, "calibration"),
+                      work / "logs" / f"calib_{s}_{r}_s{d}.log") for s, r, d in todo], len(todo), False)
         rates = []
         for s, r, d in todo:
             log = [json.loads(x) for x in (run_dir(s, r, d, "calibration") / "log.jsonl").read_text().splitlines()]
@@ -209,9 +172,9 @@ def main() -> None:
     print(f"{len(todo)} runs of {steps} steps; FID on {budget['n']} samples; latents {args.latents}", flush=True)
 
     # 3. training, `parallel` runs at a time
-    seconds = pool([(f"{s}/{r}/{d}", train_cmd(s, r, d, steps), work / "logs" / f"{s}_{r}_s{d}.train.log")
-                    for s, r, d in todo], args.parallel, args.dry_run,
-                   deadline=t0 + args.train_deadline if args.train_deadline else 0, stop_running=True)
+    seconds = common.pool([(f"{s}/{r}/{d}", train_cmd(s, r, d, steps), work / "logs" / f"{s}_{r}_s{d}.train.log")
+                           for s, r, d in todo], args.parallel, args.dry_run,
+                          deadline=t0 + args.train_deadline if args.train_deadline else 0, stop_running=True)
     if args.dry_run:
         return
     t_train = time.time() - t0
@@ -240,8 +203,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_term)
     try:
         if evals:  # the first one alone: it computes the cached reference features the others read
-            pool(evals[:1], 1, False)
-            pool(evals[1:], args.parallel, False, deadline=t0 + args.eval_deadline if args.eval_deadline else 0)
+            common.pool(evals[:1], 1, False)
+            common.pool(evals[1:], args.parallel, False, deadline=t0 + args.eval_deadline if args.eval_deadline else 0)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         write_reports(args, spaces, todo, work, run_dir, seconds, steps, t0, t_train)
@@ -279,7 +242,7 @@ def write_reports(args, spaces, todo, work, run_dir, seconds, steps, t0, t_train
                             "train_seconds": seconds.get(f"{s}/{r}/{d}"), "curve": curve})
         report = {
             "command": "python " + " ".join(sys.argv),
-            "machine": f"{machine()}; budget {args.budget}" + (f", --train-seconds {args.train_seconds:g}" if args.train_seconds else ""),
+            "machine": f"{common.machine()}; budget {args.budget}" + (f", --train-seconds {args.train_seconds:g}" if args.train_seconds else ""),
             "features": features,
             "steps_per_row": steps,
             "train_wall_seconds": round(t_train, 1),
@@ -290,14 +253,6 @@ def write_reports(args, spaces, todo, work, run_dir, seconds, steps, t0, t_train
         (out / f"ablation_{space}.md").write_text(
             f"Command: `{report['command']}`\n\nMachine: {report['machine']}\n\n{steps} steps per row\n\n" + table(results) + "\n")
         print(f"latents {space}:\n" + table(results), flush=True)
-
-
-def machine() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPUs, torch {torch.__version__}"
-    return f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
 
 
 def table(results: list[dict]) -> str:

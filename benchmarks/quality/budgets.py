@@ -26,7 +26,6 @@ run for the tests (DiT-T/4, batch 8, a 4-step demo budget, --n 10).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -38,20 +37,13 @@ from ilct.runs.checkpoint import list_checkpoints, step_of
 from ilct.demo import preset_steps
 from ilct.latents.directory import is_complete
 
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
+
 
 PRESETS = "fmnist-ict,fmnist-ilct"
 TINY_SETS = ["model.arch=DiT-T/4", "train.batch_size=8", "train.device=cpu"]
-
-
-def _load_ablation():
-    """ablation.py of this folder, for its job pool and machine description."""
-    spec = importlib.util.spec_from_file_location("ablation", Path(__file__).resolve().with_name("ablation.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ablation = _load_ablation()
 
 
 def run_seconds(run: Path, step: int) -> float | None:
@@ -91,9 +83,7 @@ def train_cmd(args, ilct: list[str], name: str, preset: str, multiple: int) -> l
         return ilct + ["train", "--out", str(out), "--resume", "--no-progress"]
     cmd = ilct + ["train", "--config", preset, "--out", str(out), "--autoencoder", args.autoencoder, "--no-progress"]
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
-    for s in sets:
-        cmd += ["--set", s]
-    return cmd
+    return cmd + common.set_flags(sets)
 
 
 def same_runs(args) -> None:
@@ -125,10 +115,8 @@ def checkpoints(run: Path) -> list[tuple[int, Path]]:
 
 def eval_cmd(args, ilct: list[str], run: Path, ckpt: Path, out_json: Path) -> list[str]:
     cmd = ilct + ["eval", "--run", str(run), "--checkpoint", str(ckpt), "--split", "test", "--steps", "1,2",
-                  "--n", str(args.n), "--seed", "0", "--json", str(out_json), "--no-progress", "--features", args.features]
-    cmd += ["--inception-weights", args.inception_weights] if args.inception_weights else []
-    cmd += ["--cache-dir", args.cache_dir] if args.cache_dir else []
-    return cmd + (["--device", "cpu"] if args.tiny else [])
+                  "--n", str(args.n), "--seed", "0", "--json", str(out_json), "--no-progress"]
+    return cmd + common.fid_flags(args)
 
 
 def report(args, t0: float) -> dict:
@@ -149,18 +137,14 @@ def report(args, t0: float) -> dict:
         rows.append({"preset": preset, "multiple": multiple, "steps": steps, "run": str(run), "sets": args.set,
                      "seconds": last and last["seconds"], "fid": last and last["fid"],
                      "recall": last and last["recall"], "curve": curve})
-    return {"command": "python " + " ".join(sys.argv), "machine": ablation.machine(), "split": "test", "n": args.n,
+    return {"command": "python " + " ".join(sys.argv), "machine": common.machine(), "split": "test", "n": args.n,
             "demo_steps": args.demo_steps, "parallel": args.parallel,
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"), "autoencoder": args.autoencoder,
             "wall_seconds": round(time.time() - t0, 1), "rows": rows, "missing": missing, "notes": args.note}
 
 
 def write_report(args, t0: float) -> None:
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report(args, t0), indent=2) + "\n")
-    tmp.replace(out)
+    common.write_json(Path(args.out), report(args, t0))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -217,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
             for name, preset, m in runs(args)
             if not args.score_only
             and not (work / "runs" / name / "checkpoints" / f"step_{steps_of(args, m):09d}" / "state.json").is_file()]
-    ablation.pool(jobs, args.parallel, args.dry_run)
+    common.pool(jobs, args.parallel, args.dry_run)
     if args.dry_run:
         print("then per checkpoint (each quarter of a run): ilct eval --run R --checkpoint C --split test --steps 1,2 ...")
         return
@@ -226,9 +210,9 @@ def main(argv: list[str] | None = None) -> None:
             for name, _, _ in runs(args) for _, ck in checkpoints(work / "runs" / name)
             if not (work / "eval" / name / f"{ck.name}.json").is_file()]
     if todo:  # the first alone: it computes the cached reference features the others read
-        ablation.pool(todo[:1], 1, False)
+        common.pool(todo[:1], 1, False)
     for i in range(1, len(todo), args.parallel):
-        ablation.pool(todo[i:i + args.parallel], args.parallel, False)
+        common.pool(todo[i:i + args.parallel], args.parallel, False)
         write_report(args, t0)
     write_report(args, t0)
     print(f"written {args.out}", flush=True)

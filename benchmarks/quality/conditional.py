@@ -34,6 +34,10 @@ from ilct.metrics.frechet import feature_stats, frechet_distance
 from ilct.runs.opened import open_run
 from ilct.generate import generate
 
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,10 +101,7 @@ def main() -> None:
         report["grid"] = {"file": args.grid, "panels_guidance": weights, "steps": steps[0]}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.figure:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = common.pyplot()
 
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
         for s in steps:
@@ -120,8 +121,7 @@ def main() -> None:
         a2.set_title("does a class-K sample look like class K?")
         a2.legend(fontsize=7)
         fig.tight_layout()
-        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.figure, dpi=110)
+        common.save_figure(fig, args.figure, 110)
 
 
 if __name__ == "__main__":

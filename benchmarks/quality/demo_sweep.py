@@ -30,14 +30,17 @@ for the tests (DiT-T/4, batch 8, a 4-step budget, --n 10).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from ilct.latents.directory import is_complete
+
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
+from benchmarks.quality.objectives import seconds_per_step  # noqa: E402  (a probe's s/step from its log.jsonl)
 
 BASE_PRESET = "fmnist-ilct"
 DEMO_AE_STEPS = 1000  # the autoencoder of `make demo` (ilct demo --ae-steps)
@@ -114,20 +117,6 @@ def cost_twin(name: str) -> str:
     return next(c for c in CONFIGS if cost(c) == key) if key else "base"
 
 
-def _load_objectives():
-    """objectives.py of this folder, for its probe timing (and, through it, ablation.py's job pool and machine)."""
-    spec = importlib.util.spec_from_file_location("objectives", Path(__file__).resolve().with_name("objectives.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("objectives", module)  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-objectives = _load_objectives()
-ablation = objectives.ablation
-seconds_per_step = objectives.seconds_per_step  # a probe's s/step from its log.jsonl
-
-
 def autoencoder_dir(args, ae_steps: int) -> Path:
     return Path(args.autoencoder) if ae_steps == DEMO_AE_STEPS else Path(args.work) / f"autoencoder-{ae_steps}"
 
@@ -162,9 +151,7 @@ def train_cmd(args, ilct: list[str], name: str, steps: int, root: str) -> list[s
             "train.sample_every=0", f"train.ckpt_every={steps}", f"train.log_every={max(1, min(50, steps // 10))}",
             "train.seed=0"] + SWEEP_SETS + changes + (TINY_SETS if args.tiny else [])
     cmd = ilct + ["train", "--config", BASE_PRESET, "--out", str(out), "--autoencoder", str(autoencoder_dir(args, ae_steps)),
-                  "--no-progress"] + (["--data-dir", args.data_dir] if args.data_dir else [])
-    for s in sets:
-        cmd += ["--set", s]
+                  "--no-progress"] + (["--data-dir", args.data_dir] if args.data_dir else []) + common.set_flags(sets)
     if (out / "config.yaml").exists():
         cmd.append("--force" if root == "probes" else "--resume")
     return cmd
@@ -179,7 +166,7 @@ def budget(args, ilct: list[str]) -> dict[str, dict]:
     twins = list(dict.fromkeys(cost_twin(c) for c in names))
     probes = [(f"probe {c}", train_cmd(args, ilct, c, args.probe, "probes"), work / "logs" / f"probe_{c}.log")
               for c in twins if c not in known]
-    ablation.pool(probes, 1, args.dry_run)  # one at a time: the ratios are the budget
+    common.pool(probes, 1, args.dry_run)  # one at a time: the ratios are the budget
     if args.dry_run:
         print(f"then each configuration trains {args.budget_steps} x base's s/step / its own s/step steps "
               "(base's steps where only the learning rate or its schedule, EMA, beta2, curriculum, c floor or "
@@ -205,9 +192,7 @@ def budget(args, ilct: list[str]) -> dict[str, dict]:
 def eval_cmd(args, ilct: list[str], name: str, split: str, out_json: Path, taus: str = "") -> list[str]:
     cmd = ilct + ["eval", "--run", str(Path(args.work) / "runs" / name), "--split", split, "--steps", "2" if taus else "1,2",
                   "--n", str(args.n), "--seed", "0", "--json", str(out_json), "--no-progress"]
-    cmd += (["--tau", taus] if taus else []) + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
-    cmd += ["--features", args.features] + (["--inception-weights", args.inception_weights] if args.inception_weights else [])
-    return cmd + (["--device", "cpu"] if args.tiny else [])
+    return cmd + (["--tau", taus] if taus else []) + common.fid_flags(args)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -243,12 +228,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     t0, work, ilct = time.time(), Path(args.work), [sys.executable, "-m", "ilct"]
     for job in prepare_commands(args, ilct):  # in order: an autoencoder before its latents
-        ablation.pool([job], 1, args.dry_run)
+        common.pool([job], 1, args.dry_run)
     plan = budget(args, ilct)
     names = list(plan)
     runs = [(f"train {c}", train_cmd(args, ilct, c, plan[c]["steps"], "runs"), work / "logs" / f"train_{c}.log")
             for c in names if args.dry_run or not trained(work / "runs" / c, plan[c]["steps"])]
-    seconds = ablation.pool(runs, args.parallel, args.dry_run)
+    seconds = common.pool(runs, args.parallel, args.dry_run)
     if args.dry_run:
         print(f"then per configuration: {' '.join(eval_cmd(args, ilct, '<name>', 'val', Path('<json>')))}; for the "
               f"winner and base the same on --split test, and the winner's 2-step --tau {TAUS} on val")
@@ -280,8 +265,8 @@ def evaluate(args, ilct: list[str], todo: list[tuple[str, str, str]]) -> None:
              Path(args.work) / "logs" / f"eval_{c}_{s}{'_tau' if t else ''}.log")
             for c, s, t in todo if not result_path(args, c, s, t).is_file()]
     if jobs:  # the first alone: it computes the cached reference features the others read
-        ablation.pool(jobs[:1], 1, False)
-        ablation.pool(jobs[1:], args.parallel, False)
+        common.pool(jobs[:1], 1, False)
+        common.pool(jobs[1:], args.parallel, False)
 
 
 def write_report(args, plan: dict, seconds: dict, t0: float) -> None:
@@ -299,17 +284,14 @@ def write_report(args, plan: dict, seconds: dict, t0: float) -> None:
             row["val_tau_sweep"] = score(args, c, "val", TAUS)["rows"]
         rows.append(row)
     scored = [r for r in rows if "val_fid" in r]
-    report = {"command": "python " + " ".join(sys.argv), "machine": ablation.machine(), "base_preset": BASE_PRESET,
+    report = {"command": "python " + " ".join(sys.argv), "machine": common.machine(), "base_preset": BASE_PRESET,
               "train_split": "fit", "select_split": "val", "report_split": "test", "n": args.n,
               "budget": {"base_steps": args.budget_steps, "probe_steps": args.probe,
                          "seconds": round(args.budget_steps * plan["base"]["seconds_per_step"], 1)},
               "winner": min(scored, key=lambda r: r["val_fid"]["1"])["name"] if scored else None,
               "wall_seconds": round(time.time() - t0, 1), "rows": rows}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(out)
+    common.write_json(out, report)
     print(f"{len(scored)} of {len(rows)} configurations scored; written to {out}", flush=True)
 
 

@@ -26,7 +26,6 @@ Writes OUT/faithful.json ({"command", "machine", "rows": [{"name", "latents", "s
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -34,15 +33,10 @@ from pathlib import Path
 
 from ilct.latents.directory import is_complete
 
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ablation = _load("ablation")  # its job pool and machine description
 
 ROWS = {"mean": [], "sample": [], "cauchy-element": ["method.metric=cauchy_element"], "unet": ["model.arch=ADM-S"],
         "taef2-mean": []}
@@ -87,7 +81,7 @@ def main() -> None:
         lat = work / "latents" / row
         if row in encodes and not is_complete(lat):
             cmd = ilct + ["encode", *encodes[row], "--out", str(lat), "--no-progress"]
-            ablation.pool([(f"encode {row}", cmd, work / "logs" / f"encode_{row}.log")], 1, args.dry_run)
+            common.pool([(f"encode {row}", cmd, work / "logs" / f"encode_{row}.log")], 1, args.dry_run)
 
     # 2. training
     def run_dir(row: str) -> Path:
@@ -102,17 +96,16 @@ def main() -> None:
         if row in encodes:
             sets.append(f"data.latents={work / 'latents' / row}")
         cmd = ilct + ["train", "--config", "fmnist-ilct", "--autoencoder", ae, "--out", str(run_dir(row)), "--no-progress"]
-        for s in sets:
-            cmd += ["--set", s]
-        return cmd + (["--resume"] if (run_dir(row) / "config.yaml").exists() else [])
+        return cmd + common.set_flags(sets) + (["--resume"] if (run_dir(row) / "config.yaml").exists() else [])
 
     todo = [r for r in rows if not (r == "mean" and args.mean_run)]
-    seconds = ablation.pool([(r, train_cmd(r), work / "logs" / f"{r}.train.log") for r in todo], args.parallel, args.dry_run)
+    seconds = common.pool([(r, train_cmd(r), work / "logs" / f"{r}.train.log") for r in todo], args.parallel,
+                          args.dry_run)
     if args.dry_run:
         return
 
     # 3. evaluation
-    machine = ablation.machine()
+    machine = common.machine()
     command = "python " + " ".join(sys.argv)
     result = {"command": command, "machine": machine, "steps": args.steps, "n": args.n, "split": "test", "rows": []}
     sweep = {"command": command, "machine": machine, "n": args.n, "split": "test", "rows": []}
@@ -125,7 +118,7 @@ def main() -> None:
         cmd = ilct + ["eval", "--run", str(run_dir(row)), "--n", n, "--split", "test", "--seed", "0",
                       "--cache-dir", str(work / "cache"), "--json", str(j), "--no-progress", "--features", args.features,
                       *(["--inception-weights", args.inception_weights] if args.inception_weights else []), *extra]
-        ablation.pool([(f"eval {row} {tag}", cmd, work / "logs" / f"{row}_{tag}.eval.log")], 1, False)
+        common.pool([(f"eval {row} {tag}", cmd, work / "logs" / f"{row}_{tag}.eval.log")], 1, False)
         return json.loads(j.read_text())
 
     for row in rows:

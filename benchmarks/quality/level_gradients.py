@@ -29,6 +29,10 @@ from pathlib import Path
 
 import torch
 
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
+
 
 def load_student(run_dir: Path, step: int):
     from ilct.runs.checkpoint import load_weights
@@ -108,10 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def plot(report: dict, path: Path) -> None:
     """P(i) |g_i| against sigma_i, one panel per (run, step), a line per (N, metric)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     panels = sorted({(r["run"], r["step"]) for r in report["rows"]})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
@@ -125,9 +126,7 @@ def plot(report: dict, path: Path) -> None:
         ax.set_title(f"{run} at step {step}", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, 110)
 
 
 if __name__ == "__main__":

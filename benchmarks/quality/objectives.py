@@ -39,7 +39,6 @@ seconds-long run for the tests (4 steps per row of DiT-T/4 at batch 8 on the CPU
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -49,16 +48,10 @@ from pathlib import Path
 
 from ilct.latents.directory import is_complete
 
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
 
-def _load_ablation():
-    """ablation.py of this folder, for its job pool and machine description."""
-    spec = importlib.util.spec_from_file_location("ablation", Path(__file__).resolve().with_name("ablation.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ablation = _load_ablation()
 
 ROWS = ["ict", "ilct", "meanflow", "meanflow+cauchy+ot", "meanflow+cauchy+ot+nsln", "alphaflow", "edm-then-ilct",
         "edm-heun"]
@@ -126,8 +119,7 @@ def train_cmd(args, ilct: list[str], flags: list[str], space: str, ph: Phase, se
     cmd = ilct + ["train", "--config", ph.preset, "--out", str(out), "--no-progress"] + flags
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
-    for s in sets:
-        cmd += ["--set", s]
+    cmd += common.set_flags(sets)
     if (out / "config.yaml").exists():
         cmd.append("--force" if root == "calibration" else "--resume")
     return cmd
@@ -159,7 +151,7 @@ def budget_steps(args, ilct, flags, todo) -> dict[tuple[str, str], int]:
         return fixed_steps(args.steps, todo)
     probes = [(f"probe {s}/{ph.run}", train_cmd(args, ilct, flags[s], s, ph, d, args.probe, "calibration"),
                work / "logs" / f"probe_{s}_{ph.run}.log") for s, ph, d in every]
-    ablation.pool(probes, args.parallel, args.dry_run)
+    common.pool(probes, args.parallel, args.dry_run)
     if args.dry_run:
         print(f"then each run trains {args.seconds:g} s x its share / its probe's seconds per step "
               "(the train.total_steps=0 below stands for that)")
@@ -198,12 +190,8 @@ def refuse_other_budgets(args, todo) -> None:
 
 def eval_cmd(args, ilct: list[str], run: Path, row: str, out_json: Path) -> list[str]:
     cmd = ilct + ["eval", "--run", str(run), "--steps", str(HEUN_STEPS) if row == "edm-heun" else "1,2",
-                  "--n", str(args.n), "--seed", "0", "--json", str(out_json), "--no-progress", "--features", args.features]
-    if args.inception_weights:
-        cmd += ["--inception-weights", args.inception_weights]
-    if args.cache_dir:
-        cmd += ["--cache-dir", args.cache_dir]
-    return cmd + (["--device", "cpu"] if args.tiny else [])
+                  "--n", str(args.n), "--seed", "0", "--json", str(out_json), "--no-progress"]
+    return cmd + common.fid_flags(args)
 
 
 def parse_args() -> argparse.Namespace:
@@ -280,13 +268,13 @@ def main() -> None:
                                               work / "logs" / f"{s}_{ph.run}.train.log"))
     seconds = {}
     for wave in waves:
-        seconds.update(ablation.pool(wave, args.parallel, args.dry_run))
+        seconds.update(common.pool(wave, args.parallel, args.dry_run))
     root, ev = budget_dir(args, "runs"), budget_dir(args, "eval")
     evals = [(f"eval {s}/{r}/{d}", eval_cmd(args, ilct, work / s / root / f"{r}_s{d}", r, work / s / ev / f"{r}_s{d}.json"),
               work / "logs" / f"{s}_{r}_s{d}.eval.log") for s, r, d in todo]
     if evals:  # the first one alone: it computes the cached reference features the others read
-        ablation.pool(evals[:1], 1, args.dry_run)
-        ablation.pool(evals[1:], args.parallel, args.dry_run)
+        common.pool(evals[:1], 1, args.dry_run)
+        common.pool(evals[1:], args.parallel, args.dry_run)
     if not args.dry_run:
         write_report(args, todo, steps, seconds, t0)
 
@@ -306,7 +294,7 @@ def write_report(args, todo, steps, seconds, t0) -> None:
                      "recall": {nfe.get(x["key"], x["key"]): x["recall"] for x in m["rows"]},
                      "n": args.n, "features": m["features"], "budget": row_budget})
     budget = f"--seconds {args.seconds:g} per row (probe {args.probe} steps)" if args.seconds else f"--steps {args.steps} per row"
-    report = {"command": "python " + " ".join(sys.argv), "machine": f"{ablation.machine()}; {budget}",
+    report = {"command": "python " + " ".join(sys.argv), "machine": f"{common.machine()}; {budget}",
               "wall_seconds": round(time.time() - t0, 1), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -319,10 +307,7 @@ def plot(rows: list[dict], path: Path, command: str) -> None:
     """FID against training seconds: one panel per latent space, one line per row (seed 0) through its budgets
     (rows of several budgets, as in a merged results file), at 1 NFE (edm-heun: 35)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = common.pyplot()
     except ImportError:
         print("note: matplotlib is missing; no figure (the numbers are in the JSON)")
         return
@@ -341,9 +326,7 @@ def plot(rows: list[dict], path: Path, command: str) -> None:
         ax.set_title(f"{space} latents, seed 0", fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(command[-110:], fontsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    common.save_figure(fig, path, 120, bbox_inches="tight")
     print(f"figure: {path}")
 
 

@@ -16,32 +16,17 @@ fp32; train.precision=bf16; train.precision=bf16 train.bf16_residual=true.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
+
 
 DEFAULT_SETTINGS = "train.precision=fp32;train.precision=bf16;train.precision=bf16 train.bf16_residual=true"
-
-
-def write_report(what: str, device: str, rows: list[dict], out: str) -> None:
-    """The JSON report of a training benchmark (also used by unet_vs_dit.py): what, the device, torch, the
-    command and the rows; nothing is written without `out`."""
-    if not out:
-        return
-    report = {"what": what, "device": device if device != "cpu" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
-              "torch": torch.__version__, "command": "python " + " ".join(sys.argv), "rows": rows}
-    with open(out, "w") as f:
-        json.dump(report, f, indent=1)
-
-
-def losses(run: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
 def main() -> None:
@@ -70,13 +55,13 @@ def main() -> None:
                "--set", "train.sample_every=0", "--set", f"train.ckpt_every={args.steps}",
                "--set", f"train.device={args.device}", "--set", f"data.cache_dir={work / 'cache'}",
                "--set", f"model.arch={args.arch}"]
-        for kv in overrides:
-            cmd += ["--set", kv]
+        cmd += common.set_flags(overrides)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"setting {' '.join(overrides)!r} failed: {proc.stderr.strip().splitlines()[-1:]}")
-        rows.append({"setting": " ".join(overrides), "seconds": round(time.perf_counter() - t0, 1), "losses": losses(run)})
+        rows.append({"setting": " ".join(overrides), "seconds": round(time.perf_counter() - t0, 1),
+                     "losses": common.logged_losses(run)})
         print(f"{rows[-1]['setting']}: {rows[-1]['seconds']} s", flush=True)
     base = rows[0]["losses"]
     print(f"{'setting':45s} {'mean |rel diff|':>16s} {'max':>8s} {'last-5 mean loss':>17s}")
@@ -88,12 +73,11 @@ def main() -> None:
         row["vs_first"] = {"mean_abs_rel_diff": float(f"{sum(rel) / len(rel):.3g}"),
                            "max_abs_rel_diff": float(f"{max(rel):.3g}"),
                            "logged_steps": len(steps)}
-        last = steps[-5:]
-        row["last5_mean_loss"] = round(sum(row["losses"][k] for k in last) / len(last), 3)
+        row["last5_mean_loss"] = common.last5_mean(row["losses"], steps, 3)
         print(f"{row['setting']:45s} {row['vs_first']['mean_abs_rel_diff']:16.3g} "
               f"{row['vs_first']['max_abs_rel_diff']:8.3g} {row['last5_mean_loss']:17.3f}")
-    write_report("logged training losses (fmnist-ilct) per setting, compared with the first setting's",
-                 args.device, rows, args.out)
+    common.write_training_report("logged training losses (fmnist-ilct) per setting, compared with the first setting's",
+                                 args.device, rows, args.out)
 
 
 if __name__ == "__main__":

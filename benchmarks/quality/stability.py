@@ -29,7 +29,6 @@ the commands and the CPU-time estimate; `--tiny` is a seconds-long run for the t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -37,6 +36,10 @@ import time
 from pathlib import Path
 
 from ilct.latents.directory import is_complete
+
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
 
 # The base runs: (preset, its changes). "ilct" is the paper's schedule (c_floor 0, whatever the preset says);
 # "ilct-floor" the adaptive c never below the fixed c (consistency.c_floor=1): a candidate fix that failed,
@@ -87,17 +90,6 @@ TINY_SETS = ["model.arch=DiT-T/4", "train.batch_size=8", "train.device=cpu"]
 BATCH = 64  # the presets' batch, for the estimate
 
 
-def _load_ablation():
-    """ablation.py of this folder, for its job pool and machine description."""
-    spec = importlib.util.spec_from_file_location("ablation", Path(__file__).resolve().with_name("ablation.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ablation = _load_ablation()
-
-
 def run_dir(args, name: str) -> Path:
     """base runs: ict, ilct; branches: ilct@<branch step>+<branch name>."""
     return Path(args.work) / "runs" / name
@@ -122,9 +114,7 @@ def base_cmd(args, ilct: list[str], name: str) -> list[str]:
     cmd = ilct + ["train", "--config", preset, "--out", str(out), "--autoencoder", args.autoencoder, "--no-progress"]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
-    for s in sets + STUDY_SETS + changes + (TINY_SETS if args.tiny else []):
-        cmd += ["--set", s]
-    return cmd
+    return cmd + common.set_flags(sets + STUDY_SETS + changes + (TINY_SETS if args.tiny else []))
 
 
 def branch_cmd(args, ilct: list[str], branch: str) -> list[str]:
@@ -161,12 +151,8 @@ def stage_at(run: Path, step: int) -> tuple[int, float, float]:
 
 def eval_cmd(args, ilct: list[str], run: Path, ckpt: Path, out_json: Path) -> list[str]:
     cmd = ilct + ["eval", "--run", str(run), "--checkpoint", str(ckpt), "--split", "test", "--steps", "1,2",
-                  "--n", str(args.n), "--seed", "0", "--json", str(out_json), "--no-progress", "--features", args.features]
-    if args.inception_weights:
-        cmd += ["--inception-weights", args.inception_weights]
-    if args.cache_dir:
-        cmd += ["--cache-dir", args.cache_dir]
-    return cmd + (["--device", "cpu"] if args.tiny else [])
+                  "--n", str(args.n), "--seed", "0", "--json", str(out_json), "--no-progress"]
+    return cmd + common.fid_flags(args)
 
 
 def analyze_cmd(args, ilct: list[str], run: Path, ckpt: Path, N: int, out_dir: Path) -> list[str]:
@@ -265,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     timing = work / "train_seconds.json"  # kept across runs of the study (a resumed training adds its seconds)
     seconds = json.loads(timing.read_text()) if timing.is_file() else {}
     for wave in (bases, branches):
-        for key, s in ablation.pool(wave, args.parallel, args.dry_run).items():
+        for key, s in common.pool(wave, args.parallel, args.dry_run).items():
             seconds[key] = round(seconds.get(key, 0.0) + s, 1)
         if not args.dry_run:
             timing.write_text(json.dumps(seconds, indent=2) + "\n")
@@ -290,10 +276,10 @@ def main(argv: list[str] | None = None) -> None:
                              logs / f"{name}_{ck.name}.analyze.log"))
     first = [i for i, job in enumerate(todo) if job[0].startswith("eval")][:1]
     if first:  # the first evaluation alone: it computes the cached reference features the others read
-        ablation.pool([todo.pop(first[0])], 1, False)
+        common.pool([todo.pop(first[0])], 1, False)
         write_report(args, seconds, t0)
     for i in range(0, len(todo), max(args.parallel, 1)):
-        ablation.pool(todo[i:i + args.parallel], args.parallel, False)
+        common.pool(todo[i:i + args.parallel], args.parallel, False)
         write_report(args, seconds, t0)
     write_report(args, seconds, t0)
     plot(json.loads(Path(args.out).read_text()), Path(args.figure))
@@ -333,25 +319,19 @@ def write_report(args, seconds: dict, t0: float) -> None:
             if point:
                 curves.append(point)
     report = {"command": "python " + " ".join(sys.argv),
-              "machine": f"{ablation.machine()}; --steps {args.steps}, checkpoints every {args.every}, "
+              "machine": f"{common.machine()}; --steps {args.steps}, checkpoints every {args.every}, "
                          f"branches at {args.branch_step}, --n {args.n} (test split)",
               "branches": {b: {"change": BRANCHES[b][0], "tests": BRANCHES[b][1]} for b in args.branches},
               "train_seconds": seconds, "wall_seconds": round(time.time() - t0, 1), "curves": curves}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(out)
+    common.write_json(out, report)
     print(f"{len(curves)} checkpoints evaluated; written to {out}", flush=True)
 
 
 def plot(report: dict, path: Path) -> None:
     """FID (1 step) and recall against steps per run; the TD residual scale against the run's c."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = common.pyplot()
     except ImportError:
         print("note: matplotlib is missing; no figure (the numbers are in the JSON)")
         return
@@ -378,9 +358,7 @@ def plot(report: dict, path: Path) -> None:
     axes[0].legend(fontsize=7)
     fig.suptitle(report["command"][-120:], fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    common.save_figure(fig, path, 120, bbox_inches="tight")
     print(f"figure: {path}")
 
 

@@ -43,6 +43,10 @@ from ilct.training.data import load_dataset
 from ilct.generate import generate
 from ilct.nets.text import TextEncoder, kept_indices
 
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
+
 FEATURE_SIDE = 16
 NEAR_K = 5
 
@@ -177,10 +181,7 @@ def main() -> None:
 
 
 def plot(rows: list[dict], steps_list: list[int], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for kind, marker in (("seen", "o"), ("held-out", "s")):
@@ -203,8 +204,7 @@ def plot(rows: list[dict], steps_list: list[int], path: str) -> None:
     a2.set_title("caption similarity (gray: chance)", fontsize=10)
     a2.legend(fontsize=7)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    common.save_figure(fig, path, 110)
 
 
 if __name__ == "__main__":

@@ -32,13 +32,15 @@ run made with other settings, and the training seconds are then the run's own (f
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PRESET = "emoji-ilct-text"
@@ -56,7 +58,7 @@ def train_command(args: argparse.Namespace, name: str, settings: list[str]) -> l
             *([f"train.batch_size={args.batch_size}"] if args.batch_size else []), *args.set, *settings]
     keep = ["--resume"] if args.resume else ["--force"]
     return [sys.executable, "-m", "ilct", "train", "--config", args.config, "--autoencoder", args.autoencoder,
-            "--out", str(run), *keep, "--no-progress", *[a for s in sets for a in ("--set", s)]]
+            "--out", str(run), *keep, "--no-progress", *common.set_flags(sets)]
 
 
 def retrieval_command(args: argparse.Namespace, name: str) -> list[str]:
@@ -66,25 +68,11 @@ def retrieval_command(args: argparse.Namespace, name: str) -> list[str]:
             "--seed", str(args.seed), "--json", str(run / "retrieval.json")]
 
 
-def _shared():
-    """precision_losses.py, for its `losses` and `write_report` (benchmarks are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("precision_losses", HERE / "precision_losses.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def parameters(run: Path) -> int:
     from ilct.config import config_from_yaml_file
     from ilct.models import build_model
 
     return sum(p.numel() for p in build_model(config_from_yaml_file(run / "config.yaml")).net.parameters())
-
-
-def call(name: str, cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed: {shlex.join(cmd)}\n{proc.stderr.strip()[-2000:]}")
 
 
 def reused_row(args: argparse.Namespace, name: str, settings: list[str], path: str, trained: dict) -> dict:
@@ -115,19 +103,18 @@ def logged_seconds(run: Path) -> float:
     return round(sum(a for a, b in zip(clock, clock[1:] + [0.0]) if b < a), 1)
 
 
-def run_row(args: argparse.Namespace, name: str, settings: list[str], shared) -> dict:
+def run_row(args: argparse.Namespace, name: str, settings: list[str]) -> dict:
     run = Path(args.work) / name
     t0 = time.perf_counter()
-    call(name, train_command(args, name, settings))
+    common.call(name, train_command(args, name, settings))
     seconds = round(time.perf_counter() - t0, 1)
     if args.resume:  # the run trained earlier (or partly): its own clock, the last elapsed_s of its log
         seconds = logged_seconds(run)
-    call(name, retrieval_command(args, name))
-    logged = shared.losses(run)
-    last = sorted(logged)[-5:]
+    common.call(name, retrieval_command(args, name))
+    logged = common.logged_losses(run)
     retrieval = json.loads((run / "retrieval.json").read_text())
     return {"name": name, "settings": settings, "parameters": parameters(run), "train_seconds": seconds,
-            "run": str(run), "losses": logged, "last5_mean_loss": round(sum(logged[k] for k in last) / len(last), 4),
+            "run": str(run), "losses": logged, "last5_mean_loss": common.last5_mean(logged, sorted(logged), 4),
             "retrieval": retrieval["rows"], "prompts": retrieval["prompts"]}
 
 
@@ -166,8 +153,7 @@ def main() -> None:
                 print(shlex.join(train_command(args, name, settings)))
                 print(shlex.join(retrieval_command(args, name)))
         return
-    shared = _shared()
-    trained = [run_row(args, name, settings, shared) for name, settings in rows(args.tokens).items() if name not in reuse]
+    trained = [run_row(args, name, settings) for name, settings in rows(args.tokens).items() if name not in reuse]
     out = trained + [reused_row(args, name, settings, reuse[name], trained[0])
                      for name, settings in rows(args.tokens).items() if name in reuse]
     print(f"{'row':7s} {'parameters':>11s} {'train s':>8s} {'loss':>8s}  retrieval (near / cos at the best w per kind and NFE)")
@@ -183,9 +169,9 @@ def main() -> None:
         secs = "reused" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}"
         loss = "-" if r["last5_mean_loss"] is None else f"{r['last5_mean_loss']:.4f}"
         print(f"{r['name']:7s} {r['parameters']:11,d} {secs:>8s} {loss:>8s}  {cells}")
-    shared.write_report(f"{args.config}: pooled caption in adaLN against caption tokens cross-attended "
-                        f"(model.text_tokens={args.tokens}), {args.steps} steps each, seed {args.seed}",
-                        args.device, out, args.out)
+    common.write_training_report(f"{args.config}: pooled caption in adaLN against caption tokens cross-attended "
+                                 f"(model.text_tokens={args.tokens}), {args.steps} steps each, seed {args.seed}",
+                                 args.device, out, args.out)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,14 @@ run for the tests: 4 steps of DiT-T/4 against ADM-T at batch 8.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
 
 
 PRESET = "fmnist-ilct"
@@ -37,18 +40,6 @@ def parameters(arch: str) -> tuple[int, str]:
 
     net = build_model(load_config(PRESET, [f"model.arch={arch}"])).net
     return sum(p.numel() for p in net.parameters()), backbone_family(arch)
-
-
-def _shared():
-    """precision_losses.py, for its `losses` and `write_report` (benchmarks are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("precision_losses", Path(__file__).resolve().with_name("precision_losses.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-shared = _shared()
-losses = shared.losses
 
 
 def train(arch: str, args: argparse.Namespace, work: Path) -> dict:
@@ -66,10 +57,9 @@ def train(arch: str, args: argparse.Namespace, work: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{arch} failed: {proc.stderr.strip().splitlines()[-1:]}")
     n, family = parameters(arch)
-    logged = losses(run)
-    last = sorted(logged)[-5:]
+    logged = common.logged_losses(run)
     return {"arch": arch, "family": family, "parameters": n, "seconds": round(time.perf_counter() - t0, 1),
-            "run": str(run), "losses": logged, "last5_mean_loss": round(sum(logged[k] for k in last) / len(last), 4)}
+            "run": str(run), "losses": logged, "last5_mean_loss": common.last5_mean(logged, sorted(logged), 4)}
 
 
 def main() -> None:
@@ -93,8 +83,8 @@ def main() -> None:
     print(f"{'arch':10s} {'family':6s} {'parameters':>12s} {'seconds':>8s} {'last-5 mean loss':>17s}")
     for r in rows:
         print(f"{r['arch']:10s} {r['family']:6s} {r['parameters']:12,d} {r['seconds']:8.1f} {r['last5_mean_loss']:17.4f}")
-    shared.write_report(f"{PRESET} with a DiT and an ADM UNet at an equal step budget ({args.steps} steps), same seed",
-                        args.device, rows, args.out)
+    common.write_training_report(f"{PRESET} with a DiT and an ADM UNet at an equal step budget ({args.steps} steps), same seed",
+                                 args.device, rows, args.out)
 
 
 if __name__ == "__main__":

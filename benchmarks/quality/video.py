@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +39,10 @@ from typing import NamedTuple
 import numpy as np
 
 from ilct.metrics.clips import ClipData, MOTIONS, frame_fid, frame_stats, load_clip_classifier, score_clips
+
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
 
 SPLITS = ("seen", "heldout")
 
@@ -111,7 +112,7 @@ class CliSampler:
                        "--steps", str(nfe), "--guidance", f"{guidance:g}", "--n", str(per_prompt),
                        "--seed", str(seed + i), "--npz", str(npz), "--out", str(png), "--device", self.device,
                        "--no-progress"]
-                call("ilct sample", cmd)
+                common.call("ilct sample", cmd)
                 with np.load(npz, allow_pickle=False) as f:
                     out.append(f["arr_0"])
         return np.concatenate(out)
@@ -124,20 +125,6 @@ def run_clip_data(cfg, run_dir: str) -> ClipData:
     if cfg.model.text_dim <= 0:
         raise SystemExit(f"{run_dir} is not text-conditional (model.text_dim = 0)")
     return ClipData(d.resolution, d.frames, d.frame_stride)
-
-
-def call(name: str, cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed: {shlex.join(cmd)}\n{proc.stderr.strip()[-2000:]}")
-
-
-def machine() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPUs, torch {torch.__version__}"
-    return f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
 
 
 def real_clips(root: str, data: ClipData, split: str, garments: str, n: int):
@@ -224,7 +211,7 @@ def train_run(args: argparse.Namespace) -> float:
            *(["--autoencoder", args.autoencoder] if args.autoencoder else []), *[a for s in sets for a in ("--set", s)]]
     print(shlex.join(cmd), flush=True)
     t0 = time.perf_counter()
-    call("ilct train", cmd)
+    common.call("ilct train", cmd)
     return time.perf_counter() - t0
 
 
@@ -278,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     sampler = make_sampler(args)
     gif_w = args.gif_guidance if args.gif_guidance is not None else guidance[len(guidance) // 2]
     report = {"command": "python " + shlex.join(sys.argv if argv is None else ["benchmarks/quality/video.py", *argv]),
-              "machine": machine(), "run": args.run, "train": args.train or None, "train_steps": args.train_steps if args.train else None,
+              "machine": common.machine(), "run": args.run, "train": args.train or None, "train_steps": args.train_steps if args.train else None,
               "train_seconds": None if train_seconds is None else round(train_seconds, 1)}
     report.update(evaluate(sampler, args.data_dir, Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
                            guidance, nfe, args.per_prompt, args.seed, args.reference_n,
@@ -313,10 +300,7 @@ def replot(out: Path, path: Path) -> dict:
 def plot(report: dict, path: Path) -> None:
     """Class and motion accuracy and temporal consistency against w, one line per split and NFE; chance dotted,
     3x chance dash-dotted, the real clips thick."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     panels = [("class_acc", "class accuracy", "class asked vs class seen"),
               ("motion_acc", "motion accuracy", "motion asked vs motion seen"),
@@ -343,9 +327,7 @@ def plot(report: dict, path: Path) -> None:
         ax.set_title(f"{title} ({legend})", fontsize=8)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, 110)
 
 
 def summary(report: dict) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ilct.config import latent_shape
+from ilct.schema import latent_shape
 from ilct.data.images import to_uint8
 from ilct.nets.embedders import text_condition_shape
 from ilct.objectives import make_objective

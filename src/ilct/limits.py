@@ -1,9 +1,9 @@
 """Bounds on what a command may ask for, checked before any work: numbers finite and in range, and sizes
 that scale memory within the memory this machine has.
 
-Every subcommand lists its numeric arguments with their ranges in one table (`ilct.cli`), checked by
-`check_ranges` as its first step; where a size scales memory (samples kept for a grid, a batch of images),
-`check_memory` refuses up front with the memory the request would need, instead of being killed later.
+Every subcommand lists its numeric arguments with their ranges in one table, in its own module (`ilct.cli.sample`,
+...), checked by `check_ranges` as its first step; where a size scales memory (samples kept for a grid, a batch
+of images), `check_memory` refuses up front with the memory the request would need, instead of being killed later.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ilct.autoencoders import Autoencoder, for_clips, load_autoencoder
-from ilct.config import Config, backbone_kwargs, latent_shape
+from ilct.config import backbone_kwargs
+from ilct.schema import Config, latent_shape
 from ilct.data import CLIP_DATASETS
 from ilct.errors import IlctError
 from ilct.latents import LatentDir

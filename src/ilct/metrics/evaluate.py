@@ -21,10 +21,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ilct.data.fashion_mnist import DEFAULT_ROOT
 from ilct.data.images import ImageDataset
 from ilct.errors import IlctError
+from ilct.generate import generate
+from ilct.latents import default_cache_dir
 from ilct.metrics.frechet import feature_stats, frechet_distance
 from ilct.metrics.precision_recall import precision_recall
+from ilct.objectives import make_objective
+from ilct.runs.opened import open_run, run_config
 
 
 def dataset_features(extract, data: ImageDataset, batch_size: int = 1000, progress: bool = True) -> np.ndarray:
@@ -118,26 +123,19 @@ class EvalPoint:
 
 def eval_points(steps: list[int], taus: list[float] | None, cfg) -> list[EvalPoint]:
     """The settings of `ilct eval`: one per step count, and with `taus` one 2-step setting per tau
-    (sigmas [sigma_max, tau]). Raises IlctError for taus that cannot be used."""
-    cons = cfg.consistency
+    (sigmas [sigma_max, tau], checked by the objective). Raises IlctError for taus that cannot be used."""
     if not taus:
         return [EvalPoint(str(s), s, None) for s in steps]
-    from ilct.objectives import make_objective
-
     objective = make_objective(cfg)
-    if not objective.takes_tau:
-        raise IlctError(f"--tau applies to consistency sampling; this run's objective is {objective.name}")
+    per_tau = {t: objective.sigmas(2, [t]) for t in taus}  # refused by an objective that takes no tau
     if 2 not in steps:
         raise IlctError(f"--tau sets the intermediate sigma of 2-step sampling: add 2 to --steps (got {steps})")
-    bad = [t for t in taus if not cons.sigma_min < t < cons.sigma_max]
-    if bad:
-        raise IlctError(f"--tau values must lie in ({cons.sigma_min:g}, {cons.sigma_max:g}), got {bad}")
     if len(set(taus)) != len(taus):
         raise IlctError(f"--tau has repeated values: {taus}")
     points = []
     for s in steps:
         if s == 2:
-            points += [EvalPoint(f"2@tau={t:g}", 2, [cons.sigma_max, t], t) for t in taus]
+            points += [EvalPoint(f"2@tau={t:g}", 2, sigmas, t) for t, sigmas in per_tau.items()]
         else:
             points.append(EvalPoint(str(s), s, None))
     return points
@@ -194,24 +192,19 @@ def evaluate_run(
     numbers with the setting spelled out (steps, tau, sigmas). Samples go to the features as
     the exact uint8 arrays the decoder produced (no file, no lossy format in between).
     """
-    from ilct.data.fashion_mnist import DEFAULT_ROOT
-    from ilct.latents import default_cache_dir
-    from ilct.runs.opened import open_run
-    from ilct.generate import generate
-    from ilct.objectives.consistency.sampler import default_sigmas
-
     if ref_n is not None and ref_n < 0:
         raise IlctError(f"--ref-n must be >= 0 (0 = all), got {ref_n}")
     if split not in SPLITS:
         raise IlctError(f"--split must be train, test or val, got {split!r}")
+    cfg = run_config(run_dir)  # everything that can be refused is refused before the model is built
+    if cfg.model.frames:
+        raise IlctError(f"{run_dir} is a clip run (model.frames = {cfg.model.frames}): `ilct eval` measures FID on "
+                        "images only; clips are scored by the video benchmark (docs/video.md)")
+    points = eval_points(steps, taus, cfg)
     cache_dir = cache_dir or default_cache_dir()
     check_cache_dir(cache_dir)
     run = open_run(run_dir, checkpoint, device, allow_other_autoencoder, allow_other_checkpoint)
-    if run.cfg.model.frames:
-        raise IlctError(f"{run_dir} is a clip run (model.frames = {run.cfg.model.frames}): `ilct eval` measures FID on "
-                        "images only; clips are scored by the video benchmark (docs/video.md)")
-    points = eval_points(steps, taus, run.cfg)
-    d, cons = run.cfg.data, run.cfg.consistency
+    d = run.cfg.data
     fm_root = d.root if d.dataset == "fashion_mnist" else DEFAULT_ROOT
     extract = make_extractor(features, inception_weights)
     reference = reference_set(features, run.cfg, fm_root, ref_n, split)
@@ -222,9 +215,7 @@ def evaluate_run(
                  "run": str(run_dir), "checkpoint": str(run.checkpoint), "step": run.step}
     if features == "fmnist":
         out["classifier_test_accuracy"] = extract.meta["test_accuracy"]
-    from ilct.objectives import make_objective
-
-    takes_tau = make_objective(run.cfg).takes_tau
+    objective = make_objective(run.cfg)
     for p in points:
         with torch.inference_mode():
             images = generate(run.model, run.autoencoder, run.stats, run.cfg, n, p.steps, seed, batch_size, p.sigmas,
@@ -232,6 +223,6 @@ def evaluate_run(
         m = scores(real, extract(images), n, seed)
         for key in ("fid", "precision", "recall"):
             out[key][p.key] = m[key]
-        sigmas = (p.sigmas or default_sigmas(p.steps, cons.sigma_min, cons.sigma_max, cons.rho)) if takes_tau else None
+        sigmas = p.sigmas or objective.sigmas(p.steps)  # None where the sampler takes no sigmas
         out["rows"].append({"key": p.key, "steps": p.steps, "tau": p.tau, "sigmas": sigmas, **m})
     return out

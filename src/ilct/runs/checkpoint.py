@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ilct.runs import faults
-from ilct.config import Config
+from ilct.schema import Config
 from ilct.errors import IlctError
 from ilct.io.files import read_json, read_tensors, save_tensors, write_text
 from ilct.runs.folder import CHECKPOINTS_DIR

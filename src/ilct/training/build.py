@@ -14,7 +14,7 @@ import torch
 
 from ilct.training import distributed, flat
 from ilct.training.batches import BatchMaker
-from ilct.config import Config
+from ilct.schema import Config
 from ilct.latents import LatentStats
 from ilct.errors import IlctError
 from ilct.objectives import Objective, make_objective

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ilct.autoencoders import Autoencoder
-from ilct.config import Config
+from ilct.schema import Config
 from ilct.data import load_dataset as load
 from ilct.data.clips import ClipDataset
 from ilct.data.images import ImageDataset

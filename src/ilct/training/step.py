@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ilct.runs import faults
 from ilct.training import flat
 from ilct.training.batches import Batch
-from ilct.config import Config
+from ilct.schema import Config
 from ilct.objectives import Objective
 from ilct.training.optim import RAdam, lr_factor
 

@@ -10,23 +10,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
+from ilct.objectives.base import LossTerms
 from ilct.objectives.consistency.losses import consistency_loss, diffusion_loss, diffusion_mask
 from ilct.objectives.consistency.schedule import lambda_weight
+from ilct.schema import MethodConfig
 
-if TYPE_CHECKING:
-    from ilct.config import MethodConfig
-
-
-@dataclass
-class LossTerms:
-    loss: torch.Tensor  # the scalar that is back-propagated
-    consistency: torch.Tensor  # batch mean of lambda_i d(..)
-    diffusion: torch.Tensor  # mean over selected samples of w(sigma_i) mse (0 when off)
 
 
 def student_teacher(model, x_student, sigma_student, x_teacher, sigma_teacher, labels=None):

@@ -13,11 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ilct.config import latent_dim
+from ilct.schema import latent_dim
 from ilct.objectives.consistency.loss import consistency_training_loss
 from ilct.objectives.consistency.precond import ConsistencyModel
 from ilct.objectives.consistency.schedule import curriculum, karras_sigmas, level_probabilities, num_levels, sample_levels, scaling_c
+from ilct.errors import IlctError
 from ilct.objectives.base import LossTerms, Objective
+from ilct.objectives.consistency.sampler import consistency_sample, default_sigmas
+from ilct.seeds import per_sample_noise
 
 
 class ConsistencyTraining(Objective):
@@ -76,10 +79,20 @@ class ConsistencyTraining(Objective):
         return consistency_training_loss(model, batch.x, batch.z, batch.draw, sigmas, N, c_now, self.cfg.method,
                                          self.cfg.consistency.sigma_data, batch.y)
 
-    def sample(self, f, seed, indices, shape, steps, sigmas, device) -> torch.Tensor:
-        from ilct.objectives.consistency.sampler import consistency_sample, default_sigmas
-        from ilct.seeds import per_sample_noise
+    def sigmas(self, steps: int, taus: list[float] | None = None) -> list[float]:
+        """[sigma_max] + the steps - 1 intermediate sigmas: the user's `taus` (decreasing, inside (sigma_min,
+        sigma_max)), or by default the authors' tau for 2 steps and a Karras grid beyond (METHOD.md section 5)."""
+        cons = self.cfg.consistency
+        if taus is None:
+            return default_sigmas(steps, cons.sigma_min, cons.sigma_max, cons.rho)
+        if len(taus) != steps - 1:
+            raise IlctError(f"--tau needs {steps - 1} value(s) for --steps {steps}, got {len(taus)}")
+        sigmas = [cons.sigma_max, *taus]
+        if any(not (cons.sigma_min < s <= cons.sigma_max) for s in taus) or any(b >= a for a, b in zip(sigmas, sigmas[1:])):
+            raise IlctError(f"--tau values must decrease and lie in ({cons.sigma_min:g}, {cons.sigma_max:g}), got {taus}")
+        return sigmas
 
+    def sample(self, f, seed, indices, shape, steps, sigmas, device) -> torch.Tensor:
         cons = self.cfg.consistency
         sigmas = sigmas or default_sigmas(steps, cons.sigma_min, cons.sigma_max, cons.rho)
         return consistency_sample(f, per_sample_noise(seed, indices, shape, len(sigmas)), sigmas, cons.sigma_min,
@@ -94,8 +107,6 @@ class ConsistencyTraining(Objective):
         return head, [{"start_step": s.start_step, "end_step": s.end_step, "N": s.N, "c": s.c} for s in stages]
 
     def describe(self, steps: int, sigmas: list[float] | None) -> str:
-        from ilct.objectives.consistency.sampler import default_sigmas
-
         cons = self.cfg.consistency
         sigmas = sigmas or default_sigmas(steps, cons.sigma_min, cons.sigma_max, cons.rho)
         return f"{len(sigmas)} step(s) at sigmas {[round(s, 4) for s in sigmas]}"

@@ -24,6 +24,7 @@ sampling takes no guidance weight, and no intermediate sigmas (--tau).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,6 +39,56 @@ from ilct.nets.embedders import null_condition
 from ilct.objectives.base import LossTerms, Objective
 
 
+@dataclass
+class MeanFlowConfig:
+    """The `meanflow:` config section (METHOD.md section 7; read with train.objective = meanflow, else it keeps
+    these defaults)."""
+
+    p_mean: float = -0.4  # times: sigmoid(p_mean + p_std N(0, 1)), two draws, t = max and r = min
+    p_std: float = 1.0
+    equal_fraction: float = 0.75  # share of samples with r = t (flow matching); the paper's best
+    derivative: str = "jvp"  # du/dt: jvp (one forward-mode pass) | finite_difference (central, step fd_eps)
+    fd_eps: float = 1.0e-3
+    metric: str = "adaptive"  # adaptive: sg(w) ||Delta||^2, w = 1/(||Delta||^2 + c)^p | l2 | cauchy (technique 1)
+    p: float = 1.0  # the adaptive weight's power (0: plain L2)
+    c: float = 1.0e-3  # the adaptive weight's c, and the Cauchy metric's c
+    guidance_w: float = 1.0  # guidance trained in: v -> w v + (1 - w - kappa) u(z,t,t | null) + kappa u(z,t,t | y)
+    guidance_kappa: float = 0.0  # (w = 1, kappa = 0: the unguided v; label-dropped samples always keep v)
+    time_scale: float = 1.0  # S: the network's time inputs are S t and S (t - r)
+    two_step_m: float = 0.5  # the intermediate time of 2-step sampling: 1 -> m -> 0
+    # AlphaFlow (ilct.objectives.meanflow.alphaflow): the target moves from flow matching (alpha 1) to MeanFlow (alpha 0)
+    alpha_curriculum: bool = False  # the switch (off: MeanFlow from step 0)
+    alpha_start: float = 0.0  # fractions of train.total_steps: alpha 1 before start, 0 after end,
+    alpha_end: float = 1.0  #   a sigmoid of slope alpha_gamma between
+    alpha_gamma: float = 25.0
+
+METRICS = ("adaptive", "l2", "cauchy")
+DERIVATIVES = ("jvp", "finite_difference")
+
+
+def check_meanflow_settings(mf: MeanFlowConfig) -> None:
+    """Choices and ranges of the meanflow: section; IlctError naming the first bad field."""
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise IlctError(f"config: meanflow.{key} {msg}, got {getattr(mf, key)!r}")
+
+    need(mf.derivative in DERIVATIVES, "derivative", f"must be one of {', '.join(DERIVATIVES)}")
+    need(mf.metric in METRICS, "metric", f"must be one of {', '.join(METRICS)}")
+    need(abs(mf.p_mean) <= 100, "p_mean", "must lie within 100")
+    need(0 < mf.p_std <= 100, "p_std", "must be in (0, 100]")
+    need(0.0 <= mf.equal_fraction <= 1.0, "equal_fraction", "must be in [0, 1]")
+    need(0 < mf.fd_eps <= 0.1, "fd_eps", "must be in (0, 0.1]")
+    need(0 <= mf.p <= 10, "p", "must be in [0, 10]")
+    need(0 < mf.c <= 1e3, "c", "must be in (0, 1e3]")
+    need(0 < mf.guidance_w <= 100, "guidance_w", "must be in (0, 100]")
+    need(0 <= mf.guidance_kappa < 1, "guidance_kappa", "must be in [0, 1)")
+    need(0 < mf.time_scale <= 1e4, "time_scale", "must be in (0, 1e4]")
+    need(0 < mf.two_step_m < 1, "two_step_m", "must be in (0, 1)")
+    need(0 <= mf.alpha_start < mf.alpha_end <= 1, "alpha_start",
+         f"and alpha_end must satisfy 0 <= start < end <= 1 (alpha_end {mf.alpha_end})")
+    need(0 < mf.alpha_gamma <= 1000, "alpha_gamma", "must be in (0, 1000]")
+
+
 class MeanFlow(Objective):
     name = "meanflow"
     takes_tau = False
@@ -45,7 +96,12 @@ class MeanFlow(Objective):
     time_inputs = 2  # u_theta(z, r, t): the backbone sees t and t - r
     drops_condition = True
     section = "meanflow"
+    settings = MeanFlowConfig
     method_switches = ("ot_coupling", "nsln")  # techniques 3 and 5; technique 1 is meanflow.metric: cauchy
+
+    @classmethod
+    def check_settings(cls, section: MeanFlowConfig) -> None:
+        check_meanflow_settings(section)
 
     @classmethod
     def check_config(cls, cfg) -> None:

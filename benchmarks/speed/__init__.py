@@ -1,0 +1,1 @@
+"""Speed: throughput, the optimizer update, memory traffic, CPU sharing, subnormal floats."""
