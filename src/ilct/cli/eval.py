@@ -21,7 +21,8 @@ def add_parser(sub, fmt) -> None:
     v.add_argument("--checkpoint", help="a checkpoint directory (default: the run's latest)")
     v.add_argument("--steps", default="1,2", help="comma-separated step counts")
     v.add_argument("--tau", help="comma-separated intermediate sigmas for 2-step sampling, one result each, e.g. "
-                   "0.5,1.0,1.382 (default: 0.2, measured in both Fashion-MNIST latent spaces; the authors': 1.382)")
+                   "0.5,1.0,1.382 (default: the authors' 1.382, which the demo sweep also chose for the fmnist "
+                   "presets; docs/stability.md)")
     v.add_argument("--ref-n", type=int, help="reference images for the FID statistics: the first N of the "
                    "reference set, all if fewer; 0 = all (default: 50,000 for an image folder, all for the "
                    "built-in datasets)")

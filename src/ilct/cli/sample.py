@@ -26,7 +26,7 @@ def add_parser(sub, fmt) -> None:
     s.add_argument("--duration", type=int, default=125, help="clip runs: GIF milliseconds per frame")
     s.add_argument("--npz", help="also write the samples as uint8 (N, H, W, C), clips (N, T, H, W, C), under the keys "
                    "'images' and 'arr_0' (the same rules as --out)")
-    s.add_argument("--tau", help="intermediate sigmas, comma-separated (default for 2 steps: 0.2, measured; the authors' 1.382)")
+    s.add_argument("--tau", help="intermediate sigmas, comma-separated (default for 2 steps: the authors' 1.382; more steps: a Karras grid)")
     s.add_argument("--checkpoint", help="a checkpoint directory (default: the run's latest)")
     s.add_argument("--class", dest="cls", type=int, help="class label for a class-conditional run (default: unconditional)")
     s.add_argument("--prompt", help='caption for a text-conditional run, e.g. "cat face" (default: unconditional)')
