@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import yaml
 from ilct.runs.checkpoint import list_checkpoints
 from ilct.cli import main
 from reliability_report import record
-from test_hostile import CKPT, World, changed_files, file_digests, first_float, remember_logs, tensors, touch, user_folder
+from test_hostile import CKPT, World, first_float, run_table, tensors, touch, user_folder
 
 FIGURES: dict = {}
 SHOW = bool(os.environ.get("ILCT_SHOW_CASES"))
@@ -195,27 +194,7 @@ def _yaml(path: Path, data: dict) -> Path:
 
 
 def test_closed_world_cases_exit_2_with_one_line_and_change_nothing(world, tmp_path, capsys, monkeypatch):
-    table = cases(world, tmp_path)
-    per_class: dict[str, int] = {}
-    names = []
-    for cls, name, argv in table:
-        argv = argv() if callable(argv) else argv
-        roots = (world.root, world.ae, world.data, tmp_path)
-        before = file_digests(*roots)
-        remember_logs(*roots)
-        capsys.readouterr()
-        rc = main([str(a) for a in argv])
-        out = capsys.readouterr()
-        monkeypatch.undo()
-        err = out.err.strip().splitlines()
-        assert rc == 2 and len(err) == 1 and err[0].startswith("ilct: error:"), (name, rc, err)
-        assert "Traceback" not in out.err + out.out, name
-        if SHOW:
-            print(f"{name}: {err[0][:230]}", file=sys.__stderr__)
-        changed = changed_files(before, *roots)
-        assert not changed, (name, changed[:3])
-        per_class[cls] = per_class.get(cls, 0) + 1
-        names.append(f"{cls}: {name}")
+    names, per_class = run_table(world, cases(world, tmp_path), tmp_path, capsys, monkeypatch, show=SHOW)
     FIGURES.update({"bad_inputs_closed_world_tried": len(names), "bad_inputs_closed_world_clean": len(names),
                     "bad_inputs_closed_world_by_class": per_class, "closed_world_cases": names})
     assert len(names) >= 40

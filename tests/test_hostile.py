@@ -415,8 +415,9 @@ def chdir(mp, path: Path) -> bool:
     return True
 
 
-def test_hostile_inputs_exit_2_with_one_line_and_change_nothing(world, tmp_path, capsys, monkeypatch):
-    table = cases(world, monkeypatch, tmp_path)
+def run_table(world, table, tmp_path, capsys, monkeypatch, show: bool = False) -> tuple[list[str], dict[str, int]]:
+    """Each case: exit 2, one line `ilct: error: ...`, no traceback, every file byte-identical (a log may only
+    grow). Returns the cases' names and their count by class."""
     per_class: dict[str, int] = {}
     names = []
     for cls, name, argv in table:
@@ -431,10 +432,17 @@ def test_hostile_inputs_exit_2_with_one_line_and_change_nothing(world, tmp_path,
         err = out.err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and err[0].startswith("ilct: error:"), (name, rc, err)
         assert "Traceback" not in out.err + out.out, name
+        if show:
+            print(f"{name}: {err[0][:230]}", file=sys.__stderr__)
         changed = changed_files(before, *roots)
         assert not changed, (name, changed[:3])
         per_class[cls] = per_class.get(cls, 0) + 1
         names.append(f"{cls}: {name}")
+    return names, per_class
+
+
+def test_hostile_inputs_exit_2_with_one_line_and_change_nothing(world, tmp_path, capsys, monkeypatch):
+    names, per_class = run_table(world, cases(world, monkeypatch, tmp_path), tmp_path, capsys, monkeypatch)
     assert not list(world.root.rglob(".tmp_step_*"))
     FIGURES.update({"bad_inputs_hostile_tried": len(names), "bad_inputs_hostile_clean": len(names),
                     "bad_inputs_hostile_by_class": per_class, "hostile_input_cases": names})
