@@ -1,15 +1,18 @@
 """The package's structure, measured from the code: modules, import cycles, upward imports, imports made inside
-functions, and the path of a one-step training run through the files.
+functions, and the path of one training step through the files.
 
     python benchmarks/structure.py                      # prints a report; --json FILE writes it
     python benchmarks/structure.py --no-trace           # the import measures only (no training run)
 
 Imports are read with `ast` (every `import ilct...` and `from ilct... import ...`, at module level or inside a
-function). A cycle is a strongly connected set of two or more modules. An upward import is one whose target
-sits on a higher floor than its importer, the floors given by LAYERS below (the tree's layers, from the ground
-up; a module's floor is that of the longest prefix listed). The trace runs `ilct train` for one step on tiny
-synthetic data in this process under `sys.setprofile` and counts the ilct files entered, and the returns to a
-file already left (A -> B -> A counts one return to A).
+function; one per statement and module imported). A cycle is a strongly connected set of two or more modules.
+An upward import is one whose target sits on a higher floor than its importer, the floors given by LAYERS below
+(the tree's layers, from the ground up; a module's floor is that of the longest prefix listed; LAYERS_BEFORE
+names the same floors in the tree before issue 35). The trace runs a three-step `ilct train` on tiny synthetic
+data in this process under `sys.setprofile` and follows one iteration of the loop (from the second call of
+`training_step` to the third) through the ilct files, the backbone's own `ilct/nets/` files left out: the files
+it enters, and its returns to a file already left (A -> B -> A counts one return to A); the same for the whole
+command beside it.
 """
 
 from __future__ import annotations
@@ -157,9 +160,9 @@ def import_report() -> dict:
 
 
 def trace_report() -> dict:
-    """Files entered by a one-step `ilct train` on tiny synthetic data, and returns to a file already left."""
-    import numpy as np
-
+    """The ilct files one training step passes through: a three-step `ilct train` on tiny synthetic data, traced
+    from the second call of `training_step` to the third (one whole iteration of the loop: the schedule state, the
+    batch, the update, the non-finite policy, the log line), and the whole command for comparison."""
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import make_fake_fmnist  # the tests' synthetic Fashion-MNIST files
 
@@ -170,30 +173,31 @@ def trace_report() -> dict:
     assert main(["autoencoder", "--out", str(root / "ae"), "--data-dir", str(data), "--steps", "1",
                  "--no-progress", "--device", "cpu"]) == 0
     argv = ["train", "--config", "fmnist-ilct", "--autoencoder", str(root / "ae"), "--data-dir", str(data),
-            "--out", str(root / "run"), "--no-progress", "--set", f"data.cache_dir={root / 'cache'}",
-            "--set", "train.total_steps=1", "--set", "train.batch_size=8", "--set", "train.sample_every=0",
+            "--no-progress", "--set", f"data.cache_dir={root / 'cache'}", "--set", "train.total_steps=3",
+            "--set", "train.batch_size=8", "--set", "train.sample_every=0", "--set", "train.log_every=1",
             "--set", "model.arch=DiT-T/4", "--set", "train.device=cpu"]
     assert main(argv + ["--out", str(root / "warm")]) == 0  # imports, caches: the traced run is the second
-    path: list[str] = []
+    calls: list[tuple[str, str]] = []
 
     def profile(frame, event, arg) -> None:
-        if event == "call":
-            name = frame.f_code.co_filename
-            if name.startswith(str(SRC)):
-                f = str(Path(name).relative_to(SRC.parent))
-                if not path or path[-1] != f:
-                    path.append(f)
+        if event == "call" and frame.f_code.co_filename.startswith(str(SRC)):
+            calls.append((str(Path(frame.f_code.co_filename).relative_to(SRC.parent)), frame.f_code.co_name))
 
     sys.setprofile(profile)
     try:
-        rc = main(argv)
+        rc = main(argv + ["--out", str(root / "run")])
     finally:
         sys.setprofile(None)
     assert rc == 0
-    del np
-    outside_nets = [f for f in path if not f.startswith("ilct/nets/")]  # the backbone's own calls left out
-    outside_nets = [f for i, f in enumerate(outside_nets) if i == 0 or outside_nets[i - 1] != f]
-    return {"all": _walk(path), "without_nets": _walk(outside_nets)}
+    starts = [i for i, (f, name) in enumerate(calls) if name == "training_step" and f.endswith("step.py")]
+    one_step = [f for f, _ in calls[starts[1]:starts[2]]]
+    return {"one_step": _walk(_files(one_step, keep_nets=False)), "command": _walk(_files([f for f, _ in calls], False))}
+
+
+def _files(path: list[str], keep_nets: bool) -> list[str]:
+    """Consecutive calls in one file as one visit; the backbone's own files (ilct/nets/) left out unless kept."""
+    kept = [f for f in path if keep_nets or not f.startswith("ilct/nets/")]
+    return [f for i, f in enumerate(kept) if i == 0 or kept[i - 1] != f]
 
 
 def _walk(path: list[str]) -> dict:
@@ -201,14 +205,14 @@ def _walk(path: list[str]) -> dict:
     for a, b in zip(path, path[1:]):
         left.add(a)
         returns += b in left
-    return {"files": len(set(path)), "file_changes": len(path) - 1, "returns": returns,
+    return {"files": len(set(path)), "file_changes": len(path) - 1, "returns": returns, "path": path,
             "entries_per_file": {f: path.count(f) for f in sorted(set(path), key=path.count, reverse=True)[:8]}}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", help="write the report here")
-    p.add_argument("--no-trace", action="store_true", help="skip the one-step training trace")
+    p.add_argument("--no-trace", action="store_true", help="skip the training trace")
     args = p.parse_args()
     report = import_report()
     if not args.no_trace:
@@ -222,8 +226,9 @@ def main() -> int:
     for u in report["upward_imports"]:
         print("  upward:", u)
     for key, t in report.get("trace", {}).items():
-        print(f"one-step train ({key.replace('_', ' ')}): {t['files']} files entered, {t['file_changes']} changes of "
-              f"file, {t['returns']} returns to a file already left; most entered: {t['entries_per_file']}")
+        print(f"{'one training step' if key == 'one_step' else 'the whole train command'}: {t['files']} files "
+              f"entered, {t['file_changes']} changes of file, {t['returns']} returns to a file already left; "
+              f"most entered: {t['entries_per_file']}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     return 0

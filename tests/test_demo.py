@@ -45,17 +45,17 @@ def test_demo_without_quality_and_bad_quality_n(tmp_path, fake_fmnist, monkeypat
 def test_demo_stopped_by_a_signal_writes_no_summary(tmp_path, fake_fmnist, monkeypatch, capsys):
     """A signal during training: the run is checkpointed (ilct.training.loop), and the demo stops there, with no
     grids or summary of a half-trained model, exit 130; running it again continues."""
-    import ilct.training.loop
+    import ilct.demo
     from ilct.training.loop import TrainResult
 
     monkeypatch.setenv("ILCT_CACHE", str(tmp_path / "cache"))
-    real_train = ilct.training.loop.train
-    monkeypatch.setattr(ilct.training.loop, "train", lambda cfg, run_dir, **kw: TrainResult(run_dir, 2, 0.0, 0.1, 0, preempted=True))
+    real_train = ilct.demo.train
+    monkeypatch.setattr(ilct.demo, "train", lambda cfg, run_dir, **kw: TrainResult(run_dir, 2, 0.0, 0.1, 0, preempted=True))
     out = tmp_path / "demo"
     assert main(demo_args(out, fake_fmnist, "--quality-n", "0")) == 130
     assert "make demo` again continues" in capsys.readouterr().out
     assert not (out / "summary.json").exists() and not (out / "samples_1step.png").exists()
-    monkeypatch.setattr(ilct.training.loop, "train", real_train)
+    monkeypatch.setattr(ilct.demo, "train", real_train)
     assert main(demo_args(out, fake_fmnist, "--quality-n", "0")) == 0 and (out / "summary.json").is_file()
 
 

@@ -23,7 +23,7 @@ from ilct.io.files import read_text
 from ilct.nets import ARCHS, backbone_family, backbone_options
 from ilct.objectives import OBJECTIVES
 from ilct.schema import (BACKBONE_OPTIONS, CHOICES, MAX_CHANNELS, MAX_CLASSES, MAX_FRAMES, MAX_GRID_IMAGES,  # noqa: F401
-                         MAX_LEVELS, MAX_RESOLUTION, MAX_STEPS, MAX_TEXT_DIM, MAX_TEXT_TOKENS, RENAMED, RUNTIME_KEYS,
+                         MAX_LEVELS, MAX_RESOLUTION, MAX_STEPS, MAX_TEXT_DIM, MAX_TEXT_TOKENS, RUNTIME_KEYS,
                          AutoencoderConfig, BranchConfig, Config, ConsistencyConfig, DataConfig, MethodConfig,
                          ModelConfig, TrainConfig, _section_types, _show, field_value, latent_dim, latent_shape)
 

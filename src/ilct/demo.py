@@ -7,18 +7,31 @@ re-run: finished parts are reused, an interrupted run is resumed.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ilct.runs.checkpoint import latest_checkpoint
+from ilct.autoencoders.kl import KLAutoencoderConfig
+from ilct.autoencoders.training import AutoencoderTrainSettings, train_autoencoder
 from ilct.config import load_config
+from ilct.data.fashion_mnist import load_fashion_mnist
+from ilct.data.images import to_uint8
+from ilct.errors import IlctError
+from ilct.generate import generate
 from ilct.io.files import read_json
 from ilct.io.grid import make_grid, save_png
+from ilct.latents import default_cache_dir
+from ilct.metrics.evaluate import reference_features, scores
+from ilct.metrics.features import load_fashion_features
+from ilct.runs.checkpoint import latest_checkpoint
+from ilct.runs.folder import changed_settings, check_out_dir, CONFIG_FILE, is_run, LOG_FILE
 from ilct.runs.opened import open_run
-from ilct.runs.folder import CONFIG_FILE, LOG_FILE
+from ilct.training.build import absolute_paths
+from ilct.training.loop import train
 
 PRESET = "fmnist-ilct"
 
@@ -48,10 +61,6 @@ def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int =
         ae_metrics = meta.get("metrics", {}) if isinstance(meta, dict) and isinstance(meta.get("metrics", {}), dict) else {}
         print(f"[demo] reusing the autoencoder in {ae_dir}")
     else:
-        from ilct.autoencoders.kl import KLAutoencoderConfig
-        from ilct.autoencoders.training import AutoencoderTrainSettings, train_autoencoder
-        from ilct.data.fashion_mnist import load_fashion_mnist
-
         print(f"[demo] training the built-in autoencoder ({ae_steps} steps)")
         train_set, test_set = load_fashion_mnist(data_dir, "train"), load_fashion_mnist(data_dir, "test")
         model, ae_metrics = train_autoencoder(train_set, test_set, KLAutoencoderConfig(),
@@ -66,8 +75,6 @@ def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int =
     if latest is not None and latest.name == f"step_{cfg.train.total_steps:09d}":
         print(f"[demo] reusing the finished run in {run_dir}")
     else:
-        from ilct.training.loop import train
-
         print(f"[demo] training {PRESET} for {cfg.train.total_steps} steps into {run_dir}"
               + (" (resuming)" if resume else ""))
         result = train(cfg, run_dir, resume=resume, progress=progress)
@@ -77,8 +84,6 @@ def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int =
     t_train = time.time() - t0 - t_ae
 
     # 3. sample grids
-    from ilct.generate import generate
-
     run = open_run(run_dir, device="cpu")
     grids = {}
     with torch.inference_mode():
@@ -133,9 +138,6 @@ def demo_config(out: Path, data_dir: str, steps: int | None):
 def check_demo_out(out: Path) -> None:
     """--out is a new or empty folder, or an earlier demo's (it holds what the demo writes): never a run, an
     autoencoder, a latent directory or a folder of the user's own files."""
-    from ilct.errors import IlctError
-    from ilct.runs.folder import check_out_dir, is_run
-
     check_out_dir(out)
     if not out.is_dir():
         return
@@ -151,12 +153,6 @@ def check_demo_out(out: Path) -> None:
 def check_same_preset(cfg, run_dir: Path) -> None:
     """A run left by an earlier version of the preset (its settings changed since: another backbone, steps, ...)
     is kept as it is, not resumed with other settings: the demo stops and says how to go on."""
-    import copy
-
-    from ilct.training.build import absolute_paths
-    from ilct.errors import IlctError
-    from ilct.runs.folder import changed_settings
-
     wanted = copy.deepcopy(cfg)
     absolute_paths(wanted)  # as train() compares them: the run's config holds absolute paths
     changed = changed_settings(wanted, run_dir)
@@ -170,15 +166,6 @@ def measure_quality(run, data_dir: str, n: int, progress: bool = True) -> dict:
     """FID and recall of n 1- and 2-step samples in the Fashion-MNIST classifier's features (the classifier
     shipped with ilct, as in `ilct eval`), against the test split; and the floor the autoencoder sets: the FID of
     its reconstructions of n test images."""
-    import numpy as np
-
-    from ilct.data.fashion_mnist import load_fashion_mnist
-    from ilct.data.images import to_uint8
-    from ilct.latents import default_cache_dir
-    from ilct.metrics.evaluate import reference_features, scores
-    from ilct.metrics.features import load_fashion_features
-    from ilct.generate import generate
-
     cache = default_cache_dir()
     extract = load_fashion_features()
     test = load_fashion_mnist(data_dir, "test")

@@ -6,8 +6,11 @@ Clips: `for_clips(ae)` is a video VAE itself (diffusers_video) or an image autoe
 from __future__ import annotations
 
 from ilct.autoencoders.base import Autoencoder
+from ilct.autoencoders.diffusers_vae import DiffusersVAE
+from ilct.autoencoders.diffusers_video import VIDEO_VAES, DiffusersVideoVAE, diffusers_class
 from ilct.autoencoders.frames import FrameByFrame, for_clips
 from ilct.autoencoders.kl import KLAutoencoder, KLAutoencoderConfig
+from ilct.autoencoders.taesd import TAESD
 from ilct.errors import IlctError
 
 
@@ -19,12 +22,8 @@ def load_autoencoder(kind: str, path: str) -> Autoencoder:
     if kind == "builtin":
         return KLAutoencoder.load(path)
     if kind == "taesd":
-        from ilct.autoencoders.taesd import TAESD
-
         return TAESD.load(path)
     if kind == "diffusers":  # an AutoencoderKL (images), or a video VAE by its config's class name
-        from ilct.autoencoders.diffusers_video import VIDEO_VAES, DiffusersVideoVAE, diffusers_class
-        from ilct.autoencoders.diffusers_vae import DiffusersVAE
 
         return DiffusersVideoVAE.load(path) if diffusers_class(path) in VIDEO_VAES else DiffusersVAE.load(path)
     raise IlctError(f"unknown autoencoder kind {kind!r}")

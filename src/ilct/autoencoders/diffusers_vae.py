@@ -28,7 +28,7 @@ class DiffusersVAE(Autoencoder):
 
     @classmethod
     def load(cls, id_or_path: str) -> "DiffusersVAE":
-        try:
+        try:  # optional: pip install 'ilct[diffusers]'
             from diffusers import AutoencoderKL
         except ImportError:
             raise IlctError("autoencoder.kind=diffusers needs diffusers: pip install 'ilct[diffusers]'") from None

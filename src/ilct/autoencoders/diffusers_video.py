@@ -53,7 +53,7 @@ def diffusers_class(id_or_path: str) -> str | None:
     try:
         if path.is_file():
             return str(json.loads(path.read_text(encoding="utf-8")).get("_class_name", "")) or None
-        from diffusers import AutoencoderKL
+        from diffusers import AutoencoderKL  # optional: pip install 'ilct[diffusers]'
 
         return str(AutoencoderKL.load_config(id_or_path).get("_class_name", "")) or None
     except Exception:  # no such folder or id, no diffusers, a malformed config: the caller reports it
@@ -77,7 +77,7 @@ class DiffusersVideoVAE(Autoencoder):
         if name not in VIDEO_VAES:
             raise IlctError(f"{path!r} holds no diffusers video VAE (config.json names {name!r}; "
                             f"known: {', '.join(VIDEO_VAES)})")
-        try:
+        try:  # optional: pip install 'ilct[diffusers]'
             import diffusers
         except ImportError:
             raise IlctError("autoencoder.kind=diffusers needs diffusers: pip install 'ilct[diffusers]'") from None

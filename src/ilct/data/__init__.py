@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from ilct.data.clips import ArrayClips, ClipDataset, ClipFrames
+from ilct.data.emoji import DEFAULT_FONT, load_emoji
+from ilct.data.emoji_clips import load_emoji_clips
 from ilct.data.fashion_mnist import load_fashion_mnist
+from ilct.data.folder import MAX_PIXELS, load_image_folder
 from ilct.data.images import ArrayImages, ImageDataset, ResizedImages
+from ilct.data.moving_fmnist import load_moving_fmnist
+from ilct.data.video_folder import load_video_folder
 from ilct.errors import IlctError
 
 DATASETS = ("fashion_mnist", "image_folder", "emoji")  # images
@@ -29,24 +34,14 @@ def load_dataset(
         base = load_fashion_mnist(root or "/usr/share/datasets/fashion-mnist", split, 32)
         return base if (resolution == 32 and not rgb) else ResizedImages(base, resolution, rgb)
     if dataset == "image_folder":
-        from ilct.data.folder import MAX_PIXELS, load_image_folder
-
         return load_image_folder(root, resolution, labels_from_subfolders, max_pixels or MAX_PIXELS)
     if dataset == "emoji":
-        from ilct.data.emoji import DEFAULT_FONT, load_emoji
-
         return load_emoji(root or DEFAULT_FONT, resolution)[0]
     if dataset == "moving_fmnist":
-        from ilct.data.moving_fmnist import load_moving_fmnist
-
         return load_moving_fmnist(root, split, resolution, frames, frame_stride, rgb)
     if dataset == "emoji_clips":
-        from ilct.data.emoji_clips import load_emoji_clips
-
         return load_emoji_clips(root, split, resolution, frames, frame_stride)
     if dataset == "video_folder":
-        from ilct.data.video_folder import load_video_folder
-
         return load_video_folder(root, resolution, frames, frame_stride)
     raise IlctError(f"unknown dataset {dataset!r} (datasets: {', '.join(DATASETS + CLIP_DATASETS)})")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ilct.data.images import ImageDataset
+from ilct.data.images import ImageDataset, Subset
 from ilct.errors import IlctError
 
 SPLITS = ("train", "test", "heldout")  # heldout: only the held-out (class, motion) pairs
@@ -91,8 +91,6 @@ class ClipSubset(ClipDataset):
 
 def subset(data, n: int):
     """The first n images or clips of a dataset."""
-    from ilct.data.images import Subset
-
     return ClipSubset(data, n) if isinstance(data, ClipDataset) else Subset(data, n)
 
 

@@ -76,7 +76,7 @@ def load_emoji(font_path: str | Path = DEFAULT_FONT, resolution: int = 64) -> tu
     font_path = Path(font_path)
     if not font_path.is_file():
         raise IlctError(f"emoji font not found: {font_path} (install it with: {INSTALL_HINT})")
-    try:
+    try:  # optional: pip install 'ilct[emoji]'
         from fontTools.ttLib import TTFont
     except ImportError:
         raise IlctError("the emoji dataset needs fontTools: pip install 'ilct[emoji]'") from None

@@ -30,6 +30,7 @@ from PIL import Image
 
 from ilct.data.clips import (DIRECTION_STEPS, DIRECTIONS, ClipDataset, check_clip_size, check_split, net_starts, track,
                              uniforms)
+from ilct.data.emoji import DEFAULT_FONT, load_emoji
 from ilct.errors import IlctError
 
 MOTIONS = tuple(f"sliding {d}" for d in DIRECTIONS) + (
@@ -134,8 +135,6 @@ class EmojiClips(ClipDataset):
 def load_emoji_clips(font: str | Path = "", split: str = "train", resolution: int = 32, frames: int = 8,
                      frame_stride: int = 1, **options) -> EmojiClips:
     """Emoji clips from the Noto Color Emoji font (ilct.data.emoji). `options`: count, seed."""
-    from ilct.data.emoji import DEFAULT_FONT, load_emoji
-
     check_split(split, "emoji_clips")
     glyphs, names = load_emoji(font or DEFAULT_FONT, resolution)
     return EmojiClips(glyphs.images, names, split, resolution, frames, frame_stride, source=Path(font or DEFAULT_FONT).name,

@@ -40,7 +40,7 @@ INSTALL_HINT = "pip install 'ilct[video]'"
 
 
 def _av():
-    try:
+    try:  # optional: pip install 'ilct[video]'
         import av
     except ImportError:
         raise IlctError(f"the video_folder dataset needs PyAV: {INSTALL_HINT}") from None

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from tqdm import tqdm
 
 from ilct.autoencoders.base import Autoencoder
@@ -54,6 +55,7 @@ from ilct.data.clips import ClipDataset
 from ilct.data.images import ImageDataset, Unreadable, to_float
 from ilct.errors import IlctError
 from ilct.io.files import read_json, read_tensors, save_tensors, write_text
+from ilct.seeds import sample_seed
 
 META_FILE = "meta.json"
 STATS_FILE = "stats.safetensors"
@@ -102,8 +104,6 @@ class LatentStats:
 
 
 def _stats_metadata(path: str | Path) -> dict[str, str]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), "pt") as f:
             return dict(f.metadata() or {})
@@ -209,8 +209,6 @@ class LatentDir:
 
 def posterior_noise(seed: int, indices: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
     """eps ~ N(0, I), (len(indices), *shape); latent j's from a generator seeded by (seed, j)."""
-    from ilct.seeds import sample_seed
-
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(sample_seed(seed, int(j))))
                         for j in indices])
 

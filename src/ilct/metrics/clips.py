@@ -44,6 +44,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ilct.data.clips import DIRECTIONS
+from ilct.data.fashion_mnist import load_fashion_mnist
+from ilct.data.moving_fmnist import MovingFashionMNIST, load_moving_fmnist
 from ilct.errors import IlctError
 from ilct.io.files import read_json, read_tensors, save_tensors, write_text
 from ilct.metrics.features import FashionFeatures, to_gray32
@@ -129,9 +131,6 @@ class ClipData:
 
 def training_clips(root: str, data: ClipData, seed: int = 0):
     """Train garments in every direction: the train split and the held-out directions of the same images."""
-    from ilct.data.fashion_mnist import load_fashion_mnist
-    from ilct.data.moving_fmnist import MovingFashionMNIST
-
     base = load_fashion_mnist(root, "train", 28)
     images, labels = base.images[..., 0], base.labels
     args = dict(resolution=data.resolution, frames=data.frames, frame_stride=data.frame_stride, seed=seed)
@@ -152,8 +151,6 @@ def train_clip_classifier(root: str, out: Path, data: ClipData = ClipData(), ste
     of them horizontally (left <-> right), and trains `what` on two random frames of each clip and `how` on
     the whole clip. Then measures the accuracy on `eval_clips` clips of the test and heldout splits (test
     garments) and saves weights + record in `out`."""
-    from ilct.data.moving_fmnist import load_moving_fmnist
-
     t0, cpu0 = time.perf_counter(), time.process_time()
     seen, held = training_clips(root, data, seed)
     n_seen, n_all = len(seen), len(seen) + len(held)

@@ -21,11 +21,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ilct.data import load_dataset
 from ilct.data.fashion_mnist import DEFAULT_ROOT
-from ilct.data.images import ImageDataset
+from ilct.data.images import ImageDataset, Subset
 from ilct.errors import IlctError
 from ilct.generate import generate
 from ilct.latents import default_cache_dir
+from ilct.metrics.features import load_fashion_features, TorchScriptFeatures
 from ilct.metrics.frechet import feature_stats, frechet_distance
 from ilct.metrics.precision_recall import precision_recall
 from ilct.objectives import make_objective
@@ -95,12 +97,8 @@ def scores(real: np.ndarray, fake: np.ndarray, n_pr: int, seed: int, k: int = 3)
 def make_extractor(kind: str, inception_weights: str | None = None):
     """The FID feature extractor: the Fashion-MNIST classifier shipped with ilct, or a TorchScript Inception file."""
     if kind == "fmnist":
-        from ilct.metrics.features import load_fashion_features
-
         return load_fashion_features()
     if kind == "inception":
-        from ilct.metrics.features import TorchScriptFeatures
-
         if not inception_weights:
             raise IlctError("--features inception needs --inception-weights FILE (a TorchScript FID Inception); "
                             "no weights can be downloaded here")
@@ -149,9 +147,6 @@ def reference_set(features: str, cfg, fm_root: str, ref_n: int | None, split: st
     `split` for Fashion-MNIST; other datasets have one split, train); the first ref_n of them (all when
     ref_n is 0 or the set is smaller). ref_n None: 50,000 for an image folder, all images of the built-in
     datasets (the protocol of the numbers in docs/)."""
-    from ilct.data import load_dataset
-    from ilct.data.images import Subset
-
     d = cfg.data
     if split not in SPLITS:
         raise IlctError(f"--split must be train, test or val, got {split!r}")

@@ -38,6 +38,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 from tqdm import tqdm
 
+from ilct.data.fashion_mnist import load_fashion_mnist
 from ilct.errors import IlctError
 from ilct.io.files import read_json, save_tensors, write_text
 
@@ -110,8 +111,6 @@ def classifier_accuracy(model: FashionClassifier, test) -> float:
 
 def train_fashion_classifier(root: str, out: Path, epochs: int = 6, seed: int = 0, progress: bool = True) -> FashionFeatures:
     """Adam, batch 128, light augmentation (random shifts and flips); saves weights + accuracy."""
-    from ilct.data.fashion_mnist import load_fashion_mnist
-
     train, test = load_fashion_mnist(root, "train"), load_fashion_mnist(root, "test")
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)

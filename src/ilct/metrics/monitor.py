@@ -18,9 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ilct.data.fashion_mnist import DEFAULT_ROOT
 from ilct.errors import IlctError
+from ilct.generate import generate
 from ilct.io.files import read_json, write_text
+from ilct.latents import default_cache_dir
+from ilct.metrics.evaluate import make_extractor, reference_features, reference_set
 from ilct.metrics.frechet import feature_stats, frechet_distance
+from ilct.objectives import make_objective
 from ilct.runs.folder import BEST_FILE
 
 
@@ -49,11 +54,6 @@ class FidMonitor:
     """FID of the EMA model against cached training-split statistics; tracks the best step."""
 
     def __init__(self, cfg, run_dir: Path, resume: bool, progress: bool = False):
-        from ilct.data.fashion_mnist import DEFAULT_ROOT
-        from ilct.latents import default_cache_dir
-        from ilct.metrics.evaluate import make_extractor, reference_features, reference_set
-        from ilct.objectives import make_objective
-
         t, d = cfg.train, cfg.data
         self.cfg, self.run_dir, self.n = cfg, run_dir, t.fid_n
         self.steps = make_objective(cfg).grid_steps
@@ -67,8 +67,6 @@ class FidMonitor:
 
     def measure(self, ema: torch.nn.Module, ae, stats, step: int) -> dict:
         """One measurement at `step`; `new_best` says whether it beat every earlier one."""
-        from ilct.generate import generate
-
         with torch.inference_mode():
             images = generate(ema, ae, stats, self.cfg, self.n, self.steps, seed=0)
         mu, sigma = feature_stats(np.asarray(self.extract(images), dtype=np.float64))

@@ -27,6 +27,10 @@ import torch
 from ilct.data import load_dataset
 from ilct.data.clips import subset
 from ilct.errors import IlctError
+from ilct.io.files import write_text
+from ilct.objectives.consistency.loss import student_teacher
+from ilct.objectives.consistency.losses import consistency_loss, diffusion_loss, diffusion_mask, squared_residual
+from ilct.objectives.consistency.schedule import karras_sigmas, lambda_weight, level_probabilities, sample_levels
 
 
 def tukey_fractions(values: np.ndarray) -> dict[str, float]:
@@ -81,7 +85,7 @@ def channel_report(x: np.ndarray) -> dict:
 def box_plot(reports: dict[str, np.ndarray], path: str | Path, title: str = "") -> None:
     """Per-channel box plots after per-channel normalization (whiskers at 1.5 IQR, outliers drawn),
     one panel per named array."""
-    try:
+    try:  # optional: pip install 'ilct[analysis]'
         import matplotlib
 
         matplotlib.use("Agg")
@@ -115,8 +119,6 @@ def td_residuals(run, latents: torch.Tensor, N: int, n: int = 512, seed: int = 0
     """Temporal-difference residuals f(x + sigma_i z, sigma_i) - f(x + sigma_{i+1} z, sigma_{i+1})
     of a run's EMA model at N levels, levels drawn as in training. `rms_per_sample` gives the quartiles of
     sqrt(r), r the per-sample mean of the squared residual: the scale to hold against the metric's c."""
-    from ilct.objectives.consistency.schedule import karras_sigmas, level_probabilities, sample_levels
-
     cons = run.cfg.consistency
     g = torch.Generator().manual_seed(seed)
     device = next(run.model.parameters()).device
@@ -138,8 +140,6 @@ def td_residuals(run, latents: torch.Tensor, N: int, n: int = 512, seed: int = 0
 
 
 def write_report(report: dict, path: str | Path) -> None:
-    from ilct.io.files import write_text
-
     write_text(path, json.dumps(report, indent=2))  # atomic
 
 
@@ -187,10 +187,6 @@ def level_gradients(model, cfg, x: torch.Tensor, z: torch.Tensor, N: int, c: flo
     teacher) with `metric` and `c`, and of lambda_diff x the diffusion term where technique 2 selects i, all
     on the same (normalized) latents x and noise z. Multiplied by P(i) it is level i's expected share of a
     training step's gradient (as norms, not vectors). `model` is the student (the trained weights, not the EMA)."""
-    from ilct.objectives.consistency.losses import consistency_loss, diffusion_loss, diffusion_mask, squared_residual
-    from ilct.objectives.consistency.loss import student_teacher
-    from ilct.objectives.consistency.schedule import karras_sigmas, lambda_weight, level_probabilities
-
     cons, method = cfg.consistency, cfg.method
     sigmas = karras_sigmas(N, cons.sigma_min, cons.sigma_max, cons.rho)
     probs = level_probabilities(sigmas, cons.p_mean, cons.p_std)

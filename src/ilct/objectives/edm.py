@@ -23,6 +23,7 @@ from torch import nn
 from ilct.objectives.base import LossTerms, Objective
 from ilct.objectives.consistency.precond import c_in, sigma_per_sample, skip_plus_out
 from ilct.objectives.consistency.schedule import karras_sigmas
+from ilct.seeds import per_sample_noise
 
 P_MEAN, P_STD = -1.2, 1.2
 
@@ -93,8 +94,6 @@ class EDMDiffusion(Objective):
         return LossTerms(diffusion, diffusion.detach(), torch.zeros((), device=batch.x.device))
 
     def sample(self, f, seed, indices, shape, steps, sigmas, device) -> torch.Tensor:
-        from ilct.seeds import per_sample_noise
-
         cons = self.cfg.consistency
         return heun_sample(f, per_sample_noise(seed, indices, shape, 1)[0].to(device), steps, cons.sigma_min,
                            cons.sigma_max, cons.rho)

@@ -21,7 +21,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from ilct.config import RUNTIME_KEYS, Config, config_from_yaml_file, dump_config
+from ilct.config import RUNTIME_KEYS, Config, config_from_yaml_file, dump_config, from_dict, merge_raw, parse_overrides
 from ilct.errors import IlctError
 
 CONFIG_FILE = "config.yaml"
@@ -152,8 +152,6 @@ def _changed_keys(a: Config, b: Config) -> list[str]:
 
 def saved_config(run_dir: str | Path, overrides: list[str]) -> Config:
     """The run's own config with `--set` overrides applied (`ilct train --resume` without --config)."""
-    from ilct.config import from_dict, merge_raw, parse_overrides
-
     path = check_out_dir(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise IlctError(f"--resume: {run_dir} holds no run (no {CONFIG_FILE})")

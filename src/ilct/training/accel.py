@@ -67,6 +67,7 @@ def flush_reaches_all_threads() -> bool:
 
 
 def _dynamo_settings() -> None:
+    # start-up time: importing torch._dynamo takes about a second, paid only by a run that compiles
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 

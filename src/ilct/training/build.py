@@ -12,16 +12,17 @@ from pathlib import Path
 
 import torch
 
+from ilct.errors import IlctError
+from ilct.latents import LatentStats
+from ilct.models import build_model, clip_data, make_ema, run_autoencoder
+from ilct.nets.text import caption_conditions, kept_indices
+from ilct.objectives import Objective, make_objective
+from ilct.runs.folder import STATS_FILE
+from ilct.schema import Config
 from ilct.training import distributed, flat
 from ilct.training.batches import BatchMaker
-from ilct.schema import Config
-from ilct.latents import LatentStats
-from ilct.errors import IlctError
-from ilct.objectives import Objective, make_objective
-from ilct.training.optim import RAdam
-from ilct.models import build_model, clip_data, make_ema, run_autoencoder
 from ilct.training.data import load_latents
-from ilct.runs.folder import STATS_FILE
+from ilct.training.optim import RAdam
 from ilct.training.warmstart import warm_start
 
 IN_MEMORY_BYTES = 4 << 30  # latent sets up to 4 GiB are loaded whole
@@ -79,14 +80,12 @@ def _conditions(cfg: Config, latent_set, main: bool):
     if cfg.data.caption_holdout:  # held-out prompts: their images are never trained on (checked before the embeddings)
         if not latent_set.captions:
             raise IlctError("config: data.caption_holdout is set but the latents carry no captions")
-        from ilct.nets.text import kept_indices
 
         kept = torch.tensor(kept_indices(latent_set.captions, cfg.data.caption_holdout), dtype=torch.long)
     if cfg.model.text_dim > 0:  # text-conditional: caption embeddings (and tokens), cached with the latents
         if not latent_set.captions:
             raise IlctError("config: model.text_dim is set but the latents carry no captions (emoji, moving_fmnist, "
                             "emoji_clips and captioned video folders have them)")
-        from ilct.nets.text import caption_conditions
 
         # (n, text_dim) pooled, or with model.text_tokens = L the packed (n, 1 + L, text_dim + 1) (ilct.nets.embedders)
         labels = caption_conditions(latent_set.path, latent_set.captions, cfg.model.text_tokens)

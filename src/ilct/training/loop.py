@@ -40,6 +40,7 @@ from ilct.runs.folder import (CONFIG_FILE, LOG_FILE, SAMPLES_DIR, STATS_FILE, Ru
                             open_log, resume_config, start_run_dir)
 from ilct.generate import generate
 from ilct.training.step import training_step
+from ilct.metrics.monitor import FidMonitor
 
 
 @dataclass
@@ -135,7 +136,6 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
         state = branch.restore_branch(source, model, ema, opt, cfg)
     monitor = None
     if main and cfg.train.fid_every:  # the feature extractor and the training split's statistics (cached)
-        from ilct.metrics.monitor import FidMonitor
 
         monitor = FidMonitor(cfg, run_dir, resume, progress)
     # ---- everything is checked: from here on the run folder is written, by this process alone

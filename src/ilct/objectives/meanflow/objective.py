@@ -30,13 +30,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ilct.objectives.consistency.losses import squared_residual
 from ilct.errors import IlctError
+from ilct.nets.embedders import null_condition
+from ilct.objectives.base import LossTerms, Objective
+from ilct.objectives.consistency.losses import squared_residual
 from ilct.objectives.meanflow.alphaflow import alpha_at, alphaflow_target, loss_scale
 from ilct.objectives.meanflow.maths import (MeanFlowModel, flow_path, guided_velocity, meanflow_loss, meanflow_sample,
                                    meanflow_target, per_sample, sample_times, sampling_times)
-from ilct.nets.embedders import null_condition
-from ilct.objectives.base import LossTerms, Objective
+from ilct.seeds import per_sample_noise
 
 
 @dataclass
@@ -187,8 +188,6 @@ class MeanFlow(Objective):
         return lambda z, r, t: model(z, r, t, cond)
 
     def sample(self, f, seed, indices, shape, steps, sigmas, device) -> torch.Tensor:
-        from ilct.seeds import per_sample_noise
-
         e = per_sample_noise(seed, indices, shape, 1)[0].to(device)
         return meanflow_sample(f, e, steps, self.cfg.meanflow.two_step_m)
 
