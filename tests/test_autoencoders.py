@@ -100,3 +100,12 @@ def test_which_autoencoders_have_a_posterior():
     assert KLAutoencoder.has_posterior and not TAESD.has_posterior
     with pytest.raises(NotImplementedError, match="deterministic"):
         TAESD(4).posterior_moments(torch.zeros(1, 3, 16, 16))
+
+
+def test_autoencoder_trains_for_any_step_count(tmp_path, fake_fmnist):
+    """20 steps used to end in a ZeroDivisionError inside OneCycleLR (its 5 % warm-up ending exactly at step 0)."""
+    from ilct.cli import main
+
+    for steps in (1, 2, 20):
+        assert main(["autoencoder", "--out", str(tmp_path / f"ae{steps}"), "--data-dir", str(fake_fmnist),
+                     "--steps", str(steps), "--batch-size", "8", "--no-progress", "--device", "cpu"]) == 0

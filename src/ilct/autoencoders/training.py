@@ -47,7 +47,9 @@ def train_autoencoder(
     gen = torch.Generator().manual_seed(settings.seed)
     model = KLAutoencoder(cfg).to(settings.device)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.steps, pct_start=0.05)
+    # 5 % warm-up; OneCycleLR divides by zero when its warm-up ends exactly at step 0 (0.05 * 20 - 1 = 0): 2 steps there
+    pct = 0.05 if 0.05 * settings.steps - 1 != 0 else 2 / settings.steps
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.steps, pct_start=pct)
     t0 = time.time()
     bar = tqdm(range(settings.steps), desc="autoencoder", disable=not progress, dynamic_ncols=True)
     model.train()
