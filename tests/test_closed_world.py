@@ -108,6 +108,8 @@ def _output_cases(w: World, tmp: Path) -> list[tuple[str, str, object]]:
         ("outputs under a run", "demo --out a folder of the user's own files",
          lambda: ["demo", "--out", str(user_folder(tmp / "mine")), "--data-dir", str(w.data)]),
         ("outputs under a run", "demo --out an autoencoder", ["demo", "--out", str(w.ae), "--data-dir", str(w.data)]),
+        ("outputs under a run", "demo --out a folder that holds folders named run/ and cache/ (as / holds run/)",
+         lambda: ["demo", "--out", str(user_folder(tmp / "root" / "run").parent), "--data-dir", str(w.data)]),
     ]
 
 

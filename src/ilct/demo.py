@@ -124,7 +124,11 @@ def run_demo(out: Path, data_dir: str, steps: int | None = None, ae_steps: int =
     return summary
 
 
-DEMO_ENTRIES = ("autoencoder", "run", "cache", "summary.json", "samples_1step.png", "samples_2step.png")
+def is_demo(out: Path) -> bool:
+    """Whether `out` holds an earlier demo: its autoencoder, its run or its summary, as the demo writes them."""
+    ae = out / "autoencoder"
+    return ((ae / "model.safetensors").is_file() and (ae / "config.json").is_file()) or is_run(out / "run") or \
+        (out / "summary.json").is_file() and (out / "samples_1step.png").is_file()
 
 
 def demo_config(out: Path, data_dir: str, steps: int | None):
@@ -136,16 +140,17 @@ def demo_config(out: Path, data_dir: str, steps: int | None):
 
 
 def check_demo_out(out: Path) -> None:
-    """--out is a new or empty folder, or an earlier demo's (it holds what the demo writes): never a run, an
-    autoencoder, a latent directory or a folder of the user's own files."""
+    """--out is a new or empty folder, or an earlier demo's (its autoencoder, run or summary): never a run, an
+    autoencoder, a latent directory or a folder of other files (a folder that merely holds a `run` folder of its
+    own, as / does, is not a demo)."""
     check_out_dir(out)
     if not out.is_dir():
         return
     if is_run(out) or (out / "model.safetensors").is_file() or (out / "meta.json").is_file() or (out / "state.json").is_file():
         raise IlctError(f"--out {out} holds a run, a checkpoint, an autoencoder or latents of its own: the demo writes "
                         "autoencoder/, run/ and cache/ into its --out; give a new folder")
-    entries = [p.name for p in out.iterdir()]
-    if entries and not any(name in DEMO_ENTRIES for name in entries):
+    entries = list(out.iterdir())
+    if entries and not is_demo(out):
         raise IlctError(f"--out {out} is not empty and holds no earlier demo ({len(entries)} entries of "
                         "its own): give a new or empty folder")
 
