@@ -9,8 +9,8 @@ function; one per statement and module imported). A cycle is a strongly connecte
 An upward import is one whose target sits on a higher floor than its importer, the floors given by LAYERS below
 (the tree's layers, from the ground up; a module's floor is that of the longest prefix listed; LAYERS_BEFORE
 names the same floors in the tree before issue 35). The trace runs a three-step `ilct train` on tiny synthetic
-data in this process under `sys.setprofile` and follows one iteration of the loop (from the second call of
-`training_step` to the third) through the ilct files, the backbone's own `ilct/nets/` files left out: the files
+data in this process under `sys.setprofile` (s1 = s0: N constant, as within a curriculum stage) and follows one
+iteration of the loop (from the second call of `training_step` to the third) through the ilct files, the backbone's own `ilct/nets/` files left out: the files
 it enters, and its returns to a file already left (A -> B -> A counts one return to A); the same for the whole
 command beside it.
 """
@@ -175,7 +175,8 @@ def trace_report() -> dict:
     argv = ["train", "--config", "fmnist-ilct", "--autoencoder", str(root / "ae"), "--data-dir", str(data),
             "--no-progress", "--set", f"data.cache_dir={root / 'cache'}", "--set", "train.total_steps=3",
             "--set", "train.batch_size=8", "--set", "train.sample_every=0", "--set", "train.log_every=1",
-            "--set", "model.arch=DiT-T/4", "--set", "train.device=cpu"]
+            "--set", "model.arch=DiT-T/4", "--set", "train.device=cpu",
+            "--set", "consistency.s1=10"]  # N constant (s0 = s1), as within a stage of a long run
     assert main(argv + ["--out", str(root / "warm")]) == 0  # imports, caches: the traced run is the second
     calls: list[tuple[str, str]] = []
 
