@@ -48,7 +48,6 @@ class Toy(Objective):
     name = "toy"
     section = "toy"
     settings = ToySettings
-    takes_tau = False
     couples_noise = False
 
     @classmethod

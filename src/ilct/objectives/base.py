@@ -37,7 +37,6 @@ class Objective(ABC):
     name: str = ""
     couples_noise: bool = True  # whether method.ot_coupling pairs data and noise for this objective
     grid_steps: int = 1  # steps of the periodic sample grids written during training
-    takes_tau: bool = True  # whether multistep sampling takes intermediate sigmas (--tau)
     term_names: tuple[str | None, str | None] = ("consistency", "diffusion")  # the log's names of LossTerms' main
     #                                                                       and auxiliary terms (None: not logged)
     time_inputs: int = 1  # time inputs of the backbone: 1 (sigma), or 2 (MeanFlow's t and t - r)
@@ -102,6 +101,11 @@ class Objective(ABC):
         elements), and its stages as rows of a table (none where every step trains the same objective)."""
         return (f"objective {self.name}: no curriculum; every one of the {self.cfg.train.total_steps} steps trains the "
                 "same loss", [])
+
+    @property
+    def takes_tau(self) -> bool:
+        """Whether multistep sampling takes intermediate sigmas (--tau): the objective defines `sigmas`."""
+        return type(self).sigmas is not Objective.sigmas
 
     def sigmas(self, steps: int, taus: list[float] | None = None) -> list[float] | None:
         """The noise levels `steps` sampling steps evaluate at, with the user's intermediate ones (`--tau`), checked;

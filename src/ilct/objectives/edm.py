@@ -81,7 +81,6 @@ class EDMDiffusion(Objective):
     name = "edm"
     couples_noise = False
     grid_steps = GRID_STEPS
-    takes_tau = False
 
     def wrap(self, net: nn.Module) -> nn.Module:
         return EDMDenoiser(net, self.cfg.consistency.sigma_data)

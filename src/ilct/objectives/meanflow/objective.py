@@ -92,7 +92,6 @@ def check_meanflow_settings(mf: MeanFlowConfig) -> None:
 
 class MeanFlow(Objective):
     name = "meanflow"
-    takes_tau = False
     term_names = ("delta_sq", None)  # the log's main term: the unweighted mean ||Delta||^2 (the adaptive loss sits near 1)
     time_inputs = 2  # u_theta(z, r, t): the backbone sees t and t - r
     drops_condition = True
