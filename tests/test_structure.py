@@ -24,5 +24,7 @@ def test_no_cycle_no_upward_import_and_few_top_level_modules():
 
 def test_imports_inside_functions_say_why():
     """Outside the CLI (start-up time) an import inside a function is an optional dependency with its reason."""
-    inside = [(a, b) for a, b, lazy in structure.imports(structure.modules()) if lazy and not a.startswith("ilct.cli")]
+    # the package root too: `ilct.load` imports the model stack when called, so that `import ilct` stays light
+    inside = [(a, b) for a, b, lazy in structure.imports(structure.modules())
+              if lazy and not a.startswith("ilct.cli") and a != "ilct"]
     assert inside == []

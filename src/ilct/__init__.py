@@ -12,3 +12,11 @@ __version__ = "0.1.0"
 # (ACTIVE or PASSIVE) and ilct leaves it; OMP_NUM_THREADS sets the thread count as usual.
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def load(path, device: str = "auto", allow_other_autoencoder: bool = False):
+    """An exported model folder (`ilct export`) or a run folder, ready to sample: `ilct.load(DIR).generate(...)`
+    (ilct.sharing.model). Imported when called, so that `import ilct` (and the CLI's start) stays light."""
+    from ilct.sharing.model import load as _load
+
+    return _load(path, device, allow_other_autoencoder)

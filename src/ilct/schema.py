@@ -104,7 +104,7 @@ class TrainConfig:
     """Optimizer, budget and run-time settings (METHOD.md section 3, Optimizer)."""
 
     objective: str = "consistency"  # a name from ilct.objectives.OBJECTIVES: consistency | edm (Heun-sampled reference) | meanflow
-    init_from: str = ""  # warm start: a run folder whose latest EMA backbone weights this run starts from ("" = fresh)
+    init_from: str = ""  # warm start: a run folder (its latest EMA) or an exported model whose backbone weights this run starts from ("" = fresh)
     total_steps: int = 400_000
     batch_size: int = 128
     lr: float = 1e-4

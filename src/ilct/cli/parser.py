@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ilct.cli import analyze, autoencoder, clips, demo, encode, sample, schedule, train
+from ilct.cli import analyze, autoencoder, clips, demo, encode, export, sample, schedule, train
 from ilct.cli import eval as evaluate  # the module of `ilct eval` (not the builtin)
 
 # in the order --help lists them
-COMMANDS = (autoencoder, train, sample, schedule, encode, analyze, evaluate, clips, demo)
+COMMANDS = (autoencoder, train, sample, schedule, encode, analyze, evaluate, clips, export, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

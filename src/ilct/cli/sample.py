@@ -14,8 +14,11 @@ SAMPLE_RANGES = {"steps": (1, MAX_SAMPLING_STEPS), "n": (1, MAX_COUNT), "batch_s
 
 
 def add_parser(sub, fmt) -> None:
-    s = sub.add_parser("sample", help="1-step or multistep samples from a run's EMA weights", formatter_class=fmt)
-    s.add_argument("--run", required=True, help="run directory")
+    s = sub.add_parser("sample", help="1-step or multistep samples from a run's EMA weights or an exported model",
+                       formatter_class=fmt)
+    source = s.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="run directory")
+    source.add_argument("--model", help="an exported model folder (`ilct export`)")
     s.add_argument("--steps", type=int, default=1, help="network evaluations")
     s.add_argument("--n", type=int, default=64, help="number of samples")
     s.add_argument("--seed", type=int, default=0, help="sample j uses noise seeded by (seed, j)")
@@ -65,11 +68,11 @@ def _check_outputs(args, cfg) -> None:
     from ilct.runs.outputs import check_output
 
     clips = bool(cfg.model.frames)  # a clip run: samples (n, T, H, W, C)
-    inputs = run_inputs(args.run, cfg)
+    inputs = run_inputs(args.run or args.model, cfg)
     check_output(args.out, (".png", ".gif") if clips else (".png",), "--out", inputs)
     if args.gif:
         if not clips:
-            raise IlctError(f"--gif applies to clip runs; {args.run} makes images (model.frames = 0)")
+            raise IlctError(f"--gif applies to clip runs; {args.run or args.model} makes images (model.frames = 0)")
         check_output(args.gif, (".gif",), "--gif", inputs)
     if args.npz:
         check_output(args.npz, (".npz",), "--npz", inputs)
@@ -94,11 +97,17 @@ def run(args) -> int:
     from ilct.nets.text import prompt_condition
     from ilct.objectives import make_objective
     from ilct.objectives.sampling import check_request
+    from ilct.runs.exported import open_export, read_export
     from ilct.runs.opened import open_run, own_checkpoint, run_config
 
     check_ranges(args, SAMPLE_RANGES)
     check_seed(args)
-    cfg = run_config(args.run)  # the config only: everything is checked before the model is built
+    if args.model is not None:
+        if args.checkpoint or args.allow_other_checkpoint:
+            raise IlctError("--checkpoint and --allow-other-checkpoint apply to --run; an export holds one model")
+        cfg = read_export(args.model).cfg  # the description only: everything is checked before the model is built
+    else:
+        cfg = run_config(args.run)  # the config only: everything is checked before the model is built
     if args.checkpoint:
         own_checkpoint(Path(args.run), args.checkpoint, args.allow_other_checkpoint)
     _check_outputs(args, cfg)
@@ -110,7 +119,8 @@ def run(args) -> int:
     check_sample_memory(cfg, args.n, args.batch_size, args.scale)
     text = (prompt_condition(args.prompt, cfg.model.text_dim, cfg.model.text_tokens, args.text_encoder)
             if args.prompt is not None else None)
-    opened = open_run(args.run, args.checkpoint, args.device, args.allow_other_autoencoder, args.allow_other_checkpoint)
+    opened = (open_export(args.model, args.device, args.allow_other_autoencoder) if args.model is not None else
+              open_run(args.run, args.checkpoint, args.device, args.allow_other_autoencoder, args.allow_other_checkpoint))
     with torch.inference_mode():
         images = generate(opened.model, opened.autoencoder, opened.stats, opened.cfg, args.n, args.steps, args.seed,
                           args.batch_size, sigmas, progress=progress(args), labels=args.cls, guidance=args.guidance,

@@ -34,7 +34,7 @@ from ilct.errors import IlctError
 from ilct.io.files import read_json, read_tensors, save_tensors, write_text
 from ilct.runs.folder import CHECKPOINTS_DIR
 
-__all__ = ["check_layout", "latest_checkpoint", "list_checkpoints", "load_weights", "read_json", "read_state", "read_tensors",
+__all__ = ["check_layout", "latest_checkpoint", "list_checkpoints", "load_state", "load_weights", "read_json", "read_state", "read_tensors",
            "save_checkpoint", "whole"]
 
 STEP_DIR = re.compile(r"^step_(\d{9})$")
@@ -260,7 +260,11 @@ def latest_checkpoint(run_dir: Path, quiet: bool = False) -> Path | None:
 def load_weights(module: nn.Module, path: Path, what: str) -> None:
     """Load a safetensors state dict, with one clear line if it does not fit the model (names, shapes,
     dtypes) or holds values that are not finite."""
-    state = read_tensors(path)
+    load_state(module, read_tensors(path), path, what)
+
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    """Load a state dict read from `path` (as load_weights: names, shapes, dtypes and finite values checked)."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -2,8 +2,8 @@
 
 Every file a command writes (`sample --out/--npz/--gif`, `eval --json`, `analyze --out/--name`, `clips --out`)
 is checked before anything is computed: it must carry its own suffix, must not be a folder, and must not lie
-anywhere inside a run (its config, statistics, log, checkpoints, samples/), a checkpoint, an autoencoder or a
-latent directory: the ones the command reads or any other ilct made. An existing file that passes is
+anywhere inside a run (its config, statistics, log, checkpoints, samples/), a checkpoint, an autoencoder, a
+latent directory or an exported model: the ones the command reads or any other ilct made. An existing file that passes is
 replaced atomically.
 """
 
@@ -20,11 +20,12 @@ _MARKERS = {
     "checkpoint": ("state.json",),
     "autoencoder": ("config.json", "model.safetensors"),
     "latent directory": ("meta.json",),
+    "exported model": ("config.json", "model_index.json"),  # ilct.runs.exported
 }
 
 
-def _made_by_ilct(folder: Path) -> str | None:
-    """What ilct folder this is (a run, a checkpoint, an autoencoder, a latent directory), or None."""
+def made_by_ilct(folder: Path) -> str | None:
+    """What ilct folder this is (a run, a checkpoint, an autoencoder, a latent directory, an export), or None."""
     for what, names in _MARKERS.items():
         if all((folder / n).is_file() for n in names) and (what != "latent directory" or _latent_meta(folder)):
             return what
@@ -66,7 +67,7 @@ def check_output(path: str | Path, suffixes: tuple[str, ...], flag: str, protect
         if target == root or root in target.parents:
             raise IlctError(f"{flag} {text} lies inside {root}, which this command reads: write it elsewhere")
     for folder in target.parents:
-        what = _made_by_ilct(folder)
+        what = made_by_ilct(folder)
         if what is not None:
             raise IlctError(f"{flag} {text} lies inside the {what} {folder}, which belongs to ilct: write it elsewhere")
     return path

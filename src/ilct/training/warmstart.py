@@ -1,4 +1,5 @@
-"""Warm start (`train.init_from: RUN`): a new run begins from another run's EMA backbone weights.
+"""Warm start (`train.init_from: RUN`): a new run begins from another run's EMA backbone weights, or an exported
+model's (`ilct export`: a model someone shared).
 
 Every objective wraps the same backbone F as its `.net` (f = c_skip x + c_out F for consistency training,
 EDM's D, MeanFlow's u), so the source run's backbone goes into the new run's wrapper whatever either
@@ -19,6 +20,7 @@ from ilct.runs.checkpoint import latest_checkpoint
 from ilct.config import Config, config_from_yaml_file
 from ilct.errors import IlctError
 from ilct.io.files import read_tensors
+from ilct.runs.exported import is_export, network_state, read_export
 from ilct.runs.folder import CONFIG_FILE, is_run
 
 
@@ -33,11 +35,25 @@ def _modules(keys: list[str]) -> str:
     return ", ".join(f"{m} ({n} tensor{'s' if n > 1 else ''})" for m, n in counts.items()) or "none"
 
 
+def exported_backbone(folder: Path, cfg: Config) -> tuple[Path, dict[str, torch.Tensor]]:
+    """(the export, its backbone tensors) of an exported model (`ilct export`), checked against cfg's model.arch."""
+    exp = read_export(folder)
+    if exp.cfg.model.arch != cfg.model.arch:
+        raise IlctError(f"train.init_from: {folder} holds a {exp.cfg.model.arch}, this run trains a {cfg.model.arch}: "
+                        "the backbones do not fit")
+    state, _ = network_state(folder)
+    return folder, {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+
+
 def source_backbone(run: Path, cfg: Config) -> tuple[Path, dict[str, torch.Tensor]]:
-    """(the checkpoint, the backbone tensors of its EMA) of the source run, checked against cfg's model.arch."""
+    """(the checkpoint, the backbone tensors of its EMA) of the source run or export, checked against cfg's
+    model.arch."""
     where = f"train.init_from: {run}"
+    if is_export(run):
+        return exported_backbone(run, cfg)
     if not is_run(run):
-        raise IlctError(f"{where} is not a run folder (no {CONFIG_FILE} with its latent statistics)")
+        raise IlctError(f"{where} is neither a run folder (no {CONFIG_FILE} with its latent statistics) nor an "
+                        "exported model (`ilct export`)")
     source = config_from_yaml_file(run / CONFIG_FILE)
     if source.model.arch != cfg.model.arch:
         raise IlctError(f"{where} trained a {source.model.arch}, this run a {cfg.model.arch}: the backbones do not fit")

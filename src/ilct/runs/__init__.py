@@ -1,0 +1,1 @@
+"""The run folder and what is read from it: its layout and rules (folder.py), checkpoints, output guards, a finished run opened for sampling (opened.py), an exported model read back (exported.py), fault hooks."""
