@@ -110,6 +110,11 @@ def _output_cases(w: World, tmp: Path) -> list[tuple[str, str, object]]:
         ("outputs under a run", "demo --out an autoencoder", ["demo", "--out", str(w.ae), "--data-dir", str(w.data)]),
         ("outputs under a run", "demo --out a folder that holds folders named run/ and cache/ (as / holds run/)",
          lambda: ["demo", "--out", str(user_folder(tmp / "root" / "run").parent), "--data-dir", str(w.data)]),
+        ("outputs under a run", "export --out RUN/model", ["export", "--run", str(run), "--out", str(run / "model")]),
+        ("outputs under a run", "export --out the autoencoder", ["export", "--run", str(run), "--out", str(w.ae)]),
+        ("outputs under a run", "export --out a folder of the user's own files",
+         lambda: ["export", "--run", str(run), "--out", str(user_folder(tmp / "mine_x"))]),
+        ("outputs under a run", "sample --model a run folder (not an export)", ["sample", "--model", str(run), "--out", str(tmp / "m.png")]),
     ]
 
 
@@ -217,6 +222,7 @@ def fast_cases(w: World, tmp: Path) -> dict[str, list[str]]:
         "analyze": ["analyze", "--latents", str(w.lat), "--n", "0", "--out", str(tmp / "an")],
         "eval": ["eval", "--run", str(w.run), "--n", "-1"],
         "clips": ["clips", "--data", f"moving_fmnist:{w.data}", "--out", str(tmp / "c"), "--n", "0"],
+        "export": ["export", "--run", str(w.run), "--out", str(tmp / "x"), "--ema-std", "nan"],
         "demo": ["demo", "--out", str(tmp / "demo"), "--data-dir", str(w.data), "--steps", "-1"],
     }
 

@@ -89,7 +89,7 @@ def test_bad_sources_are_one_line_and_write_nothing(edm_run, tmp_path, capsys):
                                         "--set", f"train.init_from={source}", *extra), needle)
         assert not (out / "config.yaml").exists()
 
-    refused(tmp_path, "is not a run folder")
+    refused(tmp_path, "is neither a run folder")
     empty = tmp_path / "empty"
     shutil.copytree(edm_run["out"], empty)
     shutil.rmtree(empty / "checkpoints")

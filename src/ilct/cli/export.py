@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from ilct.cli.common import add_allow_other
 from ilct.errors import IlctError
+from ilct.limits import check_ranges
+
+# sigma_rel of a power-function EMA lies in (0, 1/sqrt(12)): its exponent gamma > 0 (EDM2)
+EXPORT_RANGES = {"ema_std": (1e-6, 0.2886)}
 
 
 def add_parser(sub, fmt) -> None:
@@ -26,12 +30,9 @@ def add_parser(sub, fmt) -> None:
 
 def run(args) -> int:
     # heavy (torch, the model stack): loaded only when this command runs
-    import math
-
     from ilct.sharing.export import export_run
 
-    if args.ema_std is not None and not (math.isfinite(args.ema_std) and args.ema_std > 0):
-        raise IlctError(f"--ema-std must be a positive number, got {args.ema_std}")
+    check_ranges(args, EXPORT_RANGES)
     if args.ema_std is not None and args.checkpoint:
         raise IlctError("--ema-std reconstructs the EMA from all the run's snapshots: it takes no --checkpoint")
     if args.ema_std is not None:  # the power-function EMA (issue 39, item 5) lands next
