@@ -251,3 +251,22 @@ def test_the_readme_share_a_model_section_runs_as_written(shared, tmp_path, monk
         exec(compile(code, "README.md", "exec"), scope)
         assert len(scope["images"]) == 16
     assert (tmp_path / "first.png").is_file()
+
+
+def test_export_with_a_post_hoc_ema_length(shared, tmp_path, capsys):
+    from ilct.training.ema import posthoc_ema
+
+    run = train(tmp_path, shared["ae"], shared["data"], tmp_path / "pw", "fmnist-ilct-class", 4, "train.ema=power")
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "m"), "--ema-std", "0.08"]) == 0
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert meta["ema"]["kind"] == "power" and meta["ema"]["sigma_rel"] == 0.08
+    assert "reconstructed after training" in (tmp_path / "m" / "README.md").read_text()
+    weights = read_tensors(tmp_path / "m" / "network" / "diffusion_pytorch_model.safetensors")
+    want = posthoc_ema(run, 0.08)
+    assert all(torch.equal(weights["model." + k], v) for k, v in want.items())
+    ema = read_tensors(latest_checkpoint(run) / "ema.safetensors")  # the first profile (0.05): another length
+    assert any(not torch.equal(ema[k], want[k]) for k in ema if ema[k].is_floating_point())
+    expect_error(capsys, ["export", "--run", str(shared["run"]), "--out", str(tmp_path / "c"), "--ema-std", "0.08"],
+                 "train.ema=power")
+    expect_error(capsys, ["export", "--run", str(run), "--out", str(tmp_path / "c"), "--ema-std", "0.5"], "--ema-std")
+    assert not (tmp_path / "c").exists()

@@ -23,7 +23,7 @@ from ilct.io.files import read_text
 from ilct.nets import ARCHS, backbone_family, backbone_options
 from ilct.objectives import OBJECTIVES
 from ilct.schema import (BACKBONE_OPTIONS, CHOICES, MAX_CHANNELS, MAX_CLASSES, MAX_FRAMES, MAX_GRID_IMAGES,  # noqa: F401
-                         MAX_LEVELS, MAX_RESOLUTION, MAX_STEPS, MAX_TEXT_DIM, MAX_TEXT_TOKENS, RUNTIME_KEYS,
+                         MAX_LEVELS, MAX_RESOLUTION, MAX_STEPS, MAX_TEXT_DIM, MAX_TEXT_TOKENS, RUNTIME_KEYS, SIGMA_REL_MAX,
                          AutoencoderConfig, BranchConfig, Config, ConsistencyConfig, DataConfig, MethodConfig,
                          ModelConfig, TrainConfig, _section_types, _show, field_value, latent_dim, latent_shape)
 
@@ -234,6 +234,7 @@ def validate(cfg: Config) -> None:
     need(0.0 <= t.lr_final <= 1.0, "train.lr_final", "must be in [0, 1]")
     need(0 <= t.grad_clip <= 1e9, "train.grad_clip", "must be in [0, 1e9] (0 = off)")
     need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
+    _validate_power_ema(t)
     need(1 <= t.log_every <= MAX_STEPS, "train.log_every", f"must be in 1..{MAX_STEPS}")
     need(0 <= t.sample_every <= MAX_STEPS, "train.sample_every", f"must be in 0..{MAX_STEPS} (0 = off)")
     need(1 <= t.ckpt_every <= MAX_STEPS, "train.ckpt_every", f"must be in 1..{MAX_STEPS}")
@@ -253,6 +254,32 @@ def validate(cfg: Config) -> None:
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "train.device",
          "must be auto, cpu, cuda or cuda:N")
     _validate_objective(cfg)
+
+
+MAX_EMA_PROFILES = 16  # train.ema_stds: each profile is one more copy of the weights in memory
+
+
+def _validate_power_ema(t: TrainConfig) -> None:
+    """train.ema_stds and train.ema_snapshot_every (ilct.training.ema): 1..16 distinct relative stds, each in
+    (0, 1/sqrt(12)]; they keep their defaults under train.ema=constant, which does not use them."""
+    stds, default = t.ema_stds, TrainConfig()
+    if t.ema != "power":
+        for key in ("ema_stds", "ema_snapshot_every"):
+            if getattr(t, key) != getattr(default, key):
+                raise IlctError(f"config: train.{key} applies to train.ema=power, not {t.ema}, "
+                                f"got {_show(getattr(t, key))}; leave it at {_show(getattr(default, key))}")
+    if not 1 <= len(stds) <= MAX_EMA_PROFILES:
+        raise IlctError(f"config: train.ema_stds must list 1..{MAX_EMA_PROFILES} relative stds (the EMA profiles "
+                        f"tracked), got {_show(stds)}")
+    bad = [s for s in stds if not 0 < s <= SIGMA_REL_MAX]
+    if bad:
+        raise IlctError(f"config: train.ema_stds must each be in (0, 1/sqrt(12) = {SIGMA_REL_MAX:.6f}] (a power-function "
+                        f"EMA's relative std; 1/sqrt(12) is the plain average of every step), got {_show(stds)}")
+    if len(set(stds)) != len(stds):
+        raise IlctError(f"config: train.ema_stds must not repeat a value, got {_show(stds)}")
+    if not 0 <= t.ema_snapshot_every <= MAX_STEPS:
+        raise IlctError(f"config: train.ema_snapshot_every must be in 0..{MAX_STEPS} (0 = every train.ckpt_every), "
+                        f"got {_show(t.ema_snapshot_every)}")
 
 
 def from_dict(raw: dict[str, Any]) -> Config:

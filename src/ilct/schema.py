@@ -116,7 +116,11 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     grad_clip: float = 0.0  # max gradient norm; 0 = off
-    ema_decay: float = 0.9999
+    ema: str = "constant"  # constant (ema_decay) | power: EDM2's power-function EMA, its length chosen after training (ilct.training.ema)
+    ema_decay: float = 0.9999  # with ema=constant
+    ema_stds: list[float] = field(default_factory=lambda: [0.05, 0.10])  # with ema=power: the profiles' sigma_rel; the first is sampled
+    ema_snapshot_every: int = 0  # with ema=power: every profile saved into RUN/ema_snapshots/ each N steps and at the end (0 = ckpt_every)
+    tensorboard: bool = False  # TensorBoard events (the log's numbers, the sample grids) in RUN/tensorboard/ (pip install 'ilct[tensorboard]')
     precision: str = "fp32"  # fp32 | bf16 (autocast; the loss maths stay fp32)
     bf16_residual: bool = False  # with precision=bf16: the DiT's residual stream in bf16 too, not fp32
     compile: bool = False  # torch.compile each transformer block (ilct.training.accel)
@@ -212,6 +216,7 @@ MAX_CLASSES = 100_000  # model.num_classes (ImageNet-21k has 21,841)
 MAX_TEXT_DIM = 8192  # model.text_dim (caption embeddings: 384 for all-MiniLM-L6-v2, 4096 for T5-XXL)
 MAX_LEVELS = 100_000  # consistency.s0 / s1, discretization steps (the paper's curricula end at 1280)
 MAX_GRID_IMAGES = 4096  # train.num_sample_images, kept in memory for each periodic grid
+SIGMA_REL_MAX = 1 / math.sqrt(12)  # train.ema_stds: gamma = 0, the plain average of every step (EDM2 takes < 0.289)
 
 # Allowed values of the string fields that are choices.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -223,6 +228,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.metric": ("cauchy", "cauchy_element", "pseudo_huber", "l2", "geman_mcclure"),
     "train.lr_decay": ("none", "linear", "cosine"),  # ilct.training.optim.LR_DECAYS: the shapes of the decay
     "train.precision": ("fp32", "bf16"),
+    "train.ema": ("constant", "power"),  # ilct.training.ema
 }
 
 # Config fields -> the backbone's keyword options (ilct.nets.build_backbone). A field whose option
@@ -253,6 +259,8 @@ RUNTIME_KEYS = frozenset(
         "train.sample_every",
         "train.ckpt_every",
         "train.keep_checkpoints",
+        "train.ema_snapshot_every",
+        "train.tensorboard",
         "train.num_sample_images",
         "train.fid_every",
         "train.fid_n",
@@ -316,6 +324,11 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
         return out
     if typ is str:
         return _coerce_str(value, name)
+    if origin is list and typing.get_args(typ) == (float,):  # a list of numbers; one number is a list of one
+        items = value if isinstance(value, (list, tuple)) else [value] if isinstance(value, (int, float)) else None
+        if items is None:
+            raise IlctError(f"config: {name} must be a list of numbers such as [0.05, 0.1], got {_show(value)}")
+        return [_coerce(v, float, f"{name}[{i}]") for i, v in enumerate(items)]
     raise AssertionError(f"unhandled config type {typ} for {name}")
 
 

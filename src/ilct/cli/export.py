@@ -35,10 +35,7 @@ def run(args) -> int:
     check_ranges(args, EXPORT_RANGES)
     if args.ema_std is not None and args.checkpoint:
         raise IlctError("--ema-std reconstructs the EMA from all the run's snapshots: it takes no --checkpoint")
-    if args.ema_std is not None:  # the power-function EMA (issue 39, item 5) lands next
-        raise IlctError("--ema-std needs a run trained with train.ema=power, which this version does not have yet")
-    weights = None
-    meta = export_run(args.run, args.out, args.checkpoint, args.eval, args.force, args.ema_std, weights,
+    meta = export_run(args.run, args.out, args.checkpoint, args.eval, args.force, args.ema_std,
                       args.allow_other_autoencoder, args.allow_other_checkpoint)
     evaluated = f"{len(args.eval)} evaluation(s)" if args.eval else "not evaluated"
     print(f"exported step {meta['step']} of {args.run} ({meta['source']['checkpoint']}, EMA {meta['ema']['description']}, "

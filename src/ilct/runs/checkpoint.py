@@ -2,7 +2,9 @@
 
     RUN_DIR/checkpoints/step_000500/
         model.safetensors       student weights
-        ema.safetensors         EMA weights (used for sampling)
+        ema.safetensors         EMA weights (used for sampling; train.ema=power: the first profile)
+        ema_profiles.safetensors  train.ema=power with several profiles: the others, keys "<i>.<name>" (i >= 1
+                                the profile's place in train.ema_stds, recorded in state.json's ema_stds)
         optimizer.safetensors   optimizer tensors;  optimizer.json  its other state
         rng.safetensors         torch CPU / CUDA / data-generator RNG states
         state.json              step and counters
@@ -22,14 +24,14 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ilct.runs import faults
-from ilct.schema import Config
+from ilct.schema import SIGMA_REL_MAX, Config
 from ilct.errors import IlctError
 from ilct.io.files import read_json, read_tensors, save_tensors, write_text
 from ilct.runs.folder import CHECKPOINTS_DIR
@@ -38,6 +40,7 @@ __all__ = ["check_layout", "latest_checkpoint", "list_checkpoints", "load_state"
            "save_checkpoint", "whole"]
 
 STEP_DIR = re.compile(r"^step_(\d{9})$")
+PROFILES_FILE = "ema_profiles.safetensors"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -86,9 +89,11 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int = 3,
     protect: int | None = None,
+    profiles: Sequence[nn.Module] = (),
 ) -> Path:
     """Write step `step` atomically, point `latest` at it, and delete all but the newest `keep` checkpoints
-    (the checkpoint of step `protect`, the best one by FID, is never deleted)."""
+    (the checkpoint of step `protect`, the best one by FID, is never deleted). `profiles`: train.ema=power's
+    profiles after the first (`ema`), into ema_profiles.safetensors (`state` then holds ema_stds)."""
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise IlctError(f"refusing to save a checkpoint at step {step}: weights '{name}' are not finite")
@@ -104,6 +109,7 @@ def save_checkpoint(
         for write in (
             lambda: save_tensors(model.state_dict(), tmp / "model.safetensors"),
             lambda: save_tensors(ema.state_dict(), tmp / "ema.safetensors"),
+            *([lambda: save_tensors(profile_tensors(profiles), tmp / PROFILES_FILE)] if profiles else []),
             lambda: save_tensors(opt_tensors, tmp / "optimizer.safetensors"),
             lambda: write_text(tmp / "optimizer.json", json.dumps(opt_meta)),
             lambda: save_tensors(rng, tmp / "rng.safetensors"),
@@ -125,6 +131,11 @@ def save_checkpoint(
         if protect is None or old.name != f"step_{protect:09d}":
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def profile_tensors(profiles: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
+    """The profiles after the first as one state dict, keys "<i>.<name>" (i = 1, 2, ...: the place in train.ema_stds)."""
+    return {f"{i}.{k}": v for i, m in enumerate(profiles, start=1) for k, v in m.state_dict().items()}
 
 
 CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "optimizer.json",
@@ -188,6 +199,10 @@ def _check_state_field(key: str, value: Any) -> str | None:
     if key == "rng":  # a record for inspection (ilct.runs.checkpoint.rng_state); never read back
         ok = isinstance(value, dict) and all(isinstance(v, list) for v in value.values())
         return None if ok else "must be an object of lists"
+    if key == "ema_stds":  # train.ema=power: the relative stds of the profiles this checkpoint holds
+        ok = isinstance(value, list) and 0 < len(value) <= 16 and all(
+            type(v) in (int, float) and 0 < v <= SIGMA_REL_MAX for v in value)
+        return None if ok else f"must be a list of 1..16 relative stds in (0, {SIGMA_REL_MAX:.6f}]"
     if key == "replica_digests":
         ok = isinstance(value, list) and 0 < len(value) <= STATE_INTS["world_size"][1] and all(
             isinstance(d, str) and 0 < len(d) <= MAX_DIGEST for d in value)
@@ -220,9 +235,11 @@ def whole(path: Path) -> str | None:
     if missing:
         return f"{', '.join(missing)} missing"
     try:
-        read_state(path)
+        state = read_state(path)
     except IlctError as e:
         return str(e)
+    if len(state.get("ema_stds", ())) > 1 and not (path / PROFILES_FILE).is_file():
+        return f"{PROFILES_FILE} missing"
     return None
 
 
@@ -294,14 +311,31 @@ def rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, 
     return tensors, scalars
 
 
-def restore(path: Path, model, ema, opt, cfg: Config) -> dict[str, Any]:
-    """Model, EMA and optimizer states from a checkpoint, each checked; returns its state.json."""
+def restore_profiles(path: Path, state: dict[str, Any], profiles: Sequence[nn.Module], cfg: Config, what: str) -> None:
+    """train.ema=power: the checkpoint must hold the profiles of train.ema_stds (its state.json's ema_stds); the
+    ones after the first are loaded into `profiles` from ema_profiles.safetensors."""
+    t = cfg.train
+    if t.ema != "power":
+        return
+    if state.get("ema_stds") != t.ema_stds:
+        held = f"the EMA profiles of ema_stds {state['ema_stds']}" if "ema_stds" in state else "a constant EMA"
+        raise IlctError(f"{path} holds {held}, not the power-function profiles of train.ema_stds {t.ema_stds}")
+    tensors = read_tensors(path / PROFILES_FILE) if profiles else {}
+    for i, module in enumerate(profiles, start=1):
+        mine = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(i)}
+        load_state(module, mine, path / PROFILES_FILE, f"{what} (profile {i}, sigma_rel {t.ema_stds[i]})")
+
+
+def restore(path: Path, model, ema, opt, cfg: Config, profiles: Sequence[nn.Module] = ()) -> dict[str, Any]:
+    """Model, EMA (train.ema=power: every profile) and optimizer states from a checkpoint, each checked; returns
+    its state.json."""
     what = f"model {cfg.model.arch}"
     state = read_state(path)
     if not 0 < state["step"] <= cfg.train.total_steps:
         raise IlctError(f"{path}: step {state['step']} lies outside the run's 1..{cfg.train.total_steps}")
     load_weights(model, path / "model.safetensors", what)
     load_weights(ema, path / "ema.safetensors", what)
+    restore_profiles(path, state, profiles, cfg, what)
     try:
         opt.load_state_dict(optimizer_from_files(
             read_tensors(path / "optimizer.safetensors"), read_json(path / "optimizer.json")))
@@ -311,7 +345,8 @@ def restore(path: Path, model, ema, opt, cfg: Config) -> dict[str, Any]:
     return state
 
 
-def restore_newest(run_dir: Path, model, ema, opt, cfg: Config) -> tuple[Path | None, dict[str, Any]]:
+def restore_newest(run_dir: Path, model, ema, opt, cfg: Config,
+                   profiles: Sequence[nn.Module] = ()) -> tuple[Path | None, dict[str, Any]]:
     """The newest checkpoint that restores completely; a damaged newer one is passed over with one line.
     (None, {}) for a run stopped before its first checkpoint: it starts again from step 0."""
     first = latest_checkpoint(run_dir)
@@ -323,7 +358,7 @@ def restore_newest(run_dir: Path, model, ema, opt, cfg: Config) -> tuple[Path | 
     problem = None
     for path in [first, *older]:
         try:
-            state = restore(path, model, ema, opt, cfg)
+            state = restore(path, model, ema, opt, cfg, profiles)
         except IlctError as e:
             problem = problem or str(e)
             continue

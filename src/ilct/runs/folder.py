@@ -5,6 +5,9 @@
     RUN_DIR/log.jsonl                  one JSON object per logged step
     RUN_DIR/samples/                   periodic 1-step grids (clip runs: PNG strips and GIFs)
     RUN_DIR/checkpoints/               see ilct.runs.checkpoint
+    RUN_DIR/ema_snapshots/             train.ema=power: every profile's EMA, step_XXXXXXXXX_std_S.safetensors
+                                       (ilct.training.ema; never rotated)
+    RUN_DIR/tensorboard/               train.tensorboard: TensorBoard events (ilct.training.tensorboard)
     RUN_DIR/.lock                      held (flock) by the one training process writing the run
 
 A run folder is a closed world: what ilct reads from it (the `latest` pointer, the
@@ -31,8 +34,10 @@ SAMPLES_DIR = "samples"
 CHECKPOINTS_DIR = "checkpoints"
 LOCK_FILE = ".lock"
 BEST_FILE = "best.json"  # the best step by FID on the training split (train.fid_every, ilct.metrics.monitor)
+EMA_SNAPSHOTS_DIR = "ema_snapshots"  # train.ema=power (ilct.training.ema)
+TENSORBOARD_DIR = "tensorboard"  # train.tensorboard (ilct.training.tensorboard)
 RUN_FILES = (CONFIG_FILE, STATS_FILE, LOG_FILE, BEST_FILE)
-RUN_DIRS = (SAMPLES_DIR, CHECKPOINTS_DIR)
+RUN_DIRS = (SAMPLES_DIR, CHECKPOINTS_DIR, EMA_SNAPSHOTS_DIR, TENSORBOARD_DIR)
 
 
 def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
@@ -81,14 +86,16 @@ def clear_run(run_dir: Path) -> None:
     """Delete what a run made and nothing else (a file of the user's in its folders stays); the caller holds
     the run's lock."""
     ckpts, samples = run_dir / CHECKPOINTS_DIR, run_dir / SAMPLES_DIR
+    snaps, events = run_dir / EMA_SNAPSHOTS_DIR, run_dir / TENSORBOARD_DIR
     made = [*ckpts.glob("step_?????????"), *ckpts.glob(".tmp_step_*"), ckpts / "latest", *samples.glob("step_?????????.png"),
-            *samples.glob("step_?????????.gif")]
+            *samples.glob("step_?????????.gif"), *snaps.glob("step_?????????_std_*.safetensors"),
+            *snaps.glob(".step_*.tmp*"), *events.glob("events.out.tfevents.*")]
     for path in made:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-    for folder in (ckpts, samples):
+    for folder in (ckpts, samples, snaps, events):
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
     for name in RUN_FILES:

@@ -28,6 +28,7 @@ from ilct.runs.exported import (AUTOENCODER_DIR, AUTOENCODER_FILE, CARD_FILE, FO
 from ilct.runs.opened import OpenedRun, open_run
 from ilct.runs.outputs import made_by_ilct
 from ilct.sharing.card import model_card
+from ilct.training.ema import list_snapshots, posthoc_ema
 
 COPIED_KINDS = ("builtin", "taesd")  # autoencoders whose files are copied in (small); diffusers: a reference
 MAX_COPY_BYTES = 1 << 30
@@ -180,21 +181,34 @@ def _place(work: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def posthoc_weights(run_dir: str | Path, sigma_rel: float) -> tuple[int, dict[str, torch.Tensor]]:
+    """(its step, the EMA of relative std sigma_rel) reconstructed from a train.ema=power run's snapshots (EDM2)."""
+    snaps = list_snapshots(Path(run_dir))
+    return (snaps[-1][0] if snaps else 0), posthoc_ema(run_dir, sigma_rel)
+
+
 def export_run(run_dir: str | Path, out: str | Path, checkpoint: str | None = None, evals: list[str] | None = None,
-               force: bool = False, ema_std: float | None = None, weights: dict[str, torch.Tensor] | None = None,
-               allow_other_autoencoder: bool = False, allow_other_checkpoint: bool = False) -> dict[str, Any]:
+               force: bool = False, ema_std: float | None = None, allow_other_autoencoder: bool = False,
+               allow_other_checkpoint: bool = False) -> dict[str, Any]:
     """Export a run (its latest whole checkpoint, or `checkpoint`) into `out`; returns the export's description.
-    `weights` (with `ema_std`): EMA weights reconstructed after training, instead of the checkpoint's."""
+    With `ema_std` (a train.ema=power run) the EMA of that relative std, reconstructed from the run's snapshots,
+    instead of the checkpoint's."""
     run_dir, out = Path(run_dir), Path(out)
     check_out(out, force)
     run = open_run(run_dir, checkpoint, "cpu", allow_other_autoencoder, allow_other_checkpoint)
+    if ema_std is not None:
+        step, weights = posthoc_weights(run_dir, ema_std)
+        if step != run.step:
+            raise IlctError(f"--ema-std: the run's newest EMA snapshot is of step {step}, its newest checkpoint of step "
+                            f"{run.step}: export the run once a checkpoint and its snapshots are written together")
+        run.model.load_state_dict(weights)  # checked against the model: names and shapes
     recorded = read_evals(evals or [], run, run_dir)
     files = _copy_plan(run)
     meta = _meta(run, run_dir, files, recorded, ema_std)
     work = out.with_name(f".{out.name}.partial")
     shutil.rmtree(work, ignore_errors=True)
     try:
-        _write(work, run, weights if weights is not None else run.model.state_dict(), files, meta, recorded, out.name)
+        _write(work, run, run.model.state_dict(), files, meta, recorded, out.name)
         _place(work, out)
     except OSError as e:
         raise IlctError(f"cannot write the export {out}: {e.strerror or e}") from None

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import yaml
@@ -35,6 +35,7 @@ from ilct.runs.checkpoint import CHECKPOINT_FILES, latest_checkpoint, read_state
 from ilct.config import BranchConfig, Config, config_from_yaml_file, from_dict, merge_raw, parse_overrides
 from ilct.errors import IlctError
 from ilct.runs.folder import CHECKPOINTS_DIR, CONFIG_FILE, STATS_FILE, is_run
+from ilct.training.ema import checkpoint_record
 
 FLAG = "--branch-from"
 # config keys the optimizer's saved param_groups hold (restored with the moments, so set again when changed)
@@ -128,12 +129,13 @@ def prepare(cfg: Config, source: str | Path, run_dir: Path) -> Source:
 
 
 def restore_branch(src: Source, model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
-                   cfg: Config) -> dict[str, Any]:
-    """The source checkpoint's student, EMA and optimizer state into this run's parts (one line if the network
-    does not fit), the changed optimizer settings written into the restored optimizer; returns its state.json."""
+                   cfg: Config, profiles: Sequence[torch.nn.Module] = ()) -> dict[str, Any]:
+    """The source checkpoint's student, EMA (train.ema=power: its profiles, which must be the source's) and
+    optimizer state into this run's parts (one line if the network does not fit), the changed optimizer settings
+    written into the restored optimizer; returns its state.json."""
     try:
         src.rng = read_tensors(src.checkpoint / "rng.safetensors")  # everything read now: nothing is read later
-        state = restore(src.checkpoint, model, ema, opt, cfg)
+        state = restore(src.checkpoint, model, ema, opt, cfg, profiles)
     except IlctError as e:
         if not all((src.checkpoint / f).is_file() for f in CHECKPOINT_FILES):  # rotated away by a running trainer
             raise IlctError(f"{FLAG}: {src.checkpoint} was deleted while it was read (its run is training and keeps "
@@ -159,10 +161,12 @@ def restore_branch(src: Source, model: torch.nn.Module, ema: torch.nn.Module, op
     return state
 
 
-def write_branch_point(run_dir: Path, src: Source, model, ema, opt, state: dict[str, Any], cfg: Config) -> Path:
+def write_branch_point(run_dir: Path, src: Source, model, ema, opt, state: dict[str, Any], cfg: Config,
+                       profiles: Sequence[torch.nn.Module] = ()) -> Path:
     """NEW's first checkpoint: the restored state at the source's step (its RNG record and counters copied), so
     NEW resumes and evaluates from the branch point like from any of its checkpoints."""
     rng = src.rng if src.rng is not None else read_tensors(src.checkpoint / "rng.safetensors")
-    extra = {k: v for k, v in state.items() if k != "step"}
+    extra = {k: v for k, v in state.items() if k not in ("step", "ema_stds")}
     extra["branched_from"] = str(src.checkpoint)
-    return save_checkpoint(run_dir, src.step, model, ema, opt, rng, extra, keep=cfg.train.keep_checkpoints)
+    return save_checkpoint(run_dir, src.step, model, ema, opt, rng, {**extra, **checkpoint_record(cfg)},
+                           keep=cfg.train.keep_checkpoints, profiles=profiles)

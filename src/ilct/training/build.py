@@ -2,7 +2,8 @@
 
 `build_data` reads and checks everything a run trains on (the autoencoder, its latents and their statistics,
 the conditions) and builds the objective and the batch maker; `build_student` the model, its EMA and the
-optimizer. `ilct train`, the benchmarks and the tests use these; nothing imports pieces of the loop.
+optimizer; `build_profiles` the power-function EMA's other profiles. `ilct train`, the benchmarks and the tests
+use these; nothing imports pieces of the loop.
 """
 
 from __future__ import annotations
@@ -186,3 +187,15 @@ def build_student(cfg: Config, device: torch.device, init: bool = True,
     ema = make_ema(model)
     flat.flatten_(ema)
     return model, ema, flat.FlatRAdam(model.parameters(), compile=t.compile, **settings)
+
+
+def build_profiles(cfg: Config, ema: torch.nn.Module) -> list[torch.nn.Module]:
+    """train.ema=power: the profiles of train.ema_stds after the first (which is `ema`, the one sampled), copies
+    of it, flat when it is (ilct.training.flat); none for the constant EMA. Each is set by its first update."""
+    if cfg.train.ema != "power":
+        return []
+    profiles = [make_ema(ema) for _ in cfg.train.ema_stds[1:]]
+    if flat.module_buffer(ema) is not None:
+        for p in profiles:
+            flat.flatten_(p)
+    return profiles

@@ -15,7 +15,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +29,17 @@ from ilct.training import distributed
 from ilct.training.accel import compile_blocks, compile_model, setup_backends
 from ilct.io.animation import grid_frames, save_clip_strip, save_gif
 from ilct.training.batches import Prefetcher, step_seed
-from ilct.training.build import RunData, absolute_paths, build_data, build_student
+from ilct.training.build import RunData, absolute_paths, build_data, build_profiles, build_student
+from ilct.training import tensorboard
+from ilct.training.ema import checkpoint_record, save_snapshots
 from ilct.config import Config, dump_config
 from ilct.errors import IlctError
 from ilct.io.grid import make_grid, save_png
 from ilct.training.nonfinite import NonFinitePolicy
 from ilct.training.preempt import StopFlag
 from ilct.models import resolve_device
-from ilct.runs.folder import (CONFIG_FILE, LOG_FILE, SAMPLES_DIR, STATS_FILE, RunLock, check_new_run_dir, check_out_dir,
-                            open_log, resume_config, start_run_dir)
+from ilct.runs.folder import (CONFIG_FILE, LOG_FILE, SAMPLES_DIR, STATS_FILE, TENSORBOARD_DIR, RunLock, check_new_run_dir,
+                            check_out_dir, open_log, resume_config, start_run_dir)
 from ilct.generate import generate
 from ilct.training.step import training_step
 from ilct.metrics.monitor import FidMonitor
@@ -68,6 +70,7 @@ class Run:
     dist: distributed.Dist
     device: torch.device
     monitor: Any = None  # rank 0's FidMonitor when train.fid_every is set (ilct.metrics.monitor)
+    profiles: list[torch.nn.Module] = field(default_factory=list)  # train.ema=power: the profiles after `ema`
 
 
 def train(
@@ -107,6 +110,8 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     main = dist.main
     absolute_paths(cfg)  # (before the comparison with a resumed run's config, which holds absolute paths)
     cfg = resume_config(cfg, run_dir) if resume else cfg
+    if cfg.train.tensorboard:
+        tensorboard.check_available()  # the optional package, before anything is written
     if resume:
         ckpt.check_layout(run_dir)  # a damaged checkpoints/ would fail only at the first save
     source = None
@@ -131,9 +136,10 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     # train.init_from applies to a run that starts at step 0 (not a branch, not a resumed run with a checkpoint)
     at_step_0 = source is None and (not resume or ckpt.latest_checkpoint(run_dir, quiet=True) is None)
     model, ema, opt = build_student(cfg, device, init=at_step_0, quiet=not main)
+    profiles = build_profiles(cfg, ema)
     state: dict[str, Any] = {}
     if source is not None:  # read and checked now; written into the new run below
-        state = branch.restore_branch(source, model, ema, opt, cfg)
+        state = branch.restore_branch(source, model, ema, opt, cfg, profiles)
     monitor = None
     if main and cfg.train.fid_every:  # the feature extractor and the training split's statistics (cached)
 
@@ -147,7 +153,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     if main and not resume:
         start_run_dir(cfg, run_dir, force, data.stats)
         if source is not None:
-            branch.write_branch_point(run_dir, source, model, ema, opt, state, cfg)
+            branch.write_branch_point(run_dir, source, model, ema, opt, state, cfg, profiles)
             print(f"branched from {source.checkpoint} (step {source.step}); changed: {cfg.branch.changes or 'nothing'}",
                   flush=True)
     elif main and any(allow_other):  # --allow-other-*: the run's config and statistics name what it trains on now
@@ -157,7 +163,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
         dump_config(cfg, run_dir / CONFIG_FILE)
     distributed.barrier(dist)
     if resume:
-        resume_from, state = ckpt.restore_newest(run_dir, model, ema, opt, cfg)
+        resume_from, state = ckpt.restore_newest(run_dir, model, ema, opt, cfg, profiles)
         made_on = state.get("world_size", 1)
         if resume_from is not None and made_on != dist.world and main:  # allowed (the global batch is the same)
             print(f"note: {resume_from.name} was written by {made_on} rank(s) and this run has {dist.world}: "
@@ -167,7 +173,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
         (run_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
     stop.raise_if_stopped()  # a signal during start-up's writes: nothing trained yet
     policy = NonFinitePolicy(device, cfg.train.max_nonfinite, state.get("nonfinite_total", 0), state.get("lr_halved", False))
-    return Run(cfg, run_dir, data, model, ema, opt, state.get("step", 0), policy, dist, device, monitor)
+    return Run(cfg, run_dir, data, model, ema, opt, state.get("step", 0), policy, dist, device, monitor, profiles)
 
 
 def _student(run: Run) -> torch.nn.Module:
@@ -187,16 +193,21 @@ def _student(run: Run) -> torch.nn.Module:
 
 
 class _Outputs:
-    """Rank 0's side effects: the log, sample grids and checkpoints (the other ranks only join the barriers)."""
+    """Rank 0's side effects: the log (and TensorBoard's events), sample grids, EMA snapshots and checkpoints
+    (the other ranks only join the barriers)."""
 
     def __init__(self, run: Run):
         self.run, self.main = run, run.dist.main
         self.file = open_log(run.run_dir / LOG_FILE) if self.main else None
+        self.events = (tensorboard.EventWriter(run.run_dir / TENSORBOARD_DIR, run.start_step)
+                       if self.main and run.cfg.train.tensorboard else None)
 
     def log(self, record: dict[str, Any]) -> None:
         if self.file is not None:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
+        if self.events is not None:
+            self.events.log(record)
 
     def save(self, step: int, **extra: Any) -> None:
         r = self.run
@@ -204,9 +215,17 @@ class _Outputs:
             rng_tensors, rng_scalars = ckpt.rng_state(r.device)
             ckpt.save_checkpoint(r.run_dir, step, r.model, r.ema, r.opt, rng_tensors,
                                  {"nonfinite_total": r.policy.total, "lr_halved": r.policy.lr_halved,
-                                  "arch": r.cfg.model.arch, "world_size": r.dist.world, "rng": rng_scalars, **extra},
-                                 keep=r.cfg.train.keep_checkpoints, protect=r.monitor and r.monitor.best and r.monitor.best.step)
+                                  "arch": r.cfg.model.arch, "world_size": r.dist.world, "rng": rng_scalars,
+                                  **checkpoint_record(r.cfg), **extra},
+                                 keep=r.cfg.train.keep_checkpoints, protect=r.monitor and r.monitor.best and r.monitor.best.step,
+                                 profiles=r.profiles)
         distributed.barrier(r.dist)
+
+    def snapshot(self, step: int) -> None:
+        """train.ema=power: every profile's weights into RUN/ema_snapshots/ (ilct.training.ema)."""
+        r = self.run
+        if self.main:
+            save_snapshots(r.run_dir, step, [r.ema, *r.profiles], r.cfg.train.ema_stds)
 
     def fid(self, step: int, saving: bool) -> dict | None:
         """train.fid_every: FID on the training split. A new best is checkpointed here unless this step is
@@ -234,10 +253,14 @@ class _Outputs:
                 save_gif(grid_frames(images), path.with_suffix(".gif"), scale=2)
             else:
                 save_png(make_grid(images), path, scale=2)
+            if self.events is not None:
+                self.events.image(path, step)
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+        if self.events is not None:
+            self.events.close()
 
 
 def _loop(run: Run, stop: StopFlag, progress: bool) -> TrainResult:
@@ -256,7 +279,7 @@ def _loop(run: Run, stop: StopFlag, progress: bool) -> TrainResult:
             state = objective.state(k, device)  # consistency training: the curriculum's N, its sigmas and c(N)
             batch = prefetch.get(k)  # drawn (and OT-coupled) ahead
             torch.manual_seed(step_seed(t.seed, k, 1 + dist.rank))  # this step's dropout randomness
-            policy.add(*training_step(student, run.ema, opt, batch, objective, state, cfg, k))
+            policy.add(*training_step(student, run.ema, opt, batch, objective, state, cfg, k, run.profiles))
             k += 1
             step = k
             bar.update(1)
@@ -268,14 +291,16 @@ def _loop(run: Run, stop: StopFlag, progress: bool) -> TrainResult:
             is_ckpt = step % t.ckpt_every == 0 and step != t.total_steps
             is_grid = bool(t.sample_every) and step % t.sample_every == 0 and step != t.total_steps
             is_fid = bool(t.fid_every) and (step % t.fid_every == 0 or step == t.total_steps)
-            if not (is_log or is_ckpt or is_grid or is_fid or stopping):
+            is_snap = t.ema == "power" and (step % (t.ema_snapshot_every or t.ckpt_every) == 0 or step == t.total_steps)
+            if not (is_log or is_ckpt or is_grid or is_fid or is_snap or stopping):
                 continue
             bad_now, roll_back = policy.check()
             if bad_now:
                 out.log({"step": step, "event": "nonfinite", "count": bad_now, "nonfinite_total": policy.total})
             if roll_back:
                 latest = ckpt.latest_checkpoint(run.run_dir)
-                k = policy.roll_back(step, latest and (lambda: ckpt.restore(latest, run.model, run.ema, opt, cfg)["step"]), opt)
+                restore = lambda: ckpt.restore(latest, run.model, run.ema, opt, cfg, run.profiles)["step"]  # noqa: E731
+                k = policy.roll_back(step, latest and restore, opt)
                 out.log({"step": k, "event": "rollback", "checkpoint": latest.name, "lr": opt.param_groups[0]["lr"]})
                 prefetch.close()
                 prefetch = Prefetcher(run.data.maker, k, t.total_steps, device)
@@ -297,6 +322,8 @@ def _loop(run: Run, stop: StopFlag, progress: bool) -> TrainResult:
             fid = out.fid(step, saving=is_ckpt) if is_fid else None
             if fid:
                 bar.set_postfix(fid=f"{fid['fid']:.3g}", best=fid["best_step"], loss=f"{last_loss:.4g}")
+            if is_snap:
+                out.snapshot(step)
             if is_ckpt:
                 out.save(step)
                 if fid and fid["new_best"]:
@@ -309,11 +336,11 @@ def _loop(run: Run, stop: StopFlag, progress: bool) -> TrainResult:
                     print(f"stopped by signal {stop.signal} after step {step}; checkpoint saved, "
                           f"continue with: ilct train --out {run.run_dir} --resume")
                 return TrainResult(run.run_dir, step, last_loss, time.time() - t_start, policy.total, preempted=True)
+        return _finish(run, out, last_loss, t_start)  # (with the outputs open: the last grid goes to TensorBoard too)
     finally:
         prefetch.close()
         bar.close()
         out.close()
-    return _finish(run, out, last_loss, t_start)
 
 
 def _finish(run: Run, out: _Outputs, last_loss: float, t_start: float) -> TrainResult:

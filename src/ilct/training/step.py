@@ -1,9 +1,10 @@
-"""One training update: the objective's loss under autocast, backward, RAdam and the EMA, skipped on the
-device when the loss or gradient is not finite (no host synchronization)."""
+"""One training update: the objective's loss under autocast, backward, RAdam and the EMA (constant, or the
+power-function profiles: ilct.training.ema), skipped on the device when the loss or gradient is not finite (no
+host synchronization)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -11,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ilct.runs import faults
 from ilct.training import flat
 from ilct.training.batches import Batch
+from ilct.training.ema import power_beta
 from ilct.schema import Config
 from ilct.objectives import Objective
 from ilct.training.optim import RAdam, lr_factor
@@ -30,6 +32,21 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, keep:
         e.lerp_(m, w if keep is None else w * keep.to(w.dtype))
 
 
+def ema_step(ema: torch.nn.Module, model: torch.nn.Module, cfg: Config, t: int, keep: torch.Tensor,
+             profiles: Sequence[torch.nn.Module] = ()) -> None:
+    """The EMA after step t (counted from 1): train.ema=constant, ema_decay; train.ema=power, each profile
+    (`ema`, then `profiles`, in the order of train.ema_stds) with its own beta_t (ilct.training.ema.power_beta)."""
+    tc = cfg.train
+    if tc.ema == "constant":
+        ema_update(ema, model, tc.ema_decay, keep=keep)
+        return
+    modules = (ema, *profiles)
+    if len(modules) != len(tc.ema_stds):
+        raise ValueError(f"ema_step: {len(modules)} EMA modules for the {len(tc.ema_stds)} train.ema_stds")
+    for module, std in zip(modules, tc.ema_stds):
+        ema_update(module, model, power_beta(std, t), keep=keep)
+
+
 def training_step(
     model: torch.nn.Module,  # the student (DDP-wrapped and/or compiled as configured)
     ema: torch.nn.Module,
@@ -39,9 +56,10 @@ def training_step(
     state: Any,  # the objective's schedule state of this step
     cfg: Config,
     k: int = 0,
+    profiles: Sequence[torch.nn.Module] = (),  # train.ema=power: the EMA profiles after the first (`ema`)
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One update, without a host synchronization: returns (loss, main term, auxiliary term) and a 0/1
-    tensor `bad` (the loss or gradient was not finite: the update was skipped on the device)."""
+    """One update (step k + 1), without a host synchronization: returns (loss, main term, auxiliary term) and
+    a 0/1 tensor `bad` (the loss or gradient was not finite: the update was skipped on the device)."""
     t = cfg.train
     if batch.x.is_cuda:  # a new iteration for CUDA graphs (compiled with mode reduce-overhead); no-op otherwise
         torch.compiler.cudagraph_mark_step_begin()
@@ -57,6 +75,6 @@ def training_step(
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     bad = (~(torch.isfinite(grad_norm) & torch.isfinite(loss.detach()))).float()
     opt.step(found_inf=bad, lr_scale=lr_factor(k, t.total_steps, t.warmup_steps, t.lr_decay, t.lr_final))
-    ema_update(ema, unwrap(model), t.ema_decay, keep=1.0 - bad)
+    ema_step(ema, unwrap(model), cfg, k + 1, 1.0 - bad, profiles)
     values = torch.stack([terms.loss.detach().float(), terms.consistency.float(), terms.diffusion.float()])
     return torch.where(bad > 0, torch.zeros_like(values), values), bad
