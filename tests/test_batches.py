@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ilct.training.batches import BatchMaker, Prefetcher, step_seed
+from ilct.training.batches import BatchMaker, Prefetcher, group_seed, step_seed
 from ilct.config import load_config
 from ilct.objectives.consistency.coupling import ot_permutation
 from ilct.objectives import make_objective
@@ -11,9 +11,10 @@ from ilct.objectives import make_objective
 DATA = torch.randn(50, 2, 4, 4, generator=torch.Generator().manual_seed(0))
 
 
-def maker(rank=0, world=1, ot=False, edm=False, batch=8, labels=None):
+def maker(rank=0, world=1, ot=False, edm=False, batch=8, labels=None, groups=1, draw=None):
     cfg = load_config("fmnist-ict", ["train.total_steps=1000", "consistency.s0=10", "consistency.s1=160", f"train.objective={'edm' if edm else 'consistency'}"])
-    return BatchMaker(DATA.__getitem__, len(DATA), (2, 4, 4), labels, batch, 7, make_objective(cfg).draw, ot, rank, world)
+    return BatchMaker(DATA.__getitem__, len(DATA), (2, 4, 4), labels, batch, 7, draw or make_objective(cfg).draw, ot, rank,
+                      world, groups)
 
 
 def test_step_seed_is_a_function_of_its_arguments():
@@ -81,3 +82,40 @@ def test_prefetcher_passes_errors_on(workers):
             p.get(0)
     finally:
         p.close()
+
+
+def test_one_draw_group_is_the_undivided_batch_of_seed_and_step():
+    g = torch.Generator().manual_seed(step_seed(7, 5))
+    idx = torch.randint(0, len(DATA), (8,), generator=g)
+    z = torch.randn((8, 2, 4, 4), generator=g)
+    b = maker().make(5)
+    assert torch.equal(b.x, DATA[idx]) and torch.equal(b.z, z) and group_seed(7, 5, 0) == step_seed(7, 5)
+
+
+@pytest.mark.parametrize("groups", [2, 4, 8])
+def test_draw_groups_give_one_global_batch_at_every_world_size_that_divides_them(groups):
+    full = maker(batch=16, groups=groups).make(9)
+    for world in (w for w in (1, 2, 4, 8) if groups % w == 0 or w % groups == 0):
+        parts = [maker(rank=r, world=world, batch=16, groups=groups).make(9) for r in range(world)]
+        for key in ("x", "z", "draw"):
+            assert torch.equal(torch.cat([getattr(p, key) for p in parts]), getattr(full, key)), (world, key)
+    assert not torch.equal(full.z, maker(batch=16).make(9).z)  # another stream than the undivided batch
+
+
+def test_a_rank_draws_only_the_groups_of_its_slice():
+    sizes = []
+
+    def draw(k, n, g):
+        sizes.append(n)
+        return torch.randint(0, 10, (n,), generator=g)
+
+    maker(rank=3, world=4, batch=64, groups=4, draw=draw).make(0)
+    assert sizes == [16]  # one group of 64 / 4, not the global batch
+    sizes.clear()
+    maker(rank=1, world=4, batch=64, groups=2, draw=draw).make(0)
+    assert sizes == [32]  # the one group its slice lies in
+    sizes.clear()
+    maker(rank=1, world=2, batch=64, groups=1, draw=draw).make(0)
+    assert sizes == [64]  # one group: the whole batch, as before groups
+    with pytest.raises(ValueError, match="draw groups"):
+        maker(batch=12, groups=5)

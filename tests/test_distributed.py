@@ -1,9 +1,11 @@
 """torchrun with two gloo ranks on the CPU: identical replicas, equal to one process with the same global batch,
-and a resume with the same world size that reproduces the run."""
+and a resume with the same world size that reproduces the run; the same as two nodes (two torchrun processes
+meeting at a c10d rendezvous on 127.0.0.1), and a node that lacks the latents stopping every rank in one line."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +45,8 @@ def torchrun(argv: list[str], ranks: int = 2) -> subprocess.CompletedProcess:
 def test_two_gloo_ranks_match_one_process_and_resume(tmp_path, tiny_autoencoder, fake_fmnist, capsys):
     cfg = config(tmp_path, metric="cauchy", adaptive_c=True, nsln=True)
     cache = tmp_path / "cache"
-    assert main(args(cfg, tiny_autoencoder, fake_fmnist, tmp_path / "one", cache)) == 0
+    # the 2-rank run draws its global batch in 2 groups (train.draw_groups resolves to the world size)
+    assert main(args(cfg, tiny_autoencoder, fake_fmnist, tmp_path / "one", cache) + ["--set", "train.draw_groups=2"]) == 0
     proc = torchrun(args(cfg, tiny_autoencoder, fake_fmnist, tmp_path / "two", cache))
     assert proc.returncode == 0, proc.stderr[-2000:]
     two = latest_checkpoint(tmp_path / "two")
@@ -86,3 +89,67 @@ def test_batch_that_does_not_split_is_refused(tmp_path, tiny_autoencoder, fake_f
     proc = torchrun(args(cfg, tiny_autoencoder, fake_fmnist, tmp_path / "three", tmp_path / "cache"), ranks=3)
     assert proc.returncode != 0
     assert "does not split over 3 ranks" in proc.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_nodes(argv: list[str], cwd: list[Path] | None = None) -> list[subprocess.CompletedProcess]:
+    """Two torchrun launchers, one process each, as two nodes of one job (the README's multi-node command with
+    --nnodes=2 --nproc-per-node=1), meeting at a c10d rendezvous on 127.0.0.1."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+                               f"--node-rank={node}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                               "--rdzv-id=ilct-test", "-m", "ilct", *argv], env=env, text=True,
+                              cwd=cwd[node] if cwd else None, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for node in range(2)]
+    done = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return done
+
+
+def test_two_nodes_match_one_process_and_resume_bit_for_bit(tmp_path, tiny_autoencoder, fake_fmnist):
+    cfg = config(tmp_path, metric="cauchy", adaptive_c=True)
+    cache = tmp_path / "cache"
+    assert main(args(cfg, tiny_autoencoder, fake_fmnist, tmp_path / "one", cache) + ["--set", "train.draw_groups=2"]) == 0
+    for proc in two_nodes(args(cfg, tiny_autoencoder, fake_fmnist, tmp_path / "two", cache)):
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    two = latest_checkpoint(tmp_path / "two")
+    state = read_json(two / "state.json")
+    assert state["world_size"] == 2 and state["replica_digests"][0] == state["replica_digests"][1]
+    one = read_tensors(latest_checkpoint(tmp_path / "one") / "model.safetensors")
+    ddp = read_tensors(two / "model.safetensors")
+    for k in one:
+        torch.testing.assert_close(ddp[k], one[k], atol=2e-5, rtol=1e-4)
+    # a crash after the middle checkpoint, resumed by the two nodes: the uninterrupted run, bit for bit
+    resumed = crashed_copy(tmp_path / "two", tmp_path / "resumed", 6, 3)
+    for proc in two_nodes(args(cfg, tiny_autoencoder, fake_fmnist, resumed, cache) + ["--resume"]):
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("model", "ema", "optimizer"):
+        a = read_tensors(two / f"{name}.safetensors")
+        b = read_tensors(latest_checkpoint(resumed) / f"{name}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_node_without_the_latents_stops_every_rank_in_one_line(tmp_path, tiny_autoencoder, fake_fmnist):
+    from conftest import encode_fake
+
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for n in nodes:
+        n.mkdir()
+    encode_fake(nodes[0] / "lat", tiny_autoencoder, fake_fmnist)  # node 1's disk has no latents
+    cfg = config(tmp_path)
+    argv = ["train", "--config", str(cfg), "--autoencoder", str(tiny_autoencoder), "--out", str(tmp_path / "run"),
+            "--set", "data.latents=lat", "--no-progress"]
+    procs = two_nodes(argv, cwd=nodes)
+    assert all(p.returncode != 0 for p in procs)
+    for p in procs:
+        lines = [line for line in p.stderr.splitlines() if line.startswith("ilct: error:")]
+        assert len(lines) == 1 and "rank 1 of 2" in lines[0] and "lat" in lines[0], p.stderr[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()

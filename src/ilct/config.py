@@ -224,6 +224,8 @@ def validate(cfg: Config) -> None:
     need(t.precision == "bf16" or not t.bf16_residual, "train.bf16_residual", "needs train.precision=bf16")
     need(1 <= t.total_steps <= MAX_STEPS, "train.total_steps", f"must be in 1..{MAX_STEPS} (9-digit checkpoint names)")
     need(1 <= t.batch_size <= 2**20, "train.batch_size", "must be in 1..2^20")
+    need(t.draw_groups == 0 or (1 <= t.draw_groups <= t.batch_size and t.batch_size % t.draw_groups == 0),
+         "train.draw_groups", f"must be 0 (the world size) or divide train.batch_size={t.batch_size}")
     need(0 < t.lr <= 10, "train.lr", "must be in (0, 10]")
     need(0 <= t.seed < 2**63, "train.seed", "must be in 0..2^63-1")
     need(0 <= t.weight_decay <= 10, "train.weight_decay", "must be in [0, 10]")

@@ -107,6 +107,8 @@ class TrainConfig:
     init_from: str = ""  # warm start: a run folder (its latest EMA) or an exported model whose backbone weights this run starts from ("" = fresh)
     total_steps: int = 400_000
     batch_size: int = 128
+    draw_groups: int = 0  # the global batch is drawn in G groups, each from its own generator (ilct.training.batches):
+    #                       a torchrun rank draws only its groups; 0 = the world size at the run's start (recorded)
     lr: float = 1e-4
     warmup_steps: int = 0  # the learning rate ramped linearly over the first W steps (0: none, the paper's; ilct.training.optim)
     lr_decay: str = "none"  # none (the paper's) | linear | cosine: after the warm-up the lr falls towards lr_final (ilct.training.optim)

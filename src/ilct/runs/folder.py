@@ -170,7 +170,8 @@ def changed_settings(cfg: Config, run_dir: Path) -> list[str]:
     saved = config_from_yaml_file(run_dir / CONFIG_FILE)
     wanted = replace(cfg, model=replace(cfg.model, in_channels=saved.model.in_channels, input_size=saved.model.input_size,
                                         frames=saved.model.frames),
-                     branch=saved.branch)  # a branched run's record (ilct.training.branch) stays as it was written
+                     branch=saved.branch,  # a branched run's record (ilct.training.branch) stays as it was written
+                     train=replace(cfg.train, draw_groups=cfg.train.draw_groups or saved.train.draw_groups))  # 0: as resolved
     return [k for k in _changed_keys(saved, wanted) if k not in RUNTIME_KEYS]
 
 

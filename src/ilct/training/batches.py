@@ -1,10 +1,17 @@
 """What one training step consumes, drawn ahead of time off the critical path.
 
-Every random draw of step k comes from its own generator, seeded by (seed, k):
-the data indices, the noise z, and the objective's per-sample draw (the levels i
-of consistency training, the log-normal draws u of EDM, MeanFlow's times: `Objective.draw`). So any step's batch can be made anywhere and in advance, a
-resumed run draws exactly what an uninterrupted one would, and the ranks of a
-`torchrun` job draw the same global batch and each keep their slice of it.
+Every random draw of step k comes from generators seeded by (seed, k): the data
+indices, the noise z, and the objective's per-sample draw (the levels i of
+consistency training, the log-normal draws u of EDM, MeanFlow's times:
+`Objective.draw`). So any step's batch can be made anywhere and in advance, and a
+resumed run draws exactly what an uninterrupted one would.
+
+The global batch of B samples is drawn in `train.draw_groups` = G groups of B / G
+samples, group g from its own generator (seed, k, g) (`group_seed`; with G = 1 the
+one generator of (seed, k), as before groups existed). A rank of a `torchrun` job
+draws only the groups that overlap its slice of the global batch, so with G a
+multiple of the world size W each rank draws B / W samples, not B, and the global
+batch is the same at any W that divides G (ilct.training.loop resolves G = 0 to W).
 
 The exact OT coupling (METHOD.md section 4, technique 3) runs here too, on the
 host, on each rank's local batch: with several ranks the assignment is solved
@@ -28,12 +35,19 @@ _MIX = 0x9E3779B97F4A7C15  # odd constant (2^64 / golden ratio) that spreads (se
 
 
 def step_seed(seed: int, step: int, stream: int = 0) -> int:
-    """A 63-bit seed for step `step` of a run seeded `seed` (stream 0: batches, 1: dropout)."""
+    """A 63-bit seed for step `step` of a run seeded `seed` (stream 0: batches, 1: dropout, 1 + g: group g >= 1 of
+    the batch, `group_seed`)."""
     h = (seed * _MIX + step * 0xBF58476D1CE4E5B9 + stream * 0x94D049BB133111EB) & (2**64 - 1)
     h ^= h >> 31
     h = (h * 0xD6E8FEB86659FD93) & (2**64 - 1)
     h ^= h >> 32
     return h & (2**63 - 1)
+
+
+def group_seed(seed: int, step: int, group: int) -> int:
+    """The seed of group `group` of step `step`'s batch: group 0 draws from (seed, step) as an undivided batch
+    does, group g >= 1 from its own stream."""
+    return step_seed(seed, step) if group == 0 else step_seed(seed, step, 1 + group)
 
 
 @dataclass
@@ -54,8 +68,9 @@ class Batch:
 
 
 class BatchMaker:
-    """make(k) -> this rank's Batch of step k (CPU tensors): data indices, noise, then the objective's draw,
-    all from one generator seeded by (seed, k); the OT coupling of data and noise when it is on."""
+    """make(k) -> this rank's Batch of step k (CPU tensors): per group of the global batch, data indices, noise,
+    then the objective's draw, from the group's generator (seed, k, g); the OT coupling of data and noise when
+    it is on (on this rank's samples)."""
 
     def __init__(
         self,
@@ -69,18 +84,30 @@ class BatchMaker:
         ot: bool,
         rank: int = 0,
         world: int = 1,
+        groups: int = 1,  # draw groups of the global batch (train.draw_groups, resolved)
     ):
         if batch_size % world:
             raise ValueError(f"train.batch_size={batch_size} does not split over {world} ranks")
+        if groups < 1 or batch_size % groups:
+            raise ValueError(f"train.batch_size={batch_size} does not split into {groups} draw groups")
         self.gather, self.n_data, self.shape, self.labels = gather, n_data, shape, labels
         self.B, self.seed, self.draw, self.ot = batch_size, seed, draw, ot
         self.lo, self.hi = rank * batch_size // world, (rank + 1) * batch_size // world
+        self.n = batch_size // groups  # samples per group
+        self.groups = range(self.lo // self.n, (self.hi - 1) // self.n + 1)  # the groups this rank's slice overlaps
+
+    def _group(self, k: int, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(indices, noise, the objective's draw) of one group of step k's global batch."""
+        g = torch.Generator().manual_seed(group_seed(self.seed, k, group))
+        idx = torch.randint(0, self.n_data, (self.n,), generator=g)
+        z = torch.randn((self.n, *self.shape), generator=g)
+        return idx, z, self.draw(k, self.n, g)
 
     def make(self, k: int) -> Batch:
-        g = torch.Generator().manual_seed(step_seed(self.seed, k))
-        idx = torch.randint(0, self.n_data, (self.B,), generator=g)[self.lo:self.hi]
-        z = torch.randn((self.B, *self.shape), generator=g)[self.lo:self.hi]
-        d = self.draw(k, self.B, g)[self.lo:self.hi]
+        parts = [self._group(k, group) for group in self.groups]
+        start = self.lo - self.groups.start * self.n
+        idx, z, d = (torch.cat(p)[start:start + self.hi - self.lo] if len(p) > 1 else p[0][start:start + self.hi - self.lo]
+                     for p in zip(*parts))
         x = self.gather(idx)
         if self.ot:
             z = ot_couple(x, z)

@@ -8,6 +8,8 @@ use these; nothing imports pieces of the loop.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,12 +29,12 @@ from ilct.training.optim import RAdam
 from ilct.training.warmstart import warm_start
 
 IN_MEMORY_BYTES = 4 << 30  # latent sets up to 4 GiB are loaded whole
+PATH_KEYS = (("autoencoder", "path"), ("data", "root"), ("data", "latents"), ("data", "cache_dir"), ("train", "init_from"))
 
 
 def absolute_paths(cfg: Config) -> None:
     """Local paths in the config become absolute, so a run directory works from any folder."""
-    for section, key in (("autoencoder", "path"), ("data", "root"), ("data", "latents"), ("data", "cache_dir"),
-                         ("train", "init_from")):
+    for section, key in PATH_KEYS:
         value = getattr(getattr(cfg, section), key)
         if value and Path(value).exists():
             setattr(getattr(cfg, section), key, str(Path(value).resolve()))
@@ -98,6 +100,29 @@ def _conditions(cfg: Config, latent_set, main: bool):
     return labels, kept
 
 
+def _latents_in_turn(cfg: Config, ae, device: torch.device, progress: bool, dist: distributed.Dist):
+    """The latents, read (or encoded into the cache when missing) in three turns, so that no two processes encode
+    into one folder and none waits on one that failed: global rank 0 first; then local rank 0 of every other node
+    (a folder shared with node 0 is found whole; a node's own disk gets its own copy); then the other ranks.
+    A rank that cannot read them stops every rank with one line (distributed.together)."""
+    turn = 0 if dist.main else 1 if dist.local_rank == 0 else 2
+    latent_set = None
+    for now in range(3 if dist.active else 1):
+        read = lambda: load_latents(cfg, ae, device, progress) if now == turn else latent_set  # noqa: E731
+        latent_set = distributed.together(dist, read, "reading the latents")
+    latent_set = distributed.together(dist, lambda: (latent_set.check_finite(), latent_set)[1], "reading the latents")
+    return latent_set
+
+
+def config_digest(cfg: Config) -> str:
+    """A digest of the run's settings, paths left out (each node may keep its data, autoencoder and cache
+    elsewhere; what they hold is compared by the latents' identity and the autoencoder's fingerprint)."""
+    raw = cfg.to_dict()
+    for section, key in PATH_KEYS:
+        raw[section].pop(key, None)
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def build_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder: bool, progress: bool,
                   dist: distributed.Dist, device: torch.device, allow_other_latents: bool = False,
                   stats_from: Path | None = None) -> RunData:
@@ -105,21 +130,21 @@ def build_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder
     Fills in cfg's latent shape and class count. The latent statistics are the run's own when resumed, the
     source run's (`stats_from`) for a branch (ilct.training.branch), else measured on the latents."""
     main, cons = dist.main, cfg.consistency
-    clips = clip_data(cfg)
+    clips = distributed.together(dist, lambda: clip_data(cfg), "reading the latents")  # (their shape)
     if cfg.train.fid_every and clips:
         raise IlctError("config: train.fid_every measures FID on images; this run trains on clips (set it to 0)")
-    ae = run_autoencoder(cfg, clips).to(device)  # clips: frame by frame (for_clips), as the latents are encoded
     flag = "--branch-from" if stats_from else "--resume"
     stats_run = stats_from or (run_dir if resume else None)
-    stats = LatentStats.load(stats_run / STATS_FILE) if stats_run else None
-    if stats is not None:
-        check_autoencoder(stats, ae, stats_run, allow_other_autoencoder and not stats_from, flag)
-    if not main:
-        distributed.barrier(dist)
-    latent_set = load_latents(cfg, ae, device, progress and main)
-    if main:
-        distributed.barrier(dist)
-    latent_set.check_finite()
+
+    def autoencoder_and_stats():
+        ae = run_autoencoder(cfg, clips).to(device)  # clips: frame by frame (for_clips), as the latents are encoded
+        stats = LatentStats.load(stats_run / STATS_FILE) if stats_run else None
+        if stats is not None:
+            check_autoencoder(stats, ae, stats_run, allow_other_autoencoder and not stats_from, flag)
+        return ae, stats
+
+    ae, stats = distributed.together(dist, autoencoder_and_stats)  # every rank reads them: one line if any cannot
+    latent_set = _latents_in_turn(cfg, ae, device, progress and main, dist)
     shape = tuple(latent_set.shape)  # (C, H, W) images, (C, T, H, W) clips of T latent frames
     if len(shape) not in (3, 4):
         raise IlctError(f"latents must be images (C, H, W) or clips (C, T, H, W), got {shape}")
@@ -151,6 +176,9 @@ def build_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder
         gather = lambda idx: base_gather(kept[idx])  # noqa: E731
         labels = labels[kept] if labels is not None else None
     objective = make_objective(cfg)
+    cfg.train.draw_groups = cfg.train.draw_groups or dist.world  # 0: the world size at the start, then recorded
+    distributed.same_everywhere(dist, {"run config": config_digest(cfg), "latents": f"{latent_set.identity}|{dims}",
+                                       "autoencoder": ae.fingerprint()})
     try:
         maker = make_batch_maker(cfg, objective, gather, n_data, shape, labels, dist.rank, dist.world)
     except ValueError as e:
@@ -163,7 +191,7 @@ def make_batch_maker(cfg: Config, objective: Objective, gather, n_data: int, sha
     """The BatchMaker of cfg's run: its seed and batch size, the objective's draw, OT where it applies."""
     t = cfg.train
     return BatchMaker(gather, n_data, shape, labels, t.batch_size, t.seed, objective.draw,
-                      cfg.method.ot_coupling and objective.couples_noise, rank, world)
+                      cfg.method.ot_coupling and objective.couples_noise, rank, world, t.draw_groups or 1)
 
 
 def build_student(cfg: Config, device: torch.device, init: bool = True,

@@ -3,15 +3,27 @@
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; then the process group uses NCCL
 on GPUs and gloo on CPUs, each rank drives cuda:LOCAL_RANK (or the CPU), and
 only rank 0 has side effects (progress bar, log, checkpoints, sample grids).
+
+Several nodes: nothing assumes a shared filesystem. A rank that cannot read what it
+needs does not leave the others waiting in a collective: `together` runs a phase of
+checks on every rank and exchanges the outcome, so every rank stops with the same
+one line (which rank, on which host, and why); `same_everywhere` compares digests of
+what each rank read (the config, the latents' metadata) across ranks.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from ilct.errors import IlctError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -64,6 +76,43 @@ def gather_strings(d: Dist, value: str) -> list[str]:
     out: list = [None] * d.world
     dist.all_gather_object(out, value)
     return out
+
+
+def together(d: Dist, phase: Callable[[], T], what: str = "") -> T:
+    """phase() on every rank; when it raises IlctError on any rank, every rank raises one line naming the first
+    rank that failed (its host, and what it said), instead of the others waiting for it in a collective."""
+    result, problem = None, ""
+    try:
+        result = phase()
+    except IlctError as e:
+        if not d.active:
+            raise
+        problem = str(e)
+    if d.active:
+        problems = gather_strings(d, f"{socket.gethostname()}\0{problem}" if problem else "")
+        first = next((r for r, p in enumerate(problems) if p), None)
+        if first is not None:
+            host, message = problems[first].split("\0", 1)
+            raise IlctError(f"rank {first} of {d.world} (host {host}){' ' + what if what else ''}: {message}")
+    return result
+
+
+def same_everywhere(d: Dist, digests: dict[str, str]) -> None:
+    """Every rank read the same things: `digests` (name -> digest of what this rank read) must agree with rank
+    0's, else one line on every rank naming the first that differs."""
+    if not d.active:
+        return
+    mine = "\0".join(f"{k}={v}" for k, v in sorted(digests.items()))
+    everyone = gather_strings(d, f"{socket.gethostname()}\0\0{mine}")
+    host0, reference = everyone[0].split("\0\0", 1)
+    for r, item in enumerate(everyone[1:], start=1):
+        host, theirs = item.split("\0\0", 1)
+        if theirs != reference:
+            ref, other = dict(x.split("=", 1) for x in reference.split("\0")), dict(x.split("=", 1) for x in theirs.split("\0"))
+            differ = [k for k in ref if ref[k] != other.get(k)]
+            raise IlctError(f"rank {r} (host {host}) reads another {' and '.join(differ)} than rank 0 (host {host0}): "
+                            "every node must see the same run config and latents (a shared folder, or identical "
+                            "copies)")
 
 
 def shutdown(d: Dist) -> None:

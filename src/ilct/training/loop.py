@@ -101,13 +101,10 @@ def train(
             distributed.shutdown(dist)
 
 
-def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool, dist: distributed.Dist,
-           device: torch.device, stop: StopFlag, lock: RunLock, allow_other: tuple[bool, bool],
-           branch_from: str | Path | None = None) -> Run:
-    """Check and build everything, then (rank 0, holding the lock) write a new run (a branch: with its
-    source's checkpoint as its first) or restore the newest checkpoint. Nothing is written before every
-    input has been checked."""
-    main = dist.main
+def _check_run(cfg: Config, run_dir: Path, resume: bool, force: bool, allow_other: tuple[bool, bool],
+               branch_from: str | Path | None) -> tuple[Config, Any]:
+    """The run folder's side of the checks (read only): a resumed run's config and checkpoints, a branch's
+    source, a new run's folder. Returns (the config to train with, the branch source or None)."""
     absolute_paths(cfg)  # (before the comparison with a resumed run's config, which holds absolute paths)
     cfg = resume_config(cfg, run_dir) if resume else cfg
     if cfg.train.tensorboard:
@@ -128,6 +125,18 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
                         "--set branch.step=0 --set branch.changes=")
     if not resume:
         check_new_run_dir(run_dir, force)
+    return cfg, source
+
+
+def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool, dist: distributed.Dist,
+           device: torch.device, stop: StopFlag, lock: RunLock, allow_other: tuple[bool, bool],
+           branch_from: str | Path | None = None) -> Run:
+    """Check and build everything, then (rank 0, holding the lock) write a new run (a branch: with its
+    source's checkpoint as its first) or restore the newest checkpoint. Nothing is written before every
+    input has been checked; a rank whose checks fail stops every rank with one line (distributed.together)."""
+    main = dist.main
+    cfg, source = distributed.together(dist, lambda: _check_run(cfg, run_dir, resume, force, allow_other, branch_from),
+                                       "checking the run folder")
     absolute_paths(cfg)
     setup_backends(device)
     data = build_data(cfg, run_dir, resume, allow_other[0], progress, dist, device, allow_other[1],
