@@ -245,3 +245,45 @@ def test_bad_inputs_exit_2_and_change_nothing(tmp_path, capsys, monkeypatch, tin
     assert {p: digest(p) for p in before} == before  # nothing was overwritten
     assert not Path(png).exists()
     REPORT.update({"bad_inputs_basic_tried": len(names), "bad_inputs_basic_clean": clean, "bad_input_cases": names})
+
+
+def test_a_background_save_runs_beside_training_and_a_kill_inside_it_keeps_the_last_checkpoint(
+        tmp_path, tiny_autoencoder, fake_fmnist):
+    cfg = tiny_config(tmp_path, total_steps=400)
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    env = {**os.environ, "ILCT_FAULT_CHECKPOINT_DELAY": "0.3", "OMP_NUM_THREADS": "1"}  # each write takes >= 2 s
+    proc = subprocess.Popen([sys.executable, "-m", "ilct", *base_args(cfg, tiny_autoencoder, fake_fmnist, out, cache)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, tmp = time.time() + 120, []
+        while time.time() < deadline and proc.poll() is None:  # the second checkpoint's write in flight
+            tmp = list((out / "checkpoints").glob(".tmp_step_000000008_*"))
+            if tmp:
+                break
+            time.sleep(0.01)
+        assert tmp, proc.stderr.read()[-1000:] if proc.poll() is not None else "no background write seen"
+        time.sleep(0.8)  # training goes on while the writer sleeps between files
+        steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+        assert tmp[0].exists() and max(steps) > 8, steps[-3:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert latest_checkpoint(out).name == "step_000000004" and checkpoint_is_whole(out)
+    final = subprocess.run([sys.executable, "-m", "ilct", *base_args(cfg, tiny_autoencoder, fake_fmnist, out, cache),
+                            "--resume"], env={**env, "ILCT_FAULT_CHECKPOINT_DELAY": "0"}, capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr[-1000:]
+    assert read_json(latest_checkpoint(out) / "state.json")["step"] == 400
+    assert not list((out / "checkpoints").glob(".tmp_step_*"))  # the killed write's folder was cleared
+
+
+def test_background_and_foreground_checkpoints_are_the_same_bytes(tmp_path, tiny_autoencoder, fake_fmnist):
+    cache = tmp_path / "cache"
+    for mode in ("true", "false"):
+        cfg = tiny_config(tmp_path, total_steps=8, async_checkpoint=mode == "true")
+        assert main(base_args(cfg, tiny_autoencoder, fake_fmnist, tmp_path / mode, cache)) == 0
+    for step in ("step_000000004", "step_000000008"):
+        for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "optimizer.json", "state.json"):
+            a = (tmp_path / "true" / "checkpoints" / step / name).read_bytes()
+            assert a == (tmp_path / "false" / "checkpoints" / step / name).read_bytes(), (step, name)

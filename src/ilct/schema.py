@@ -134,6 +134,7 @@ class TrainConfig:
     sample_every: int = 5000
     ckpt_every: int = 5000
     keep_checkpoints: int = 3
+    async_checkpoint: bool = True  # checkpoints copied to host memory at their step, written by a background thread
     num_sample_images: int = 64  # images in the periodic 1-step grids
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
     # choosing a checkpoint without the test set (ilct.metrics.monitor): FID of fid_n EMA samples every
@@ -261,6 +262,7 @@ RUNTIME_KEYS = frozenset(
         "train.sample_every",
         "train.ckpt_every",
         "train.keep_checkpoints",
+        "train.async_checkpoint",
         "train.ema_snapshot_every",
         "train.tensorboard",
         "train.num_sample_images",

@@ -23,6 +23,8 @@ import random
 import re
 import shutil
 import sys
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,7 +39,7 @@ from ilct.io.files import read_json, read_tensors, save_tensors, write_text
 from ilct.runs.folder import CHECKPOINTS_DIR
 
 __all__ = ["check_layout", "latest_checkpoint", "list_checkpoints", "load_state", "load_weights", "read_json", "read_state", "read_tensors",
-           "save_checkpoint", "whole"]
+           "save_checkpoint", "snapshot_checkpoint", "whole", "write_checkpoint", "BackgroundWriter"]
 
 STEP_DIR = re.compile(r"^step_(\d{9})$")
 PROFILES_FILE = "ema_profiles.safetensors"
@@ -79,43 +81,49 @@ def optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(
-    run_dir: Path,
-    step: int,
-    model: nn.Module,
-    ema: nn.Module,
-    opt: torch.optim.Optimizer,
-    rng: dict[str, torch.Tensor],
-    state: dict[str, Any],
-    keep: int = 3,
-    protect: int | None = None,
-    profiles: Sequence[nn.Module] = (),
-) -> Path:
-    """Write step `step` atomically, point `latest` at it, and delete all but the newest `keep` checkpoints
-    (the checkpoint of step `protect`, the best one by FID, is never deleted). `profiles`: train.ema=power's
-    profiles after the first (`ema`), into ema_profiles.safetensors (`state` then holds ema_stds)."""
+@dataclass
+class Snapshot:
+    """What a checkpoint holds, taken at its step: the files' tensors (host copies when taken for a background
+    write) and texts, in the order they are written."""
+
+    step: int
+    files: list[tuple[str, dict[str, torch.Tensor] | str]]
+
+
+def snapshot_checkpoint(step: int, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
+                        rng: dict[str, torch.Tensor], state: dict[str, Any], profiles: Sequence[nn.Module] = (),
+                        copy: bool = False) -> Snapshot:
+    """The checkpoint of step `step` (refused when the weights are not finite); with `copy`, every tensor is
+    copied to host memory now, so training may go on while a background writer writes it."""
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise IlctError(f"refusing to save a checkpoint at step {step}: weights '{name}' are not finite")
+    host = (lambda d: {k: v.detach().to("cpu", copy=True) for k, v in d.items()}) if copy else (lambda d: d)
+    opt_tensors, opt_meta = optimizer_to_files(opt)
+    files: list[tuple[str, dict[str, torch.Tensor] | str]] = [
+        ("model.safetensors", host(model.state_dict())), ("ema.safetensors", host(ema.state_dict())),
+        *([(PROFILES_FILE, host(profile_tensors(profiles)))] if profiles else []),
+        ("optimizer.safetensors", host(opt_tensors)), ("optimizer.json", json.dumps(opt_meta)),
+        ("rng.safetensors", host(rng)), ("state.json", json.dumps({"step": step, **state}, indent=2))]
+    return Snapshot(step, files)
+
+
+def write_checkpoint(run_dir: Path, snap: Snapshot, keep: int = 3, protect: int | None = None) -> Path:
+    """Write a snapshot atomically (a temporary folder, renamed), point `latest` at it, and delete all but the
+    newest `keep` checkpoints (the checkpoint of step `protect`, the best one by FID, is never deleted)."""
     root = run_dir / CHECKPOINTS_DIR
-    final = root / f"step_{step:09d}"
-    tmp = root / f".tmp_step_{step:09d}_{os.getpid()}"
+    final = root / f"step_{snap.step:09d}"
+    tmp = root / f".tmp_step_{snap.step:09d}_{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".tmp_step_*"):  # left by a crash mid-write
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
-        opt_tensors, opt_meta = optimizer_to_files(opt)
-        for write in (
-            lambda: save_tensors(model.state_dict(), tmp / "model.safetensors"),
-            lambda: save_tensors(ema.state_dict(), tmp / "ema.safetensors"),
-            *([lambda: save_tensors(profile_tensors(profiles), tmp / PROFILES_FILE)] if profiles else []),
-            lambda: save_tensors(opt_tensors, tmp / "optimizer.safetensors"),
-            lambda: write_text(tmp / "optimizer.json", json.dumps(opt_meta)),
-            lambda: save_tensors(rng, tmp / "rng.safetensors"),
-            lambda: write_text(tmp / "state.json", json.dumps({"step": step, **state}, indent=2)),
-        ):
-            write()
+        for name, content in snap.files:
+            if isinstance(content, str):
+                write_text(tmp / name, content)
+            else:
+                save_tensors(content, tmp / name)
             faults.checkpoint_file_written()
         if final.exists():
             shutil.rmtree(final)
@@ -131,6 +139,54 @@ def save_checkpoint(
         if protect is None or old.name != f"step_{protect:09d}":
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    ema: nn.Module,
+    opt: torch.optim.Optimizer,
+    rng: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    keep: int = 3,
+    protect: int | None = None,
+    profiles: Sequence[nn.Module] = (),
+) -> Path:
+    """Write step `step` now (snapshot_checkpoint, then write_checkpoint). `profiles`: train.ema=power's profiles
+    after the first (`ema`), into ema_profiles.safetensors (`state` then holds ema_stds)."""
+    return write_checkpoint(run_dir, snapshot_checkpoint(step, model, ema, opt, rng, state, profiles), keep, protect)
+
+
+class BackgroundWriter:
+    """Checkpoints written off the critical path (train.async_checkpoint): `submit` takes a snapshot whose tensors
+    are host copies and writes it in a thread while training goes on; at most one write is in flight (a second
+    waits for the first). `wait` joins it and raises what it raised; the final save, a stop by signal, a roll
+    back and the best-checkpoint record wait for it."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, run_dir: Path, snap: Snapshot, keep: int, protect: int | None) -> None:
+        self.wait()
+
+        def work() -> None:
+            try:
+                write_checkpoint(run_dir, snap, keep, protect)
+            except BaseException as e:  # raised in the training thread by the next wait
+                self._error = e
+
+        self._thread = threading.Thread(target=work, name=f"ilct-checkpoint-{snap.step}")
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def profile_tensors(profiles: Sequence[nn.Module]) -> dict[str, torch.Tensor]:

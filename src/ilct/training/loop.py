@@ -210,6 +210,7 @@ class _Outputs:
         self.file = open_log(run.run_dir / LOG_FILE) if self.main else None
         self.events = (tensorboard.EventWriter(run.run_dir / TENSORBOARD_DIR, run.start_step)
                        if self.main and run.cfg.train.tensorboard else None)
+        self.writer = ckpt.BackgroundWriter() if self.main and run.cfg.train.async_checkpoint else None
 
     def log(self, record: dict[str, Any]) -> None:
         if self.file is not None:
@@ -219,16 +220,27 @@ class _Outputs:
             self.events.log(record)
 
     def save(self, step: int, **extra: Any) -> None:
+        """The checkpoint of `step`: written now, or (train.async_checkpoint) copied to host memory now and
+        written by the background writer while training goes on."""
         r = self.run
         if self.main:
             rng_tensors, rng_scalars = ckpt.rng_state(r.device)
-            ckpt.save_checkpoint(r.run_dir, step, r.model, r.ema, r.opt, rng_tensors,
-                                 {"nonfinite_total": r.policy.total, "lr_halved": r.policy.lr_halved,
-                                  "arch": r.cfg.model.arch, "world_size": r.dist.world, "rng": rng_scalars,
-                                  **checkpoint_record(r.cfg), **extra},
-                                 keep=r.cfg.train.keep_checkpoints, protect=r.monitor and r.monitor.best and r.monitor.best.step,
-                                 profiles=r.profiles)
+            snap = ckpt.snapshot_checkpoint(step, r.model, r.ema, r.opt, rng_tensors,
+                                            {"nonfinite_total": r.policy.total, "lr_halved": r.policy.lr_halved,
+                                             "arch": r.cfg.model.arch, "world_size": r.dist.world, "rng": rng_scalars,
+                                             **checkpoint_record(r.cfg), **extra},
+                                            r.profiles, copy=self.writer is not None)
+            keep, protect = r.cfg.train.keep_checkpoints, r.monitor and r.monitor.best and r.monitor.best.step
+            if self.writer is not None:
+                self.writer.submit(r.run_dir, snap, keep, protect)
+            else:
+                ckpt.write_checkpoint(r.run_dir, snap, keep, protect)
         distributed.barrier(r.dist)
+
+    def wait(self) -> None:
+        """Until the checkpoint in flight is written (its error, if any, raised here)."""
+        if self.writer is not None:
+            self.writer.wait()
 
     def snapshot(self, step: int) -> None:
         """train.ema=power: every profile's weights into RUN/ema_snapshots/ (ilct.training.ema)."""
@@ -248,6 +260,7 @@ class _Outputs:
         if new_best and not saving:
             self.save(step)
             if self.main:
+                self.wait()  # best.json names a checkpoint that is written
                 r.monitor.record_best()
         return record
 
@@ -266,6 +279,11 @@ class _Outputs:
                 self.events.image(path, step)
 
     def close(self) -> None:
+        if self.writer is not None:  # a write in flight is finished (its error was raised by a wait, or another
+            try:                     # error is on its way out)
+                self.writer.wait()
+            except Exception:
+                pass
         if self.file is not None:
             self.file.close()
         if self.events is not None:
@@ -307,6 +325,7 @@ def _loop(run: Run, stop: StopFlag, progress: bool) -> TrainResult:
             if bad_now:
                 out.log({"step": step, "event": "nonfinite", "count": bad_now, "nonfinite_total": policy.total})
             if roll_back:
+                out.wait()  # the checkpoint in flight is the one to roll back to
                 latest = ckpt.latest_checkpoint(run.run_dir)
                 restore = lambda: ckpt.restore(latest, run.model, run.ema, opt, cfg, run.profiles)["step"]  # noqa: E731
                 k = policy.roll_back(step, latest and restore, opt)
@@ -336,10 +355,12 @@ def _loop(run: Run, stop: StopFlag, progress: bool) -> TrainResult:
             if is_ckpt:
                 out.save(step)
                 if fid and fid["new_best"]:
+                    out.wait()  # best.json names a checkpoint that is written
                     run.monitor.record_best()
             if stopping and step != t.total_steps:
                 if step % t.ckpt_every:
                     out.save(step)
+                out.wait()
                 bar.close()
                 if dist.main:
                     print(f"stopped by signal {stop.signal} after step {step}; checkpoint saved, "
@@ -359,9 +380,11 @@ def _finish(run: Run, out: _Outputs, last_loss: float, t_start: float) -> TrainR
     digests = distributed.gather_strings(run.dist, _weights_digest(run.model))
     if len(set(digests)) > 1:
         raise IlctError(f"the {run.dist.world} ranks ended with different weights; the last checkpoint is rank 0's")
+    out.wait()
     latest = ckpt.latest_checkpoint(run.run_dir)
     if latest is None or latest.name != f"step_{end_step:09d}":
         out.save(end_step, replica_digests=digests)
+        out.wait()
     if not (run.run_dir / SAMPLES_DIR / f"step_{end_step:09d}.png").is_file():
         out.grid(end_step)
     return TrainResult(run.run_dir, end_step, last_loss, time.time() - t_start, run.policy.total)
