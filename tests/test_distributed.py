@@ -4,7 +4,9 @@ meeting at a c10d rendezvous on 127.0.0.1), and a node that lacks the latents st
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -153,3 +155,41 @@ def test_a_node_without_the_latents_stops_every_rank_in_one_line(tmp_path, tiny_
         lines = [line for line in p.stderr.splitlines() if line.startswith("ilct: error:")]
         assert len(lines) == 1 and "rank 1 of 2" in lines[0] and "lat" in lines[0], p.stderr[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_encode_on_two_ranks_gives_the_one_process_latents_and_resumes(tmp_path, tiny_autoencoder, fake_fmnist):
+    from conftest import encode_fake
+
+    one = encode_fake(tmp_path / "one", tiny_autoencoder, fake_fmnist, "--shard-size", "64")
+    argv = ["encode", "--data", f"fashion_mnist:{fake_fmnist}", "--autoencoder", f"builtin:{tiny_autoencoder}",
+            "--out", str(tmp_path / "two"), "--no-progress", "--device", "cpu", "--shard-size", "64"]
+    proc = torchrun(argv)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("latents of shape") == 1  # rank 0 reports
+    shards = sorted(p.name for p in one.iterdir() if p.suffix == ".npy")
+    assert len(shards) == 8  # 256 images in 4 shards: two per rank
+    for name in shards + ["latent_stats.safetensors" if (one / "latent_stats.safetensors").exists() else "stats.safetensors"]:
+        assert (one / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    meta_one, meta_two = (json.loads((d / "meta.json").read_text()) for d in (one, tmp_path / "two"))
+    assert meta_one == meta_two and not list((tmp_path / "two").glob(".shard_*.json"))
+    # an encode stopped after rank 1 finished its shards: the two ranks resume, rank 1 encodes nothing again
+    partial = tmp_path / ".three.partial"
+    shutil.copytree(tmp_path / "two", partial)
+    meta = json.loads((partial / "meta.json").read_text())
+    meta["complete"], meta["count"] = False, None
+    for k, rec in enumerate(meta["shards"]):
+        if k % 2 == 1:  # rank 1's: recorded in their own files, as ranks do
+            (partial / f".shard_{k:05d}.json").write_text(json.dumps(rec))
+        else:
+            (partial / rec["file"]).unlink()
+        meta["shards"][k] = {key: rec[key] for key in ("file", "labels", "start", "stop")}
+    (partial / "meta.json").write_text(json.dumps(meta))
+    (partial / "stats.safetensors").unlink(missing_ok=True)
+    before = {p.name: p.stat().st_mtime_ns for p in partial.glob("shard_*.npy")}
+    proc = torchrun([*argv[:6], str(tmp_path / "three"), *argv[7:]])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    three = tmp_path / "three"
+    assert all((three / n).stat().st_mtime_ns == t for n, t in before.items())  # rank 1's shards kept as they were
+    for name in shards:
+        assert (one / name).read_bytes() == (three / name).read_bytes(), name
+    assert json.loads((three / "meta.json").read_text()) == meta_one

@@ -113,6 +113,7 @@ def run(args) -> int:
     from ilct.latents import check_posterior, encode_to_dir
     from ilct.models import resolve_device
     from ilct.runs.folder import check_out_dir, is_run
+    from ilct.training import distributed
 
     check_ranges(args, ENCODE_RANGES)
     check_seed(args)
@@ -127,9 +128,15 @@ def run(args) -> int:
     if args.limit is not None:
         data = subset(data, args.limit)
         spec["limit"] = args.limit
-    out = encode_to_dir(ae, data, args.out, autoencoder_name=args.autoencoder, data_spec=spec,
-                        shard_size=args.shard_size, batch_size=args.batch_size, flip=args.flip,
-                        device=resolve_device(args.device), progress=progress(args),
-                        posterior=args.posterior, seed=args.seed, strict=args.strict)
-    _print_summary(args, out, data)
+    dist, device = distributed.init(resolve_device(args.device))  # under torchrun: ranks encode disjoint shards
+    sync = (lambda phase: distributed.together(dist, phase, "encoding")) if dist.active else None
+    try:
+        out = encode_to_dir(ae, data, args.out, autoencoder_name=args.autoencoder, data_spec=spec,
+                            shard_size=args.shard_size, batch_size=args.batch_size, flip=args.flip,
+                            device=device, progress=progress(args) and dist.main, posterior=args.posterior,
+                            seed=args.seed, strict=args.strict, rank=dist.rank, world=dist.world, sync=sync)
+    finally:
+        distributed.shutdown(dist)
+    if dist.main:
+        _print_summary(args, out, data)
     return 0

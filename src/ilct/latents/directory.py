@@ -43,6 +43,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -282,11 +283,24 @@ def _work_dir(out: Path, meta: dict) -> tuple[Path, dict | None]:
     return work, None
 
 
+def _record_file(work: Path, k: int) -> Path:
+    """Where a rank of a multi-rank encode records its finished shard k (merged into meta.json by rank 0)."""
+    return work / f".shard_{k:05d}.json"
+
+
 def _shard_done(work: Path, old: dict | None, k: int, rec: dict, shape: tuple[int, ...]) -> dict | None:
-    """The record of shard k when `old` (the meta.json resumed from) and the files say it is finished."""
-    if old is None or not (work / rec["file"]).is_file() or not (work / rec["labels"]).is_file():
+    """The record of shard k when `old` (the meta.json resumed from) or the shard's own record file, and the
+    shard's files, say it is finished."""
+    if not (work / rec["file"]).is_file() or not (work / rec["labels"]).is_file():
         return None
-    done = old["shards"][k]
+    done = old["shards"][k] if old is not None else None  # (files exist only once whole: written, then renamed)
+    if (done is None or "kept" not in done) and _record_file(work, k).is_file():
+        try:
+            done = read_json(_record_file(work, k))
+        except IlctError:
+            return None
+    if not isinstance(done, dict):
+        return None
     rows = done.get("kept", rec["stop"] - rec["start"])  # shards from before skipping at read time: all kept
     try:
         if np.load(work / rec["file"], mmap_mode="r").shape == (rows, *shape) and \
@@ -377,6 +391,9 @@ def encode_to_dir(
     posterior: str = "mean",
     seed: int = 0,
     strict: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    sync: Callable[[Callable[[], Any]], Any] | None = None,
 ) -> LatentDir:
     """Encode `data` (and, with flip, its horizontal mirror images) into a latent directory.
 
@@ -388,6 +405,12 @@ def encode_to_dir(
     `partial_dir(out)` and renamed to `out` when finished, so `out` never holds a half-written one.
     Safe to re-run: a finished directory is returned as it is, finished shards are skipped; a directory
     made by another autoencoder, dataset or posterior setting is refused.
+
+    Several ranks (`torchrun ... ilct encode`: rank, world, and `sync`, which runs a phase on every rank and
+    stops all of them with one line when it fails on any): rank 0 prepares the folder, rank r encodes shards
+    k with k % world == r and records each in its own file, and rank 0 then merges the records and writes
+    the statistics (float64 sums read back shard by shard in order: the same bytes at any world size). `out`
+    must be on a filesystem every rank sees.
     """
     out = Path(out)
     clips = len(data.shape) == 4  # (C, T, H, W)
@@ -414,24 +437,52 @@ def encode_to_dir(
         "shape": list(shape), "shards": shards, "posterior": posterior,
         "posterior_seed": seed if posterior == "sample" else None,
     }
+    sync = sync or (lambda phase: phase())
+    opts = {"batch_size": batch_size, "device": device, "flip": flip, "posterior": posterior, "seed": seed,
+            "strict": strict, "rank": rank, "world": world}
+    ready = sync(lambda: _prepare(data, out, meta, shape) if rank == 0 else None)  # rank 0 alone writes meta.json
+    work, old = sync(lambda: _work_dir(out, meta))  # (rank 0's, as it left it)
+    if old.get("complete"):
+        return ready if rank == 0 else LatentDir(out)
+    meta["shards"] = [_shard_done(work, old, k, rec, shape) or rec for k, rec in enumerate(shards)]
+    sync(lambda: _encode_shards(ae.to(device).eval(), data, work, meta, opts, progress and rank == 0))
+    done = sync(lambda: _finish(data, work, out, _merged(work, meta, shape)) if rank == 0 else None)
+    return done if rank == 0 else LatentDir(out)
+
+
+def _prepare(data: ImageDataset | ClipDataset, out: Path, meta: dict, shape: tuple[int, ...]) -> LatentDir | None:
+    """The folder to encode into, with meta.json recording the shards already finished; a finished directory
+    (or one killed just before its rename, finished now) is returned."""
     work, old = _work_dir(out, meta)
     if old is not None and old.get("complete"):
-        return LatentDir(out) if work == out else _finish(data, work, out, old)  # killed just before the rename
-    meta["shards"] = [_shard_done(work, old, k, rec, shape) or rec for k, rec in enumerate(shards)]
+        return LatentDir(out) if work == out else _finish(data, work, out, old)
+    meta = {**meta, "shards": [_shard_done(work, old, k, rec, shape) or rec for k, rec in enumerate(meta["shards"])]}
     write_text(work / META_FILE, json.dumps(meta, indent=1))
-    opts = {"batch_size": batch_size, "device": device, "flip": flip, "posterior": posterior, "seed": seed,
-            "strict": strict}
-    _encode_shards(ae.to(device).eval(), data, work, meta, opts, progress)
-    return _finish(data, work, out, meta)
+    return None
+
+
+def _merged(work: Path, meta: dict, shape: tuple[int, ...]) -> dict:
+    """meta.json with every shard's record (the ranks' own record files merged in); a shard that no rank
+    finished is an error (it would be missing from the latents)."""
+    shards = [_shard_done(work, meta, k, rec, shape) for k, rec in enumerate(meta["shards"])]
+    missing = [k for k, rec in enumerate(shards) if rec is None]
+    if missing:
+        raise IlctError(f"{work}: shard(s) {missing[:4]} were not encoded by any rank")
+    return {**meta, "shards": shards}
 
 
 def _encode_shards(ae: Autoencoder, data: ImageDataset | ClipDataset, work: Path, meta: dict, opts: dict,
                    progress: bool) -> None:
-    """Every shard not finished yet, each written whole and then recorded (kept, skipped) in meta.json."""
+    """Every shard of this rank's (k % world == rank) not finished yet, each written whole and then recorded
+    (kept, skipped): in meta.json by a single process, in the shard's own record file by one of several ranks."""
     shape = tuple(meta["shape"])
     unit = "clip" if len(data.shape) == 4 else "img"
-    with tqdm(total=meta["sources"], desc="encode", disable=not progress, dynamic_ncols=True, unit=unit) as bar:
-        for k, rec in enumerate(meta["shards"]):
+    rank, world = opts["rank"], opts["world"]
+    mine = [k for k in range(len(meta["shards"])) if k % world == rank]
+    total = sum(meta["shards"][k]["stop"] - meta["shards"][k]["start"] for k in mine)
+    with tqdm(total=total, desc="encode", disable=not progress, dynamic_ncols=True, unit=unit) as bar:
+        for k in mine:
+            rec = meta["shards"][k]
             if "kept" in rec:  # finished (_shard_done)
                 bar.update(rec["stop"] - rec["start"])
                 continue
@@ -439,7 +490,10 @@ def _encode_shards(ae: Autoencoder, data: ImageDataset | ClipDataset, work: Path
             _save_npy(work / rec["file"], lat)
             _save_npy(work / rec["labels"], labels)
             meta["shards"][k] = {**rec, "kept": len(lat), "skipped": skipped}
-            write_text(work / META_FILE, json.dumps(meta, indent=1))
+            if world > 1:
+                write_text(_record_file(work, k), json.dumps(meta["shards"][k]))
+            else:
+                write_text(work / META_FILE, json.dumps(meta, indent=1))
 
 
 def _finish(data: ImageDataset | ClipDataset, work: Path, out: Path, meta: dict) -> LatentDir:
@@ -456,7 +510,7 @@ def _finish(data: ImageDataset | ClipDataset, work: Path, out: Path, meta: dict)
         write_text(work / CAPTIONS_FILE, json.dumps([data.captions[j % len(data)] for j in _kept(shards)]))
     meta["count"], meta["complete"] = count, True
     write_text(work / META_FILE, json.dumps(meta, indent=1))
-    for stale in work.glob(".*.tmp*.npy"):  # temporary shards of an encode killed while writing
+    for stale in [*work.glob(".*.tmp*.npy"), *work.glob(".shard_*.json")]:  # temporary shards, ranks' records
         stale.unlink(missing_ok=True)
     if work != out:
         out.parent.mkdir(parents=True, exist_ok=True)
