@@ -144,6 +144,7 @@ def test_analyze_writes_report_and_figure(tmp_path, capsys, tiny_autoencoder, fa
     report = json.loads((tmp_path / "a" / "lat.json").read_text())
     assert len(report["latent"]["per_element"]["channels"]) == 4 and report["pixel"]["shape"] == [1, 32, 32]
     assert set(report["latent"]) == {"shape", "per_channel", "per_element"}
+    assert report["command"].startswith("ilct analyze --latents") and report["machine"] and report["date"]
     assert Image.open(tmp_path / "a" / "lat_boxplot.png").size[0] > 100
 
 

@@ -48,6 +48,9 @@ def test_eval_reports_each_tau_for_two_steps(run_and_detector, tmp_path, capsys)
     assert all(math.isfinite(r["fid"]) and 0 <= r["recall"] <= 1 for r in res["rows"])
     assert len({r["fid"] for r in res["rows"][1:]}) == 3  # another tau, other samples
     assert "return_features=True" in res["features"] and res["features_fingerprint"].endswith("-pool3")
+    # the results file names how it was made (issue 37): the command, the machine and the date
+    assert res["command"].startswith("ilct eval --run ") and "--tau 0.5,1.0,1.382" in res["command"]
+    assert "CPUs" in res["machine"] and "torch" in res["machine"] and len(res["date"]) == 10
     assert res["reference_n"] == 256 and "(256 images)" in res["reference"]  # a built-in dataset: all of it
     printed = capsys.readouterr().out
     assert "2 step(s), tau 1.382: FID" in printed and "1 step(s): FID" in printed

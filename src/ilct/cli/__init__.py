@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)  # loads torch (through the config) with signals recorded
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for results files' provenance
         # heavy (torch): imported only now that the signal handlers are in place
         from ilct.training.accel import flush_denormals
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ilct.cli.common import add_allow_other, check_seed
+from ilct.cli.common import add_allow_other, check_seed, provenance
 from ilct.errors import IlctError
 from ilct.limits import MAX_COUNT, MAX_LEVELS, check_memory, check_ranges
 
@@ -70,7 +70,7 @@ def run(args) -> int:
     opened = (open_run(args.run, args.checkpoint, args.device, args.allow_other_autoencoder,
                        args.allow_other_checkpoint) if args.run else None)
     report = analyze_latents(lat, args.n, args.seed, out, name, pixels=not args.no_pixels, run=opened,
-                             levels=args.levels)
+                             levels=args.levels, made_by=provenance(args))
     _print_summary(report)
     print(f"report: {out / f'{name}.json'}, figure: {out / f'{name}_boxplot.png'}")
     return 0

@@ -3,6 +3,11 @@ run must never write into, the --allow-other-* flags and the preset list of the 
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
+import shlex
+import sys
 from pathlib import Path
 
 from ilct.errors import IlctError
@@ -25,6 +30,17 @@ def run_inputs(run_dir, cfg) -> tuple[Path, ...]:
         if value and Path(value).is_dir():
             paths.append(Path(value))
     return tuple(paths)
+
+
+def provenance(args) -> dict[str, str]:
+    """What a results file written by a command names about how it was made: the command line (`args.argv`, set
+    by ilct.cli.main), the machine (host architecture, CPU count, torch and the GPU if any) and the UTC date."""
+    import torch
+
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs{gpu}, torch {torch.__version__}"
+    return {"command": shlex.join(["ilct", *getattr(args, "argv", sys.argv[1:])]), "machine": machine,
+            "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat()}
 
 
 def presets() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ilct.cli.common import add_allow_other, check_seed, parse_floats, progress, run_inputs
+from ilct.cli.common import add_allow_other, check_seed, parse_floats, progress, provenance, run_inputs
 from ilct.cli.sample import check_sample_memory
 from ilct.errors import IlctError
 from ilct.limits import MAX_BATCH, MAX_COUNT, MAX_SAMPLING_STEPS, check_ranges
@@ -83,6 +83,6 @@ def run(args) -> int:
         how = f"{row['steps']} step(s)" + (f", tau {row['tau']:g}" if row["tau"] is not None else "")
         print(f"{how}: FID {row['fid']:.3f}  precision {row['precision']:.3f}  recall {row['recall']:.3f}  (n = {args.n})")
     if args.json:
-        write_text(args.json, json.dumps(result, indent=2))
+        write_text(args.json, json.dumps({**provenance(args), **result}, indent=2))
         print(f"written to {args.json}")
     return 0

@@ -156,17 +156,18 @@ def _pixels(lat, idx: np.ndarray) -> np.ndarray | None:
 
 
 def analyze_latents(lat, n: int, seed: int, out: Path, name: str, pixels: bool = True, run=None,
-                    levels: tuple[int, ...] | list[int] = ()) -> dict:
+                    levels: tuple[int, ...] | list[int] = (), made_by: dict | None = None) -> dict:
     """Outlier statistics of n latents of the latent directory `lat` (ilct.latents.LatentDir) drawn without
     replacement (seed), of their pixels when `pixels` and the directory records its dataset, and, given a
     trained `run` (ilct.runs.opened.open_run) of the same autoencoder, its TD residuals at each N in `levels`.
-    Writes the report to out/NAME.json and the box plots to out/NAME_boxplot.png; returns the report."""
+    Writes the report (led by `made_by`: the command, machine and date) to out/NAME.json and the box plots to
+    out/NAME_boxplot.png; returns the report."""
     n = min(n, len(lat))
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(lat), n, replace=False))
     latents = lat.gather(idx)
     arrays = {"latents": latents.numpy()}
-    report: dict = {"latents": str(lat.path), "autoencoder": lat.meta.get("autoencoder"), "dataset": lat.meta["dataset"],
+    report: dict = {**(made_by or {}), "latents": str(lat.path), "autoencoder": lat.meta.get("autoencoder"), "dataset": lat.meta["dataset"],
                     "n": n, "latent": channel_report(arrays["latents"])}
     values = _pixels(lat, idx) if pixels else None
     if values is not None:
