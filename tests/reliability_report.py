@@ -19,6 +19,10 @@ JSON = DOCS / "reliability.json"
 NOTES = """- **kills**: a training subprocess is killed with SIGKILL at random instants, a quarter of them while a
   checkpoint is being written (a test hook slows each checkpoint file write); after every kill the latest
   checkpoint must load completely and `--resume` must continue from it; a final `--resume` finishes the run.
+  `checkpoint_writes`: whether those writes ran in the background (`train.async_checkpoint`, the default: the
+  tensors copied to host memory at the step, written by a thread while training goes on). `background_save_*`:
+  one more kill inside a slowed background write, after training had gone on during it; the previous
+  checkpoint stays the latest, whole, and the run resumes and finishes.
 - **NaN injection**: a test hook makes chosen steps' losses NaN. Isolated NaN steps are skipped and counted;
   `train.max_nonfinite` in a row roll the run back to the last checkpoint with half the learning rate;
   NaN that persists after that stops the run with one line naming the step, the checkpoint intact

@@ -111,9 +111,16 @@ def test_kill9_at_random_instants(tmp_path, tiny_autoencoder, fake_fmnist):
     assert read_json(latest_checkpoint(out) / "state.json")["step"] == 400
     assert not list((out / "checkpoints").glob(".tmp_step_*"))
     REPORT.update({"kills_tried": KILLS, "kills_survived": survived, "kills_inside_checkpoint_write": inside_write,
-                   "run_finished_after_kills": True})
+                   "run_finished_after_kills": True, "checkpoint_writes": "background" if cfg_async(cfg) else "foreground"})
     assert survived == KILLS
     assert inside_write >= 1
+
+
+def cfg_async(cfg: Path) -> bool:
+    """Whether a test config's run writes its checkpoints in the background (train.async_checkpoint)."""
+    from ilct.config import load_config
+
+    return load_config(str(cfg)).train.async_checkpoint
 
 
 def _nan_run(tmp_path, name, nan_steps, ae, data, **train):
@@ -271,11 +278,13 @@ def test_a_background_save_runs_beside_training_and_a_kill_inside_it_keeps_the_l
         if proc.poll() is None:
             proc.kill()
     assert latest_checkpoint(out).name == "step_000000004" and checkpoint_is_whole(out)
+    REPORT.update({"background_save_kills": 1, "background_save_steps_trained_during_the_write": max(steps) - 8})
     final = subprocess.run([sys.executable, "-m", "ilct", *base_args(cfg, tiny_autoencoder, fake_fmnist, out, cache),
                             "--resume"], env={**env, "ILCT_FAULT_CHECKPOINT_DELAY": "0"}, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr[-1000:]
     assert read_json(latest_checkpoint(out) / "state.json")["step"] == 400
     assert not list((out / "checkpoints").glob(".tmp_step_*"))  # the killed write's folder was cleared
+    REPORT["background_save_kills_survived"] = 1
 
 
 def test_background_and_foreground_checkpoints_are_the_same_bytes(tmp_path, tiny_autoencoder, fake_fmnist):
