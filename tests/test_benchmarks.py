@@ -177,11 +177,16 @@ def test_objectives_dry_run_lists_each_rows_settings_seeds_and_the_halved_warm_s
                                      "meanflow+cauchy+ot_s0", "meanflow+cauchy+ot+nsln_s0", "alphaflow_s0", "edm-heun_s0",
                                      "edm-then-ilct.edm_s0", "edm-then-ilct_s0"])
     common = {"train.sample_every=0", "train.ckpt_every=11", "train.log_every=1", "train.total_steps=11"}
+    from benchmarks.quality.objectives import PINNED
+
     for run, c in sets.items():
         row, seed = run.rsplit("_s", 1)
         assert f"train.seed={seed}" in c
+        # the presets' settings of 2026-11-30 come first on every command, so that a later preset change does not
+        # change what the documented commands train; the row's own changes come after them
+        assert c[6:6 + len(PINNED)] == PINNED and "model.arch=ADM-T" in PINNED and "train.beta2=0.99" in PINNED
         if row in expected:
-            assert preset[run] == expected[row][0] and set(c) - common - {f"train.seed={seed}"} == {
+            assert preset[run] == expected[row][0] and set(c) - common - {f"train.seed={seed}"} - set(PINNED) == {
                 f"data.latents={tmp_path / 'builtin' / 'latents'}", *expected[row][1]}, (run, c)
     # the warm start: 5 EDM steps on fmnist-ilct, then 6 steps of fmnist-ilct from that run: 11 in all
     edm, then = sets["edm-then-ilct.edm_s0"], sets["edm-then-ilct_s0"]
@@ -193,12 +198,24 @@ def test_objectives_dry_run_lists_each_rows_settings_seeds_and_the_halved_warm_s
     assert lines.index(" ".join(by_run["edm-then-ilct_s0"])) > lines.index(" ".join(by_run["edm-then-ilct.edm_s0"]))
     evals = [line for line in lines if " eval " in line]
     assert len(evals) == 11 and all("--steps 1,2" in e for e in evals if "edm-heun" not in e)
+    assert all("--split test" in e for e in evals)  # final numbers: the test split
     assert any("edm-heun_s0" in e and "--steps 18" in e for e in evals)
     pinned = subprocess.run([sys.executable, objectives_script(), "--latents", "builtin", "--autoencoder", "ae", "--rows",
                              "ict,meanflow", "--seeds", "1", "--work", str(tmp_path), "--dry-run", "--steps", "11",
                              "--set", "train.beta2=0.999"], capture_output=True, text=True)
     trains = [line.split() for line in pinned.stdout.splitlines() if " train " in line]
     assert pinned.returncode == 0 and len(trains) == 2 and all("train.beta2=0.999" in c for c in trains)
+    # --set comes after the pinned settings (it wins); --no-pin trains the presets as they are today
+    assert all(c.index("train.beta2=0.999") > c.index("train.beta2=0.99") for c in trains)
+    unpinned = subprocess.run([sys.executable, objectives_script(), "--latents", "builtin", "--autoencoder", "ae",
+                               "--rows", "ict", "--seeds", "0", "--work", str(tmp_path / "unpinned"), "--dry-run",
+                               "--no-pin"], capture_output=True, text=True)
+    trains = [line for line in unpinned.stdout.splitlines() if " train " in line]
+    assert unpinned.returncode == 0 and len(trains) == 1 and not any(p in trains[0].split() for p in PINNED)
+    # without --steps: the demo's budget, the fmnist-ilct preset's train.total_steps
+    from ilct.demo import preset_steps
+
+    assert f"train.total_steps={preset_steps()} " in trains[0]
     timed = subprocess.run([sys.executable, objectives_script(), "--latents", "builtin", "--autoencoder", "ae", "--rows",
                             "edm-then-ilct", "--work", str(tmp_path), "--dry-run", "--seconds", "60", "--probe", "7"],
                            capture_output=True, text=True)
@@ -246,6 +263,31 @@ def test_objectives_replot_draws_a_merged_results_file_and_refuses_another_file(
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "no.png").exists()
 
 
+
+def test_objectives_merge_keeps_the_other_latent_spaces_rows_with_their_commands(tmp_path):
+    """--merge: a second invocation (another latent space) adds its rows, floors and rates to the results file and
+    keeps the first's, each row naming the command, machine and date that measured it; a space measured again is
+    replaced, never doubled."""
+    from benchmarks.quality.objectives import merged
+
+    def report(space: str, command: str, fid: float) -> dict:
+        return {"command": command, "machine": "m", "date": "d", "wall_seconds": 1.0, "missing": {}, "failed": [],
+                "floors": {space: {"fid": 200.0}}, "rates": {space: {"ratio": {}}},
+                "rows": [{"name": "ict", "latents": space, "seed": 0, "seconds": 1.0, "fid": {"1": fid}}]}
+
+    path = tmp_path / "objectives.json"
+    path.write_text(json.dumps(report("builtin", "first", 900.0)))
+    both = merged(path, {**report("taef2", "second", 800.0), "rows": [
+        {**report("taef2", "second", 800.0)["rows"][0], "command": "second"}]}, ["taef2"])
+    assert [(r["latents"], r["command"]) for r in both["rows"]] == [("builtin", "first"), ("taef2", "second")]
+    assert set(both["floors"]) == set(both["rates"]) == {"builtin", "taef2"} and both["commands"] == ["first", "second"]
+    assert both["earlier_runs"][0]["command"] == "first"
+    path.write_text(json.dumps(both))
+    again = merged(path, {**report("builtin", "third", 700.0), "rows": [
+        {**report("builtin", "third", 700.0)["rows"][0], "command": "third"}]}, ["builtin"])
+    assert sorted((r["latents"], r["command"]) for r in again["rows"]) == [("builtin", "third"), ("taef2", "second")]
+    assert [e["command"] for e in again["earlier_runs"]] == ["second"]
+
 def test_objectives_tiny_run_trains_evaluates_and_reports(tmp_path, tiny_autoencoder, fake_fmnist):
     from test_eval import PoolDetector
 
@@ -271,6 +313,105 @@ def test_objectives_tiny_run_trains_evaluates_and_reports(tmp_path, tiny_autoenc
     if importlib.util.find_spec("matplotlib"):
         assert (tmp_path / "fig.png").stat().st_size > 0
 
+
+
+def test_objectives_longer_budgets_reuse_meanflows_longer_run_and_checkpoint_it_for_the_wall_clock_rows(tmp_path):
+    """--multiples 1,4: each row of --long-rows also at 4x the steps (seed 0); a MeanFlow row's 1x seed-0 row is the
+    step-N checkpoint of its 4x run (no run of its own), whose checkpoints are kept every --ckpt-grid steps; a
+    consistency row trains a run of its own at each budget (its curriculum is fitted to the run's length)."""
+    cmd = [sys.executable, objectives_script(), "--latents", "builtin", "--autoencoder", "ae", "--rows", "ict,meanflow",
+           "--seeds", "0,1", "--multiples", "1,4", "--equal-wall-clock", "--steps", "10", "--ckpt-grid", "5",
+           "--work", str(tmp_path), "--dry-run"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    trains = {Path(c[c.index("--out") + 1]).name: c for c in
+              (line.split() for line in proc.stdout.splitlines() if " train " in line)}
+    assert sorted(trains) == ["ict_s0", "ict_s0_x4", "ict_s1", "meanflow_s0_x4", "meanflow_s1"]
+    assert "train.total_steps=40" in trains["ict_s0_x4"] and "train.ckpt_every=40" in trains["ict_s0_x4"]
+    assert "train.total_steps=10" in trains["ict_s0"] and "train.ckpt_every=10" in trains["ict_s0"]
+    for run, steps in (("meanflow_s0_x4", 40), ("meanflow_s1", 10)):  # every checkpoint kept for the wall-clock rows
+        assert {f"train.total_steps={steps}", "train.ckpt_every=5", f"train.keep_checkpoints={steps // 5 + 2}"} <= set(
+            trains[run])
+    evals = {Path(e[e.index("--json") + 1]).stem: e for e in
+             (line.split() for line in proc.stdout.splitlines() if " eval " in line)}
+    assert sorted(evals) == ["ict_s0", "ict_s0_x4", "ict_s1", "meanflow_s0", "meanflow_s0_x4", "meanflow_s1"]
+    mf = evals["meanflow_s0"]
+    assert mf[mf.index("--run") + 1] == str(tmp_path / "builtin" / "runs" / "meanflow_s0_x4")
+    assert mf[mf.index("--checkpoint") + 1] == str(tmp_path / "builtin" / "runs" / "meanflow_s0_x4" / "checkpoints" /
+                                                   "step_000000010")
+    assert "--checkpoint" not in evals["ict_s0_x4"]
+    assert "at the checkpoint of the consistency rows' wall-clock" in proc.stdout
+    # --no-prefix: MeanFlow's 1x seed-0 row gets a run of its own
+    own = subprocess.run(cmd + ["--no-prefix"], capture_output=True, text=True)
+    assert own.returncode == 0 and f"--out {tmp_path / 'builtin' / 'runs' / 'meanflow_s0'} " in own.stdout
+    bad = subprocess.run([sys.executable, objectives_script(), "--latents", "builtin", "--autoencoder", "ae",
+                          "--multiples", "1,4", "--seconds", "60", "--work", str(tmp_path), "--dry-run"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "go with --steps" in bad.stderr
+
+
+def test_meanflow_run_prefix_is_the_shorter_run(tmp_path, tiny_autoencoder, fake_fmnist):
+    """What --prefix relies on: MeanFlow has no schedule that depends on train.total_steps (constant lr, no
+    curriculum), and each step's batch and noise come from (seed, step), so the step-k checkpoint of a longer run
+    holds the weights of a k-step run (bit for bit on the CPU), with Cauchy and OT coupling on too."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ilct.cli import main
+    from test_end_to_end import train_args
+
+    cfg = tmp_path / "meanflow.yaml"  # the fmnist-meanflow row of objectives.py with Cauchy and OT, at a tiny size
+    cfg.write_text(yaml.safe_dump({"base": "fmnist-meanflow", "model": {"arch": "DiT-T/4", "dropout": 0.1},
+                                   "meanflow": {"metric": "cauchy"}, "method": {"ot_coupling": True},
+                                   "train": {"batch_size": 8, "ckpt_every": 2, "keep_checkpoints": 5, "sample_every": 0,
+                                             "log_every": 1, "num_sample_images": 4, "device": "cpu"}}))
+    ckpt = {}
+    for steps in (2, 4):
+        assert main(train_args(cfg, tiny_autoencoder, fake_fmnist, tmp_path / f"r{steps}", tmp_path / "cache",
+                               "--set", f"train.total_steps={steps}")) == 0
+        ckpt[steps] = tmp_path / f"r{steps}" / "checkpoints" / "step_000000002"
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        a, b = load_file(ckpt[2] / name), load_file(ckpt[4] / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_objectives_tiny_longer_budget_wall_clock_rows_and_floor(tmp_path, tiny_autoencoder, fake_fmnist):
+    """--tiny with --multiples 1,2 --equal-wall-clock --floor: each row records its steps, seconds, seconds per step,
+    the settings it trained with and the classifier's fingerprint; MeanFlow is also scored at the consistency rows'
+    wall-clock (a checkpoint of its own run); the autoencoder's floor is scored like the samples."""
+    from test_eval import PoolDetector
+
+    import torch
+
+    detector = tmp_path / "inception-2015-12-05.pt"
+    torch.jit.script(PoolDetector()).save(str(detector))
+    out = tmp_path / "objectives.json"
+    proc = subprocess.run([sys.executable, objectives_script(), "--tiny", "--latents", "builtin", "--autoencoder",
+                           str(tiny_autoencoder), "--data-dir", str(fake_fmnist), "--rows", "ict,meanflow",
+                           "--long-rows", "meanflow", "--seeds", "0", "--multiples", "1,2", "--equal-wall-clock",
+                           "--floor", "--parallel", "2", "--features", "inception", "--inception-weights", str(detector),
+                           "--cache-dir", str(tmp_path / "cache"), "--work", str(tmp_path / "work"), "--out", str(out),
+                           "--figure", str(tmp_path / "fig.png"), "--note", "a note"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["split"] == "test" and report["notes"] == ["a note"] and not report["missing"] and not report["failed"]
+    rows = {(r["name"], r["multiple"], r["kind"]): r for r in report["rows"]}
+    assert sorted(rows) == [("ict", 1, "steps"), ("meanflow", 1, "steps"), ("meanflow", 1, "wall-clock"),
+                            ("meanflow", 2, "steps"), ("meanflow", 2, "wall-clock")]
+    assert (rows["meanflow", 1, "steps"]["run"], rows["meanflow", 1, "steps"]["steps"]) == ("meanflow_s0_x2", 4)
+    assert rows["meanflow", 2, "steps"]["steps"] == 8 and rows["ict", 1, "steps"]["steps"] == 4
+    fingerprint = rows["ict", 1, "steps"]["features_fingerprint"]
+    for r in report["rows"]:
+        assert r["features_fingerprint"] == fingerprint and r["complete"] and r["split"] == "test"
+        assert r["seconds"] > 0 and r["s_per_step"] > 0 and set(r["fid"]) == set(r["recall"]) == {"1", "2"}
+        assert r["settings"]["train.beta2"] == 0.99 and r["settings"]["model.arch"] == "DiT-T/4"  # --tiny's network
+    ratio = report["rates"]["builtin"]["ratio"]["meanflow"]
+    assert ratio > 0 and rows["meanflow", 1, "wall-clock"]["planned_steps"] == round(4 * ratio)
+    assert 1 <= rows["meanflow", 1, "wall-clock"]["steps"] <= 8
+    floor = report["floors"]["builtin"]
+    assert floor["n"] == 10 and floor["split"] == "test" and np.isfinite(floor["fid"])
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "fig.png").stat().st_size > 0
 
 def test_faithful_tiny_run_reports_rows_and_the_tau_sweep(tmp_path, tiny_autoencoder, fake_fmnist):
     from test_eval import PoolDetector
@@ -645,3 +786,43 @@ def test_meanflow_check_tiny_run_trains_every_combination(tmp_path):
     assert {(r["precision"], r["derivative"]) for r in steps if r["preset"] == "meanflow"} == {
         (p, d) for p in ("fp32", "bf16") for d in ("jvp", "finite_difference")}
     assert all(r["ok"] and math.isfinite(r["ms_per_step"]) and r["ms_per_step"] > 0 for r in steps), steps
+
+
+def test_fid_anchors_tiny_run_scores_each_anchor_over_its_seeds(tmp_path, tiny_autoencoder, fake_fmnist):
+    """benchmarks/quality/fid_anchors.py --tiny: data vs data, the autoencoder floors (built-in, and TAEF2 where its
+    weights are), the broken controls and a trained run's samples, each at two n over two seeds, in the protocol of
+    `ilct eval --split test`; the report names its command, machine, date and the classifier's fingerprint."""
+    from conftest import SHARED_WEIGHTS
+    from ilct.cli import main
+    from ilct.metrics.features import load_fashion_features
+    from test_end_to_end import tiny_config, train_args
+
+    run = tmp_path / "run"
+    assert main(train_args(tiny_config(tmp_path, total_steps=2, ckpt_every=2, sample_every=0), tiny_autoencoder,
+                           fake_fmnist, run, tmp_path / "cache")) == 0
+    out = tmp_path / "anchors.json"
+    taef2 = ["--taef2", str(SHARED_WEIGHTS)] if (SHARED_WEIGHTS / "taef2_encoder.pth").is_file() else []
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "fid_anchors.py"), "--tiny",
+                           "--autoencoder", str(tiny_autoencoder), *taef2, "--run", str(run), "--data-dir",
+                           str(fake_fmnist), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert "fid_anchors.py" in report["command"] and "cores" in report["machine"] and report["date"] and report["complete"]
+    assert report["features_fingerprint"] == load_fashion_features().fingerprint()
+    names = ["data vs data", "builtin autoencoder floor"] + (["TAEF2 floor"] if taef2 else []) + [
+        "shuffled pixels", "uniform noise", "trained run, 1 step"]
+    assert sorted({r["name"] for r in report["rows"]}) == sorted(names)
+    assert sorted((r["name"], r["n"]) for r in report["rows"]) == sorted((k, n) for k in names for n in (16, 32))
+    for r in report["rows"]:
+        fid = r["fid"]
+        assert r["seeds"] == [0, 1] and len(fid["values"]) == 2 and np.isfinite(fid["values"]).all()
+        assert fid["min"] <= fid["mean"] <= fid["max"] and fid["std"] >= 0 and 0 <= r["recall"]["mean"] <= 1
+    data = {r["n"]: r["fid"]["mean"] for r in report["rows"] if r["name"] == "data vs data"}
+    noise = {r["n"]: r["fid"]["mean"] for r in report["rows"] if r["name"] == "uniform noise"}
+    assert all(data[n] < noise[n] for n in data)  # real images sit below noise even on the fake data
+    assert report["model"]["step"] == 2
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality" / "fid_anchors.py"), "--autoencoder",
+                          str(tiny_autoencoder), "--seeds", "3", "--data-dir", str(fake_fmnist), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "two distinct seeds" in bad.stderr
