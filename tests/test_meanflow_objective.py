@@ -250,7 +250,8 @@ def test_two_gloo_ranks_match_one_process(mf_run, tmp_path):
     cfg = tiny_meanflow(tmp_path, "fmnist-meanflow-class", total_steps=2, log_every=1, sample_every=0, ckpt_every=2)
     args = lambda out: train_args(cfg, mf_run["ae"], mf_run["data"], out, mf_run["cache"],  # noqa: E731
                                   "--set", "model.dropout=0.0")
-    assert main(args(tmp_path / "one")) == 0
+    # the 2-rank run draws its global batch in 2 groups (train.draw_groups resolves to the world size)
+    assert main(args(tmp_path / "one") + ["--set", "train.draw_groups=2"]) == 0
     proc = torchrun(args(tmp_path / "two"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = read_tensors(latest_checkpoint(tmp_path / "one") / "model.safetensors")
