@@ -75,7 +75,7 @@ def test_prefetcher_passes_errors_on(workers):
         raise OSError("disk gone")
 
     m = maker()
-    m.gather = broken
+    m.reader.gather = broken
     p = Prefetcher(m, 0, 3, torch.device("cpu"), workers=workers)
     try:
         with pytest.raises(OSError, match="disk gone"):

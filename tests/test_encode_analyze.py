@@ -173,7 +173,7 @@ def test_emoji_taef2_end_to_end(tmp_path, capsys):
 
 def test_large_latent_sets_are_gathered_from_the_memory_map(tmp_path, capsys, monkeypatch, tiny_autoencoder, fake_fmnist):
     """The same run, with the in-memory limit at 0 bytes, trains bit-identically from the memory map."""
-    import ilct.training.build as train_module
+    import ilct.training.readers as readers
     from ilct.runs.checkpoint import latest_checkpoint, read_tensors
 
     lat = tmp_path / "lat"
@@ -183,7 +183,7 @@ def test_large_latent_sets_are_gathered_from_the_memory_map(tmp_path, capsys, mo
                         "--set", "model.arch=DiT-T/4", "--set", "train.device=cpu", "--set", "train.num_sample_images=2",
                         "--no-progress"]
     assert main(argv(tmp_path / "mem")) == 0
-    monkeypatch.setattr(train_module, "IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(readers, "IN_MEMORY_BYTES", 0)
     assert main(argv(tmp_path / "mmap")) == 0
     a = read_tensors(latest_checkpoint(tmp_path / "mem") / "model.safetensors")
     b = read_tensors(latest_checkpoint(tmp_path / "mmap") / "model.safetensors")

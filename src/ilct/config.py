@@ -23,7 +23,7 @@ from ilct.io.files import read_text
 from ilct.nets import ARCHS, backbone_family, backbone_options
 from ilct.objectives import OBJECTIVES
 from ilct.schema import (BACKBONE_OPTIONS, CHOICES, MAX_CHANNELS, MAX_CLASSES, MAX_FRAMES, MAX_GRID_IMAGES,  # noqa: F401
-                         MAX_LEVELS, MAX_RESOLUTION, MAX_STEPS, MAX_TEXT_DIM, MAX_TEXT_TOKENS, RUNTIME_KEYS, SIGMA_REL_MAX,
+                         MAX_LEVELS, MAX_RESOLUTION, MAX_STEPS, MAX_STREAM_WINDOW, MAX_TEXT_DIM, MAX_TEXT_TOKENS, RUNTIME_KEYS, SIGMA_REL_MAX,
                          AutoencoderConfig, BranchConfig, Config, ConsistencyConfig, DataConfig, MethodConfig,
                          ModelConfig, TrainConfig, _section_types, _show, field_value, latent_dim, latent_shape)
 
@@ -178,6 +178,7 @@ def validate(cfg: Config) -> None:
             raise IlctError(f"config: {name} must be one of {', '.join(allowed)}, got {_show(value)}")
 
     _validate_arch(cfg)
+    _validate_reader(cfg)
     cons, m, t, d, me = cfg.consistency, cfg.model, cfg.train, cfg.data, cfg.method
     need(8 <= d.resolution <= MAX_RESOLUTION, "data.resolution", f"must be in 8..{MAX_RESOLUTION}")
     try:
@@ -256,6 +257,29 @@ def validate(cfg: Config) -> None:
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "train.device",
          "must be auto, cpu, cuda or cuda:N")
     _validate_objective(cfg)
+
+
+def _validate_reader(cfg: Config) -> None:
+    """data.reader and data.stream_window (ilct.training.readers): the stream reads a latent directory shard by
+    shard, so it needs one (data.latents), and what needs every label or caption at once stays with memory."""
+    d, m = cfg.data, cfg.model
+    if d.reader != "stream":
+        if d.stream_window != DataConfig().stream_window:
+            raise IlctError(f"config: data.stream_window applies to data.reader=stream, not {d.reader}, "
+                            f"got {_show(d.stream_window)}; leave it at {DataConfig().stream_window}")
+        return
+    if not 1 <= d.stream_window <= MAX_STREAM_WINDOW:
+        raise IlctError(f"config: data.stream_window must be in 1..{MAX_STREAM_WINDOW} (shards held at once), "
+                        f"got {_show(d.stream_window)}")
+    if not d.latents:
+        raise IlctError("config: data.reader=stream reads a latent directory shard by shard: set data.latents "
+                        "(make one with `ilct encode`; docs/streaming.md)")
+    if m.num_classes == -1:
+        raise IlctError("config: model.num_classes=-1 reads every label before training; with data.reader=stream "
+                        "give the number of classes")
+    if d.caption_holdout:
+        raise IlctError("config: data.caption_holdout applies to data.reader=memory (the stream reads every latent "
+                        "of its shards); leave it empty")
 
 
 MAX_EMA_PROFILES = 16  # train.ema_stds: each profile is one more copy of the weights in memory

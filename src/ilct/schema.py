@@ -33,6 +33,9 @@ class DataConfig:
     frame_stride: int = 1  # clips: every frame_stride-th frame of the video or motion
     caption_holdout: str = ""  # regex: images whose caption matches are left out of training (held-out prompts)
     latents: str = ""  # a latent directory from `ilct encode`; "" -> encode via the cache
+    reader: str = "memory"  # how batches read the latents (ilct.training.readers.READERS): memory (random access,
+    #                         the whole set in memory or memory-mapped) | stream (shard by shard; docs/streaming.md)
+    stream_window: int = 8  # with reader=stream: the shards a draw group holds in memory at once, shuffled together
     cache_dir: str = ""  # latent cache; "" -> $ILCT_CACHE or ~/.cache/ilct
 
 
@@ -219,12 +222,14 @@ MAX_CLASSES = 100_000  # model.num_classes (ImageNet-21k has 21,841)
 MAX_TEXT_DIM = 8192  # model.text_dim (caption embeddings: 384 for all-MiniLM-L6-v2, 4096 for T5-XXL)
 MAX_LEVELS = 100_000  # consistency.s0 / s1, discretization steps (the paper's curricula end at 1280)
 MAX_GRID_IMAGES = 4096  # train.num_sample_images, kept in memory for each periodic grid
+MAX_STREAM_WINDOW = 65536  # data.stream_window, shards held at once (65,536 shards of 8,192 latents: 2^29 latents)
 SIGMA_REL_MAX = 1 / math.sqrt(12)  # train.ema_stds: gamma = 0, the plain average of every step (EDM2 takes < 0.289)
 
 # Allowed values of the string fields that are choices.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("fashion_mnist", "image_folder", "emoji", "moving_fmnist", "emoji_clips", "video_folder"),
     "data.split": ("train", "test", "heldout", "fit", "val"),
+    "data.reader": ("memory", "stream"),  # ilct.training.readers.READERS
     "model.mlp_act": ("gelu", "relu"),
     "model.attention": ("full", "factorized"),
     "autoencoder.kind": ("builtin", "taesd", "diffusers"),

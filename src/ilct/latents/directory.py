@@ -122,51 +122,66 @@ def is_complete(path: str | Path) -> bool:
     return isinstance(meta, dict) and meta.get("format") == FORMAT and meta.get("complete") is True
 
 
+def read_meta(path: Path) -> tuple[dict, tuple[int, ...], int, str, list[tuple[str, str]]]:
+    """A finished latent directory's meta.json, checked: (meta, shape, count, autoencoder fingerprint,
+    [(latent file, label file) per shard])."""
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise IlctError(f"{path} is not a latent directory (no {META_FILE}; make one with `ilct encode`)")
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise IlctError(f"{meta_path} is not an {FORMAT} latent directory")
+    if not meta.get("complete"):
+        raise IlctError(f"{path} is incomplete: run the same `ilct encode` again to finish it")
+    try:
+        shape = tuple(int(v) for v in meta["shape"])
+        count = int(meta["count"])
+        fingerprint = str(meta["autoencoder_fingerprint"])
+        shards = [(str(s["file"]), str(s["labels"])) for s in meta["shards"]]
+    except (KeyError, TypeError, ValueError):
+        raise IlctError(f"{meta_path} is malformed (shape, count, fingerprint or shards)") from None
+    return meta, shape, count, fingerprint, shards
+
+
+def read_captions(path: Path, count: int) -> list[str] | None:
+    """captions.json (one caption per latent), when the directory has one."""
+    cap = path / CAPTIONS_FILE
+    captions = read_json(cap) if cap.is_file() else None
+    if captions is not None and (not isinstance(captions, list) or len(captions) != count
+                                 or not all(isinstance(c, str) for c in captions)):
+        raise IlctError(f"{cap} must hold one caption string per latent ({count})")
+    return captions
+
+
+def shard_array(folder: Path, name: str, dtype, shape: tuple, mmap_mode: str | None = "r") -> np.ndarray:
+    """One shard file (memory-mapped, or read whole with mmap_mode None), checked against meta.json: present,
+    inside the folder, readable, dtype and shape."""
+    path = folder / name
+    if Path(name).name != name or not path.is_file():
+        raise IlctError(f"{folder}: shard {name!r} is missing (encode again into a new folder)")
+    try:
+        a = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise IlctError(f"cannot read {path}: {' '.join(str(e).split())}") from None
+    if a.dtype != dtype or tuple(a.shape[1:]) != tuple(shape):
+        raise IlctError(f"{path} holds {a.dtype} {tuple(a.shape)}, expected {np.dtype(dtype)} (n, {', '.join(map(str, shape))})")
+    return a
+
+
 class LatentDir:
     """A finished latent directory, read by memory mapping."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        meta_path = self.path / META_FILE
-        if not meta_path.is_file():
-            raise IlctError(f"{self.path} is not a latent directory (no {META_FILE}; make one with `ilct encode`)")
-        self.meta = read_json(meta_path)
-        if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
-            raise IlctError(f"{meta_path} is not an {FORMAT} latent directory")
-        if not self.meta.get("complete"):
-            raise IlctError(f"{self.path} is incomplete: run the same `ilct encode` again to finish it")
-        try:
-            self.shape: tuple[int, ...] = tuple(int(v) for v in self.meta["shape"])  # type: ignore[assignment]
-            self.count: int = int(self.meta["count"])
-            self.fingerprint: str = str(self.meta["autoencoder_fingerprint"])
-            shards = [(str(s["file"]), str(s["labels"])) for s in self.meta["shards"]]
-        except (KeyError, TypeError, ValueError):
-            raise IlctError(f"{meta_path} is malformed (shape, count, fingerprint or shards)") from None
+        self.meta, self.shape, self.count, self.fingerprint, shards = read_meta(self.path)
         self.stats = LatentStats.load(self.path / STATS_FILE)
-        self._shards = [self._array(f, np.float32, self.shape) for f, _ in shards]
-        labels = [self._array(lf, np.int64, ()) for _, lf in shards]
+        self._shards = [shard_array(self.path, f, np.float32, self.shape) for f, _ in shards]
+        labels = [shard_array(self.path, lf, np.int64, ()) for _, lf in shards]
         if any(len(a) != len(b) for a, b in zip(self._shards, labels)) or sum(map(len, self._shards)) != self.count:
             raise IlctError(f"{self.path}: the shards do not add up to the {self.count} latents meta.json names")
         self.labels = torch.from_numpy(np.concatenate(labels)) if labels else torch.zeros(0, dtype=torch.long)
         self._starts = np.cumsum([0] + [len(s) for s in self._shards])
-        cap = self.path / CAPTIONS_FILE
-        self.captions: list[str] | None = read_json(cap) if cap.is_file() else None
-        if self.captions is not None and (not isinstance(self.captions, list) or len(self.captions) != self.count
-                                          or not all(isinstance(c, str) for c in self.captions)):
-            raise IlctError(f"{cap} must hold one caption string per latent ({self.count})")
-
-    def _array(self, name: str, dtype, shape: tuple) -> np.ndarray:
-        """One shard (memory-mapped), checked against meta.json: present, inside the folder, dtype and shape."""
-        path = self.path / name
-        if Path(name).name != name or not path.is_file():
-            raise IlctError(f"{self.path}: shard {name!r} is missing (encode again into a new folder)")
-        try:
-            a = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise IlctError(f"cannot read {path}: {e}") from None
-        if a.dtype != dtype or tuple(a.shape[1:]) != tuple(shape):
-            raise IlctError(f"{path} holds {a.dtype} {tuple(a.shape)}, expected {np.dtype(dtype)} (n, {', '.join(map(str, shape))})")
-        return a
+        self.captions = read_captions(self.path, self.count)
 
     def __len__(self) -> int:
         return self.count

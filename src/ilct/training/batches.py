@@ -29,7 +29,9 @@ from typing import Callable
 
 import torch
 
+from ilct.errors import IlctError
 from ilct.objectives.consistency.coupling import ot_couple
+from ilct.training.readers import MemoryReader, Reader, draw_slice
 
 _MIX = 0x9E3779B97F4A7C15  # odd constant (2^64 / golden ratio) that spreads (seed, step) over 63 bits
 
@@ -68,13 +70,14 @@ class Batch:
 
 
 class BatchMaker:
-    """make(k) -> this rank's Batch of step k (CPU tensors): per group of the global batch, data indices, noise,
-    then the objective's draw, from the group's generator (seed, k, g); the OT coupling of data and noise when
-    it is on (on this rank's samples)."""
+    """make(k) -> this rank's Batch of step k (CPU tensors): per group of the global batch, the data from the
+    reader (ilct.training.readers: memory draws indices with the group's generator (seed, k, g), the stream reads
+    the group's own shards), then noise and the objective's draw from that generator; the OT coupling of data and
+    noise when it is on (on this rank's samples)."""
 
     def __init__(
         self,
-        gather: Callable[[torch.Tensor], torch.Tensor],  # indices -> normalized latents (CPU)
+        gather: Callable[[torch.Tensor], torch.Tensor] | None,  # indices -> normalized latents (CPU)
         n_data: int,
         shape: tuple[int, ...],
         labels: torch.Tensor | None,
@@ -85,33 +88,26 @@ class BatchMaker:
         rank: int = 0,
         world: int = 1,
         groups: int = 1,  # draw groups of the global batch (train.draw_groups, resolved)
+        reader: Reader | None = None,  # None: the memory reader of gather, n_data and labels
     ):
-        if batch_size % world:
-            raise ValueError(f"train.batch_size={batch_size} does not split over {world} ranks")
-        if groups < 1 or batch_size % groups:
-            raise ValueError(f"train.batch_size={batch_size} does not split into {groups} draw groups")
-        self.gather, self.n_data, self.shape, self.labels = gather, n_data, shape, labels
-        self.B, self.seed, self.draw, self.ot = batch_size, seed, draw, ot
-        self.lo, self.hi = rank * batch_size // world, (rank + 1) * batch_size // world
-        self.n = batch_size // groups  # samples per group
-        self.groups = range(self.lo // self.n, (self.hi - 1) // self.n + 1)  # the groups this rank's slice overlaps
+        self.lo, self.hi, self.n, self.groups = draw_slice(batch_size, world, groups, rank)
+        self.reader = reader if reader is not None else MemoryReader(gather, n_data, labels)
+        self.shape, self.B, self.seed, self.draw, self.ot = shape, batch_size, seed, draw, ot
 
-    def _group(self, k: int, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(indices, noise, the objective's draw) of one group of step k's global batch."""
+    def _group(self, k: int, group: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(data, conditions, noise, the objective's draw) of this rank's part a .. b-1 of one group of step k's
+        global batch."""
+        a, b = max(self.lo, group * self.n) - group * self.n, min(self.hi, (group + 1) * self.n) - group * self.n
         g = torch.Generator().manual_seed(group_seed(self.seed, k, group))
-        idx = torch.randint(0, self.n_data, (self.n,), generator=g)
+        x, y = self.reader.take(k, group, self.n, g, a, b)
         z = torch.randn((self.n, *self.shape), generator=g)
-        return idx, z, self.draw(k, self.n, g)
+        return x, y, z[a:b], self.draw(k, self.n, g)[a:b]
 
     def make(self, k: int) -> Batch:
         parts = [self._group(k, group) for group in self.groups]
-        start = self.lo - self.groups.start * self.n
-        idx, z, d = (torch.cat(p)[start:start + self.hi - self.lo] if len(p) > 1 else p[0][start:start + self.hi - self.lo]
-                     for p in zip(*parts))
-        x = self.gather(idx)
+        x, y, z, d = (p[0] if len(p) == 1 or p[0] is None else torch.cat(p) for p in zip(*parts))
         if self.ot:
             z = ot_couple(x, z)
-        y = self.labels[idx] if self.labels is not None else None
         return Batch(x.contiguous(), z.contiguous(), d, y)
 
 
@@ -153,7 +149,10 @@ class Prefetcher:
     def get(self, k: int) -> Batch:
         if k != self.next:
             raise RuntimeError(f"prefetcher expected step {self.next}, asked for {k}")
-        b = self.maker.make(k) if self._it is None else next(self._it)
+        try:
+            b = self.maker.make(k) if self._it is None else next(self._it)
+        except IlctError as e:  # from a worker, DataLoader re-raises it with the worker's traceback in its text
+            raise IlctError(str(e).strip().splitlines()[-1].split("IlctError: ", 1)[-1]) from None
         self.next = k + 1
         return b.to(self.device, non_blocking=self.pin)
 

@@ -18,7 +18,6 @@ import torch
 from ilct.errors import IlctError
 from ilct.latents import LatentStats
 from ilct.models import build_model, clip_data, make_ema, run_autoencoder
-from ilct.nets.text import caption_conditions, kept_indices
 from ilct.objectives import Objective, make_objective
 from ilct.runs.folder import STATS_FILE
 from ilct.schema import Config
@@ -26,9 +25,9 @@ from ilct.training import distributed, flat
 from ilct.training.batches import BatchMaker
 from ilct.training.data import load_latents
 from ilct.training.optim import RAdam
+from ilct.training.readers import READERS, Reader
 from ilct.training.warmstart import warm_start
 
-IN_MEMORY_BYTES = 4 << 30  # latent sets up to 4 GiB are loaded whole
 PATH_KEYS = (("autoencoder", "path"), ("data", "root"), ("data", "latents"), ("data", "cache_dir"), ("train", "init_from"))
 
 
@@ -62,42 +61,6 @@ class RunData:
     maker: BatchMaker
     latent_set: str
     objective: Objective
-
-
-def _conditions(cfg: Config, latent_set, main: bool):
-    """The labels (or caption conditions) the model is conditioned on, and the indices kept for training."""
-    labels = None
-    if cfg.model.num_classes != 0:  # class-conditional: labels stored with the latents
-        if latent_set.labels is None or len(latent_set.labels) == 0:
-            raise IlctError("config: model.num_classes is set but the latents carry no labels "
-                            "(Fashion-MNIST, or an image folder with data.labels_from_subfolders)")
-        if int(latent_set.labels.min()) < 0:
-            raise IlctError(f"{latent_set.path}: the labels must be >= 0")
-        if cfg.model.num_classes < 0:
-            cfg.model.num_classes = int(latent_set.labels.max()) + 1
-        if int(latent_set.labels.max()) >= cfg.model.num_classes:
-            raise IlctError(f"config: model.num_classes={cfg.model.num_classes} but the labels go up to "
-                            f"{int(latent_set.labels.max())}")
-        labels = latent_set.labels
-    kept = None
-    if cfg.data.caption_holdout:  # held-out prompts: their images are never trained on (checked before the embeddings)
-        if not latent_set.captions:
-            raise IlctError("config: data.caption_holdout is set but the latents carry no captions")
-
-        kept = torch.tensor(kept_indices(latent_set.captions, cfg.data.caption_holdout), dtype=torch.long)
-    if cfg.model.text_dim > 0:  # text-conditional: caption embeddings (and tokens), cached with the latents
-        if not latent_set.captions:
-            raise IlctError("config: model.text_dim is set but the latents carry no captions (emoji, moving_fmnist, "
-                            "emoji_clips and captioned video folders have them)")
-
-        # (n, text_dim) pooled, or with model.text_tokens = L the packed (n, 1 + L, text_dim + 1) (ilct.nets.embedders)
-        labels = caption_conditions(latent_set.path, latent_set.captions, cfg.model.text_tokens)
-        dim = labels.shape[-1] - (cfg.model.text_tokens > 0)
-        if dim != cfg.model.text_dim:
-            raise IlctError(f"config: model.text_dim={cfg.model.text_dim} but the text encoder gives {dim}-d embeddings")
-    if kept is not None and main:
-        print(f"caption_holdout {cfg.data.caption_holdout!r}: training on {len(kept)} of {len(latent_set)} latents", flush=True)
-    return labels, kept
 
 
 def _latents_in_turn(cfg: Config, ae, device: torch.device, progress: bool, dist: distributed.Dist):
@@ -164,34 +127,28 @@ def build_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder
                         f"{latent_set.identity}): pass --allow-other-latents to train on with them")
     elif tuple(stats.mean.shape) != shape:
         raise IlctError(f"{stats_run / STATS_FILE} holds statistics of {tuple(stats.mean.shape)} latents, the data gives {dims}")
-    # Small latent sets live in (host) memory; larger ones are gathered per batch from the memory map.
-    if latent_set.nbytes <= IN_MEMORY_BYTES:
-        gather = stats.normalize(latent_set.all(), cons.sigma_data).__getitem__  # std sigma_d
-    else:
-        gather = lambda idx: stats.normalize(latent_set.gather(idx.numpy()), cons.sigma_data)  # noqa: E731
-    labels, kept = _conditions(cfg, latent_set, main)
-    n_data = len(latent_set)
-    if kept is not None:
-        base_gather, n_data = gather, len(kept)
-        gather = lambda idx: base_gather(kept[idx])  # noqa: E731
-        labels = labels[kept] if labels is not None else None
-    objective = make_objective(cfg)
     cfg.train.draw_groups = cfg.train.draw_groups or dist.world  # 0: the world size at the start, then recorded
+    reader = distributed.together(dist, lambda: READERS[cfg.data.reader].make(cfg, latent_set, stats, dist.rank,
+                                                                              dist.world, main), "reading the latents")
+    objective = make_objective(cfg)
     distributed.same_everywhere(dist, {"run config": config_digest(cfg), "latents": f"{latent_set.identity}|{dims}",
                                        "autoencoder": ae.fingerprint()})
     try:
-        maker = make_batch_maker(cfg, objective, gather, n_data, shape, labels, dist.rank, dist.world)
+        maker = make_batch_maker(cfg, objective, reader.gather, reader.n_data, shape, reader.labels, dist.rank,
+                                 dist.world, reader)
     except ValueError as e:
         raise IlctError(f"config: {e}") from None
     return RunData(ae, stats, shape, maker, latent_set.identity, objective)
 
 
 def make_batch_maker(cfg: Config, objective: Objective, gather, n_data: int, shape: tuple[int, ...],
-                     labels: torch.Tensor | None = None, rank: int = 0, world: int = 1) -> BatchMaker:
-    """The BatchMaker of cfg's run: its seed and batch size, the objective's draw, OT where it applies."""
+                     labels: torch.Tensor | None = None, rank: int = 0, world: int = 1,
+                     reader: Reader | None = None) -> BatchMaker:
+    """The BatchMaker of cfg's run: its seed and batch size, the objective's draw, OT where it applies; its data
+    from `reader` (ilct.training.readers), or by default random access through gather, n_data and labels."""
     t = cfg.train
     return BatchMaker(gather, n_data, shape, labels, t.batch_size, t.seed, objective.draw,
-                      cfg.method.ot_coupling and objective.couples_noise, rank, world, t.draw_groups or 1)
+                      cfg.method.ot_coupling and objective.couples_noise, rank, world, t.draw_groups or 1, reader)
 
 
 def build_student(cfg: Config, device: torch.device, init: bool = True,

@@ -173,6 +173,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     distributed.barrier(dist)
     if resume:
         resume_from, state = ckpt.restore_newest(run_dir, model, ema, opt, cfg, profiles)
+        data.maker.reader.resume(state.get("reader"), state.get("step", 0))  # the stream goes on where it was
         made_on = state.get("world_size", 1)
         if resume_from is not None and made_on != dist.world and main:  # allowed (the global batch is the same)
             print(f"note: {resume_from.name} was written by {made_on} rank(s) and this run has {dist.world}: "
@@ -183,6 +184,12 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     stop.raise_if_stopped()  # a signal during start-up's writes: nothing trained yet
     policy = NonFinitePolicy(device, cfg.train.max_nonfinite, state.get("nonfinite_total", 0), state.get("lr_halved", False))
     return Run(cfg, run_dir, data, model, ema, opt, state.get("step", 0), policy, dist, device, monitor, profiles)
+
+
+def reader_record(run: Run, step: int) -> dict[str, Any]:
+    """What the checkpoint of `step` records of the data reader (the stream's position; nothing for memory)."""
+    state = run.data.maker.reader.state(step)
+    return {"reader": state} if state else {}
 
 
 def _student(run: Run) -> torch.nn.Module:
@@ -228,7 +235,7 @@ class _Outputs:
             snap = ckpt.snapshot_checkpoint(step, r.model, r.ema, r.opt, rng_tensors,
                                             {"nonfinite_total": r.policy.total, "lr_halved": r.policy.lr_halved,
                                              "arch": r.cfg.model.arch, "world_size": r.dist.world, "rng": rng_scalars,
-                                             **checkpoint_record(r.cfg), **extra},
+                                             **checkpoint_record(r.cfg), **reader_record(r, step), **extra},
                                             r.profiles, copy=self.writer is not None)
             keep, protect = r.cfg.train.keep_checkpoints, r.monitor and r.monitor.best and r.monitor.best.step
             if self.writer is not None:
