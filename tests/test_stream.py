@@ -52,6 +52,17 @@ def test_every_sample_once_per_epoch_in_an_order_of_the_seed(latents):
     assert epoch_order(3, 0, 0, [0, 1, 2, 3, 4, 5, 6]) != epoch_order(3, 1, 0, [0, 1, 2, 3, 4, 5, 6])
 
 
+def test_held_out_latents_are_never_read_and_the_others_once_per_epoch(latents):
+    keep = np.arange(N) % 3 != 0  # data.caption_holdout: a bool per latent
+    whole = LatentDir(latents)
+    r = StreamReader(LatentShards(latents), lambda raw: raw, 3, 1, 7, 2, keep=keep)
+    assert r.n_data == r.length[0] == 42
+    first = epoch_indices(r, 0, 0)
+    assert sorted(first) == list(np.flatnonzero(keep))
+    x, _ = r.take(2, 0, 7, torch.Generator(), 0, 7)
+    assert torch.equal(x, whole.gather(first[14:21]))
+
+
 def test_draw_groups_read_disjoint_shards_that_cover_the_set(latents):
     r = reader(latents, groups=2, n=4)  # group 0: shards 0, 2, 4, 6 (34 latents); group 1: shards 1, 3, 5 (30)
     starts = LatentShards(latents).starts

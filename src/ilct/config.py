@@ -261,7 +261,7 @@ def validate(cfg: Config) -> None:
 
 def _validate_reader(cfg: Config) -> None:
     """data.reader and data.stream_window (ilct.training.readers): the stream reads a latent directory shard by
-    shard, so it needs one (data.latents), and what needs every label or caption at once stays with memory."""
+    shard, so it needs one (data.latents), and a class count found by reading every label stays with memory."""
     d, m = cfg.data, cfg.model
     if d.reader != "stream":
         if d.stream_window != DataConfig().stream_window:
@@ -277,9 +277,6 @@ def _validate_reader(cfg: Config) -> None:
     if m.num_classes == -1:
         raise IlctError("config: model.num_classes=-1 reads every label before training; with data.reader=stream "
                         "give the number of classes")
-    if d.caption_holdout:
-        raise IlctError("config: data.caption_holdout applies to data.reader=memory (the stream reads every latent "
-                        "of its shards); leave it empty")
 
 
 MAX_EMA_PROFILES = 16  # train.ema_stds: each profile is one more copy of the weights in memory

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+import numpy as np
 import torch
 
 from ilct.errors import IlctError
@@ -84,17 +85,22 @@ def conditions(cfg: Config, latent_set: LatentDir, main: bool) -> tuple[torch.Te
             raise IlctError(f"config: model.num_classes={cfg.model.num_classes} but the labels go up to "
                             f"{int(latent_set.labels.max())}")
         labels = latent_set.labels
-    kept = None
-    if cfg.data.caption_holdout:  # held-out prompts: their images are never trained on (checked before the embeddings)
-        if not latent_set.captions:
-            raise IlctError("config: data.caption_holdout is set but the latents carry no captions")
-
-        kept = torch.tensor(kept_indices(latent_set.captions, cfg.data.caption_holdout), dtype=torch.long)
+    kept = kept_latents(cfg, latent_set)  # (checked before the embeddings)
     if cfg.model.text_dim > 0:
         labels = text_conditions(cfg, latent_set)
     if kept is not None and main:
         print(f"caption_holdout {cfg.data.caption_holdout!r}: training on {len(kept)} of {len(latent_set)} latents", flush=True)
     return labels, kept
+
+
+def kept_latents(cfg: Config, latent_set: LatentDir | LatentShards) -> torch.Tensor | None:
+    """data.caption_holdout: the indices of the latents trained on (held-out prompts' images never are); None
+    when nothing is held out."""
+    if not cfg.data.caption_holdout:
+        return None
+    if not latent_set.captions:
+        raise IlctError("config: data.caption_holdout is set but the latents carry no captions")
+    return torch.tensor(kept_indices(latent_set.captions, cfg.data.caption_holdout), dtype=torch.long)
 
 
 def text_conditions(cfg: Config, latent_set: LatentDir | LatentShards) -> torch.Tensor:
@@ -131,13 +137,21 @@ def stream_reader(cfg: Config, latent_set: LatentShards, stats: LatentStats, ran
                   main: bool) -> stream.StreamReader:
     """The stream over this rank's draw groups' shards (ilct.training.stream), each of them checked now."""
     t = cfg.train
+    kept = kept_latents(cfg, latent_set)
     table = text_conditions(cfg, latent_set) if cfg.model.text_dim > 0 else None
     try:
         _, _, n, mine = draw_slice(t.batch_size, world, t.draw_groups, rank)
     except ValueError as e:
         raise IlctError(f"config: {e}") from None
+    keep = None
+    if kept is not None:
+        keep = np.zeros(len(latent_set), bool)
+        keep[kept.numpy()] = True
+        if main:
+            print(f"caption_holdout {cfg.data.caption_holdout!r}: training on {len(kept)} of {len(latent_set)} latents",
+                  flush=True)
     return stream.open_stream(latent_set, lambda raw: stats.normalize(raw, cfg.consistency.sigma_data), t.seed,
-                              t.draw_groups, n, cfg.data.stream_window, mine, cfg.model.num_classes, table)
+                              t.draw_groups, n, cfg.data.stream_window, mine, cfg.model.num_classes, table, keep)
 
 
 @dataclass(frozen=True)

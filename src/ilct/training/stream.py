@@ -57,11 +57,14 @@ class StreamReader:
     labels = None
 
     def __init__(self, shards: LatentShards, normalize: Callable[[torch.Tensor], torch.Tensor], seed: int,
-                 groups: int, n: int, window: int, num_classes: int = 0, table: torch.Tensor | None = None):
+                 groups: int, n: int, window: int, num_classes: int = 0, table: torch.Tensor | None = None,
+                 keep: np.ndarray | None = None):
         self.shards, self.normalize, self.seed, self.groups, self.n, self.window = shards, normalize, seed, groups, n, window
         self.num_classes, self.table = num_classes, table  # table: caption conditions by latent index (text models)
-        self.sizes = np.asarray(shards.sizes, dtype=np.int64)
-        self.n_data = shards.count
+        # keep (data.caption_holdout): a bool per latent, False for those never trained on; each shard's rows kept
+        self.rows = None if keep is None else [np.flatnonzero(keep[a:a + m]) for a, m in zip(shards.starts, shards.sizes)]
+        self.sizes = np.asarray(shards.sizes if self.rows is None else [len(r) for r in self.rows], dtype=np.int64)
+        self.n_data = int(self.sizes.sum())
         self.length = [int(self.sizes[group_shards(len(self.sizes), groups, g)].sum()) for g in range(groups)]  # L_g
         self._plans: dict[int, tuple[int, list[list[int]], np.ndarray]] = {}  # group -> (epoch, windows, their ends)
         self._perms: dict[int, tuple[tuple[int, int], np.ndarray]] = {}  # group -> ((epoch, window), permutation)
@@ -101,7 +104,11 @@ class StreamReader:
             rows = self._perm(epoch, group, j, int(ends[j]) - start)[p - start:p - start + count]
             shard_ends = np.cumsum(self.sizes[windows[j]])
             which = np.searchsorted(shard_ends, rows, side="right")  # (count,) the shard within the window
-            yield epoch, j, windows[j], which, rows - (shard_ends[which] - self.sizes[windows[j]][which])
+            row = rows - (shard_ends[which] - self.sizes[windows[j]][which])
+            if self.rows is not None:  # the row-th kept row of its shard
+                for w in np.unique(which):
+                    row[which == w] = self.rows[windows[j][w]][row[which == w]]
+            yield epoch, j, windows[j], which, row
             pos += count
 
     def indices(self, k: int, group: int, a: int, b: int) -> np.ndarray:
@@ -163,18 +170,18 @@ class StreamReader:
 
 
 def open_stream(shards: LatentShards, normalize: Callable[[torch.Tensor], torch.Tensor], seed: int, groups: int,
-                n: int, window: int, mine: range, num_classes: int = 0,
-                table: torch.Tensor | None = None) -> StreamReader:
+                n: int, window: int, mine: range, num_classes: int = 0, table: torch.Tensor | None = None,
+                keep: np.ndarray | None = None) -> StreamReader:
     """The stream, after checking that every draw group has shards and that this rank's groups' shard files are
     all there and whole (their headers; the data is checked as it is read)."""
     if len(shards.sizes) < groups:
         raise IlctError(f"data.reader=stream: {shards.path} holds {len(shards.sizes)} shard(s), fewer than the {groups} "
                         "draw groups (train.draw_groups; every group reads shards of its own): encode with a smaller "
                         "--shard-size")
-    reader = StreamReader(shards, normalize, seed, groups, n, window, num_classes, table)
+    reader = StreamReader(shards, normalize, seed, groups, n, window, num_classes, table, keep)
     for g in mine:
         if reader.length[g] == 0:
-            raise IlctError(f"data.reader=stream: draw group {g}'s shards of {shards.path} hold no latents")
+            raise IlctError(f"data.reader=stream: draw group {g}'s shards of {shards.path} hold no latents to train on")
         for s in group_shards(len(shards.sizes), groups, g):
             shards.check(s)
     return reader
