@@ -58,6 +58,10 @@ class LatentShards:
 
     def check(self, k: int) -> None:
         """Shard k's two files are there, whole (their headers and sizes; the data is not read)."""
+        for name in self.files[k]:
+            if Path(name).name == name and not (self.path / name).is_file():
+                raise IlctError(f"{self.path}: shard {name!r} is missing (a node needs meta.json, the statistics and "
+                                "the shards of its ranks' draw groups: docs/streaming.md)")
         self._rows(shard_array(self.path, self.files[k][0], np.float32, self.shape), k)
         self._rows(shard_array(self.path, self.files[k][1], np.int64, ()), k)
 
