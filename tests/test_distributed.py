@@ -1,6 +1,7 @@
 """torchrun with two gloo ranks on the CPU: identical replicas, equal to one process with the same global batch,
 and a resume with the same world size that reproduces the run; the same as two nodes (two torchrun processes
-meeting at a c10d rendezvous on 127.0.0.1), and a node that lacks the latents stopping every rank in one line."""
+meeting at a c10d rendezvous on 127.0.0.1), a node that lacks the latents stopping every rank in one line, and
+streamed latents (data.reader=stream) of which each node holds only its own shards."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from conftest import crashed_copy
+from conftest import crashed_copy, encode_fake
 from ilct.runs.checkpoint import latest_checkpoint, read_json, read_tensors
 from ilct.cli import main
 
@@ -193,3 +194,29 @@ def test_encode_on_two_ranks_gives_the_one_process_latents_and_resumes(tmp_path,
     for name in shards:
         assert (one / name).read_bytes() == (three / name).read_bytes(), name
     assert json.loads((three / "meta.json").read_text()) == meta_one
+
+
+def test_two_nodes_each_with_only_its_own_shards_stream_as_one_process(tmp_path, tiny_autoencoder, fake_fmnist):
+    """data.reader=stream (docs/streaming.md): two nodes, each with a local latent directory that holds only
+    meta.json, the statistics and its own draw group's shards, train as one process with two draw groups."""
+    from test_stream import config as stream_config, train_args
+
+    latents = encode_fake(tmp_path / "lat", tiny_autoencoder, fake_fmnist, "--limit", "64", "--shard-size", "10")
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node, shards in zip(nodes, ([0, 2, 4, 6], [1, 3, 5])):
+        (node / "lat").mkdir(parents=True)
+        for name in ["meta.json", "stats.safetensors"] + [f"{kind}_{s:05d}.npy" for s in shards for kind in ("shard", "labels")]:
+            shutil.copy(latents / name, node / "lat" / name)
+    cfg = stream_config(tmp_path, Path("lat"))  # relative: each node's own disk
+    steps = ["--set", "train.total_steps=6"]
+    assert main(train_args(cfg, tiny_autoencoder, tmp_path / "one") + steps + ["--set", f"data.latents={latents}",
+                                                                            "--set", "train.draw_groups=2"]) == 0
+    for proc in two_nodes(train_args(cfg, tiny_autoencoder, tmp_path / "two") + steps, cwd=nodes):
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    two = latest_checkpoint(tmp_path / "two")
+    assert read_json(two / "state.json")["world_size"] == 2
+    one = read_tensors(latest_checkpoint(tmp_path / "one") / "model.safetensors")
+    ddp = read_tensors(two / "model.safetensors")
+    for k in one:
+        torch.testing.assert_close(ddp[k], one[k], atol=2e-5, rtol=1e-4)
+    assert read_json(tmp_path / "one" / "checkpoints" / "step_000000005" / "state.json")["reader"]["groups"] == [[0, 20], [0, 20]]

@@ -209,3 +209,4 @@ def test_a_shard_that_goes_bad_after_the_start_is_an_error_when_it_is_read(tmp_p
     with pytest.raises(IlctError, match="shard_00001.npy holds latents that are not finite"):
         for k in range(16):
             r.take(k, 0, 8, torch.Generator(), 0, 8)
+

@@ -5,6 +5,7 @@ parameterization (and its EMA copy), and the autoencoder its latents live in (fr
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -14,7 +15,7 @@ from ilct.config import backbone_kwargs
 from ilct.schema import Config, latent_shape
 from ilct.data import CLIP_DATASETS
 from ilct.errors import IlctError
-from ilct.latents import LatentDir
+from ilct.latents import read_meta
 from ilct.nets import build_backbone
 from ilct.objectives import make_objective
 
@@ -50,11 +51,11 @@ def make_ema(model: nn.Module) -> nn.Module:
 
 def clip_data(cfg: Config) -> bool:
     """Whether the data a run trains on are clips: model.frames > 0 where it is set; else the latent
-    directory's shape is (C, T, H, W) (data.latents), or the dataset is a clip dataset."""
+    directory's shape is (C, T, H, W) (data.latents; only its meta.json is read), or the dataset is a clip dataset."""
     if cfg.model.frames is not None:
         return cfg.model.frames > 0
     if cfg.data.latents:
-        return len(LatentDir(cfg.data.latents).shape) == 4
+        return len(read_meta(Path(cfg.data.latents))[1]) == 4
     return cfg.data.dataset in CLIP_DATASETS
 
 

@@ -6,8 +6,8 @@ neither of those imports the other's users: autoencoders -> data, latents -> bot
 
 from ilct.latents.directory import (CAPTIONS_FILE, FORMAT, META_FILE, POSTERIORS, STATS_FILE, LatentDir, LatentStats,
                                     cache_key, cached_latents, check_posterior, default_cache_dir, encode_batch,
-                                    encode_to_dir, posterior_noise)
+                                    encode_to_dir, posterior_noise, read_meta)
 from ilct.latents.shards import LatentShards
 
 __all__ = ["CAPTIONS_FILE", "FORMAT", "META_FILE", "POSTERIORS", "STATS_FILE", "LatentDir", "LatentShards", "LatentStats", "cache_key",
-           "cached_latents", "check_posterior", "default_cache_dir", "encode_batch", "encode_to_dir", "posterior_noise"]
+           "cached_latents", "check_posterior", "default_cache_dir", "encode_batch", "encode_to_dir", "posterior_noise", "read_meta"]
