@@ -17,7 +17,7 @@ from ilct.cli import main
 from ilct.errors import IlctError
 from ilct.latents import LatentDir, LatentShards
 from ilct.runs.checkpoint import latest_checkpoint, read_json, read_tensors
-from ilct.training.batches import BatchMaker
+from ilct.training.batches import BatchMaker, Prefetcher
 from ilct.training.stream import StreamReader, epoch_order, group_shards, open_stream
 
 N, SHARD = 64, 10  # 64 latents in 7 shards: six of 10 and one of 4
@@ -210,3 +210,18 @@ def test_a_shard_that_goes_bad_after_the_start_is_an_error_when_it_is_read(tmp_p
         for k in range(16):
             r.take(k, 0, 8, torch.Generator(), 0, 8)
 
+
+def test_an_error_in_the_prefetch_worker_is_one_line(tmp_path, latents):
+    lat = tmp_path / "lat"
+    shutil.copytree(latents, lat)
+    maker = BatchMaker(None, N, (4, 8, 8), None, 8, 5, lambda k, n, g: torch.rand(n, generator=g), False,
+                       reader=reader(lat, seed=5))
+    (lat / "shard_00004.npy").unlink()  # gone after the start-up check (a node's disk failing)
+    p = Prefetcher(maker, 0, 16, torch.device("cpu"), depth=2, workers=1)  # as on a GPU: a DataLoader worker
+    try:
+        with pytest.raises(IlctError) as e:
+            for k in range(16):
+                p.get(k)
+        assert str(e.value).startswith(f"{lat}: shard 'shard_00004.npy' is missing") and "\n" not in str(e.value)
+    finally:
+        p.close()

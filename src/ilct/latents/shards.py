@@ -58,20 +58,24 @@ class LatentShards:
 
     def check(self, k: int) -> None:
         """Shard k's two files are there, whole (their headers and sizes; the data is not read)."""
-        for name in self.files[k]:
-            if Path(name).name == name and not (self.path / name).is_file():
-                raise IlctError(f"{self.path}: shard {name!r} is missing (a node needs meta.json, the statistics and "
-                                "the shards of its ranks' draw groups: docs/streaming.md)")
+        self._present(k)
         self._rows(shard_array(self.path, self.files[k][0], np.float32, self.shape), k)
         self._rows(shard_array(self.path, self.files[k][1], np.int64, ()), k)
 
     def read(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Shard k read whole into memory: latents float32 (n, *shape) and labels int64 (n,), checked."""
+        self._present(k)
         latents = self._rows(shard_array(self.path, self.files[k][0], np.float32, self.shape, None), k)
         labels = self._rows(shard_array(self.path, self.files[k][1], np.int64, (), None), k)
         if not np.isfinite(latents).all():
             raise IlctError(f"{self.path / self.files[k][0]} holds latents that are not finite (NaN or inf)")
         return latents, labels
+
+    def _present(self, k: int) -> None:
+        for name in self.files[k]:
+            if Path(name).name == name and not (self.path / name).is_file():
+                raise IlctError(f"{self.path}: shard {name!r} is missing (a node needs meta.json, the statistics and "
+                                "the shards of its ranks' draw groups: docs/streaming.md)")
 
     def _rows(self, a: np.ndarray, k: int) -> np.ndarray:
         if len(a) != self.sizes[k]:

@@ -149,10 +149,13 @@ class Prefetcher:
     def get(self, k: int) -> Batch:
         if k != self.next:
             raise RuntimeError(f"prefetcher expected step {self.next}, asked for {k}")
-        try:
-            b = self.maker.make(k) if self._it is None else next(self._it)
-        except IlctError as e:  # from a worker, DataLoader re-raises it with the worker's traceback in its text
-            raise IlctError(str(e).strip().splitlines()[-1].split("IlctError: ", 1)[-1]) from None
+        if self._it is None:
+            b = self.maker.make(k)
+        else:
+            try:
+                b = next(self._it)
+            except IlctError as e:  # DataLoader re-raises a worker's error with the worker's traceback in its text
+                raise IlctError(str(e).strip().splitlines()[-1].split("IlctError: ", 1)[-1]) from None
         self.next = k + 1
         return b.to(self.device, non_blocking=self.pin)
 
