@@ -92,7 +92,7 @@ def build_data(cfg: Config, run_dir: Path, resume: bool, allow_other_autoencoder
     """Everything the run reads, checked (writes only to the latent cache; rank 0 encodes first).
     Fills in cfg's latent shape and class count. The latent statistics are the run's own when resumed, the
     source run's (`stats_from`) for a branch (ilct.training.branch), else measured on the latents."""
-    main, cons = dist.main, cfg.consistency
+    main = dist.main
     clips = distributed.together(dist, lambda: clip_data(cfg), "reading the latents")  # (their shape)
     if cfg.train.fid_every and clips:
         raise IlctError("config: train.fid_every measures FID on images; this run trains on clips (set it to 0)")
