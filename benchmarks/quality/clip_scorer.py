@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ilct.data.moving_fmnist import load_moving_fmnist
     from ilct.latents.directory import default_cache_dir
     from ilct.metrics.clip_verdicts import Reference, strict_scores, wilson
-    from ilct.metrics.clips import ClipData, load_clip_classifier, score_clips, training_clips
+    from ilct.metrics.clips import ClipData, load_clip_classifier, score_clips
     from ilct.metrics.features import load_fashion_features
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -127,10 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = ClipData()
     scorer = load_clip_classifier(cache, args.data_dir, data, progress=False, **options)
     features = load_fashion_features()
-    seen, held = training_clips(args.data_dir, data, args.seed)
-    half = args.reference // 2
-    ref_clips = np.concatenate([seen.clips_at(np.arange(half)), held.clips_at(np.arange(args.reference - half))])
-    reference = Reference.of(scorer, ref_clips)
+    reference = Reference.from_training(scorer, args.data_dir, data, args.reference, args.seed)
     report = {"command": "python " + " ".join(["benchmarks/quality/clip_scorer.py",
                                                *(argv if argv is not None else sys.argv[1:])]),
               "machine": common.machine(), "date": datetime.date.today().isoformat(),

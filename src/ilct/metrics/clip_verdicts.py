@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 from ilct.data.clips import DIRECTION_STEPS, DIRECTIONS
-from ilct.metrics.clips import CLASSES, ClipScorer, clips_input, confusion
+from ilct.metrics.clips import CLASSES, ClipData, ClipScorer, clips_input, confusion, training_clips
 
 MIN_PRESENT = 0.5  # the share of frames that must show a garment (and, for the class, the asked one)
 MIN_SHIFT = 1.0  # pixels along the asked direction, first frame to last, at the classifier's 32x32
+REFERENCE_CLIPS = 2000  # real clips (8 frames each at the presets' clips: 16,000 reference frames)
 K = 10  # the presence test's neighbours: k = 3 (precision/recall's) found a garment in 69 % of real clips
 
 
@@ -84,6 +85,16 @@ class Reference:
         n, t, d = feats.shape
         flat = feats.reshape(n * t, d)
         return cls(flat, radii_across_clips(flat, np.repeat(np.arange(n), t), k), k, n)
+
+    @classmethod
+    def from_training(cls, scorer: ClipScorer, root: str, data: ClipData, clips: int = REFERENCE_CLIPS,
+                      seed: int = 0, k: int = K) -> "Reference":
+        """From `clips` real clips of the Fashion-MNIST *train* garments (half in the seen directions, half in
+        the held-out ones): garments no scored clip shows."""
+        seen, held = training_clips(root, data, seed)
+        half = clips // 2
+        return cls.of(scorer, np.concatenate([seen.clips_at(np.arange(half)),
+                                              held.clips_at(np.arange(clips - half))]), k)
 
     def inside(self, feats: torch.Tensor, chunk: int = 2048) -> np.ndarray:
         """(N, T) whether each frame lies inside the ball of some real frame."""
@@ -150,16 +161,20 @@ def _rate(ok: np.ndarray) -> dict:
     return {"acc": k / n if n else float("nan"), "ci95": [round(lo, 4), round(hi, 4)], "k": k, "n": n}
 
 
-def strict_scores(clips: np.ndarray, want_class: np.ndarray, want_motion: np.ndarray, scorer: ClipScorer,
-                  reference: Reference, **limits) -> dict:
-    """The verdicts summed up: class and motion accuracy with 95 % intervals, the share of clips with a
-    garment, the class accuracy per asked class, and the confusion of asked (rows) against shown class (columns;
-    the last, "none": no garment)."""
-    v = clip_verdicts(clips, want_class, want_motion, scorer, reference, **limits)
+def summary(v: dict[str, np.ndarray], want_class: np.ndarray) -> dict:
+    """Verdicts (`clip_verdicts`) summed up: class and motion accuracy with 95 % intervals, the share of clips
+    with a garment, the class accuracy per asked class, and the confusion of asked (rows) against shown class
+    (columns; the last, "none": no garment)."""
     want_class = np.asarray(want_class).reshape(-1)
     shown = np.where(v["shown_class"] < 0, CLASSES, v["shown_class"])
     per_class = {str(c): _rate(v["class_ok"][want_class == c]) for c in range(CLASSES) if (want_class == c).any()}
     return {"class": _rate(v["class_ok"]), "motion": _rate(v["motion_ok"]), "garment": _rate(v["garment"]),
             "present_frames": float(v["present_frames"].mean()), "per_class": per_class,
             "confusion": confusion(want_class, shown, CLASSES + 1)[:CLASSES],
-            "n": len(clips)}
+            "n": len(want_class)}
+
+
+def strict_scores(clips: np.ndarray, want_class: np.ndarray, want_motion: np.ndarray, scorer: ClipScorer,
+                  reference: Reference, **limits) -> dict:
+    """`summary` of the clips' verdicts."""
+    return summary(clip_verdicts(clips, want_class, want_motion, scorer, reference, **limits), want_class)
