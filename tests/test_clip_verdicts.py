@@ -107,3 +107,11 @@ def test_clip_scorer_benchmark_tiny_run(tmp_path, fake_fmnist, tiny_autoencoder)
         assert r["strict"]["motion"]["acc"] <= r["strict"]["garment"]["acc"]
         if control == "frozen":
             assert r["strict"]["motion"]["acc"] == 0.0
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--tiny", "--controls", "real,sharp", "--out", str(tmp_path / "bad.json")])
+    assert e.value.code == 2 and not (tmp_path / "bad.json").exists()
+    few = bench.main(["--tiny", "--data-dir", str(fake_fmnist), "--cache-dir", str(tmp_path / "cache"),
+                      "--controls", "noise", "--autoencoder", str(tiny_autoencoder)])
+    assert [(r["split"], r["control"]) for r in few["rows"]] == [(s, c) for s in ("seen", "heldout")
+                                                                  for c in ("noise", "autoencoded")]
+    assert few["rows"][1]["strict"] == rows[("seen", "autoencoded")]["strict"]  # the same real clips, encoded

@@ -95,7 +95,8 @@ def controls(data, n: int, seed: int, blur: float) -> dict[str, tuple[np.ndarray
     noise = rng.integers(0, 256, clips.shape, dtype=np.uint8)
     return {"real": (clips, cls, mot), "shuffled": (clips, cls[perm], mot[perm]),
             "frozen": (np.repeat(clips[:, :1], clips.shape[1], axis=1), cls, mot),
-            "blur": (blurred(clips, blur), cls, mot), "blur_light": (blurred(clips, blur / 2), cls, mot), "blob": (sprite_on_path(data, n, blob(data.size)), cls, mot),
+            "blur": (blurred(clips, blur), cls, mot), "blur_light": (blurred(clips, blur / 2), cls, mot),
+            "blob": (sprite_on_path(data, n, blob(data.size)), cls, mot),
             "filament": (sprite_on_path(data, n, filament(data.size)), cls, mot), "noise": (noise, cls, mot)}
 
 
@@ -114,10 +115,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reference", type=int, default=2000, help="real train-garment clips of the presence test")
     p.add_argument("--blur", type=float, default=1.5, help="Gaussian blur radius of the blur control (pixels)")
     p.add_argument("--autoencoder", help="a built-in autoencoder's folder (ilct autoencoder): adds the autoencoded row")
+    p.add_argument("--controls", default=",".join(CONTROLS),
+                   help=f"comma-separated, of {', '.join(CONTROLS)} (autoencoded comes with --autoencoder)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="JSON report")
     p.add_argument("--tiny", action="store_true", help="seconds: 16 clips, a clip classifier of a few steps")
     args = p.parse_args(argv)
+    chosen = [c for c in args.controls.split(",") if c]
+    if not chosen or set(chosen) - set(CONTROLS):
+        p.error(f"--controls {args.controls}: choose from {', '.join(CONTROLS)}")
     t0 = time.perf_counter()
     options = {"steps": 3, "batch_size": 16, "eval_clips": 8} if args.tiny else {}
     if args.tiny:
@@ -136,13 +142,15 @@ def main(argv: list[str] | None = None) -> dict:
                             "garments": "Fashion-MNIST train (every direction), never scored"},
               "autoencoder": ({"path": args.autoencoder, "fingerprint": autoencoder.fingerprint()}
                               if autoencoder is not None else None),
-              "n": args.n, "blur_radius": args.blur, "rows": []}
+              "n": args.n, "blur_radius": args.blur, "controls": chosen, "rows": []}
     for split in ("test", "heldout"):
         real = load_moving_fmnist(args.data_dir, split, data.resolution, data.frames, data.frame_stride,
                                   count=args.n)
-        rows = controls(real, args.n, args.seed, args.blur)
+        every = controls(real, args.n, args.seed, args.blur)
+        rows = {k: every[k] for k in chosen}
         if autoencoder is not None:
-            rows["autoencoded"] = (autoencoded(rows["real"][0], autoencoder), *rows["real"][1:])
+            clips, cls, mot = every["real"]
+            rows["autoencoded"] = (autoencoded(clips, autoencoder), cls, mot)
         for name, (clips, cls, mot) in rows.items():
             old = score_clips(clips, cls, mot, scorer, features)
             n = len(clips)
