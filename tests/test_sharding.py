@@ -102,7 +102,7 @@ def test_whole_weights_sample_and_what_sharding_refuses_is_one_line(ilct_runs, c
                  "--no-progress"]) == 0
     assert png.is_file()
     plain = crashed_copy(tmp / "two", tmp / "plain", 4, 2)
-    expect_error(capsys, args(plain, "--resume", "--set", "train.sharding=none"), "resume it with --set train.sharding=fsdp")
+    expect_error(capsys, args(plain, "--resume", "--set", "train.sharding=none"), "resume with --set train.sharding=fsdp")
     expect_error(capsys, ["train", "--branch-from", str(tmp / "one"), "--out", str(tmp / "branch"), *FSDP, "--no-progress"],
                  "--branch-from is not supported with train.sharding=fsdp")
     assert not (tmp / "branch").exists()

@@ -219,6 +219,12 @@ CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetenso
                     "rng.safetensors", "state.json")
 
 
+def missing_files(path: Path) -> list[str]:
+    """The files of CHECKPOINT_FILES the checkpoint folder lacks (a sharded run's has OPTIMIZER_DIR in place of
+    optimizer.safetensors)."""
+    return [f for f in CHECKPOINT_FILES if not (path / f).is_file() and not (f == "optimizer.safetensors" and sharded(path))]
+
+
 def sharded(path: Path) -> bool:
     """Whether the checkpoint holds its optimizer state as a sharded run writes it (OPTIMIZER_DIR)."""
     return (path / OPTIMIZER_DIR / ".metadata").is_file()
@@ -313,8 +319,7 @@ def read_state(path: Path) -> dict[str, Any]:
 
 def whole(path: Path) -> str | None:
     """None when the checkpoint folder has every file and a valid state.json, else what is wrong."""
-    missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()
-               and not (f == "optimizer.safetensors" and sharded(path))]
+    missing = missing_files(path)
     if missing:
         return f"{', '.join(missing)} missing"
     try:
@@ -367,8 +372,9 @@ class StateIO:
     def load_optimizer(self, opt: torch.optim.Optimizer, model: nn.Module, path: Path) -> None:
         """The optimizer state of checkpoint `path` into `opt` (ValueError and the like when it does not fit)."""
         if sharded(path):
-            raise IlctError(f"{path} holds the optimizer state of a sharded run ({OPTIMIZER_DIR}/): resume it with "
-                            "--set train.sharding=fsdp")
+            raise IlctError(f"{path} holds the optimizer state of a sharded run ({OPTIMIZER_DIR}/), which only "
+                            "train.sharding=fsdp reads: resume with --set train.sharding=fsdp (a sharded run's "
+                            "checkpoints cannot be branched)")
         opt.load_state_dict(optimizer_from_files(read_tensors(path / "optimizer.safetensors"),
                                                  read_json(path / "optimizer.json")))
 
