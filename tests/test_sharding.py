@@ -141,3 +141,17 @@ def test_bad_sharding_settings_are_one_line(tmp_path, tiny_autoencoder, fake_fmn
     expect_error(capsys, args("--set", "train.sharding=zero"), "train.sharding must be one of none, fsdp")
     expect_error(capsys, args(*FSDP, "--set", "train.compile=true"), "train.compile is not supported with train.sharding=fsdp")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("preset,sets", [("fmnist-meanflow", ["meanflow.derivative=finite_difference"]),
+                                         ("fmnist-ict", ["train.objective=edm"])], ids=["meanflow-fd", "edm"])
+def test_one_sharded_process_equals_unsharded(tmp_path, tiny_autoencoder, fake_fmnist, preset, sets):
+    """One process with a process group of its own, for the objectives the 2-rank tests leave out: MeanFlow's
+    fallback that needs no JVP (meanflow.derivative=finite_difference) and the EDM reference."""
+    cfg = config(tmp_path, preset, total_steps=2, ckpt_every=2)
+    extra = [x for kv in sets for x in ("--set", kv)]
+    args = lambda out, *more: train_args(cfg, tiny_autoencoder, fake_fmnist, out, tmp_path / "cache", *extra, *more)  # noqa: E731
+    assert main(args(tmp_path / "plain")) == 0
+    assert main(args(tmp_path / "sharded", *FSDP)) == 0
+    assert (latest_checkpoint(tmp_path / "sharded") / "optimizer" / ".metadata").is_file()
+    assert_same_weights(latest_checkpoint(tmp_path / "plain"), latest_checkpoint(tmp_path / "sharded"))
