@@ -25,7 +25,7 @@ from ilct.schema import Config
 from ilct.training import distributed
 from ilct.training.batches import BatchMaker
 from ilct.training.data import load_latents
-from ilct.training.sharding import Replicated
+from ilct.training.sharding import Replicated, Sharding
 from ilct.training.warmstart import warm_start
 
 IN_MEMORY_BYTES = 4 << 30  # latent sets up to 4 GiB are loaded whole
@@ -195,7 +195,7 @@ def make_batch_maker(cfg: Config, objective: Objective, gather, n_data: int, sha
 
 
 def build_student(cfg: Config, device: torch.device, init: bool = True, quiet: bool = False,
-                  sharding: Replicated | None = None) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
+                  sharding: Sharding | None = None) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
     """The network in training mode, its EMA copy and the optimizer, laid out over the ranks by `sharding`
     (ilct.training.sharding; default: whole on this process, flat buffers with `train.fused_optimizer`, and with
     `train.compile` too the RAdam update is one compiled kernel). Seeded by the caller. With `train.init_from`
@@ -209,7 +209,7 @@ def build_student(cfg: Config, device: torch.device, init: bool = True, quiet: b
     return (sharding or Replicated()).parts(model.train(), cfg, device)
 
 
-def build_profiles(cfg: Config, ema: torch.nn.Module, sharding: Replicated | None = None) -> list[torch.nn.Module]:
+def build_profiles(cfg: Config, ema: torch.nn.Module, sharding: Sharding | None = None) -> list[torch.nn.Module]:
     """train.ema=power: the profiles of train.ema_stds after the first (which is `ema`, the one sampled), copies
     of it laid out as it is (flat, or sharded: ilct.training.sharding); none for the constant EMA. Each is set by
     its first update."""

@@ -31,7 +31,7 @@ from ilct.training.batches import Prefetcher, step_seed
 from ilct.training.build import RunData, absolute_paths, build_data, build_profiles, build_student
 from ilct.training import tensorboard
 from ilct.training.ema import checkpoint_record, save_snapshots
-from ilct.training.sharding import Replicated, make_sharding
+from ilct.training.sharding import Replicated, Sharding, make_sharding
 from ilct.config import Config, dump_config
 from ilct.errors import IlctError
 from ilct.io.grid import make_grid, save_png
@@ -69,7 +69,7 @@ class Run:
     policy: NonFinitePolicy
     dist: distributed.Dist
     device: torch.device
-    sharding: Replicated  # how the model, EMA and moments lie over the ranks (train.sharding: ilct.training.sharding)
+    sharding: Sharding  # how the model, EMA and moments lie over the ranks (train.sharding: ilct.training.sharding)
     monitor: Any = None  # rank 0's FidMonitor when train.fid_every is set (ilct.metrics.monitor)
     profiles: list[torch.nn.Module] = field(default_factory=list)  # train.ema=power: the profiles after `ema`
 
@@ -104,7 +104,7 @@ def train(
 
 
 def _check_run(cfg: Config, run_dir: Path, resume: bool, force: bool, allow_other: tuple[bool, bool],
-               branch_from: str | Path | None, sharding: Replicated) -> tuple[Config, Any]:
+               branch_from: str | Path | None, sharding: Sharding) -> tuple[Config, Any]:
     """The run folder's side of the checks (read only): a resumed run's config and checkpoints, a branch's
     source, a new run's folder. Returns (the config to train with, the branch source or None)."""
     if branch_from is not None and not sharding.branches:
@@ -135,7 +135,7 @@ def _check_run(cfg: Config, run_dir: Path, resume: bool, force: bool, allow_othe
 
 def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool, dist: distributed.Dist,
            device: torch.device, stop: StopFlag, lock: RunLock, allow_other: tuple[bool, bool],
-           branch_from: str | Path | None = None, sharding: Replicated | None = None) -> Run:
+           branch_from: str | Path | None = None, sharding: Sharding | None = None) -> Run:
     """Check and build everything, then (rank 0, holding the lock) write a new run (a branch: with its
     source's checkpoint as its first) or restore the newest checkpoint. Nothing is written before every
     input has been checked; a rank whose checks fail stops every rank with one line (distributed.together)."""

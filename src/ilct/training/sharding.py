@@ -60,13 +60,50 @@ def radam_settings(cfg: Config) -> dict[str, Any]:
     return dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
 
 
-class Replicated(ckpt.StateIO):
+class Sharding(ckpt.StateIO):
+    """What the loop asks of a layout over the ranks (one subclass per value of train.sharding, in SHARDINGS).
+    Methods marked "a collective" must be called on every rank. Restoring: ilct.runs.checkpoint.StateIO's
+    `load_module` and `load_optimizer`."""
+
+    name = ""
+    needs_group = False  # whether one process without torchrun needs a process group of its own
+    background_writes = True  # whether train.async_checkpoint applies
+    branches = True  # whether --branch-from applies
+
+    def parts(self, model: nn.Module, cfg: Config, device: torch.device) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
+        """(the model laid out for training, its EMA, the optimizer) from the whole model in host memory."""
+        raise NotImplementedError
+
+    def copy(self, ema: nn.Module) -> nn.Module:
+        """Another EMA laid out as `ema` (train.ema=power's profiles)."""
+        raise NotImplementedError
+
+    def student(self, model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
+        """The model as the steps call it."""
+        raise NotImplementedError
+
+    def full_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """The module's whole state dict on rank 0 (a collective)."""
+        raise NotImplementedError
+
+    def full_parameters(self, model: nn.Module) -> Iterator[torch.Tensor]:
+        """The whole parameters, in order, on every rank (a collective)."""
+        raise NotImplementedError
+
+    def sampler(self, ema: nn.Module) -> nn.Module | None:
+        """A module that rank 0 runs alone (grids, FID); None on the other ranks (a collective)."""
+        raise NotImplementedError
+
+    def checkpoint_files(self, step: int, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
+                         profiles: Sequence[nn.Module], run_dir: Path, main: bool) -> Files | None:
+        """The training state's files of step `step` on rank 0, None on the others (a collective)."""
+        raise NotImplementedError
+
+
+class Replicated(Sharding):
     """train.sharding=none: the whole model on every rank (DDP under torchrun)."""
 
     name = "none"
-    needs_group = False  # one process runs without a process group
-    background_writes = True  # train.async_checkpoint applies
-    branches = True  # --branch-from applies
 
     def parts(self, model: nn.Module, cfg: Config, device: torch.device) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
         """(the model on the device, its EMA, RAdam): flat buffers with train.fused_optimizer, and with
@@ -80,7 +117,7 @@ class Replicated(ckpt.StateIO):
         return model, ema, flat.FlatRAdam(model.parameters(), compile=cfg.train.compile, **radam_settings(cfg))
 
     def copy(self, ema: nn.Module) -> nn.Module:
-        """Another EMA laid out as `ema` (train.ema=power's profiles), flat when it is."""
+        """Another EMA, flat when `ema` is."""
         other = make_ema(ema)
         if flat.module_buffer(ema) is not None:
             flat.flatten_(other)
@@ -99,16 +136,14 @@ class Replicated(ckpt.StateIO):
         return (p.detach() for p in model.parameters())
 
     def sampler(self, ema: nn.Module) -> nn.Module | None:
-        """A module that rank 0 runs alone (grids, FID): the EMA itself."""
         return ema
 
     def checkpoint_files(self, step: int, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
                          profiles: Sequence[nn.Module], run_dir: Path, main: bool) -> Files | None:
-        """The training state's files of step `step` on rank 0 (None on the others)."""
         return ckpt.module_files(model, ema, opt, profiles) if main else None
 
 
-class FullyShard(Replicated):
+class FullyShard(Sharding):
     """train.sharding=fsdp: FSDP2 over the ranks (the module docstring)."""
 
     name = "fsdp"
@@ -268,10 +303,10 @@ class FullyShard(Replicated):
         return saved
 
 
-SHARDINGS: dict[str, type[Replicated]] = {"none": Replicated, "fsdp": FullyShard}  # schema.CHOICES["train.sharding"]
+SHARDINGS: dict[str, type[Sharding]] = {"none": Replicated, "fsdp": FullyShard}  # schema.CHOICES["train.sharding"]
 
 
-def make_sharding(name: str) -> Replicated:
+def make_sharding(name: str) -> Sharding:
     if name not in SHARDINGS:
         raise IlctError(f"config: train.sharding must be one of {', '.join(SHARDINGS)}, got {name!r}")
     return SHARDINGS[name]()
