@@ -95,12 +95,15 @@ def test_sharded_checkpoint_resumes_at_one_and_four_ranks(ilct_runs):
     assert_same_weights(two, latest_checkpoint(four), ("model", "ema"))
 
 
-def test_whole_weights_sample_and_what_sharding_refuses_is_one_line(ilct_runs, capsys):
+def test_whole_weights_sample_export_and_what_sharding_refuses_is_one_line(ilct_runs, capsys):
     tmp, args = ilct_runs["tmp"], ilct_runs["args"]
     png = tmp / "samples.png"
     assert main(["sample", "--run", str(tmp / "two"), "--steps", "1", "--n", "2", "--out", str(png), "--device", "cpu",
                  "--no-progress"]) == 0
     assert png.is_file()
+    assert main(["export", "--run", str(tmp / "two"), "--out", str(tmp / "exported")]) == 0
+    assert main(["sample", "--model", str(tmp / "exported"), "--steps", "1", "--n", "2", "--out", str(tmp / "e.png"),
+                 "--device", "cpu", "--no-progress"]) == 0
     plain = crashed_copy(tmp / "two", tmp / "plain", 4, 2)
     expect_error(capsys, args(plain, "--resume", "--set", "train.sharding=none"), "resume with --set train.sharding=fsdp")
     expect_error(capsys, ["train", "--branch-from", str(tmp / "one"), "--out", str(tmp / "branch"), *FSDP, "--no-progress"],
