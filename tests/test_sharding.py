@@ -147,10 +147,13 @@ def test_bad_sharding_settings_are_one_line(tmp_path, tiny_autoencoder, fake_fmn
 
 
 @pytest.mark.parametrize("preset,sets", [("fmnist-meanflow", ["meanflow.derivative=finite_difference"]),
-                                         ("fmnist-ict", ["train.objective=edm"])], ids=["meanflow-fd", "edm"])
+                                         ("fmnist-ict", ["train.objective=edm"]),
+                                         ("fmnist-ict", ["train.grad_clip=0.01", "train.precision=bf16"])],
+                         ids=["meanflow-fd", "edm", "clip-bf16"])
 def test_one_sharded_process_equals_unsharded(tmp_path, tiny_autoencoder, fake_fmnist, preset, sets):
-    """One process with a process group of its own, for the objectives the 2-rank tests leave out: MeanFlow's
-    fallback that needs no JVP (meanflow.derivative=finite_difference) and the EDM reference."""
+    """One process with a process group of its own, for the objectives the 2-rank tests leave out (MeanFlow's
+    fallback that needs no JVP, meanflow.derivative=finite_difference, and the EDM reference) and for gradient
+    clipping (the norm of sharded gradients) under bf16 autocast (on the CPU: a GPU's bf16 kernels are untested)."""
     cfg = config(tmp_path, preset, total_steps=2, ckpt_every=2)
     extra = [x for kv in sets for x in ("--set", kv)]
     args = lambda out, *more: train_args(cfg, tiny_autoencoder, fake_fmnist, out, tmp_path / "cache", *extra, *more)  # noqa: E731
