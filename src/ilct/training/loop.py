@@ -5,7 +5,8 @@ writes the run folder or restores its newest checkpoint (`_start`); `_loop` runs
 schedule state -> the batch (drawn ahead with its OT coupling, ilct.training.batches) -> one update (ilct.training.step), with
 no host synchronization inside a step; at check points the non-finite policy (ilct.training.nonfinite), the log,
 sample grids, checkpoints and the stop request (ilct.training.preempt). The same loop runs one process or several
-under `torchrun` (ilct.training.distributed).
+under `torchrun` (ilct.training.distributed), with the model whole on every rank or sharded over them
+(train.sharding: ilct.training.sharding).
 """
 
 from __future__ import annotations
