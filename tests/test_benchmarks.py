@@ -826,3 +826,20 @@ def test_fid_anchors_tiny_run_scores_each_anchor_over_its_seeds(tmp_path, tiny_a
                           str(tiny_autoencoder), "--seeds", "3", "--data-dir", str(fake_fmnist), "--out", str(out)],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "two distinct seeds" in bad.stderr
+
+
+def test_caption_embedding_variance_shares_and_nearest_golden_values():
+    spec = importlib.util.spec_from_file_location("caption_embeddings",
+                                                  ROOT / "benchmarks" / "quality" / "caption_embeddings.py")
+    cap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cap)
+    garment, direction = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])
+    e = (2.0 * garment + 1.0 * direction)[:, None]  # 0, 1, 2, 3: garment effects +-1, direction +-0.5
+    assert cap.variance_shares(e, garment, direction) == {"garment": 0.8, "direction": 0.2, "rest": 0.0}
+    e2 = np.stack([e[:, 0], np.array([0.0, 0.0, 0.0, 1.0])], 1)  # an interaction in the second coordinate
+    shares = cap.variance_shares(e2, garment, direction)
+    assert shares["rest"] == pytest.approx(0.25 / 5.75, abs=1e-4)
+    near = cap.nearest_shares(np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]]), garment, direction)
+    assert near == {"same_garment": 1.0, "same_direction": 0.0}
+    sim = cap.garment_similarity(np.array([[1.0, 0.0], [1.0, 0.2], [0.0, 1.0], [0.2, 1.0]]), garment)
+    assert sim.shape == (2, 2) and sim[0, 0] == pytest.approx(1.0) and sim[0, 1] == pytest.approx(-1.0)

@@ -168,7 +168,8 @@ def test_video_report_with_a_stub_sampler(tmp_path, cache, fake_fmnist, monkeypa
     monkeypatch.setattr(video, "make_sampler", lambda args: stub)
     out, figures = tmp_path / "video.json", tmp_path / "figures"
     video.main(["--run", "runs/none", "--tiny", "--guidance", "2,4", "--nfe", "1,2", "--data-dir", str(fake_fmnist),
-                "--cache-dir", str(cache), "--out", str(out), "--figures", str(figures), "--plot", str(figures / "acc.png"), "--no-progress"])
+                "--cache-dir", str(cache), "--out", str(out), "--figures", str(figures), "--plot", str(figures / "acc.png"), "--no-progress",
+                "--clips-out", str(tmp_path / "clips.npz")])
     report = json.loads(out.read_text())
     assert report["command"].startswith("python benchmarks/quality/video.py --run runs/none --tiny")
     assert report["machine"] and report["tiny"] and report["sampler"] == "stub"
@@ -182,6 +183,19 @@ def test_video_report_with_a_stub_sampler(tmp_path, cache, fake_fmnist, monkeypa
     for split in ("seen", "heldout"):
         assert {"class_acc", "motion_acc", "frame_fid", "temporal_consistency"} <= set(report["real"][split])
     assert {"test_accuracy", "heldout_accuracy", "train_seconds"} <= set(report["clip_classifier"])
+    for r in rows:  # the strict scorer beside the classifier's: noise clips show no garment
+        assert r["strict"]["n"] == 4 and r["strict"]["garment"]["acc"] == 0.0 and r["strict"]["class"]["acc"] == 0.0
+    for split in ("seen", "heldout"):
+        assert report["real"][split]["frozen_strict"]["motion"]["acc"] == 0.0
+        assert report["real"][split]["strict"]["n"] == 4
+    kept = np.load(tmp_path / "clips.npz")
+    assert kept["clips"].dtype == np.uint8 and kept["clips"].shape == (8, DATA.frames, 32, 32, 1)
+    assert list(kept["split"]) == ["seen"] * 4 + ["heldout"] * 4 and int(kept["nfe"]) == 1 and float(kept["guidance"]) == 2
+    assert list(kept["captions"][:2]) == ["a t-shirt moving right"] * 2 and not kept["garment"].any()
+    assert report["clips_out"]["clips"] == 8
+    with pytest.raises(SystemExit) as e:
+        video.main(["--run", "runs/none", "--clips-out", str(tmp_path / "clips.txt")])
+    assert e.value.code == 2
     assert report["plot"] == str(figures / "acc.png") and (figures / "acc.png").is_file()
     assert video.main(["--replot", "--out", str(out), "--plot", str(tmp_path / "re.png")])["rows"] == rows
     assert (tmp_path / "re.png").stat().st_size > 1000  # the figure again, from the JSON alone

@@ -14,6 +14,10 @@ and the temporal consistency (the fraction of clips whose frames all get one Fas
 gives the same numbers for real clips (test garments for seen, train garments for heldout, as many as each
 row samples): the classifier's own accuracy, and the frame-FID floor at that sample count.
 Every row samples with the same noise: clip j of a setting starts from the seed (seed, j).
+Every row and `real` also carry `strict`: the strict scorer of issue 36 (ilct.metrics.clip_verdicts: a garment
+must be present, the class judged per frame, motion only with a garment and a shift), with 95 % intervals, per
+class and a confusion matrix, and `real` a frozen control under it (`frozen_strict`). `--clips-out FILE.npz`
+keeps the fewest-NFE clips at the GIFs' w (at most 320, seen and held-out) with their captions and verdicts.
 
     python benchmarks/quality/video.py --run runs/video --guidance 1,2,4 --nfe 1,2 --per-prompt 16 \\
         --out docs/results/video.json --figures docs/figures --plot docs/figures/video_accuracy.png
@@ -145,21 +149,61 @@ def write_gif(clips: np.ndarray, path: Path, cols: int) -> None:
     save_gif(grid_frames(clips, cols=cols), path, duration=150, scale=3)
 
 
+def strict(clips: np.ndarray, want_class: np.ndarray, want_motion: np.ndarray, classifier, reference):
+    """(the strict scorer's summary, its per-clip verdicts) of clips against what they were asked."""
+    from ilct.metrics.clip_verdicts import clip_verdicts, summary
+
+    v = clip_verdicts(clips, want_class, want_motion, classifier, reference)
+    return summary(v, want_class), v
+
+
+def score_real(root: str, data: ClipData, split: str, n: int, ref, classifier, reference, features) -> tuple:
+    """Real clips of the other garments, as many as a row: the classifiers' ceiling, the FID floor, and a
+    frozen control (each clip's first frame held) under the strict scorer. -> (numbers, clips, labels, motions)"""
+    clips, labels, motions = real_clips(root, data, split, "test" if split == "seen" else "train", n)
+    real = score_clips(clips, labels, motions, classifier, features)
+    real["frame_fid"] = frame_fid(clips, ref, features)
+    real["garments"] = "test" if split == "seen" else "train"
+    real["strict"] = strict(clips, labels, motions, classifier, reference)[0]
+    frozen = np.repeat(clips[:, :1], clips.shape[1], axis=1)
+    real["frozen_strict"] = strict(frozen, labels, motions, classifier, reference)[0]
+    return real, clips, labels, motions
+
+
+def keep_clips(kept: dict, split: str, fake: np.ndarray, ps: list, per_prompt: int, verdicts: dict,
+               max_clips: int) -> None:
+    """The first clips of every caption (at most max_clips over both splits) with their verdicts, for the npz."""
+    k = max(1, min(per_prompt, max_clips // sum(len(prompts(s)) for s in SPLITS)))
+    pick = (np.arange(len(ps))[:, None] * per_prompt + np.arange(k)[None, :]).reshape(-1)
+    want = [ps[i // per_prompt] for i in pick]
+    part = {"clips": fake[pick], "captions": np.array([p.caption for p in want]), "split": np.array([split] * len(pick)),
+            "want_class": np.array([p.cls for p in want]), "want_motion": np.array([p.motion for p in want]),
+            **{key: verdicts[key][pick] for key in ("garment", "class_ok", "motion_ok")}}
+    for key, value in part.items():
+        kept[key] = np.concatenate([kept[key], value]) if key in kept else value
+
+
 def evaluate(sampler, root: str, cache_dir: Path, guidance: list[float], nfe: list[int], per_prompt: int, seed: int,
              reference_n: int, figures: Path | None, gif_guidance: float, gif_prompts: int = 8,
-             classifier_options: dict | None = None, max_prompts: int = 0, progress: bool = True) -> dict:
+             classifier_options: dict | None = None, max_prompts: int = 0, progress: bool = True,
+             reference_clips: int = 2000, kept: dict | None = None, max_kept: int = 320) -> dict:
     """The report's rows (one per split, NFE and w), the real clips' numbers, the classifier's record and the
-    GIFs written (one per split and NFE at w = gif_guidance: one clip of each of gif_prompts captions)."""
+    GIFs written (one per split and NFE at w = gif_guidance: one clip of each of gif_prompts captions). Each row
+    and the real clips carry the strict scorer's numbers (ilct.metrics.clip_verdicts) beside the classifier's;
+    `kept` (a dict) receives the fewest-NFE clips at w = gif_guidance with their verdicts."""
+    from ilct.metrics.clip_verdicts import Reference
     from ilct.metrics.features import load_fashion_features
 
     data = sampler.data
     features = load_fashion_features()
     classifier = load_clip_classifier(cache_dir, root, data, progress, **(classifier_options or {}))
+    reference = Reference.from_training(classifier, root, data, reference_clips)
     report: dict = {"sampler": sampler.what, "data": data.key(), "per_prompt": per_prompt, "seed": seed,
                     "features": features.name, "fashion_classifier_test_accuracy": features.meta["test_accuracy"],
                     "clip_classifier": {k: classifier.meta.get(k) for k in (
                         "test_accuracy", "heldout_accuracy", "train_seconds", "train_cpu_seconds", "steps", "trained_on",
                         "fingerprint")},
+                    "strict_reference": {"clips": reference.clips, "k": reference.k},
                     "real": {}, "rows": [], "figures": []}
     for split in SPLITS:
         ps = prompts(split)[:max_prompts or None]
@@ -167,14 +211,9 @@ def evaluate(sampler, root: str, cache_dir: Path, guidance: list[float], nfe: li
         want_motion = np.repeat([p.motion for p in ps], per_prompt)
         n = len(want_class)
         # reference frames: the run's own data for the seen pairs, the held-out split for the others
-        ref_clips = real_clips(root, data, split, "train" if split == "seen" else "test", reference_n)[0]
-        ref = frame_stats(ref_clips, features)
-        # real clips of the other garments, as many as a row: the classifier's accuracy and the FID floor
-        clips, labels, motions = real_clips(root, data, split, "test" if split == "seen" else "train", n)
-        real = score_clips(clips, labels, motions, classifier, features)
-        real["frame_fid"] = frame_fid(clips, ref, features)
-        real["garments"] = "test" if split == "seen" else "train"
-        report["real"][split] = real
+        ref = frame_stats(real_clips(root, data, split, "train" if split == "seen" else "test", reference_n)[0], features)
+        report["real"][split], clips, labels, motions = score_real(root, data, split, n, ref, classifier, reference,
+                                                                    features)
         if figures is not None:  # a real clip of each of the first captions, beside the generated GIFs
             shown = [p for p in ps[:gif_prompts] if ((labels == p.cls) & (motions == p.motion)).any()]
             picks = [int(np.flatnonzero((labels == p.cls) & (motions == p.motion))[0]) for p in shown]
@@ -190,11 +229,15 @@ def evaluate(sampler, root: str, cache_dir: Path, guidance: list[float], nfe: li
                 if fake.shape[0] != n or fake.ndim != 5 or fake.dtype != np.uint8:
                     raise SystemExit(f"the sampler gave {fake.dtype} {fake.shape}, expected uint8 ({n}, T, H, W, C)")
                 seconds = time.perf_counter() - t0
+                row_strict, verdicts = strict(fake, want_class, want_motion, classifier, reference)
                 row = {"split": split, "nfe": s, "guidance": w,
                        **score_clips(fake, want_class, want_motion, classifier, features),
-                       "frame_fid": frame_fid(fake, ref, features), "sample_seconds": round(seconds, 1)}
+                       "frame_fid": frame_fid(fake, ref, features), "sample_seconds": round(seconds, 1),
+                       "strict": row_strict}
                 report["rows"].append(row)
-                print(json.dumps(row), flush=True)
+                print(json.dumps({k: v for k, v in row.items() if k != "strict"}), flush=True)
+                if kept is not None and s == min(nfe) and w == gif_guidance:
+                    keep_clips(kept, split, fake, ps, per_prompt, verdicts, max_kept)
                 if figures is not None and w == gif_guidance:
                     picks = np.arange(min(gif_prompts, len(ps))) * per_prompt  # clip 0 of the first captions
                     path = figures / f"video_{split}_{s}step_w{w:g}.gif"
@@ -246,6 +289,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--figures", default="docs/figures", help="folder of the GIFs ('' = none)")
     p.add_argument("--plot", default="docs/figures/video_accuracy.png", help="PNG of the accuracies against w ('' = none)")
     p.add_argument("--gif-guidance", type=float, default=None, help="w of the GIFs (default: the middle of --guidance)")
+    p.add_argument("--reference-clips", type=int, default=2000, help="real train-garment clips of the strict "
+                   "scorer's presence test (ilct.metrics.clip_verdicts)")
+    p.add_argument("--clips-out", default="", help="npz of the fewest-NFE clips at the GIFs' w with their captions "
+                   "and the strict scorer's verdicts (at most 320 clips; e.g. docs/results/video_clips_1nfe.npz)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--tiny", action="store_true", help="seconds, for the tests")
     p.add_argument("--replot", action="store_true", help="only redraw --plot from the results already in --out")
@@ -254,11 +301,13 @@ def main(argv: list[str] | None = None) -> dict:
         return replot(Path(args.out), Path(args.plot))
     if not args.run:
         p.error("--run is required (or --replot)")
+    if args.clips_out and not args.clips_out.endswith(".npz"):
+        p.error(f"--clips-out {args.clips_out}: the file name must end in .npz")
     guidance = [float(w) for w in args.guidance.split(",")]
     nfe = [int(s) for s in args.nfe.split(",")]
     classifier_options = {}
     if args.tiny:
-        guidance, nfe, args.per_prompt, args.reference_n = guidance[:1], nfe[:1], 2, 16
+        guidance, nfe, args.per_prompt, args.reference_n, args.reference_clips = guidance[:1], nfe[:1], 2, 16, 32
         classifier_options = {"steps": 3, "batch_size": 8, "eval_clips": 16}
     t0 = time.perf_counter()
     train_seconds = train_run(args) if args.train else None
@@ -267,17 +316,22 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"command": "python " + shlex.join(sys.argv if argv is None else ["benchmarks/quality/video.py", *argv]),
               "machine": common.machine(), "run": args.run, "train": args.train or None, "train_steps": args.train_steps if args.train else None,
               "train_seconds": None if train_seconds is None else round(train_seconds, 1)}
+    kept: dict = {}
     report.update(evaluate(sampler, args.data_dir, Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
                            guidance, nfe, args.per_prompt, args.seed, args.reference_n,
                            Path(args.figures) if args.figures else None, gif_w, classifier_options=classifier_options,
-                           max_prompts=2 if args.tiny else 0,
-                           progress=not args.no_progress))
+                           max_prompts=2 if args.tiny else 0, progress=not args.no_progress,
+                           reference_clips=args.reference_clips, kept=kept))
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
     if args.tiny:  # two captions of each kind would not be the benchmark: say so in the file
         report["tiny"] = True
     if args.plot:
         plot(report, Path(args.plot))
         report["plot"] = args.plot
+    if args.clips_out and kept:
+        Path(args.clips_out).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(args.clips_out, nfe=min(nfe), guidance=gif_w, **kept)
+        report["clips_out"] = {"file": args.clips_out, "clips": len(kept["clips"]), "nfe": min(nfe), "guidance": gif_w}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     summary(report)
