@@ -225,3 +225,21 @@ def test_an_error_in_the_prefetch_worker_is_one_line(tmp_path, latents):
         assert str(e.value).startswith(f"{lat}: shard 'shard_00004.npy' is missing") and "\n" not in str(e.value)
     finally:
         p.close()
+
+
+def test_two_sharded_ranks_streaming_equal_one_process(tmp_path, latents, tiny_autoencoder):
+    # the stream and FSDP2 together: each rank streams its own draw group's shards into its shard of the model
+    from test_distributed import torchrun
+
+    cfg = config(tmp_path, latents)
+    short = ["--set", "train.total_steps=4", "--set", "train.ckpt_every=4", "--set", "model.dropout=0.0"]
+    assert main(train_args(cfg, tiny_autoencoder, tmp_path / "one") + short + ["--set", "train.draw_groups=2"]) == 0
+    proc = torchrun(train_args(cfg, tiny_autoencoder, tmp_path / "two") + short + ["--set", "train.sharding=fsdp"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = latest_checkpoint(tmp_path / "one"), latest_checkpoint(tmp_path / "two")
+    assert read_json(two / "state.json")["reader"]["groups"] == [[0, 16], [0, 16]]  # 4 steps of 4 per group
+    for name in ("model", "ema"):
+        a, b = read_tensors(one / f"{name}.safetensors"), read_tensors(two / f"{name}.safetensors")
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4)

@@ -222,6 +222,8 @@ def validate(cfg: Config) -> None:
     need(0 <= me.lambda_diff <= 1e4, "method.lambda_diff", "must be in [0, 1e4]")
     need(0.0 <= me.diffusion_fraction <= 1.0, "method.diffusion_fraction", "must be in [0, 1]")
     need(t.compile or not t.cuda_graphs, "train.cuda_graphs", "needs train.compile=true")
+    need(t.sharding == "none" or not t.compile, "train.compile",
+         f"is not supported with train.sharding={t.sharding} (compiled blocks under FSDP2 are untested): set it to false")
     need(t.precision == "bf16" or not t.bf16_residual, "train.bf16_residual", "needs train.precision=bf16")
     need(1 <= t.total_steps <= MAX_STEPS, "train.total_steps", f"must be in 1..{MAX_STEPS} (9-digit checkpoint names)")
     need(1 <= t.batch_size <= 2**20, "train.batch_size", "must be in 1..2^20")

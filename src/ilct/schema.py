@@ -131,6 +131,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile each transformer block (ilct.training.accel)
     cuda_graphs: bool = False  # with compile, on CUDA: the whole network with CUDA graphs (mode reduce-overhead)
     fused_optimizer: bool = True  # weights in one flat buffer (ilct.training.flat): RAdam and EMA as a few kernels, one with compile
+    sharding: str = "none"  # none (every rank holds the whole model: one process, or DDP under torchrun) | fsdp (each rank
+    #                         holds a shard of the weights, the EMA and the moments: FSDP2, ilct.training.sharding)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     log_every: int = 100
@@ -237,6 +239,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.lr_decay": ("none", "linear", "cosine"),  # ilct.training.optim.LR_DECAYS: the shapes of the decay
     "train.precision": ("fp32", "bf16"),
     "train.ema": ("constant", "power"),  # ilct.training.ema
+    "train.sharding": ("none", "fsdp"),  # ilct.training.sharding.SHARDINGS
 }
 
 # Config fields -> the backbone's keyword options (ilct.nets.build_backbone). A field whose option
@@ -263,6 +266,7 @@ RUNTIME_KEYS = frozenset(
         "train.compile",
         "train.cuda_graphs",
         "train.fused_optimizer",
+        "train.sharding",
         "train.log_every",
         "train.sample_every",
         "train.ckpt_every",

@@ -6,6 +6,8 @@
         ema_profiles.safetensors  train.ema=power with several profiles: the others, keys "<i>.<name>" (i >= 1
                                 the profile's place in train.ema_stds, recorded in state.json's ema_stds)
         optimizer.safetensors   optimizer tensors;  optimizer.json  its other state
+        (train.sharding=fsdp: optimizer/, the moments as torch.distributed.checkpoint wrote them from every rank's
+        shards, read back at any world size; optimizer.json the hyperparameters; ilct.training.sharding)
         rng.safetensors         torch CPU / CUDA / data-generator RNG states
         state.json              step and counters
     RUN_DIR/checkpoints/latest  name of the newest complete checkpoint
@@ -39,10 +41,13 @@ from ilct.io.files import read_json, read_tensors, save_tensors, write_text
 from ilct.runs.folder import CHECKPOINTS_DIR
 
 __all__ = ["check_layout", "latest_checkpoint", "list_checkpoints", "load_state", "load_weights", "read_json", "read_state", "read_tensors",
-           "save_checkpoint", "snapshot_checkpoint", "whole", "write_checkpoint", "BackgroundWriter"]
+           "save_checkpoint", "snapshot_checkpoint", "snapshot_files", "whole", "write_checkpoint", "BackgroundWriter",
+           "StateIO"]
 
 STEP_DIR = re.compile(r"^step_(\d{9})$")
 PROFILES_FILE = "ema_profiles.safetensors"
+OPTIMIZER_DIR = "optimizer"  # a sharded run's moments (torch.distributed.checkpoint's folder: .metadata and one file per rank)
+STAGING_PREFIX = ".sharded_step_"  # where the ranks write a sharded checkpoint's optimizer/ before rank 0 moves it in
 
 
 def _fsync_dir(path: Path) -> None:
@@ -87,25 +92,36 @@ class Snapshot:
     write) and texts, in the order they are written."""
 
     step: int
-    files: list[tuple[str, dict[str, torch.Tensor] | str]]
+    files: list[tuple[str, dict[str, torch.Tensor] | str | Path]]  # (a Path: a folder moved in whole)
 
 
 def snapshot_checkpoint(step: int, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
                         rng: dict[str, torch.Tensor], state: dict[str, Any], profiles: Sequence[nn.Module] = (),
                         copy: bool = False) -> Snapshot:
-    """The checkpoint of step `step` (refused when the weights are not finite); with `copy`, every tensor is
-    copied to host memory now, so training may go on while a background writer writes it."""
-    for name, t in model.state_dict().items():
+    """The checkpoint of step `step` of whole modules (refused when the weights are not finite); with `copy`,
+    every tensor is copied to host memory now, so training may go on while a background writer writes it."""
+    return snapshot_files(step, module_files(model, ema, opt, profiles), rng, state, copy)
+
+
+def module_files(model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
+                 profiles: Sequence[nn.Module] = ()) -> list[tuple[str, dict[str, torch.Tensor] | str]]:
+    """The training state's files of modules whose tensors are whole (one process, or a DDP replica)."""
+    opt_tensors, opt_meta = optimizer_to_files(opt)
+    return [("model.safetensors", model.state_dict()), ("ema.safetensors", ema.state_dict()),
+            *([(PROFILES_FILE, profile_tensors(profiles))] if profiles else []),
+            ("optimizer.safetensors", opt_tensors), ("optimizer.json", json.dumps(opt_meta))]
+
+
+def snapshot_files(step: int, files: list[tuple[str, dict[str, torch.Tensor] | str | Path]], rng: dict[str, torch.Tensor],
+                   state: dict[str, Any], copy: bool = False) -> Snapshot:
+    """A snapshot of the training state's files (model.safetensors first; a Path is a folder the ranks wrote, moved
+    in whole: ilct.training.sharding), the RNG record and state.json; refused when the weights are not finite."""
+    for name, t in dict(files)["model.safetensors"].items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise IlctError(f"refusing to save a checkpoint at step {step}: weights '{name}' are not finite")
     host = (lambda d: {k: v.detach().to("cpu", copy=True) for k, v in d.items()}) if copy else (lambda d: d)
-    opt_tensors, opt_meta = optimizer_to_files(opt)
-    files: list[tuple[str, dict[str, torch.Tensor] | str]] = [
-        ("model.safetensors", host(model.state_dict())), ("ema.safetensors", host(ema.state_dict())),
-        *([(PROFILES_FILE, host(profile_tensors(profiles)))] if profiles else []),
-        ("optimizer.safetensors", host(opt_tensors)), ("optimizer.json", json.dumps(opt_meta)),
-        ("rng.safetensors", host(rng)), ("state.json", json.dumps({"step": step, **state}, indent=2))]
-    return Snapshot(step, files)
+    files = [(name, host(c) if isinstance(c, dict) else c) for name, c in files]
+    return Snapshot(step, [*files, ("rng.safetensors", host(rng)), ("state.json", json.dumps({"step": step, **state}, indent=2))])
 
 
 def write_checkpoint(run_dir: Path, snap: Snapshot, keep: int = 3, protect: int | None = None) -> Path:
@@ -122,6 +138,8 @@ def write_checkpoint(run_dir: Path, snap: Snapshot, keep: int = 3, protect: int 
         for name, content in snap.files:
             if isinstance(content, str):
                 write_text(tmp / name, content)
+            elif isinstance(content, Path):
+                os.replace(content, tmp / name)
             else:
                 save_tensors(content, tmp / name)
             faults.checkpoint_file_written()
@@ -132,6 +150,9 @@ def write_checkpoint(run_dir: Path, snap: Snapshot, keep: int = 3, protect: int 
         write_text(root / "latest", final.name + "\n")
     except BaseException as e:  # a failed save leaves no temporary folder, whatever stopped it
         shutil.rmtree(tmp, ignore_errors=True)
+        for _, content in snap.files:
+            if isinstance(content, Path):
+                shutil.rmtree(content, ignore_errors=True)
         if isinstance(e, OSError):
             raise IlctError(f"cannot write checkpoint {final}: {e.strerror or e} (earlier checkpoints are intact)") from None
         raise
@@ -196,6 +217,17 @@ def profile_tensors(profiles: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
 
 CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "optimizer.json",
                     "rng.safetensors", "state.json")
+
+
+def missing_files(path: Path) -> list[str]:
+    """The files of CHECKPOINT_FILES the checkpoint folder lacks (a sharded run's has OPTIMIZER_DIR in place of
+    optimizer.safetensors)."""
+    return [f for f in CHECKPOINT_FILES if not (path / f).is_file() and not (f == "optimizer.safetensors" and sharded(path))]
+
+
+def sharded(path: Path) -> bool:
+    """Whether the checkpoint holds its optimizer state as a sharded run writes it (OPTIMIZER_DIR)."""
+    return (path / OPTIMIZER_DIR / ".metadata").is_file()
 
 
 def step_of(path: Path) -> int | None:
@@ -287,7 +319,7 @@ def read_state(path: Path) -> dict[str, Any]:
 
 def whole(path: Path) -> str | None:
     """None when the checkpoint folder has every file and a valid state.json, else what is wrong."""
-    missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
+    missing = missing_files(path)
     if missing:
         return f"{', '.join(missing)} missing"
     try:
@@ -330,13 +362,33 @@ def latest_checkpoint(run_dir: Path, quiet: bool = False) -> Path | None:
     return found[-1] if found else None
 
 
-def load_weights(module: nn.Module, path: Path, what: str) -> None:
+class StateIO:
+    """How a restore puts whole tensors read from a checkpoint into the run's modules and optimizer: as they are
+    (one process, or DDP replicas). ilct.training.sharding's FullyShard puts each rank's shards instead."""
+
+    def load_module(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        module.load_state_dict(state)
+
+    def load_optimizer(self, opt: torch.optim.Optimizer, model: nn.Module, path: Path) -> None:
+        """The optimizer state of checkpoint `path` into `opt` (ValueError and the like when it does not fit)."""
+        if sharded(path):
+            raise IlctError(f"{path} holds the optimizer state of a sharded run ({OPTIMIZER_DIR}/), which only "
+                            "train.sharding=fsdp reads: resume with --set train.sharding=fsdp (a sharded run's "
+                            "checkpoints cannot be branched)")
+        opt.load_state_dict(optimizer_from_files(read_tensors(path / "optimizer.safetensors"),
+                                                 read_json(path / "optimizer.json")))
+
+
+WHOLE = StateIO()
+
+
+def load_weights(module: nn.Module, path: Path, what: str, io: StateIO = WHOLE) -> None:
     """Load a safetensors state dict, with one clear line if it does not fit the model (names, shapes,
     dtypes) or holds values that are not finite."""
-    load_state(module, read_tensors(path), path, what)
+    load_state(module, read_tensors(path), path, what, io)
 
 
-def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str, io: StateIO = WHOLE) -> None:
     """Load a state dict read from `path` (as load_weights: names, shapes, dtypes and finite values checked)."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
@@ -351,7 +403,7 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, wh
             raise IlctError(f"{path} does not match {what}: '{k}' is {v.dtype}, expected {own[k].dtype}")
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise IlctError(f"{path}: '{k}' holds values that are not finite")
-    module.load_state_dict(state)
+    io.load_module(module, state)
 
 
 def rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -367,7 +419,8 @@ def rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, 
     return tensors, scalars
 
 
-def restore_profiles(path: Path, state: dict[str, Any], profiles: Sequence[nn.Module], cfg: Config, what: str) -> None:
+def restore_profiles(path: Path, state: dict[str, Any], profiles: Sequence[nn.Module], cfg: Config, what: str,
+                     io: StateIO = WHOLE) -> None:
     """train.ema=power: the checkpoint must hold the profiles of train.ema_stds (its state.json's ema_stds); the
     ones after the first are loaded into `profiles` from ema_profiles.safetensors."""
     t = cfg.train
@@ -379,30 +432,30 @@ def restore_profiles(path: Path, state: dict[str, Any], profiles: Sequence[nn.Mo
     tensors = read_tensors(path / PROFILES_FILE) if profiles else {}
     for i, module in enumerate(profiles, start=1):
         mine = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(i)}
-        load_state(module, mine, path / PROFILES_FILE, f"{what} (profile {i}, sigma_rel {t.ema_stds[i]})")
+        load_state(module, mine, path / PROFILES_FILE, f"{what} (profile {i}, sigma_rel {t.ema_stds[i]})", io)
 
 
-def restore(path: Path, model, ema, opt, cfg: Config, profiles: Sequence[nn.Module] = ()) -> dict[str, Any]:
-    """Model, EMA (train.ema=power: every profile) and optimizer states from a checkpoint, each checked; returns
-    its state.json."""
+def restore(path: Path, model, ema, opt, cfg: Config, profiles: Sequence[nn.Module] = (),
+            io: StateIO = WHOLE) -> dict[str, Any]:
+    """Model, EMA (train.ema=power: every profile) and optimizer states from a checkpoint, each checked and put
+    into the run's modules by `io`; returns its state.json."""
     what = f"model {cfg.model.arch}"
     state = read_state(path)
     if not 0 < state["step"] <= cfg.train.total_steps:
         raise IlctError(f"{path}: step {state['step']} lies outside the run's 1..{cfg.train.total_steps}")
-    load_weights(model, path / "model.safetensors", what)
-    load_weights(ema, path / "ema.safetensors", what)
-    restore_profiles(path, state, profiles, cfg, what)
+    load_weights(model, path / "model.safetensors", what, io)
+    load_weights(ema, path / "ema.safetensors", what, io)
+    restore_profiles(path, state, profiles, cfg, what, io)
     try:
-        opt.load_state_dict(optimizer_from_files(
-            read_tensors(path / "optimizer.safetensors"), read_json(path / "optimizer.json")))
+        io.load_optimizer(opt, model, path)
         opt.check_state()
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
         raise IlctError(f"optimizer state in {path} does not match the model: {e}") from None
     return state
 
 
-def restore_newest(run_dir: Path, model, ema, opt, cfg: Config,
-                   profiles: Sequence[nn.Module] = ()) -> tuple[Path | None, dict[str, Any]]:
+def restore_newest(run_dir: Path, model, ema, opt, cfg: Config, profiles: Sequence[nn.Module] = (),
+                   io: StateIO = WHOLE) -> tuple[Path | None, dict[str, Any]]:
     """The newest checkpoint that restores completely; a damaged newer one is passed over with one line.
     (None, {}) for a run stopped before its first checkpoint: it starts again from step 0."""
     first = latest_checkpoint(run_dir)
@@ -414,7 +467,7 @@ def restore_newest(run_dir: Path, model, ema, opt, cfg: Config,
     problem = None
     for path in [first, *older]:
         try:
-            state = restore(path, model, ema, opt, cfg, profiles)
+            state = restore(path, model, ema, opt, cfg, profiles, io)
         except IlctError as e:
             problem = problem or str(e)
             continue

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import torch
 import yaml
 
-from ilct.runs.checkpoint import CHECKPOINT_FILES, latest_checkpoint, read_state, read_tensors, restore, save_checkpoint, step_of, whole
+from ilct.runs.checkpoint import latest_checkpoint, missing_files, read_state, read_tensors, restore, save_checkpoint, step_of, whole
 from ilct.config import BranchConfig, Config, config_from_yaml_file, from_dict, merge_raw, parse_overrides
 from ilct.errors import IlctError
 from ilct.runs.folder import CHECKPOINTS_DIR, CONFIG_FILE, STATS_FILE, is_run
@@ -137,7 +137,7 @@ def restore_branch(src: Source, model: torch.nn.Module, ema: torch.nn.Module, op
         src.rng = read_tensors(src.checkpoint / "rng.safetensors")  # everything read now: nothing is read later
         state = restore(src.checkpoint, model, ema, opt, cfg, profiles)
     except IlctError as e:
-        if not all((src.checkpoint / f).is_file() for f in CHECKPOINT_FILES):  # rotated away by a running trainer
+        if missing_files(src.checkpoint):  # rotated away by a running trainer
             raise IlctError(f"{FLAG}: {src.checkpoint} was deleted while it was read (its run is training and keeps "
                             f"only its newest train.keep_checkpoints): branch again, from the run or a newer "
                             "checkpoint") from None

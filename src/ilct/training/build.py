@@ -17,15 +17,15 @@ import torch
 
 from ilct.errors import IlctError
 from ilct.latents import LatentStats
-from ilct.models import build_model, clip_data, make_ema, run_autoencoder
+from ilct.models import build_model, clip_data, run_autoencoder
 from ilct.objectives import Objective, make_objective
 from ilct.runs.folder import STATS_FILE
 from ilct.schema import Config
-from ilct.training import distributed, flat
+from ilct.training import distributed
 from ilct.training.batches import BatchMaker
 from ilct.training.data import load_latents
-from ilct.training.optim import RAdam
 from ilct.training.readers import READERS, Reader
+from ilct.training.sharding import Replicated, Sharding
 from ilct.training.warmstart import warm_start
 
 PATH_KEYS = (("autoencoder", "path"), ("data", "root"), ("data", "latents"), ("data", "cache_dir"), ("train", "init_from"))
@@ -151,36 +151,25 @@ def make_batch_maker(cfg: Config, objective: Objective, gather, n_data: int, sha
                       cfg.method.ot_coupling and objective.couples_noise, rank, world, t.draw_groups or 1, reader)
 
 
-def build_student(cfg: Config, device: torch.device, init: bool = True,
-                  quiet: bool = False) -> tuple[torch.nn.Module, torch.nn.Module, RAdam]:
-    """The network in training mode, its EMA copy and the optimizer; with `train.fused_optimizer` the
-    weights (and so the EMA's and the moments) are flat buffers (ilct.training.flat), and with `train.compile`
-    too the RAdam update is one compiled kernel. Seeded by the caller. With `train.init_from` (and `init`:
-    the run starts at step 0, not from a checkpoint of its own) the backbone starts from that run's EMA
-    weights (ilct.training.warmstart; one line printed unless `quiet`)."""
-    t = cfg.train
+def build_student(cfg: Config, device: torch.device, init: bool = True, quiet: bool = False,
+                  sharding: Sharding | None = None) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
+    """The network in training mode, its EMA copy and the optimizer, laid out over the ranks by `sharding`
+    (ilct.training.sharding; default: whole on this process, flat buffers with `train.fused_optimizer`, and with
+    `train.compile` too the RAdam update is one compiled kernel). Seeded by the caller. With `train.init_from`
+    (and `init`: the run starts at step 0, not from a checkpoint of its own) the backbone starts from that run's
+    EMA weights (ilct.training.warmstart; one line printed unless `quiet`)."""
     model = build_model(cfg)
-    if t.init_from and init:
+    if cfg.train.init_from and init:
         line = warm_start(model, cfg)
         if not quiet:
             print(line, flush=True)
-    model = model.to(device).train()
-    settings = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
-    if not t.fused_optimizer:
-        return model, make_ema(model), RAdam(model.parameters(), **settings)
-    flat.flatten_(model)  # the speed path: weights, EMA and moments as flat buffers, one update kernel with compile
-    ema = make_ema(model)
-    flat.flatten_(ema)
-    return model, ema, flat.FlatRAdam(model.parameters(), compile=t.compile, **settings)
+    return (sharding or Replicated()).parts(model.train(), cfg, device)
 
 
-def build_profiles(cfg: Config, ema: torch.nn.Module) -> list[torch.nn.Module]:
+def build_profiles(cfg: Config, ema: torch.nn.Module, sharding: Sharding | None = None) -> list[torch.nn.Module]:
     """train.ema=power: the profiles of train.ema_stds after the first (which is `ema`, the one sampled), copies
-    of it, flat when it is (ilct.training.flat); none for the constant EMA. Each is set by its first update."""
+    of it laid out as it is (flat, or sharded: ilct.training.sharding); none for the constant EMA. Each is set by
+    its first update."""
     if cfg.train.ema != "power":
         return []
-    profiles = [make_ema(ema) for _ in cfg.train.ema_stds[1:]]
-    if flat.module_buffer(ema) is not None:
-        for p in profiles:
-            flat.flatten_(p)
-    return profiles
+    return [(sharding or Replicated()).copy(ema) for _ in cfg.train.ema_stds[1:]]

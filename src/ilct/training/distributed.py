@@ -31,6 +31,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    grouped: bool = False  # a process group of this one process (init's `group`: a sharded run needs one)
 
     @property
     def main(self) -> bool:
@@ -41,10 +42,15 @@ class Dist:
         return self.world > 1
 
 
-def init(device: torch.device) -> tuple[Dist, torch.device]:
-    """Join the torchrun job if there is one; returns the rank layout and this rank's device."""
+def init(device: torch.device, group: bool = False) -> tuple[Dist, torch.device]:
+    """Join the torchrun job if there is one; returns the rank layout and this rank's device. With `group`, one
+    process without torchrun gets a process group of its own too (a sharded run's collectives need one)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
+        if group and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0,
+                                    world_size=1)
+            return Dist(grouped=True), device
         return Dist(), device
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
@@ -116,5 +122,5 @@ def same_everywhere(d: Dist, digests: dict[str, str]) -> None:
 
 
 def shutdown(d: Dist) -> None:
-    if d.active and dist.is_initialized():
+    if (d.active or d.grouped) and dist.is_initialized():
         dist.destroy_process_group()

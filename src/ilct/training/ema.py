@@ -121,13 +121,16 @@ def snapshot_name(step: int, sigma_rel: float) -> str:
     return f"step_{step:09d}_std_{float(sigma_rel)!r}.safetensors"
 
 
-def save_snapshots(run_dir: Path, step: int, profiles: Sequence[torch.nn.Module], stds: Sequence[float]) -> None:
-    """Every profile's weights at `step` into RUN/ema_snapshots/, one file each, written atomically (never rotated:
-    post-hoc reconstruction needs them all). The step and sigma_rel are also in each file's metadata."""
+def save_snapshots(run_dir: Path, step: int, profiles: Sequence[torch.nn.Module | dict[str, torch.Tensor]],
+                   stds: Sequence[float]) -> None:
+    """Every profile's weights at `step` (modules, or their state dicts: a sharded run's gathered ones) into
+    RUN/ema_snapshots/, one file each, written atomically (never rotated: post-hoc reconstruction needs them all).
+    The step and sigma_rel are also in each file's metadata."""
     folder = run_dir / EMA_SNAPSHOTS_DIR
     try:
         for module, std in zip(profiles, stds, strict=True):
-            save_tensors(module.state_dict(), folder / snapshot_name(step, std),
+            state = module if isinstance(module, dict) else module.state_dict()
+            save_tensors(state, folder / snapshot_name(step, std),
                          metadata={"step": str(step), "sigma_rel": repr(float(std))})
     except OSError as e:
         raise IlctError(f"cannot write an EMA snapshot into {folder}: {e.strerror or e}") from None

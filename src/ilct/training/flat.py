@@ -20,8 +20,9 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
-from ilct.training.optim import RAdam, radam_update_
+from ilct.training.optim import RAdam, local, radam_update_
 
 ALIGN = 16  # elements: 64 bytes of fp32
 
@@ -81,7 +82,7 @@ def module_buffer(module: nn.Module) -> torch.Tensor | None:
     """flat_buffer of the module's parameters, remembered per module (checked against the first and
     last parameter's address, so a module flattened again or moved is looked at anew)."""
     params = list(module.parameters())
-    if not params:
+    if not params or isinstance(params[0], DTensor):  # (sharded weights are never flat: ilct.training.sharding)
         return None
     key = (params[0].data_ptr(), params[-1].data_ptr())
     hit = _CACHE.get(module)
@@ -97,11 +98,11 @@ def module_buffer(module: nn.Module) -> torch.Tensor | None:
 
 def weight_tensors(a: nn.Module, b: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The weights of two modules of one layout as paired lists: one flat buffer each when both are flat,
-    else their parameters (detached)."""
+    else their parameters (detached; sharded ones: this rank's shards, ilct.training.sharding)."""
     fa, fb = module_buffer(a), module_buffer(b)
     if fa is not None and fb is not None and fa.shape == fb.shape:
         return [fa], [fb]
-    return [p.detach() for p in a.parameters()], [p.detach() for p in b.parameters()]
+    return [local(p.detach()) for p in a.parameters()], [local(p.detach()) for p in b.parameters()]
 
 
 def flat_update_(theta: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: torch.Tensor,

@@ -5,7 +5,8 @@ writes the run folder or restores its newest checkpoint (`_start`); `_loop` runs
 schedule state -> the batch (drawn ahead with its OT coupling, ilct.training.batches) -> one update (ilct.training.step), with
 no host synchronization inside a step; at check points the non-finite policy (ilct.training.nonfinite), the log,
 sample grids, checkpoints and the stop request (ilct.training.preempt). The same loop runs one process or several
-under `torchrun` (ilct.training.distributed).
+under `torchrun` (ilct.training.distributed), with the model whole on every rank or sharded over them
+(train.sharding: ilct.training.sharding).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ilct.training import branch
 from ilct.runs import checkpoint as ckpt
@@ -32,6 +32,7 @@ from ilct.training.batches import Prefetcher, step_seed
 from ilct.training.build import RunData, absolute_paths, build_data, build_profiles, build_student
 from ilct.training import tensorboard
 from ilct.training.ema import checkpoint_record, save_snapshots
+from ilct.training.sharding import Replicated, Sharding, make_sharding
 from ilct.config import Config, dump_config
 from ilct.errors import IlctError
 from ilct.io.grid import make_grid, save_png
@@ -69,6 +70,7 @@ class Run:
     policy: NonFinitePolicy
     dist: distributed.Dist
     device: torch.device
+    sharding: Sharding  # how the model, EMA and moments lie over the ranks (train.sharding: ilct.training.sharding)
     monitor: Any = None  # rank 0's FidMonitor when train.fid_every is set (ilct.metrics.monitor)
     profiles: list[torch.nn.Module] = field(default_factory=list)  # train.ema=power: the profiles after `ema`
 
@@ -89,12 +91,13 @@ def train(
     preempt.Interrupted for a signal before training began."""
     cfg = copy.deepcopy(cfg)
     run_dir = check_out_dir(run_dir)
+    sharding = make_sharding(cfg.train.sharding)
     with StopFlag() as stop:
-        dist, device = distributed.init(resolve_device(cfg.train.device))
+        dist, device = distributed.init(resolve_device(cfg.train.device), group=sharding.needs_group)
         lock = RunLock(run_dir)
         try:
             run = _start(cfg, run_dir, resume, force, progress, dist, device, stop, lock,
-                         (allow_other_autoencoder, allow_other_latents), branch_from)
+                         (allow_other_autoencoder, allow_other_latents), branch_from, sharding)
             return _loop(run, stop, progress)
         finally:
             lock.release()
@@ -102,9 +105,12 @@ def train(
 
 
 def _check_run(cfg: Config, run_dir: Path, resume: bool, force: bool, allow_other: tuple[bool, bool],
-               branch_from: str | Path | None) -> tuple[Config, Any]:
+               branch_from: str | Path | None, sharding: Sharding) -> tuple[Config, Any]:
     """The run folder's side of the checks (read only): a resumed run's config and checkpoints, a branch's
     source, a new run's folder. Returns (the config to train with, the branch source or None)."""
+    if branch_from is not None and not sharding.branches:
+        raise IlctError(f"--branch-from is not supported with train.sharding={sharding.name}: branch with "
+                        "train.sharding=none, then resume the branch with --set train.sharding=fsdp")
     absolute_paths(cfg)  # (before the comparison with a resumed run's config, which holds absolute paths)
     cfg = resume_config(cfg, run_dir) if resume else cfg
     if cfg.train.tensorboard:
@@ -130,13 +136,13 @@ def _check_run(cfg: Config, run_dir: Path, resume: bool, force: bool, allow_othe
 
 def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool, dist: distributed.Dist,
            device: torch.device, stop: StopFlag, lock: RunLock, allow_other: tuple[bool, bool],
-           branch_from: str | Path | None = None) -> Run:
+           branch_from: str | Path | None = None, sharding: Sharding | None = None) -> Run:
     """Check and build everything, then (rank 0, holding the lock) write a new run (a branch: with its
     source's checkpoint as its first) or restore the newest checkpoint. Nothing is written before every
     input has been checked; a rank whose checks fail stops every rank with one line (distributed.together)."""
-    main = dist.main
-    cfg, source = distributed.together(dist, lambda: _check_run(cfg, run_dir, resume, force, allow_other, branch_from),
-                                       "checking the run folder")
+    main, sharding = dist.main, sharding or Replicated()
+    cfg, source = distributed.together(dist, lambda: _check_run(cfg, run_dir, resume, force, allow_other, branch_from,
+                                                                sharding), "checking the run folder")
     absolute_paths(cfg)
     setup_backends(device)
     data = build_data(cfg, run_dir, resume, allow_other[0], progress, dist, device, allow_other[1],
@@ -144,8 +150,8 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
     torch.manual_seed(cfg.train.seed)  # the initial weights, equal on every rank
     # train.init_from applies to a run that starts at step 0 (not a branch, not a resumed run with a checkpoint)
     at_step_0 = source is None and (not resume or ckpt.latest_checkpoint(run_dir, quiet=True) is None)
-    model, ema, opt = build_student(cfg, device, init=at_step_0, quiet=not main)
-    profiles = build_profiles(cfg, ema)
+    model, ema, opt = build_student(cfg, device, init=at_step_0, quiet=not main, sharding=sharding)
+    profiles = build_profiles(cfg, ema, sharding)
     state: dict[str, Any] = {}
     if source is not None:  # read and checked now; written into the new run below
         state = branch.restore_branch(source, model, ema, opt, cfg, profiles)
@@ -172,7 +178,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
         dump_config(cfg, run_dir / CONFIG_FILE)
     distributed.barrier(dist)
     if resume:
-        resume_from, state = ckpt.restore_newest(run_dir, model, ema, opt, cfg, profiles)
+        resume_from, state = ckpt.restore_newest(run_dir, model, ema, opt, cfg, profiles, sharding)
         data.maker.reader.resume(state.get("reader"), state.get("step", 0))  # the stream goes on where it was
         made_on = state.get("world_size", 1)
         if resume_from is not None and made_on != dist.world and main:  # allowed (the global batch is the same)
@@ -183,7 +189,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, force: bool, progress: bool
         (run_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
     stop.raise_if_stopped()  # a signal during start-up's writes: nothing trained yet
     policy = NonFinitePolicy(device, cfg.train.max_nonfinite, state.get("nonfinite_total", 0), state.get("lr_halved", False))
-    return Run(cfg, run_dir, data, model, ema, opt, state.get("step", 0), policy, dist, device, monitor, profiles)
+    return Run(cfg, run_dir, data, model, ema, opt, state.get("step", 0), policy, dist, device, sharding, monitor, profiles)
 
 
 def reader_record(run: Run, step: int) -> dict[str, Any]:
@@ -193,8 +199,8 @@ def reader_record(run: Run, step: int) -> dict[str, Any]:
 
 
 def _student(run: Run) -> torch.nn.Module:
-    """The model as the steps call it: compiled (blocks, or the whole network with CUDA graphs) and DDP-wrapped
-    as configured. Speed only: the maths is the same."""
+    """The model as the steps call it: compiled (blocks, or the whole network with CUDA graphs) and wrapped by the
+    sharding (DDP under torchrun with train.sharding=none) as configured. Speed only: the maths is the same."""
     t, model = run.cfg.train, run.model
     if t.compile and t.cuda_graphs and run.device.type == "cuda":
         if run.dist.active:
@@ -202,10 +208,7 @@ def _student(run: Run) -> torch.nn.Module:
         compile_model(model, "model", "reduce-overhead")  # launch-bound small models: docs/performance.md
     elif t.compile:
         compile_blocks(model)  # (cuda_graphs on a CPU: CUDA graphs need a GPU, the blocks are compiled)
-    if run.dist.active:
-        d = run.device
-        return DDP(model, device_ids=[d.index] if d.type == "cuda" else None, broadcast_buffers=False)
-    return model
+    return run.sharding.student(model, run.dist, run.device)
 
 
 class _Outputs:
@@ -217,7 +220,8 @@ class _Outputs:
         self.file = open_log(run.run_dir / LOG_FILE) if self.main else None
         self.events = (tensorboard.EventWriter(run.run_dir / TENSORBOARD_DIR, run.start_step)
                        if self.main and run.cfg.train.tensorboard else None)
-        self.writer = ckpt.BackgroundWriter() if self.main and run.cfg.train.async_checkpoint else None
+        self.writer = (ckpt.BackgroundWriter() if self.main and run.cfg.train.async_checkpoint
+                       and run.sharding.background_writes else None)
 
     def log(self, record: dict[str, Any]) -> None:
         if self.file is not None:
@@ -230,13 +234,14 @@ class _Outputs:
         """The checkpoint of `step`: written now, or (train.async_checkpoint) copied to host memory now and
         written by the background writer while training goes on."""
         r = self.run
+        files = r.sharding.checkpoint_files(step, r.model, r.ema, r.opt, r.profiles, r.run_dir, self.main)
         if self.main:
             rng_tensors, rng_scalars = ckpt.rng_state(r.device)
-            snap = ckpt.snapshot_checkpoint(step, r.model, r.ema, r.opt, rng_tensors,
-                                            {"nonfinite_total": r.policy.total, "lr_halved": r.policy.lr_halved,
-                                             "arch": r.cfg.model.arch, "world_size": r.dist.world, "rng": rng_scalars,
-                                             **checkpoint_record(r.cfg), **reader_record(r, step), **extra},
-                                            r.profiles, copy=self.writer is not None)
+            snap = ckpt.snapshot_files(step, files, rng_tensors,
+                                       {"nonfinite_total": r.policy.total, "lr_halved": r.policy.lr_halved,
+                                        "arch": r.cfg.model.arch, "world_size": r.dist.world, "rng": rng_scalars,
+                                        **checkpoint_record(r.cfg), **reader_record(r, step), **extra},
+                                       copy=self.writer is not None)
             keep, protect = r.cfg.train.keep_checkpoints, r.monitor and r.monitor.best and r.monitor.best.step
             if self.writer is not None:
                 self.writer.submit(r.run_dir, snap, keep, protect)
@@ -252,15 +257,17 @@ class _Outputs:
     def snapshot(self, step: int) -> None:
         """train.ema=power: every profile's weights into RUN/ema_snapshots/ (ilct.training.ema)."""
         r = self.run
+        states = [r.sharding.full_state(m) for m in (r.ema, *r.profiles)]  # (sharded: gathered, a collective)
         if self.main:
-            save_snapshots(r.run_dir, step, [r.ema, *r.profiles], r.cfg.train.ema_stds)
+            save_snapshots(r.run_dir, step, states, r.cfg.train.ema_stds)
 
     def fid(self, step: int, saving: bool) -> dict | None:
         """train.fid_every: FID on the training split. A new best is checkpointed here unless this step is
         saved anyway (`saving`; then the caller writes best.json after its save). Every rank joins: the
         save synchronizes them."""
         r = self.run
-        record = r.monitor.measure(r.ema, r.data.ae, r.data.stats, step) if self.main else None
+        ema = r.sharding.sampler(r.ema)  # (sharded: gathered whole on rank 0, a collective)
+        record = r.monitor.measure(ema, r.data.ae, r.data.stats, step) if self.main else None
         if record:
             self.log(record)
         new_best = distributed.any_rank(r.dist, bool(record and record["new_best"]), r.device)
@@ -273,8 +280,9 @@ class _Outputs:
 
     def grid(self, step: int) -> None:
         r = self.run
+        ema = r.sharding.sampler(r.ema)  # (sharded: gathered whole on rank 0, a collective)
         if self.main:
-            images = generate(r.ema, r.data.ae, r.data.stats, r.cfg, r.cfg.train.num_sample_images,
+            images = generate(ema, r.data.ae, r.data.stats, r.cfg, r.cfg.train.num_sample_images,
                               r.data.objective.grid_steps, seed=0)
             path = r.run_dir / SAMPLES_DIR / f"step_{step:09d}.png"
             if images.ndim == 5:  # clips (n, T, H, W, C): a strip (rows = samples, columns = frames) and a GIF
@@ -334,7 +342,8 @@ def _loop(run: Run, stop: StopFlag, progress: bool) -> TrainResult:
             if roll_back:
                 out.wait()  # the checkpoint in flight is the one to roll back to
                 latest = ckpt.latest_checkpoint(run.run_dir)
-                restore = lambda: ckpt.restore(latest, run.model, run.ema, opt, cfg, run.profiles)["step"]  # noqa: E731
+                restore = lambda: ckpt.restore(latest, run.model, run.ema, opt, cfg, run.profiles,  # noqa: E731
+                                               run.sharding)["step"]
                 k = policy.roll_back(step, latest and restore, opt)
                 out.log({"step": k, "event": "rollback", "checkpoint": latest.name, "lr": opt.param_groups[0]["lr"]})
                 prefetch.close()
@@ -384,7 +393,7 @@ def _finish(run: Run, out: _Outputs, last_loss: float, t_start: float) -> TrainR
     """The last checkpoint and grid (unless the run ended on one); the ranks of a torchrun job must agree: each
     rank's weight digest goes into the last checkpoint."""
     end_step = max(run.start_step, run.cfg.train.total_steps)
-    digests = distributed.gather_strings(run.dist, _weights_digest(run.model))
+    digests = distributed.gather_strings(run.dist, _weights_digest(run.sharding.full_parameters(run.model)))
     if len(set(digests)) > 1:
         raise IlctError(f"the {run.dist.world} ranks ended with different weights; the last checkpoint is rank 0's")
     out.wait()
@@ -397,8 +406,9 @@ def _finish(run: Run, out: _Outputs, last_loss: float, t_start: float) -> TrainR
     return TrainResult(run.run_dir, end_step, last_loss, time.time() - t_start, run.policy.total)
 
 
-def _weights_digest(model: torch.nn.Module) -> str:
+def _weights_digest(params) -> str:
+    """A digest of the weights (sharded: of the gathered whole weights, so the ranks agree by construction)."""
     h = hashlib.sha256()
-    for p in model.parameters():
+    for p in params:
         h.update(p.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]

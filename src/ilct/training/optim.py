@@ -39,7 +39,14 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.distributed.tensor import DTensor
 
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded tensor (a DTensor under train.sharding=fsdp: a view, so in-place updates of
+    it update the tensor), or the tensor itself. The update is elementwise, so each rank updates its shard."""
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def warmup_factor(k: int, warmup_steps: int) -> float:
@@ -126,6 +133,7 @@ class RAdam(torch.optim.Optimizer):
                     t = st.get(key)
                     if not isinstance(t, torch.Tensor) or t.shape != p.shape or t.dtype != p.dtype:
                         raise ValueError(f"'{key}' does not fit a parameter of shape {tuple(p.shape)}")
+                    t = local(t)  # (sharded: this rank's shard; ilct.training.sharding agrees the outcome over ranks)
                     if not torch.isfinite(t).all() or (key == "exp_avg_sq" and (t < 0).any()):
                         raise ValueError(f"'{key}' holds values that are not finite (or negative)")
                 step = st.get("step")
@@ -156,9 +164,9 @@ class RAdam(torch.optim.Optimizer):
                 st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             elif st["step"].device != p.device:  # loaded from a torch.optim.RAdam checkpoint (CPU step)
                 st["step"] = st["step"].to(p.device, torch.float32)
-        radam_update_(params, _own_grads([p.grad for p in params]), [self.state[p]["exp_avg"] for p in params],
-                      [self.state[p]["exp_avg_sq"] for p in params], [self.state[p]["step"] for p in params],
-                      keep, *hyper)
+        radam_update_([local(p) for p in params], _own_grads([local(p.grad) for p in params]),
+                      [local(self.state[p]["exp_avg"]) for p in params], [local(self.state[p]["exp_avg_sq"]) for p in params],
+                      [self.state[p]["step"] for p in params], keep, *hyper)
 
 
 def _own_grads(grads: list[torch.Tensor]) -> list[torch.Tensor]:

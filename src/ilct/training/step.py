@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ilct.runs import faults
@@ -73,6 +74,8 @@ def training_step(
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
     else:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if isinstance(grad_norm, DTensor):  # sharded gradients (train.sharding=fsdp): the norm over every rank's shards
+        grad_norm = grad_norm.full_tensor()
     bad = (~(torch.isfinite(grad_norm) & torch.isfinite(loss.detach()))).float()
     opt.step(found_inf=bad, lr_scale=lr_factor(k, t.total_steps, t.warmup_steps, t.lr_decay, t.lr_final))
     ema_step(ema, unwrap(model), cfg, k + 1, 1.0 - bad, profiles)

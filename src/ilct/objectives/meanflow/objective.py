@@ -16,7 +16,8 @@ alpha > 0 the target is the discrete alpha-Flow target (flow matching at alpha =
 gradient in between) and the loss of the samples with r < t is scaled by alpha; at alpha = 0 it is the above.
 
 The JVP runs through the model as the step passes it: the DDP wrapper under torchrun, so the backward
-through u all-reduces; the model is called with the tangent, so the JVP runs inside the wrapped forward
+through u all-reduces (or the FSDP2-sharded model under train.sharding=fsdp, whose blocks gather their weights
+inside the transform: ilct.training.sharding); the model is called with the tangent, so the JVP runs inside the wrapped forward
 (ilct.objectives.meanflow.maths.meanflow_target says why). Sampling walks z_r = z_t - (t - r) u from
 noise in 1 step, 2 steps (through meanflow.two_step_m) or n uniform steps; guidance is trained in, so
 sampling takes no guidance weight, and no intermediate sigmas (--tau).
