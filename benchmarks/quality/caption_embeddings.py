@@ -12,6 +12,8 @@ training:
                 direction: what a network that reads the pooled vector most easily confuses
     similar     the cosine similarity of the garments' centred mean embeddings (10 x 10), and each garment's
                 most similar other garment
+    balance     the training clips per garment and per (garment, direction) pair (--data-dir; the class balance
+                of the data, another candidate)
     tokens_var  the same decomposition for the caption's tokens (the mean over its unmasked tokens, as the
                 network's cross-attention would first see them)
 
@@ -59,6 +61,16 @@ def garment_similarity(e: np.ndarray, garment: np.ndarray) -> np.ndarray:
     return m @ m.T
 
 
+def balance(root: str) -> dict:
+    """Training clips (the presets' moving_fmnist train split) per garment and per (garment, direction) pair."""
+    from ilct.data.moving_fmnist import load_moving_fmnist
+
+    d = load_moving_fmnist(root, "train", 32, 8, 1)
+    pairs = np.unique(np.stack([d.labels, d.motions], 1), axis=0, return_counts=True)[1]
+    return {"clips": len(d.labels), "per_garment": np.bincount(d.labels).tolist(),
+            "pairs": len(pairs), "per_pair": {"min": int(pairs.min()), "max": int(pairs.max())}}
+
+
 def main(argv: list[str] | None = None) -> dict:
     from ilct.data.clips import DIRECTIONS
     from ilct.data.moving_fmnist import NAMES, phrase
@@ -66,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--text-tokens", type=int, default=8, help="model.text_tokens of the video presets")
+    p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist", help="'' skips the balance count")
     p.add_argument("--out", help="JSON report")
     args = p.parse_args(argv)
     pairs = [(c, d) for c in range(len(NAMES)) for d in range(len(DIRECTIONS))]
@@ -93,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
                                        enumerate(garment_similarity(pooled, garment))},
               "token_mean": {"variance": variance_shares(mean_tokens, garment, direction),
                              "nearest": nearest_shares(mean_tokens, garment, direction)}}
+    if args.data_dir:
+        report["balance"] = balance(args.data_dir)
     print(f"tokens {counts.min()}-{counts.max()} (L = {args.text_tokens}: {len(truncated)} truncated); pooled "
           f"variance {report['pooled']['variance']}, nearest {report['pooled']['nearest']}; token mean variance "
           f"{report['token_mean']['variance']}")
