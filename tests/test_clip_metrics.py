@@ -172,7 +172,7 @@ def test_video_report_with_a_stub_sampler(tmp_path, cache, fake_fmnist, monkeypa
                 "--clips-out", str(tmp_path / "clips.npz")])
     report = json.loads(out.read_text())
     assert report["command"].startswith("python benchmarks/quality/video.py --run runs/none --tiny")
-    assert report["machine"] and report["tiny"] and report["sampler"] == "stub"
+    assert report["machine"] and report["date"] and report["tiny"] and report["sampler"] == "stub"
     rows = report["rows"]
     assert [(r["split"], r["nfe"], r["guidance"]) for r in rows] == [("seen", 1, 2.0), ("heldout", 1, 2.0)]
     for r in rows:

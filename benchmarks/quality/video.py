@@ -32,6 +32,7 @@ classifier of a few steps).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import shlex
 import sys
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
     sampler = make_sampler(args)
     gif_w = args.gif_guidance if args.gif_guidance is not None else guidance[len(guidance) // 2]
     report = {"command": "python " + shlex.join(sys.argv if argv is None else ["benchmarks/quality/video.py", *argv]),
-              "machine": common.machine(), "run": args.run, "train": args.train or None, "train_steps": args.train_steps if args.train else None,
+              "machine": common.machine(), "date": datetime.date.today().isoformat(), "run": args.run, "train": args.train or None, "train_steps": args.train_steps if args.train else None,
               "train_seconds": None if train_seconds is None else round(train_seconds, 1)}
     kept: dict = {}
     report.update(evaluate(sampler, args.data_dir, Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
