@@ -168,7 +168,32 @@ def shard_array(folder: Path, name: str, dtype, shape: tuple, mmap_mode: str | N
     return a
 
 
-class LatentDir:
+class LatentSet:
+    """What every reader of a finished latent directory shares: its `path`, `meta` (meta.json), `count` and
+    autoencoder `fingerprint`."""
+
+    path: Path
+    meta: dict
+    count: int
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def identity(self) -> str:
+        """What the latents are of: "dataset|count" (recorded with a run's statistics)."""
+        return f"{self.meta.get('dataset', '?')}|{self.count}"
+
+    def check_autoencoder(self, ae: Autoencoder) -> None:
+        if ae.fingerprint() != self.fingerprint:
+            raise IlctError(
+                f"{self.path} was encoded by another autoencoder ({self.meta.get('autoencoder', '?')}, "
+                f"fingerprint {self.fingerprint}; this one is {ae.fingerprint()})"
+            )
+
+
+class LatentDir(LatentSet):
     """A finished latent directory, read by memory mapping."""
 
     def __init__(self, path: str | Path):
@@ -183,13 +208,6 @@ class LatentDir:
         self._starts = np.cumsum([0] + [len(s) for s in self._shards])
         self.captions = read_captions(self.path, self.count)
 
-    def __len__(self) -> int:
-        return self.count
-
-    @property
-    def identity(self) -> str:
-        """What the latents are of: "dataset|count" (recorded with a run's statistics)."""
-        return f"{self.meta.get('dataset', '?')}|{self.count}"
 
     def gather(self, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Raw latents at the given global indices (float32, (len(idx), *shape))."""
@@ -215,12 +233,6 @@ class LatentDir:
                 if not np.isfinite(shard[s : s + 65536]).all():
                     raise IlctError(f"{self.path}: shard {k} holds latents that are not finite (NaN or inf)")
 
-    def check_autoencoder(self, ae: Autoencoder) -> None:
-        if ae.fingerprint() != self.fingerprint:
-            raise IlctError(
-                f"{self.path} was encoded by another autoencoder ({self.meta.get('autoencoder', '?')}, "
-                f"fingerprint {self.fingerprint}; this one is {ae.fingerprint()})"
-            )
 
 
 def posterior_noise(seed: int, indices: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ilct.autoencoders.base import Autoencoder
 from ilct.errors import IlctError
-from ilct.latents.directory import STATS_FILE, LatentStats, read_captions, read_meta, shard_array
+from ilct.latents.directory import STATS_FILE, LatentSet, LatentStats, read_captions, read_meta, shard_array
 
 
-class LatentShards:
+class LatentShards(LatentSet):
     """The shards of a finished latent directory, in the order `ilct encode` wrote them (shard k holds the
     latents starts[k] .. starts[k] + sizes[k] - 1)."""
 
@@ -36,25 +35,12 @@ class LatentShards:
         self.stats = LatentStats.load(self.path / STATS_FILE)
         self.captions = read_captions(self.path, self.count)
 
-    def __len__(self) -> int:
-        return self.count
-
-    @property
-    def identity(self) -> str:
-        """What the latents are of: "dataset|count", as LatentDir's."""
-        return f"{self.meta.get('dataset', '?')}|{self.count}"
-
     @property
     def nbytes(self) -> int:
         return self.count * int(np.prod(self.shape)) * 4
 
     def check_finite(self) -> None:
         """Nothing up front: each shard's latents are checked finite when they are read (`read`)."""
-
-    def check_autoencoder(self, ae: Autoencoder) -> None:
-        if ae.fingerprint() != self.fingerprint:
-            raise IlctError(f"{self.path} was encoded by another autoencoder ({self.meta.get('autoencoder', '?')}, "
-                            f"fingerprint {self.fingerprint}; this one is {ae.fingerprint()})")
 
     def check(self, k: int) -> None:
         """Shard k's two files are there, whole (their headers and sizes; the data is not read)."""
