@@ -288,6 +288,32 @@ def test_objectives_merge_keeps_the_other_latent_spaces_rows_with_their_commands
     assert sorted((r["latents"], r["command"]) for r in again["rows"]) == [("builtin", "third"), ("taef2", "second")]
     assert [e["command"] for e in again["earlier_runs"]] == ["second"]
 
+
+def test_objectives_merge_of_a_longer_budget_keeps_the_demo_budgets_rows_and_rates(tmp_path):
+    """--merge --multiples 4: the 4x rows join the 1x rows of the same latent space (which stay, with their floor
+    and rates); the 4x invocation's rates go under "<space>_x4", and running it again replaces only its own rows."""
+    from benchmarks.quality.objectives import merged
+
+    def report(command: str, multiple: int, names: list[str], floors: dict) -> dict:
+        return {"command": command, "machine": "m", "date": "d", "floors": floors,
+                "rates": {"builtin": {"ratio": {"meanflow": 0.5 + multiple}}},
+                "rows": [{"name": n, "latents": "builtin", "seed": 0, "multiple": multiple, "fid": {"1": 9.0},
+                          "command": command} for n in names]}
+
+    path = tmp_path / "objectives.json"
+    path.write_text(json.dumps(report("short", 1, ["ict", "ilct", "meanflow"], {"builtin": {"fid": 200.0}})))
+    long = merged(path, report("long", 4, ["ilct", "meanflow"], {}), ["builtin"], [4])
+    assert [(r["name"], r["multiple"], r["command"]) for r in long["rows"]] == [
+        ("ict", 1, "short"), ("ilct", 1, "short"), ("meanflow", 1, "short"), ("ilct", 4, "long"), ("meanflow", 4, "long")]
+    assert long["floors"] == {"builtin": {"fid": 200.0}}
+    assert long["rates"] == {"builtin": {"ratio": {"meanflow": 1.5}}, "builtin_x4": {"ratio": {"meanflow": 4.5}}}
+    assert long["earlier_runs"][0]["command"] == "short" and long["commands"] == ["short", "long"]
+    path.write_text(json.dumps(long))
+    again = merged(path, report("long again", 4, ["ilct"], {}), ["builtin"], [4])
+    assert [(r["name"], r["multiple"], r["command"]) for r in again["rows"]] == [
+        ("ict", 1, "short"), ("ilct", 1, "short"), ("meanflow", 1, "short"), ("ilct", 4, "long again")]
+    assert again["rates"]["builtin_x4"] == {"ratio": {"meanflow": 4.5}} and set(again["rates"]) == {"builtin", "builtin_x4"}
+
 def test_objectives_tiny_run_trains_evaluates_and_reports(tmp_path, tiny_autoencoder, fake_fmnist):
     from test_eval import PoolDetector
 

@@ -57,7 +57,8 @@ as 64x64 RGB through TAEF2, weights in ../shared/weights/taef2).
     python benchmarks/quality/objectives.py --latents taef2 --autoencoder ../shared/weights/taef2 --seconds 1800 --parallel 9
 
 Results: --out (default docs/results/objectives.json; rewritten after every evaluation, so a stopped benchmark
-leaves what it measured) and --figure (FID at 1 NFE against training seconds; skipped with a note when matplotlib
+leaves what it measured; with `--merge` the rows already there of other latent spaces or other multiples stay, so
+the 4x runs of the two best rows are a second invocation `--multiples 4 --long-rows A,B --merge`) and --figure (FID at 1 NFE against training seconds; skipped with a note when matplotlib
 is missing). `--dry-run` prints the commands; `--tiny` is a seconds-long run for the tests (4 steps per row of
 DiT-T/4 at batch 8 on the CPU, --n 10).
 """
@@ -514,7 +515,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--figure", default="docs/figures/objectives_fid_vs_seconds.png", help="'' = no figure")
     p.add_argument("--tiny", action="store_true", help="4 steps per row (probe 4), DiT-T/4, batch 8, CPU, --n 10")
     p.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
-    p.add_argument("--merge", action="store_true", help="keep the rows of the other latent spaces already in --out")
+    p.add_argument("--merge", action="store_true", help="keep the rows already in --out of the other latent spaces and budget multiples")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("--replot", action="store_true", help="only redraw --figure from the results already in --out")
     args = p.parse_args()
@@ -901,36 +902,44 @@ class Report:
                       "missing": dict(sorted(self.missing.items())), "failed": self.failed, "stopped_early": self.stopped,
                       "notes": args.note}
             if args.merge and Path(args.out).is_file():
-                report = merged(Path(args.out), report, args.spaces)
+                report = merged(Path(args.out), report, args.spaces, args.multiples_list)
             common.write_json(Path(args.out), report)
             if figure:
                 print(f"written to {args.out}")
                 if args.figure:
-                    plot(report["rows"], Path(args.figure), report["command"], report["floors"])
+                    title = (report["command"] if len(report.get("commands", [])) < 2
+                             else f"{args.out} ({len(report['commands'])} commands; each row's is in it)")
+                    plot(report["rows"], Path(args.figure), title, report["floors"])
 
 
 RUN_KEYS = ("command", "machine", "date", "budget", "wall_seconds", "timings", "missing", "failed", "stopped_early",
             "notes")
 
 
-def merged(path: Path, new: dict, spaces: list[str]) -> dict:
-    """--merge: the results file at `path` with this invocation's latent spaces replaced by `new`'s rows, floors and
-    rates; the rows of its other latent spaces are kept (each with the command, machine and date that measured it),
-    and what their invocation recorded goes under `earlier_runs`."""
+def merged(path: Path, new: dict, spaces: list[str], multiples: list[int] = (1,)) -> dict:
+    """--merge: the results file at `path` with this invocation's (latent space, budget multiple) pairs replaced by
+    `new`'s rows; the rows of the other pairs are kept (each with the command, machine and date that measured it),
+    and what their invocation recorded goes under `earlier_runs`. A floor is replaced where `new` measured one; the
+    rates of an invocation without the demo's budget go under "<space>_x<multiple>" (a 4x run's steps are timed
+    beside other jobs than the 1x rows', so its ratio is its own)."""
     try:
         old = json.loads(path.read_text())
         old_rows = [r for r in old["rows"] if isinstance(r, dict)]
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"note: --merge: {path} is not a results file of this benchmark ({e}); replacing it", file=sys.stderr)
         return new
+    measured = {(s, m) for s in spaces for m in multiples}
     keep = [{**r, "command": r.get("command", old.get("command")), "machine": r.get("machine", old.get("machine")),
-             "date": r.get("date", old.get("date"))} for r in old_rows if r.get("latents") not in spaces]
+             "date": r.get("date", old.get("date"))} for r in old_rows
+            if (r.get("latents"), r.get("multiple", 1)) not in measured]
     if not keep:
         return new
     out = dict(new)
     out["rows"] = keep + new["rows"]
-    for key in ("floors", "rates"):
-        out[key] = {**{k: v for k, v in (old.get(key) or {}).items() if k not in spaces}, **new[key]}
+    tag = "" if 1 in multiples else "".join(suffix(m) for m in multiples)
+    out["floors"] = {**(old.get("floors") or {}), **new["floors"]}
+    out["rates"] = {**{k: v for k, v in (old.get("rates") or {}).items() if k not in {s + tag for s in spaces}},
+                    **{k + tag: v for k, v in new["rates"].items()}}
     earlier = [e for e in old.get("earlier_runs", []) if any(r["command"] == e.get("command") for r in keep)]
     if any(r["command"] == old.get("command") for r in keep):
         earlier.append({k: old[k] for k in RUN_KEYS if k in old})
