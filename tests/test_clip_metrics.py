@@ -1,6 +1,7 @@
 """ilct.metrics.clips (the clip classifier, score_clips, temporal consistency, frame FID) and the video benchmark's
 report (benchmarks/quality/video.py with a stub sampler), on the fake Fashion-MNIST files of conftest."""
 
+import argparse
 import importlib.util
 import json
 from pathlib import Path
@@ -164,7 +165,7 @@ class StubSampler:
 
 def test_video_report_with_a_stub_sampler(tmp_path, cache, fake_fmnist, monkeypatch):
     video = load_video()
-    stub = StubSampler()
+    stub, make_sampler = StubSampler(), video.make_sampler
     monkeypatch.setattr(video, "make_sampler", lambda args: stub)
     out, figures = tmp_path / "video.json", tmp_path / "figures"
     video.main(["--run", "runs/none", "--tiny", "--guidance", "2,4", "--nfe", "1,2", "--data-dir", str(fake_fmnist),
@@ -196,6 +197,15 @@ def test_video_report_with_a_stub_sampler(tmp_path, cache, fake_fmnist, monkeypa
     with pytest.raises(SystemExit) as e:
         video.main(["--run", "runs/none", "--clips-out", str(tmp_path / "clips.txt")])
     assert e.value.code == 2
+    for wrong in (["--train", "fmnist-video-ilct"], ["--sampler", "cli"]):  # --checkpoint: a trained run, in-process
+        with pytest.raises(SystemExit) as e:
+            video.main(["--run", "runs/none", "--checkpoint", "runs/none/checkpoints/step_000000500", *wrong])
+        assert e.value.code == 2
+    opened = []
+    monkeypatch.setattr(video, "InProcessSampler", lambda *a: opened.append(a))
+    make_sampler(argparse.Namespace(sampler="inprocess", run="r", device="cpu", batch_size=8, text_encoder="",
+                                          checkpoint="r/checkpoints/step_000000500"))
+    assert opened == [("r", "cpu", 8, "", "r/checkpoints/step_000000500")]
     assert report["plot"] == str(figures / "acc.png") and (figures / "acc.png").is_file()
     assert video.main(["--replot", "--out", str(out), "--plot", str(tmp_path / "re.png")])["rows"] == rows
     assert (tmp_path / "re.png").stat().st_size > 1000  # the figure again, from the JSON alone

@@ -75,11 +75,12 @@ def prompts(split: str) -> list[Prompt]:
 class InProcessSampler:
     """A finished text-conditional moving_fmnist run, opened once; every caption of a setting in one draw."""
 
-    def __init__(self, run_dir: str, device: str = "auto", batch_size: int = 256, text_encoder: str = ""):
+    def __init__(self, run_dir: str, device: str = "auto", batch_size: int = 256, text_encoder: str = "",
+                 checkpoint: str = ""):
         from ilct.runs.opened import open_run
         from ilct.nets.text import TextEncoder
 
-        self.run = open_run(run_dir, device=device)
+        self.run = open_run(run_dir, checkpoint or None, device=device)
         cfg = self.run.cfg
         self.data = run_clip_data(cfg, run_dir)
         self.encoder = TextEncoder(text_encoder or None)
@@ -262,7 +263,7 @@ def train_run(args: argparse.Namespace) -> float:
 def make_sampler(args: argparse.Namespace):
     if args.sampler == "cli":
         return CliSampler(args.run, args.device)
-    return InProcessSampler(args.run, args.device, args.batch_size, args.text_encoder)
+    return InProcessSampler(args.run, args.device, args.batch_size, args.text_encoder, args.checkpoint)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -275,6 +276,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-steps", type=int, default=4000)
     p.add_argument("--autoencoder", default="", help="for --train: ilct train --autoencoder")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="for --train (repeatable)")
+    p.add_argument("--checkpoint", default="", metavar="DIR", help="score this checkpoint of --run "
+                   "(RUN/checkpoints/step_NNNNNNNNN; default: the latest whole one); in-process sampler only")
     p.add_argument("--guidance", default="1,2,4", help="guidance weights w, comma-separated")
     p.add_argument("--nfe", default="1,2", help="network evaluations per clip, comma-separated")
     p.add_argument("--per-prompt", type=int, default=16, help="clips per caption and setting")
@@ -302,6 +305,9 @@ def main(argv: list[str] | None = None) -> dict:
         return replot(Path(args.out), Path(args.plot))
     if not args.run:
         p.error("--run is required (or --replot)")
+    if args.checkpoint and (args.sampler != "inprocess" or args.train):
+        p.error("--checkpoint scores a checkpoint of a trained run with the in-process sampler: "
+                "not with --train or --sampler cli")
     if args.clips_out and not args.clips_out.endswith(".npz"):
         p.error(f"--clips-out {args.clips_out}: the file name must end in .npz")
     guidance = [float(w) for w in args.guidance.split(",")]
