@@ -165,7 +165,7 @@ class StubSampler:
 
 def test_video_report_with_a_stub_sampler(tmp_path, cache, fake_fmnist, monkeypatch):
     video = load_video()
-    stub, make_sampler = StubSampler(), video.make_sampler
+    stub, make_sampler, in_process = StubSampler(), video.make_sampler, video.InProcessSampler
     monkeypatch.setattr(video, "make_sampler", lambda args: stub)
     out, figures = tmp_path / "video.json", tmp_path / "figures"
     video.main(["--run", "runs/none", "--tiny", "--guidance", "2,4", "--nfe", "1,2", "--data-dir", str(fake_fmnist),
@@ -206,6 +206,11 @@ def test_video_report_with_a_stub_sampler(tmp_path, cache, fake_fmnist, monkeypa
     make_sampler(argparse.Namespace(sampler="inprocess", run="r", device="cpu", batch_size=8, text_encoder="",
                                           checkpoint="r/checkpoints/step_000000500"))
     assert opened == [("r", "cpu", 8, "", "r/checkpoints/step_000000500")]
+    monkeypatch.setattr(video, "InProcessSampler", in_process)  # a run that does not exist: one line and exit 2
+    with pytest.raises(SystemExit) as e:
+        make_sampler(argparse.Namespace(sampler="inprocess", run=str(tmp_path / "no-run"), device="cpu", batch_size=8,
+                                        text_encoder="", checkpoint=str(tmp_path / "no-run" / "checkpoints" / "x")))
+    assert e.value.code == 2
     assert report["plot"] == str(figures / "acc.png") and (figures / "acc.png").is_file()
     assert video.main(["--replot", "--out", str(out), "--plot", str(tmp_path / "re.png")])["rows"] == rows
     assert (tmp_path / "re.png").stat().st_size > 1000  # the figure again, from the JSON alone

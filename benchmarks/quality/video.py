@@ -261,9 +261,16 @@ def train_run(args: argparse.Namespace) -> float:
 
 
 def make_sampler(args: argparse.Namespace):
-    if args.sampler == "cli":
-        return CliSampler(args.run, args.device)
-    return InProcessSampler(args.run, args.device, args.batch_size, args.text_encoder, args.checkpoint)
+    """The sampler of --run; a run or checkpoint that cannot be opened is one line and exit 2."""
+    from ilct.errors import IlctError
+
+    try:
+        if args.sampler == "cli":
+            return CliSampler(args.run, args.device)
+        return InProcessSampler(args.run, args.device, args.batch_size, args.text_encoder, args.checkpoint)
+    except IlctError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> dict:
