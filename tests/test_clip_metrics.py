@@ -204,7 +204,7 @@ def test_video_report_with_a_stub_sampler(tmp_path, cache, fake_fmnist, monkeypa
     opened = []
     monkeypatch.setattr(video, "InProcessSampler", lambda *a: opened.append(a))
     make_sampler(argparse.Namespace(sampler="inprocess", run="r", device="cpu", batch_size=8, text_encoder="",
-                                          checkpoint="r/checkpoints/step_000000500"))
+                                    checkpoint="r/checkpoints/step_000000500"))
     assert opened == [("r", "cpu", 8, "", "r/checkpoints/step_000000500")]
     monkeypatch.setattr(video, "InProcessSampler", in_process)  # a run that does not exist: one line and exit 2
     with pytest.raises(SystemExit) as e:
