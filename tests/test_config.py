@@ -110,3 +110,16 @@ def test_a_renamed_key_of_an_older_run_still_loads():
 
     cfg = from_dict({"method": {"diffusion_weight": 2.5}})
     assert cfg.method.lambda_diff == 2.5 and "diffusion_weight" not in cfg.to_dict()["method"]
+
+
+def test_the_video_meanflow_preset_is_the_recipe_its_runs_were_trained_with():
+    """docs/video.md's MeanFlow clip runs were trained as fmnist-video-ict with these --set flags; the preset
+    must stay that recipe (only checkpoint bookkeeping may differ)."""
+    sets = ["train.objective=meanflow", "meanflow.metric=cauchy", "method.ot_coupling=true",
+            "meanflow.guidance_w=1", "meanflow.guidance_kappa=0.5", "train.beta2=0.99", "train.total_steps=1750",
+            "train.ckpt_every=250"]
+    preset, trained = load_config("fmnist-video-meanflow").to_dict(), load_config("fmnist-video-ict", sets).to_dict()
+    for cfg in (preset, trained):
+        cfg["train"].pop("keep_checkpoints")
+    assert preset == trained
+    assert preset["train"]["objective"] == "meanflow" and preset["meanflow"]["guidance_kappa"] == 0.5
