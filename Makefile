@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 EMOJI_FONT ?= /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
+EMOJI_TEST ?= /usr/share/unicode/emoji/emoji-test.txt
 CORE := $(VENV)/.ilct-core-installed
 STAMP := $(VENV)/.ilct-installed
 
@@ -27,11 +28,13 @@ $(STAMP): $(CORE)
 
 install: $(STAMP)
 
-# Real data from Debian packages: Fashion-MNIST (demo and tests) and the Noto Color Emoji font (tests).
+# Real data from Debian packages: Fashion-MNIST (demo and tests), the Noto Color Emoji font (tests) and
+# Unicode's emoji groups (emoji-test.txt, the emoji scorer's classes).
 data:
 	@missing=""; \
 	[ -f "$(FMNIST_DIR)/train-images-idx3-ubyte.gz" ] && [ -f "$(FMNIST_DIR)/t10k-images-idx3-ubyte.gz" ] || missing="dataset-fashion-mnist"; \
 	[ -f "$(EMOJI_FONT)" ] || missing="$$missing fonts-noto-color-emoji"; \
+	[ -f "$(EMOJI_TEST)" ] || missing="$$missing unicode-data"; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian packages:$$missing"; \
