@@ -13,7 +13,7 @@ Prompts (the same for every run, drawn with `--seed`):
 
 Controls, scored the same way beside the rows, from the first run's autoencoder: `real` (each prompt's own
 emoji through the autoencoder: the ceiling), `shuffled` (those images with the prompts of the set rolled by
-one), `mean` (the training emoji's mean image for every prompt: a collapsed generator), `one` (one real emoji
+one group's worth, so that a seen image is asked for another group), `mean` (the training emoji's mean image for every prompt: a collapsed generator), `one` (one real emoji
 for every prompt) and `blobs` (random colour blobs on white). Every row samples with the same noise.
 
 `--steps S1,S2,...` scores each run's checkpoints at those steps at the fewest `--nfe`, and the last at every
@@ -153,7 +153,10 @@ def evaluate(args, runs: dict, data, judge) -> dict:
         want_g = np.repeat([group_of[c] for c in ps], 1)
         want_b = [base(c) for c in ps]
         real = roundtrip(first.autoencoder, data.images[[index[c] for c in ps]])
-        ctl = {"real": (real, want_g, want_b), "shuffled": (real, np.roll(want_g, 1), want_b[-1:] + want_b[:-1]),
+        groups_asked = len(set(want_g.tolist()))  # seen prompts come in runs of one group: roll to the next group
+        shift = len(ps) // groups_asked if groups_asked > 1 else 1
+        ctl = {"real": (real, want_g, want_b),
+               "shuffled": (real, np.roll(want_g, shift), want_b[-shift:] + want_b[:-shift]),
                "mean": (np.repeat(train_mean[None], len(ps), 0), want_g, want_b),
                "one": (np.repeat(real[:1], len(ps), 0), want_g, want_b),
                "blobs": (blobs(len(ps), data.images.shape[1], args.seed), want_g, want_b)}
