@@ -106,6 +106,27 @@ def test_branch_with_a_method_change_differs_and_records_it(source, tmp_path):
     assert [p.name for p in list_checkpoints(again)] == ["step_000000006", "step_000000007"]
 
 
+def test_the_last_stage_lr_rule_is_a_branch_with_half_the_lr_at_the_stage_change(source, tmp_path):
+    """consistency.lr_last_stage = 0.5 from step 0 changes nothing before the last stage (N = 161 from step 4 of
+    6 here) and then trains as a branch of the plain run at step 4 with train.lr halved: the equivalence the
+    clip runs of docs/stability.md finding 15 rely on."""
+    common = ["--autoencoder", str(source["ae"]), "--data-dir", str(source["data"]), "--no-progress",
+              "--set", f"data.cache_dir={source['tmp'] / 'cache'}", "--set", "train.ckpt_every=2"]
+    config = str(source["tmp"] / "tiny.yaml")
+    plain, rule, branch = tmp_path / "plain", tmp_path / "rule", tmp_path / "branch"
+    assert main(["train", "--config", config, "--out", str(plain), *common]) == 0
+    assert main(["train", "--config", config, "--out", str(rule), *common, "--set", "consistency.lr_last_stage=0.5"]) == 0
+    assert main(["train", "--branch-from", ckpt(plain, 4), "--out", str(branch), "--no-progress",
+                 "--set", "train.lr=5e-4"]) == 0
+    log = {r["step"]: r for r in map(json.loads, (rule / "log.jsonl").read_text().splitlines())}
+    assert [log[s]["N"] for s in (4, 5)] == [81, 161]  # step 5 (k = 4) is the first of the last stage
+    assert same(tensors(rule, 4, "model"), tensors(plain, 4, "model"))
+    assert not same(tensors(rule, 6, "model"), tensors(plain, 6, "model"))
+    a, b = tensors(rule, 6, "model"), tensors(branch, 6, "model")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7)
+
+
 def expect_error(capsys, argv: list[str], needle: str) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -72,6 +72,8 @@ def test_yaml_round_trip(tmp_path):
         ("train.warmup_steps=-1", "train.warmup_steps"),
         ("train.lr_decay=step", "train.lr_decay"),
         ("train.lr_final=1.5", "train.lr_final"),
+        ("consistency.lr_last_stage=0", "consistency.lr_last_stage"),
+        ("consistency.lr_last_stage=1.5", "consistency.lr_last_stage"),
     ],
 )
 def test_invalid_values_name_the_field(override, needle):

@@ -101,9 +101,16 @@ def test_schedule_json(capsys):
     assert report["objective"] == "consistency" and "s0 = 10, s1 = 640" in report["summary"]
     rows = report["stages"]
     assert [r["N"] for r in rows] == [11, 21, 41, 81, 161, 321, 641]
-    assert set(rows[0]) == {"start_step", "end_step", "N", "c"}
+    assert set(rows[0]) == {"start_step", "end_step", "N", "c", "lr_scale"} and {r["lr_scale"] for r in rows} == {1.0}
     assert rows[0]["c"] == pytest.approx(0.03456) and rows[1]["c"] == pytest.approx(0.0136353, rel=1e-5)
     assert rows[-1]["end_step"] == 700
+    # consistency.lr_last_stage: the lr's multiplier in the last stage only, in the rows and the summary
+    assert main(["schedule", "--config", "fmnist-ilct", "--latent-shape", "4x8x8", "--json",
+                 "--set", "consistency.lr_last_stage=0.5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(r["N"], r["start_step"], r["lr_scale"]) for r in report["stages"]] == [
+        (11, 0, 1.0), (21, 600, 1.0), (41, 1200, 1.0), (81, 1800, 1.0), (161, 2400, 0.5)]
+    assert "lr x 0.5 from N = 161" in report["summary"]
 
 
 def test_schedule_says_what_the_objective_uses(capsys):

@@ -109,11 +109,12 @@ def test_the_training_step_scales_its_update_by_the_decay():
     from ilct.config import load_config
     from ilct.training.step import training_step
 
-    def update(decay: str) -> torch.Tensor:  # the change of the weights at step k = 3 of K = 4
+    def update(decay: str, objective_scale: float = 1.0) -> torch.Tensor:  # the weights' change at step k = 3 of K = 4
         model, ema = net(), net()
         opt = RAdam(model.parameters(), lr=1e-2)  # its first steps are unrectified: the change is lr m / bc1
         objective = SimpleNamespace(loss=lambda m, b, s: SimpleNamespace(
-            loss=m(b.x).square().mean(), consistency=torch.zeros(()), diffusion=torch.zeros(())))
+            loss=m(b.x).square().mean(), consistency=torch.zeros(()), diffusion=torch.zeros(())),
+            lr_scale=lambda k: objective_scale if k == 3 else 1.0)
         cfg = load_config("fmnist-ilct", ["train.total_steps=4", f"train.lr_decay={decay}"])
         before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
         training_step(model, ema, opt, SimpleNamespace(x=torch.randn(4, 5, generator=torch.Generator().manual_seed(0))),
@@ -122,6 +123,9 @@ def test_the_training_step_scales_its_update_by_the_decay():
 
     torch.testing.assert_close(update("linear"), 0.25 * update("none"))  # 1 - 3/4
     torch.testing.assert_close(update("cosine"), (0.5 * (1 + math.cos(0.75 * math.pi))) * update("none"))
+    # the objective's own multiplier (consistency.lr_last_stage) on top of the decay
+    torch.testing.assert_close(update("none", 0.5), 0.5 * update("none"))
+    torch.testing.assert_close(update("linear", 0.5), 0.125 * update("none"))
 
 
 @pytest.mark.parametrize("kind", ["list", "flat", "flat-compiled"])

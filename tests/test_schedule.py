@@ -110,3 +110,19 @@ def test_c_floor_bounds_the_adaptive_c_from_below():
     assert scaling_c(161, D, 10, adaptive=False, c_floor=3.0) == pytest.approx(fixed)  # iCT: no adaptive c to bound
     cs = [s.c for s in curriculum(8000, 10, 160, D, adaptive=True, c_floor=1.0)]
     assert cs == pytest.approx([fixed, 0.0136353, fixed, fixed, fixed], rel=1e-5)
+
+
+def test_lr_last_stage_halves_the_lr_from_the_last_stage_on():
+    """consistency.lr_last_stage: ConsistencyTraining.lr_scale(k) is the multiplier once N(k) = s1 + 1 (the
+    video preset: 3,000 steps, s1 = 160, N = 161 from step 2,400; capped at s1 = 80, N = 81 from 2,250), else 1;
+    the paper's default is 1 everywhere, and objectives without a curriculum ask for 1."""
+    from ilct.config import load_config
+    from ilct.objectives import ConsistencyTraining, MeanFlow
+
+    rule = ConsistencyTraining(load_config("fmnist-video-ilct", ["consistency.lr_last_stage=0.5"]))
+    assert [rule.lr_scale(k) for k in (0, 1800, 2399, 2400, 2999)] == [1.0, 1.0, 1.0, 0.5, 0.5]
+    capped = ConsistencyTraining(load_config("fmnist-video-ilct", ["consistency.lr_last_stage=0.25", "consistency.s1=80"]))
+    assert [capped.lr_scale(k) for k in (2249, 2250, 2999)] == [1.0, 0.25, 0.25]
+    paper = ConsistencyTraining(load_config("fmnist-video-ilct"))
+    assert {paper.lr_scale(k) for k in range(0, 3000, 50)} == {1.0}
+    assert MeanFlow(load_config("fmnist-meanflow")).lr_scale(2999) == 1.0

@@ -218,6 +218,7 @@ def validate(cfg: Config) -> None:
     need(cons.p_std > 0, "consistency.p_std", "must be > 0")
     need(0 < cons.c_scale <= 1e3, "consistency.c_scale", "must be in (0, 1e3]")
     need(0 <= cons.c_floor <= 1e3, "consistency.c_floor", "must be in [0, 1e3]")
+    need(0 < cons.lr_last_stage <= 1, "consistency.lr_last_stage", "must be in (0, 1] (1: the paper's constant lr)")
     need(abs(cons.p_mean) <= 100 and cons.p_std <= 100, "consistency.p_mean", "and p_std must lie within 100")
     need(0 <= me.lambda_diff <= 1e4, "method.lambda_diff", "must be in [0, 1e4]")
     need(0.0 <= me.diffusion_fraction <= 1.0, "method.diffusion_fraction", "must be in [0, 1]")

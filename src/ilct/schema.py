@@ -84,6 +84,7 @@ class ConsistencyConfig:
     p_std: float = 2.0
     c_scale: float = 0.00054  # fixed c = c_scale * sqrt(D), D = C*H*W
     c_floor: float = 0.0  # with method.adaptive_c: c(N) >= c_floor * fixed c (0: the paper; docs/stability.md)
+    lr_last_stage: float = 1.0  # the lr's multiplier once N reaches s1 + 1, the last stage (1: the paper; docs/stability.md)
 
 
 @dataclass

@@ -78,6 +78,11 @@ class Objective(ABC):
         """The schedule state of step k (cached by the objective where it is costly)."""
         return None
 
+    def lr_scale(self, k: int) -> float:
+        """The learning rate's multiplier the objective's schedule asks for at (0-based) step k, on top of the
+        warm-up and decay of train.* (ilct.training.optim.lr_factor): 1 unless the objective has a reason."""
+        return 1.0
+
     def log_fields(self, state: Any) -> dict[str, Any]:
         """What the log records of the state (e.g. N and c)."""
         return {}

@@ -77,7 +77,8 @@ def training_step(
     if isinstance(grad_norm, DTensor):  # sharded gradients (train.sharding=fsdp): the norm over every rank's shards
         grad_norm = grad_norm.full_tensor()
     bad = (~(torch.isfinite(grad_norm) & torch.isfinite(loss.detach()))).float()
-    opt.step(found_inf=bad, lr_scale=lr_factor(k, t.total_steps, t.warmup_steps, t.lr_decay, t.lr_final))
+    lr_scale = lr_factor(k, t.total_steps, t.warmup_steps, t.lr_decay, t.lr_final) * objective.lr_scale(k)
+    opt.step(found_inf=bad, lr_scale=lr_scale)
     ema_step(ema, unwrap(model), cfg, k + 1, 1.0 - bad, profiles)
     values = torch.stack([terms.loss.detach().float(), terms.consistency.float(), terms.diffusion.float()])
     return torch.where(bad > 0, torch.zeros_like(values), values), bad

@@ -41,6 +41,13 @@ class ConsistencyTraining(Objective):
         cons = self.cfg.consistency
         return num_levels(k, self.cfg.train.total_steps, cons.s0, cons.s1)
 
+    def lr_scale(self, k: int) -> float:
+        """consistency.lr_last_stage once the curriculum is in its last stage (N = s1 + 1), else 1: the update
+        size kept from growing with the consistency term's jump at the change to the finest grid (not in the
+        paper; docs/stability.md findings 7-8 and 15)."""
+        cons = self.cfg.consistency
+        return cons.lr_last_stage if self.N(k) == cons.s1 + 1 else 1.0
+
     def grid(self, N: int) -> torch.Tensor:
         """The N Karras sigmas (float64, CPU), built once per N for the levels and their probabilities."""
         if N not in self._grids:
@@ -104,7 +111,10 @@ class ConsistencyTraining(Objective):
         stages = curriculum(cfg.train.total_steps, cons.s0, cons.s1, D, cfg.method.adaptive_c, cons.c_scale, cons.c_floor)
         head = (f"objective consistency: {cfg.train.total_steps} steps, D = {D}, s0 = {cons.s0}, s1 = {cons.s1}, "
                 f"c {'adaptive' if cfg.method.adaptive_c else 'fixed'}, metric {cfg.method.metric}")
-        return head, [{"start_step": s.start_step, "end_step": s.end_step, "N": s.N, "c": s.c} for s in stages]
+        if cons.lr_last_stage != 1.0:
+            head += f", lr x {cons.lr_last_stage:g} from N = {cons.s1 + 1}"
+        return head, [{"start_step": s.start_step, "end_step": s.end_step, "N": s.N, "c": s.c,
+                       "lr_scale": self.lr_scale(s.start_step)} for s in stages]
 
     def describe(self, steps: int, sigmas: list[float] | None) -> str:
         cons = self.cfg.consistency
