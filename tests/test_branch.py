@@ -114,7 +114,7 @@ def test_the_last_stage_lr_rule_is_a_branch_with_half_the_lr_at_the_stage_change
               "--set", f"data.cache_dir={source['tmp'] / 'cache'}", "--set", "train.ckpt_every=2"]
     config = str(source["tmp"] / "tiny.yaml")
     plain, rule, branch = tmp_path / "plain", tmp_path / "rule", tmp_path / "branch"
-    assert main(["train", "--config", config, "--out", str(plain), *common]) == 0
+    assert main(["train", "--config", config, "--out", str(plain), *common, "--set", "consistency.lr_last_stage=1"]) == 0
     assert main(["train", "--config", config, "--out", str(rule), *common, "--set", "consistency.lr_last_stage=0.5"]) == 0
     assert main(["train", "--branch-from", ckpt(plain, 4), "--out", str(branch), "--no-progress",
                  "--set", "train.lr=5e-4"]) == 0
