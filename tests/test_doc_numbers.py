@@ -316,13 +316,13 @@ def test_every_figure_in_the_readme_is_in_a_results_file_it_cites():
 
 def test_a_made_up_figure_is_caught_and_a_sourced_one_is_not():
     """The check can fail: a FID, a time and a percentage with no source are reported; the demo's FID, cited, is not."""
-    cited = "The demo scored FID 937 at one step ([`docs/demo.md`](docs/demo.md)).\n"
+    cited = "The demo scored FID 914 at one step ([`docs/demo.md`](docs/demo.md)).\n"
     assert unmatched(cited) == []
     made_up = ("The demo scored FID 4,321.7 at one step in 12,345 s, recall 87.65 % "
                "([`docs/demo.md`](docs/demo.md)).\n")
     missing = unmatched(made_up)
     assert [m.split(":")[1].split("(")[0].strip() for m in missing] == ["4,321.7", "12,345 s", "87.65 %"], missing
-    uncited = "The demo scored FID 937 at one step.\n"  # the right number, but no results file named: caught
+    uncited = "The demo scored FID 914 at one step.\n"  # the right number, but no results file named: caught
     assert len(unmatched(uncited)) == 1
     no_kind = "Its samples scored 937 ([`docs/demo.md`](docs/demo.md)).\n"  # a bare number says nothing: caught
     assert "no unit or metric word" in unmatched(no_kind)[0]
