@@ -41,7 +41,7 @@ class BadInput(Exception):
     """A report that cannot be combined: one line for the user."""
 
 
-def _labelled(pairs: list[str], what: str) -> dict[str, str]:
+def labelled(pairs: list[str], what: str) -> dict[str, str]:
     """`["seed0=a.json", ...]` -> {"seed0": "a.json", ...}, refusing a missing `=` or a repeated label."""
     out: dict[str, str] = {}
     for pair in pairs:
@@ -155,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:
-        paths = _labelled(args.report, "--report")
+        paths = labelled(args.report, "--report")
         if len(paths) < 1:
             raise BadInput("give at least one --report LABEL=PATH")
-        trained = _labelled(args.train_command, "--train-command")
+        trained = labelled(args.train_command, "--train-command")
         if set(trained) - set(paths):
             raise BadInput(f"--train-command for unknown label(s): {', '.join(sorted(set(trained) - set(paths)))}")
         reports = {label: load_report(path) for label, path in paths.items()}

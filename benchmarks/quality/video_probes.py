@@ -1,0 +1,88 @@
+"""Side-by-side probes: several runs' checkpoints at one step, scored by video.py, in one file.
+
+    python benchmarks/quality/video_probes.py \\
+        --probe ict=runs/v39/I0_1200.json --probe loss-group=runs/v39/GA_1200.json ... \\
+        --switches loss-group="--set method.metric=cauchy --set method.adaptive_c=true" \\
+        --prereg runs/v39/prereg_groups.md --out docs/results/video_switch_probe.json
+
+Each `--probe NAME=PATH` is one checkpoint scored by benchmarks/quality/video.py; `--switches NAME=TEXT` says
+what that run changed. For every probe the file tabulates the rows at `--nfe` and `--guidance` (1 NFE, w = 1 by
+default) of both caption splits: the clip classifier's loose class and motion with their chance rates, the
+strict scorer's class, motion and garment presence with 95 % intervals, and the frame FID. Every report is kept
+whole, and every `--prereg` file verbatim. Reports that cannot be compared (another clip classifier, data,
+noise or clip count), a name given twice, switches for no probe, or a report without the asked rows are refused
+in one line (exit 2) and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import sys
+from pathlib import Path
+
+# run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import common  # noqa: E402
+from benchmarks.quality.video_seeds import BadInput, check_comparable, labelled, load_report  # noqa: E402
+
+SPLITS = ("seen", "heldout")
+
+
+def summary_row(report: dict, split: str, nfe: int, guidance: float, where: str) -> dict:
+    """The loose and strict measures of one report's row at (split, nfe, guidance), or a one-line refusal."""
+    for row in report["rows"]:
+        if row["split"] == split and int(row["nfe"]) == nfe and float(row["guidance"]) == guidance:
+            strict = row["strict"]
+            return {"split": split, "n": row.get("n"),
+                    "loose_class": row.get("class_acc"), "class_chance": row.get("class_chance"),
+                    "loose_motion": row.get("motion_acc"), "motion_chance": row.get("motion_chance"),
+                    **{m: strict[m] for m in ("class", "motion", "garment")}, "frame_fid": row.get("frame_fid")}
+    raise BadInput(f"{where} has no {split} row at {nfe} NFE and w = {guidance:g}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--probe", action="append", default=[], help="NAME=PATH: one checkpoint's video.py report")
+    p.add_argument("--switches", action="append", default=[], help="NAME=TEXT: what probe NAME changed")
+    p.add_argument("--nfe", type=int, default=1, help="the rows' NFE (default 1)")
+    p.add_argument("--guidance", type=float, default=1.0, help="the rows' w (default 1: unguided)")
+    p.add_argument("--train-command", default="", help="how the probes were trained")
+    p.add_argument("--prereg", action="append", default=[], help="a text file of what was predicted (kept whole)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    try:
+        paths = labelled(args.probe, "--probe")
+        if not paths:
+            raise BadInput("give at least one --probe NAME=PATH")
+        switches = labelled(args.switches, "--switches")
+        unknown = sorted(set(switches) - set(paths))
+        if unknown:
+            raise BadInput(f"--switches names no probe: {', '.join(unknown)}")
+        reports = {name: load_report(path) for name, path in paths.items()}
+        check_comparable(reports)
+        table = [{"probe": name, "switches": switches.get(name, ""),
+                  "rows": [summary_row(reports[name], split, args.nfe, args.guidance, paths[name])
+                           for split in SPLITS]} for name in paths]
+        prereg = {}
+        for path in args.prereg:
+            try:
+                prereg[path] = Path(path).read_text()
+            except (OSError, UnicodeDecodeError) as e:
+                raise BadInput(f"cannot read --prereg {path} ({type(e).__name__})")
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = {"command": "python " + shlex.join(["benchmarks/quality/video_probes.py"] + (argv or sys.argv[1:])),
+           "date": datetime.date.today().isoformat(), "train_command": args.train_command,
+           "machine": "; ".join(sorted({str(r.get("machine")) for r in reports.values()})),
+           "rows_at": {"nfe": args.nfe, "guidance": args.guidance}, "real": next(iter(reports.values())).get("real"),
+           "probes": table, "prereg": prereg, "reports": reports}
+    common.write_json(Path(args.out), out)
+    print(f"wrote {args.out}: {len(table)} probes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""benchmarks/quality/video_probes.py: several runs' checkpoints side by side, on reports written here (no model,
+no scorer: seconds)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def probes():
+    spec = importlib.util.spec_from_file_location("video_probes", ROOT / "benchmarks" / "quality" / "video_probes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rate(k: int, n: int = 100) -> dict:
+    return {"acc": k / n, "ci95": [k / n - 0.05, k / n + 0.05], "k": k, "n": n}
+
+
+def report(motion: float, *, finger: str = "clip-cls-x", splits=("seen", "heldout"), nfe: int = 1) -> dict:
+    """A video.py report with one row per split at `nfe`, w = 1, and a w = 2 row that must not be tabulated."""
+    def row(split, w, m):
+        return {"split": split, "nfe": nfe, "guidance": w, "n": 100, "class_acc": 0.2, "class_chance": 0.1,
+                "motion_acc": m, "motion_chance": 0.27, "frame_fid": 300.0,
+                "strict": {"class": rate(5), "motion": rate(int(100 * m) // 2), "garment": rate(60)}}
+    rows = [row(s, 1.0, motion) for s in splits] + [row("seen", 2.0, 0.99)]
+    return {"command": "python benchmarks/quality/video.py ...", "machine": "test", "data": "moving_fmnist-32x8s1",
+            "per_prompt": 8, "seed": 0, "strict_reference": {"clips": 10, "k": 2},
+            "clip_classifier": {"fingerprint": finger}, "rows": rows, "real": {"seen": {}}}
+
+
+def run(probes, tmp_path: Path, reports: dict[str, dict | str], *extra: str) -> tuple[int, Path]:
+    args = []
+    for name, data in reports.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+        args += ["--probe", f"{name}={path}"]
+    out = tmp_path / "probes.json"
+    return probes.main(args + ["--out", str(out), *extra]), out
+
+
+def test_each_probe_gets_its_w1_rows_of_both_splits_its_switches_and_the_prereg(probes, tmp_path):
+    prereg = tmp_path / "p.md"
+    prereg.write_text("A reaches 0.5")
+    rc, out = run(probes, tmp_path, {"ict": report(0.25), "A": report(0.75)},
+                  "--switches", "A=--set method.metric=cauchy", "--prereg", str(prereg))
+    assert rc == 0
+    head = json.loads(out.read_text())
+    assert [p["probe"] for p in head["probes"]] == ["ict", "A"]
+    a = head["probes"][1]
+    assert a["switches"] == "--set method.metric=cauchy" and head["probes"][0]["switches"] == ""
+    assert [r["split"] for r in a["rows"]] == ["seen", "heldout"]
+    assert a["rows"][0]["loose_motion"] == 0.75  # the w = 1 row, not the w = 2 one (0.99)
+    assert a["rows"][0]["motion"]["k"] == 37 and a["rows"][0]["motion_chance"] == 0.27
+    assert head["prereg"] == {str(prereg): "A reaches 0.5"} and set(head["reports"]) == {"ict", "A"}
+
+
+@pytest.mark.parametrize("reports, extra, message", [
+    ({"a": "{not json"}, (), "not a JSON report"),
+    ({"a": report(0.3), "b": report(0.3, finger="other")}, (), "different clip classifiers"),
+    ({"a": report(0.3, splits=("seen",))}, (), "no heldout row at 1 NFE"),
+    ({"a": report(0.3, nfe=2)}, (), "no seen row at 1 NFE"),
+    ({"a": report(0.3)}, ("--switches", "b=x"), "names no probe: b"),
+    ({"a": report(0.3)}, ("--prereg", "/nonexistent/p.md"), "--prereg"),
+    ({}, (), "at least one --probe"),
+])
+def test_bad_input_is_refused_in_one_line_and_nothing_is_written(probes, tmp_path, capsys, reports, extra, message):
+    rc, out = run(probes, tmp_path, reports, *extra)
+    assert rc == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("arg", ["a", "=x.json", "a="])
+def test_malformed_probe_arguments_are_refused(probes, tmp_path, capsys, arg):
+    out = tmp_path / "probes.json"
+    assert probes.main(["--probe", arg, "--out", str(out)]) == 2 and not out.exists()
+    assert "--probe must look like LABEL=VALUE" in capsys.readouterr().err
+
+
+def test_a_probe_name_given_twice_is_refused(probes, tmp_path, capsys):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(report(0.3)))
+    out = tmp_path / "probes.json"
+    assert probes.main(["--probe", f"a={path}", "--probe", f"a={path}", "--out", str(out)]) == 2
+    assert "given twice" in capsys.readouterr().err and not out.exists()
