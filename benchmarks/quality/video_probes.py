@@ -25,21 +25,19 @@ from pathlib import Path
 # run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks import common  # noqa: E402
-from benchmarks.quality.video_seeds import BadInput, check_comparable, labelled, load_report  # noqa: E402
+from benchmarks.quality.video_seeds import BadInput, check_comparable, find_row, labelled, load_report  # noqa: E402
 
 SPLITS = ("seen", "heldout")
 
 
 def summary_row(report: dict, split: str, nfe: int, guidance: float, where: str) -> dict:
     """The loose and strict measures of one report's row at (split, nfe, guidance), or a one-line refusal."""
-    for row in report["rows"]:
-        if row["split"] == split and int(row["nfe"]) == nfe and float(row["guidance"]) == guidance:
-            strict = row["strict"]
-            return {"split": split, "n": row.get("n"),
-                    "loose_class": row.get("class_acc"), "class_chance": row.get("class_chance"),
-                    "loose_motion": row.get("motion_acc"), "motion_chance": row.get("motion_chance"),
-                    **{m: strict[m] for m in ("class", "motion", "garment")}, "frame_fid": row.get("frame_fid")}
-    raise BadInput(f"{where} has no {split} row at {nfe} NFE and w = {guidance:g}")
+    row = find_row(report, split, nfe, guidance, where)
+    strict = row["strict"]
+    return {"split": split, "n": row.get("n"),
+            "loose_class": row.get("class_acc"), "class_chance": row.get("class_chance"),
+            "loose_motion": row.get("motion_acc"), "motion_chance": row.get("motion_chance"),
+            **{m: strict[m] for m in ("class", "motion", "garment")}, "frame_fid": row.get("frame_fid")}
 
 
 def main(argv: list[str] | None = None) -> int:

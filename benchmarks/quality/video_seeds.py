@@ -81,6 +81,14 @@ def check_comparable(reports: dict[str, dict]) -> None:
             raise BadInput(f"{label} and {first_label} were scored by different clip classifiers")
 
 
+def find_row(report: dict, split: str, nfe: int, guidance: float, where: str) -> dict:
+    """The row of one report at (split, nfe, guidance), or a one-line refusal."""
+    for row in report["rows"]:
+        if row["split"] == split and int(row["nfe"]) == nfe and float(row["guidance"]) == guidance:
+            return row
+    raise BadInput(f"{where} has no {split} row at {nfe} NFE and w = {guidance:g}")
+
+
 def _key(row: dict) -> tuple[str, int, float]:
     return (row["split"], int(row["nfe"]), float(row["guidance"]))
 

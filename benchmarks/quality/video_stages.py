@@ -30,7 +30,7 @@ from pathlib import Path
 # run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks import common  # noqa: E402
-from benchmarks.quality.video_seeds import BadInput, check_comparable, load_report  # noqa: E402
+from benchmarks.quality.video_seeds import BadInput, check_comparable, find_row, load_report  # noqa: E402
 
 CRITERION = ("class", "garment")  # the strict measures whose drop counts as a collapse
 
@@ -53,10 +53,7 @@ def parse_reports(pairs: list[str]) -> dict[str, dict[int, str]]:
 
 def criterion_row(report: dict, nfe: int, guidance: float, where: str) -> dict:
     """The seen-caption row at (nfe, guidance) of one report, or a one-line refusal."""
-    for row in report["rows"]:
-        if row["split"] == "seen" and int(row["nfe"]) == nfe and float(row["guidance"]) == guidance:
-            return row
-    raise BadInput(f"{where} has no seen row at {nfe} NFE and w = {guidance:g}")
+    return find_row(report, "seen", nfe, guidance, where)
 
 
 def half_width(rate: dict) -> float:
