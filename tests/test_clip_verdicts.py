@@ -29,6 +29,15 @@ def real(fake_fmnist, split="test", n=48):
     return d.clips_at(np.arange(n)), d.labels[:n], d.motions[:n]
 
 
+def test_difference_interval_golden_values():
+    # Newcombe (1998), Statistics in Medicine 17:873, table II, method 10: 56/70 - 48/80 and 9/10 - 3/10
+    assert cv.difference(56, 70, 48, 80) == pytest.approx((0.0524, 0.3339), abs=1e-4)
+    assert cv.difference(9, 10, 3, 10) == pytest.approx((0.1705, 0.8090), abs=1e-4)
+    lo, hi = cv.difference(0, 10, 0, 10)
+    assert lo == pytest.approx(-hi) and hi == pytest.approx(cv.wilson(0, 10)[1])  # symmetric around 0
+    assert cv.difference(3, 10, 9, 10) == pytest.approx((-0.8090, -0.1705), abs=1e-4)  # the swap mirrors it
+
+
 def test_wilson_interval_golden_values():
     assert cv.wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert cv.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)

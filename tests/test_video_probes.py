@@ -60,6 +60,23 @@ def test_each_probe_gets_its_w1_rows_of_both_splits_its_switches_and_the_prereg(
     assert head["prereg"] == {str(prereg): "A reaches 0.5"} and set(head["reports"]) == {"ict", "A"}
 
 
+def test_pools_count_their_probes_clips_together_and_every_pair_gets_a_difference_interval(probes, tmp_path):
+    rc, out = run(probes, tmp_path, {"a0": report(0.9), "a1": report(0.7), "b0": report(0.3)},
+                  "--pool", "A=a0,a1", "--pool", "B=b0")
+    assert rc == 0
+    head = json.loads(out.read_text())
+    seen = head["pools"]["A"]["rows"][0]
+    assert head["pools"]["A"]["probes"] == ["a0", "a1"] and seen["split"] == "seen"
+    assert seen["motion"]["k"] == 45 + 35 and seen["motion"]["n"] == 200  # 90 // 2 and 70 // 2 of 100 each
+    diff = [d for d in head["differences"] if d["split"] == "seen" and d["measure"] == "motion"]
+    assert len(diff) == 1 and (diff[0]["a"], diff[0]["b"]) == ("A", "B")
+    assert diff[0]["difference"] == pytest.approx(0.40 - 0.15)
+    lo, hi = diff[0]["ci95"]
+    assert 0 < lo < 0.25 < hi  # A's pooled motion is above B's: the interval excludes 0
+    same = [d for d in head["differences"] if d["split"] == "seen" and d["measure"] == "class"][0]
+    assert same["difference"] == 0 and same["ci95"][0] < 0 < same["ci95"][1]
+
+
 @pytest.mark.parametrize("reports, extra, message", [
     ({"a": "{not json"}, (), "not a JSON report"),
     ({"a": report(0.3), "b": report(0.3, finger="other")}, (), "different clip classifiers"),
@@ -68,6 +85,9 @@ def test_each_probe_gets_its_w1_rows_of_both_splits_its_switches_and_the_prereg(
     ({"a": report(0.3)}, ("--switches", "b=x"), "names no probe: b"),
     ({"a": report(0.3)}, ("--prereg", "/nonexistent/p.md"), "--prereg"),
     ({}, (), "at least one --probe"),
+    ({"a": report(0.3)}, ("--pool", "A=a,b"), "--pool A names no probe: b"),
+    ({"a": report(0.3)}, ("--pool", "A=a,a"), "--pool A names a probe twice"),
+    ({"a": report(0.3)}, ("--pool", "A"), "--pool must look like LABEL=VALUE"),
 ])
 def test_bad_input_is_refused_in_one_line_and_nothing_is_written(probes, tmp_path, capsys, reports, extra, message):
     rc, out = run(probes, tmp_path, reports, *extra)

@@ -12,6 +12,11 @@ strict scorer's class, motion and garment presence with 95 % intervals, and the 
 whole, and every `--prereg` file verbatim. Reports that cannot be compared (another clip classifier, data,
 noise or clip count), a name given twice, switches for no probe, or a report without the asked rows are refused
 in one line (exit 2) and nothing is written.
+
+`--pool NAME=PROBE,PROBE,...` counts the clips of several probes (a recipe's seeds) together: each split's strict
+class, motion and presence pooled with a Wilson interval, and between every two pools (in the order given) the
+difference of each pooled measure with its 95 % interval (Newcombe's hybrid score interval), so that "A above B"
+can be read off the file.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from pathlib import Path
 # run by path, a script sees only its own folder: the repository root, for `from benchmarks ...`
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks import common  # noqa: E402
-from benchmarks.quality.video_seeds import BadInput, check_comparable, find_row, labelled, load_report  # noqa: E402
+from benchmarks.quality.video_seeds import (  # noqa: E402
+    MEASURES, BadInput, check_comparable, find_row, labelled, load_report, pooled)
+from ilct.metrics.clip_verdicts import difference  # noqa: E402
 
 SPLITS = ("seen", "heldout")
 
@@ -40,6 +47,39 @@ def summary_row(report: dict, split: str, nfe: int, guidance: float, where: str)
             **{m: strict[m] for m in ("class", "motion", "garment")}, "frame_fid": row.get("frame_fid")}
 
 
+def parse_pools(pairs: list[str], probes: dict[str, str]) -> dict[str, list[str]]:
+    """`["ilct=ilct0,ilct1", ...]` -> {"ilct": ["ilct0", "ilct1"]}, refusing unknown or repeated probes."""
+    pools = {}
+    for name, members in labelled(pairs, "--pool").items():
+        names = [m.strip() for m in members.split(",")]
+        unknown = [m for m in names if m not in probes]
+        if unknown:
+            raise BadInput(f"--pool {name} names no probe: {', '.join(unknown)}")
+        if len(set(names)) != len(names):
+            raise BadInput(f"--pool {name} names a probe twice")
+        pools[name] = names
+    return pools
+
+
+def pool_rows(pools: dict[str, list[str]], table: list[dict]) -> tuple[dict, list[dict]]:
+    """Each pool's strict measures per split (its probes' clips counted together), and every pair's differences."""
+    rows = {p["probe"]: {r["split"]: r for r in p["rows"]} for p in table}
+    out = {name: {"probes": names, "rows": [{"split": split, **{m: pooled([rows[n][split][m] for n in names])
+                                                                for m in MEASURES}} for split in SPLITS]}
+           for name, names in pools.items()}
+    diffs = []
+    order = list(pools)
+    for i, a in enumerate(order):
+        for b in order[i + 1:]:
+            for ra, rb in zip(out[a]["rows"], out[b]["rows"]):
+                for m in MEASURES:
+                    x, y = ra[m], rb[m]
+                    lo, hi = difference(x["k"], x["n"], y["k"], y["n"])
+                    diffs.append({"a": a, "b": b, "split": ra["split"], "measure": m,
+                                  "difference": round(x["acc"] - y["acc"], 4), "ci95": [round(lo, 4), round(hi, 4)]})
+    return out, diffs
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--probe", action="append", default=[], help="NAME=PATH: one checkpoint's video.py report")
@@ -48,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=1.0, help="the rows' w (default 1: unguided)")
     p.add_argument("--train-command", default="", help="how the probes were trained")
     p.add_argument("--prereg", action="append", default=[], help="a text file of what was predicted (kept whole)")
+    p.add_argument("--pool", action="append", default=[], help="NAME=PROBE,PROBE,...: probes counted together")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:
@@ -59,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise BadInput(f"--switches names no probe: {', '.join(unknown)}")
         reports = {name: load_report(path) for name, path in paths.items()}
+        pools = parse_pools(args.pool, paths)
         check_comparable(reports)
         table = [{"probe": name, "switches": switches.get(name, ""),
                   "rows": [summary_row(reports[name], split, args.nfe, args.guidance, paths[name])
                            for split in SPLITS]} for name in paths]
+        pooled_rows, differences = pool_rows(pools, table)
         prereg = {}
         for path in args.prereg:
             try:
@@ -76,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
            "date": datetime.date.today().isoformat(), "train_command": args.train_command,
            "machine": "; ".join(sorted({str(r.get("machine")) for r in reports.values()})),
            "rows_at": {"nfe": args.nfe, "guidance": args.guidance}, "real": next(iter(reports.values())).get("real"),
-           "probes": table, "prereg": prereg, "reports": reports}
+           "probes": table, "pools": pooled_rows, "differences": differences, "prereg": prereg, "reports": reports}
     common.write_json(Path(args.out), out)
     print(f"wrote {args.out}: {len(table)} probes")
     return 0

@@ -155,6 +155,17 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def difference(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float]:
+    """The 95 % interval of p1 - p2 for two independent proportions (Newcombe's hybrid score interval, his
+    method 10): each side widened by the two Wilson intervals' distances from their own proportions."""
+    if n1 <= 0 or n2 <= 0:
+        return (-1.0, 1.0)
+    p1, p2 = k1 / n1, k2 / n2
+    (l1, u1), (l2, u2) = wilson(k1, n1), wilson(k2, n2)
+    d = p1 - p2
+    return (d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+
+
 def _rate(ok: np.ndarray) -> dict:
     k, n = int(ok.sum()), int(ok.size)
     lo, hi = wilson(k, n)
