@@ -220,3 +220,42 @@ def test_two_nodes_each_with_only_its_own_shards_stream_as_one_process(tmp_path,
     for k in one:
         torch.testing.assert_close(ddp[k], one[k], atol=2e-5, rtol=1e-4)
     assert read_json(tmp_path / "one" / "checkpoints" / "step_000000005" / "state.json")["reader"]["groups"] == [[0, 20], [0, 20]]
+
+
+def _record_teardown(monkeypatch) -> list[str]:
+    from ilct.training import distributed
+
+    calls: list[str] = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    return calls
+
+
+def test_ranks_wait_for_each_other_before_teardown_only_after_a_clean_finish(monkeypatch):
+    # a rank that tore gloo down while another still had a collective in flight aborted at exit ("terminate
+    # called without an active exception"); after an error no rank may wait for one that will never arrive
+    from ilct.training.distributed import Dist, shutdown
+
+    calls = _record_teardown(monkeypatch)
+    shutdown(Dist(rank=1, world=2), clean=True)
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    shutdown(Dist(rank=1, world=2), clean=False)
+    assert calls == ["destroy"]
+    calls.clear()
+    shutdown(Dist(grouped=True), clean=True)  # one process with a group of its own: nobody to wait for
+    assert calls == ["destroy"]
+
+
+def test_train_leaves_the_group_cleanly_only_when_it_finished(tmp_path, tiny_autoencoder, fake_fmnist, monkeypatch):
+    from ilct.training import distributed
+
+    seen: list[bool] = []
+    monkeypatch.setattr(distributed, "shutdown", lambda d, clean=False: seen.append(clean))
+    cfg = config(tmp_path)
+    base = args(cfg, tiny_autoencoder, fake_fmnist, tmp_path / "run", tmp_path / "cache")
+    assert main(base + ["--set", "train.total_steps=2"]) == 0
+    assert seen == [True]
+    assert main(base + ["--set", "train.total_steps=2"]) == 2  # the folder holds a run: refused, not finished
+    assert seen == [True, False]

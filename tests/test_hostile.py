@@ -605,6 +605,62 @@ def test_signals_at_startup_and_during_the_final_save(world):
     FIGURES["signals_at_startup_and_final_save"] = f"{ok}/{tried} clean"
 
 
+@pytest.mark.parametrize("where", ["weakref callback", "__del__"])
+@pytest.mark.parametrize("handler", ["cli", "training"])
+def test_a_signal_inside_a_callback_interrupts_once_the_callback_returns(handler, where, monkeypatch):
+    """A SIGTERM landed in the import system's weakref callback: the Interrupted raised there was printed as
+    "Exception ignored in ..." with a traceback and lost. Now it is delivered again once the code is left."""
+    import gc
+    import weakref
+
+    from ilct.cli import _Signals
+    from ilct.training.preempt import RECEIVED, Interrupted, StopFlag
+
+    class Plain:
+        pass
+
+    class Thing:
+        def __del__(self):
+            if where == "__del__":
+                signal.raise_signal(signal.SIGTERM)
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    RECEIVED.clear()
+    if handler == "cli":
+        installed = _Signals()
+        installed.raising = True
+    else:
+        installed = StopFlag().__enter__()
+    try:
+        thing = Thing()
+        ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGTERM)) if where != "__del__" else None
+        with pytest.raises(Interrupted) as e:
+            del thing
+            gc.collect()
+            time.sleep(2.0)  # the signal comes back a moment later, in this frame
+        assert e.value.signum == signal.SIGTERM
+        assert unraisable == [] and RECEIVED == [signal.SIGTERM]  # recorded once, though delivered twice
+        other = weakref.ref(Plain(), lambda _: 1 / 0)  # any other lost exception still reaches the old hook
+        gc.collect()
+        assert [type(u.exc_value) for u in unraisable] == [ZeroDivisionError] and other() is None
+        assert ref is None or ref() is None
+    finally:
+        installed.restore() if handler == "cli" else installed.__exit__(None, None, None)
+        RECEIVED.clear()
+
+
+def test_a_signal_in_ordinary_code_interrupts_at_once():
+    from ilct.training.preempt import Interrupted, StopFlag
+
+    with StopFlag():
+        start = time.monotonic()
+        with pytest.raises(Interrupted):
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(2.0)
+        assert time.monotonic() - start < 1.0
+
+
 def test_a_signal_that_surfaces_as_another_error_is_reported_as_the_signal(monkeypatch, capsys):
     """A SIGINT landing inside safetensors' C code came back as "cannot read model.safetensors: could not
     determine the shape of object type 'torch.storage.UntypedStorage'" and exit 2: a healthy file reported

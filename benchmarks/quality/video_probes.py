@@ -44,7 +44,7 @@ def summary_row(report: dict, split: str, nfe: int, guidance: float, where: str)
     return {"split": split, "n": row.get("n"),
             "loose_class": row.get("class_acc"), "class_chance": row.get("class_chance"),
             "loose_motion": row.get("motion_acc"), "motion_chance": row.get("motion_chance"),
-            **{m: strict[m] for m in ("class", "motion", "garment")}, "frame_fid": row.get("frame_fid")}
+            **{m: strict[m] for m in MEASURES}, "frame_fid": row.get("frame_fid")}
 
 
 def parse_pools(pairs: list[str], probes: dict[str, str]) -> dict[str, list[str]]:

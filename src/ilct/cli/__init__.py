@@ -14,7 +14,7 @@ import threading
 
 from ilct.cli.parser import build_parser
 from ilct.errors import IlctError
-from ilct.training.preempt import RECEIVED, Interrupted
+from ilct.training.preempt import RECEIVED, Interrupted, interrupt, lost_interrupts, record
 
 __all__ = ["main", "build_parser"]
 
@@ -31,14 +31,16 @@ class _Signals:
     def __init__(self) -> None:
         self.raising = False
         self.active = threading.current_thread() is threading.main_thread()
+        self._lost = lost_interrupts()
         if self.active:
+            self._lost.__enter__()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        RECEIVED.append(signum)
+        record(signum)
         if self.raising:
-            raise Interrupted(signum)
+            interrupt(signum)
 
     def start_raising(self) -> None:
         self.raising = True
@@ -49,6 +51,7 @@ class _Signals:
         if self.active:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self._lost.__exit__()
 
 
 # What a signal before the end leaves, by command (the others write their outputs only at the end, atomically).

@@ -130,13 +130,15 @@ def run(args) -> int:
         spec["limit"] = args.limit
     dist, device = distributed.init(resolve_device(args.device))  # under torchrun: ranks encode disjoint shards
     sync = (lambda phase: distributed.together(dist, phase, "encoding")) if dist.active else None
+    clean = False
     try:
         out = encode_to_dir(ae, data, args.out, autoencoder_name=args.autoencoder, data_spec=spec,
                             shard_size=args.shard_size, batch_size=args.batch_size, flip=args.flip,
                             device=device, progress=progress(args) and dist.main, posterior=args.posterior,
                             seed=args.seed, strict=args.strict, rank=dist.rank, world=dist.world, sync=sync)
+        clean = True
     finally:
-        distributed.shutdown(dist)
+        distributed.shutdown(dist, clean)
     if dist.main:
         _print_summary(args, out, data)
     return 0

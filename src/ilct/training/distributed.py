@@ -121,6 +121,12 @@ def same_everywhere(d: Dist, digests: dict[str, str]) -> None:
                             "copies)")
 
 
-def shutdown(d: Dist) -> None:
+def shutdown(d: Dist, clean: bool = False) -> None:
+    """Leave the process group. `clean` (every rank finished its work): wait for the others first, so that no
+    rank tears down gloo or NCCL while another still has a collective in flight (that aborted a rank at exit
+    with "terminate called without an active exception"). After an error the ranks do not wait: a rank that
+    failed alone must not hang on one that will never arrive."""
     if (d.active or d.grouped) and dist.is_initialized():
+        if clean and d.active:
+            dist.barrier()
         dist.destroy_process_group()

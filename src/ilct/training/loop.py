@@ -95,13 +95,16 @@ def train(
     with StopFlag() as stop:
         dist, device = distributed.init(resolve_device(cfg.train.device), group=sharding.needs_group)
         lock = RunLock(run_dir)
+        clean = False
         try:
             run = _start(cfg, run_dir, resume, force, progress, dist, device, stop, lock,
                          (allow_other_autoencoder, allow_other_latents), branch_from, sharding)
-            return _loop(run, stop, progress)
+            result = _loop(run, stop, progress)
+            clean = True
+            return result
         finally:
             lock.release()
-            distributed.shutdown(dist)
+            distributed.shutdown(dist, clean)
 
 
 def _check_run(cfg: Config, run_dir: Path, resume: bool, force: bool, allow_other: tuple[bool, bool],
