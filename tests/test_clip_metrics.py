@@ -222,3 +222,63 @@ def test_video_report_with_a_stub_sampler(tmp_path, cache, fake_fmnist, monkeypa
     for f in report["figures"]:  # real clips only of the captions shown (where the few real clips have one)
         assert f["captions"] and (not f.get("real") or Path(f["file"]).name.startswith("video_real_"))
     assert all(Path(f).is_file() for f in files)
+
+
+def load_rescore():
+    spec = importlib.util.spec_from_file_location("rescore_clips", ROOT / "benchmarks" / "quality" / "rescore_clips.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kept_clips_rescored_by_the_same_scorer_agree_and_a_changed_verdict_is_counted(tmp_path, cache, fake_fmnist,
+                                                                                       monkeypatch):
+    video, rescore = load_video(), load_rescore()
+    monkeypatch.setattr(video, "make_sampler", lambda args: StubSampler())
+    kept = tmp_path / "clips.npz"
+    video.main(["--run", "runs/none", "--tiny", "--guidance", "1", "--nfe", "1", "--data-dir", str(fake_fmnist),
+                "--cache-dir", str(cache), "--out", str(tmp_path / "video.json"), "--figures", "", "--plot", "",
+                "--no-progress", "--clips-out", str(kept)])
+    with np.load(kept) as f:
+        arrays = {k: f[k] for k in f.files}
+    fingerprint = json.loads((tmp_path / "video.json").read_text())["clip_classifier"]["fingerprint"]
+    assert str(arrays["clip_classifier"]) == fingerprint  # the npz names the scorer that judged it
+    real = rescore.load_kept(str(kept))
+    arrays["class_ok"] = arrays["class_ok"].copy()
+    arrays["class_ok"][0] = ~arrays["class_ok"][0]  # one seen clip's kept verdict changed
+    changed = tmp_path / "changed.npz"
+    np.savez_compressed(changed, **arrays)
+    out = tmp_path / "rescore.json"
+    assert rescore.main(["--clips", str(changed), "--out", str(out), "--root", str(fake_fmnist), "--cache", str(cache),
+                         "--tiny"]) == 0
+    report = json.loads(out.read_text())
+    assert report["kept_by"] == report["rescored_by"] == fingerprint and report["tiny"]
+    rows = {r["split"]: r for r in report["rows"]}
+    assert rows["heldout"]["class_ok"]["agree"] == rows["heldout"]["garment"]["agree"] == 1.0
+    assert rows["seen"]["motion_ok"]["agree"] == 1.0 and rows["seen"]["class_ok"]["agree"] == 0.75
+    assert rows["seen"]["class_ok"]["kept_only"] + rows["seen"]["class_ok"]["rescored_only"] == 1
+    assert len(real["clips"]) == 8
+
+
+def test_rescore_refuses_what_video_py_did_not_write(tmp_path, capsys):
+    rescore = load_rescore()
+    out = tmp_path / "out.json"
+    bad_zip = tmp_path / "broken.npz"
+    bad_zip.write_bytes(b"not a zip")
+    no_keys = tmp_path / "nokeys.npz"
+    np.savez(no_keys, clips=np.zeros((2, 4, 32, 32, 1), np.uint8))
+    floats = tmp_path / "floats.npz"
+    np.savez(floats, clips=np.zeros((2, 4, 32, 32, 1)), split=np.array(["seen"] * 2), want_class=np.zeros(2, int),
+             want_motion=np.zeros(2, int), class_ok=np.zeros(2, bool), motion_ok=np.zeros(2, bool), garment=np.zeros(2, bool))
+    for path, needle in [(tmp_path / "missing.npz", "not a readable npz"), (bad_zip, "not a readable npz"),
+                         (no_keys, "lacks split"), (floats, "must be uint8")]:
+        assert rescore.main(["--clips", str(path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1
+    good = tmp_path / "good.npz"
+    np.savez(good, clips=np.zeros((2, 4, 32, 32, 1), np.uint8), split=np.array(["seen"] * 2), want_class=np.zeros(2, int),
+             want_motion=np.zeros(2, int), class_ok=np.zeros(2, bool), motion_ok=np.zeros(2, bool), garment=np.zeros(2, bool))
+    size = good.stat().st_size
+    assert rescore.main(["--clips", str(good), "--out", str(good)]) == 2
+    assert "overwrite" in capsys.readouterr().err
+    assert not out.exists() and good.stat().st_size == size

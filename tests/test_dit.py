@@ -172,7 +172,7 @@ def _fixed_net_and_inputs(**kwargs):
 def test_default_dit_is_unchanged_by_the_two_times_switch():
     import hashlib
 
-    for kwargs in ({}, {"two_times": False}, {"mlp_act": "gelu", "qkv_bias": True, "norm_eps": 1e-6}):
+    for kwargs in ({}, {"two_times": False}, {"mlp_act": "gelu", "qkv_bias": True, "norm_eps": 1e-6}, {"depth": 0}, {"depth": 6}):
         net, x, t, y = _fixed_net_and_inputs(**kwargs)
         keys = ";".join(f"{k}:{tuple(v.shape)}" for k, v in net.state_dict().items())
         assert hashlib.sha256(keys.encode()).hexdigest() == DEFAULT_KEYS_SHA256
@@ -231,9 +231,26 @@ def test_the_config_passes_the_dit_options_to_the_network():
     from ilct.models import build_model
 
     net = build_model(load_config("fmnist-ilct", ["model.arch=DiT-T/2", "model.mlp_act=relu", "model.qkv_bias=false",
-                                                  "model.norm_eps=1e-5"])).net
+                                                  "model.norm_eps=1e-5", "model.depth=2"])).net
+    assert len(net.blocks) == 2
     assert all(isinstance(b.mlp.act, torch.nn.ReLU) and b.attn.qkv.bias is None for b in net.blocks)
     assert net.blocks[0].norm1.eps == 1e-5 and net.blocks[0].attn.q_norm.eps == 1e-5
     default = build_model(load_config("fmnist-ilct", ["model.arch=DiT-T/2"])).net
     assert isinstance(default.blocks[0].mlp.act, torch.nn.GELU) and default.blocks[0].mlp.act.approximate == "tanh"
     assert default.blocks[0].attn.qkv.bias is not None and default.blocks[0].norm1.eps == 1e-6
+
+
+def test_depth_sets_the_number_of_blocks_and_nothing_else():
+    """model.depth (a depth scan of one size): the blocks, and the temporal attentions of a factorized clip DiT,
+    follow it; 0 is the size's own depth (the test above pins that it is today's network)."""
+    half, own = build_dit("DiT-T/2", 8, 4, depth=3), build_dit("DiT-T/2", 8, 4)
+    assert len(half.blocks) == 3 and len(own.blocks) == 6 == len(build_dit("DiT-T/2", 8, 4, depth=0).blocks)
+    assert set(half.state_dict()) == {k for k in own.state_dict() if not k.startswith(("blocks.3.", "blocks.4.", "blocks.5."))}
+    block = sum(p.numel() for p in own.blocks[0].parameters())
+    assert sum(p.numel() for p in own.parameters()) - sum(p.numel() for p in half.parameters()) == 3 * block
+    clip = build_dit("DiT-T/2", 8, 4, frames=4, attention="factorized", depth=2)
+    assert len(clip.blocks) == len(clip.temporal) == 2
+    x = torch.randn(2, 4, 4, 8, 8)
+    assert clip(x, torch.ones(2)).shape == x.shape
+    with pytest.raises(ValueError, match="depth"):
+        build_dit("DiT-T/2", 8, 4, depth=-1)

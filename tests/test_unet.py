@@ -205,8 +205,8 @@ def test_one_registry_for_both_backbones():
     b = build_dit("DiT-T/2", 8, 4, num_classes=10).state_dict()  # the old entry point still works
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert isinstance(build_backbone("ADM-T", 8, 4), UNet)
-    assert {"mlp_act", "qkv_bias", "norm_eps", "low_precision_residual"} <= backbone_options("DiT-T/2")
-    assert not {"mlp_act", "qkv_bias", "norm_eps", "low_precision_residual"} & backbone_options("ADM-T")
+    assert {"mlp_act", "qkv_bias", "norm_eps", "low_precision_residual", "depth"} <= backbone_options("DiT-T/2")
+    assert not {"mlp_act", "qkv_bias", "norm_eps", "low_precision_residual", "depth"} & backbone_options("ADM-T")
     with pytest.raises(KeyError, match="ADM-LCT"):  # the message lists the names
         build_backbone("ADM-Q", 8, 4)
 
@@ -219,7 +219,8 @@ def test_config_accepts_unet_names_and_refuses_what_does_not_fit():
     assert isinstance(model.net, UNet)
     assert all(isinstance(m, NonScalingGroupNorm) for m in model.net.modules() if "Norm" in type(m).__name__)  # nsln on
     for override, needle in [("model.arch=ADM-Q", "model.arch must be one of"), ("model.mlp_act=relu", "model.mlp_act"),
-                             ("model.qkv_bias=false", "model.qkv_bias"), ("model.norm_eps=1e-5", "model.norm_eps")]:
+                             ("model.qkv_bias=false", "model.qkv_bias"), ("model.norm_eps=1e-5", "model.norm_eps"),
+                             ("model.depth=3", "model.depth")]:
         with pytest.raises(IlctError, match=needle) as err:
             load_config("fmnist-ilct", ["model.arch=ADM-T" if "arch" not in override else "train.seed=0", override])
         assert "\n" not in str(err.value)

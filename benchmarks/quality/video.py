@@ -58,6 +58,10 @@ class Prompt(NamedTuple):
     motion: int  # index into MOTIONS
 
 
+# --tiny (the tests' seconds): a classifier of a few steps, in its own cache folder, and a small reference
+TINY_CLASSIFIER = {"steps": 3, "batch_size": 8, "eval_clips": 16}
+TINY_REFERENCE = 32
+
 def prompts(split: str) -> list[Prompt]:
     """seen: every (class, direction) pair of the training split; heldout: the held-out pairs."""
     from ilct.data.moving_fmnist import NAMES, heldout_pairs, phrase
@@ -321,8 +325,8 @@ def main(argv: list[str] | None = None) -> dict:
     nfe = [int(s) for s in args.nfe.split(",")]
     classifier_options = {}
     if args.tiny:
-        guidance, nfe, args.per_prompt, args.reference_n, args.reference_clips = guidance[:1], nfe[:1], 2, 16, 32
-        classifier_options = {"steps": 3, "batch_size": 8, "eval_clips": 16}
+        guidance, nfe, args.per_prompt, args.reference_n, args.reference_clips = guidance[:1], nfe[:1], 2, 16, TINY_REFERENCE
+        classifier_options = TINY_CLASSIFIER
     t0 = time.perf_counter()
     train_seconds = train_run(args) if args.train else None
     sampler = make_sampler(args)
@@ -344,7 +348,8 @@ def main(argv: list[str] | None = None) -> dict:
         report["plot"] = args.plot
     if args.clips_out and kept:
         Path(args.clips_out).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(args.clips_out, nfe=min(nfe), guidance=gif_w, **kept)
+        np.savez_compressed(args.clips_out, nfe=min(nfe), guidance=gif_w,
+                            clip_classifier=report["clip_classifier"]["fingerprint"], **kept)
         report["clips_out"] = {"file": args.clips_out, "clips": len(kept["clips"]), "nfe": min(nfe), "guidance": gif_w}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

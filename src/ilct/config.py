@@ -22,7 +22,7 @@ from ilct.errors import IlctError
 from ilct.io.files import read_text
 from ilct.nets import ARCHS, backbone_family, backbone_options
 from ilct.objectives import OBJECTIVES
-from ilct.schema import (BACKBONE_OPTIONS, CHOICES, MAX_CHANNELS, MAX_CLASSES, MAX_FRAMES, MAX_GRID_IMAGES,  # noqa: F401
+from ilct.schema import (BACKBONE_OPTIONS, CHOICES, MAX_CHANNELS, MAX_CLASSES, MAX_DEPTH, MAX_FRAMES, MAX_GRID_IMAGES,  # noqa: F401
                          MAX_LEVELS, MAX_RESOLUTION, MAX_STEPS, MAX_STREAM_WINDOW, MAX_TEXT_DIM, MAX_TEXT_TOKENS, RUNTIME_KEYS, SIGMA_REL_MAX,
                          AutoencoderConfig, BranchConfig, Config, ConsistencyConfig, DataConfig, MethodConfig,
                          ModelConfig, TrainConfig, _section_types, _show, field_value, latent_dim, latent_shape)
@@ -198,6 +198,7 @@ def validate(cfg: Config) -> None:
     need(m.input_size is None or 1 <= m.input_size <= MAX_RESOLUTION, "model.input_size", f"must be in 1..{MAX_RESOLUTION}")
     need(m.frames is None or 0 <= m.frames <= 4096, "model.frames", "must be in 0..4096 (0: images)")
     need(1 <= m.patch_t <= 64, "model.patch_t", "must be in 1..64")
+    need(0 <= m.depth <= MAX_DEPTH, "model.depth", f"must be in 0..{MAX_DEPTH} (0: the arch's own)")
     need(m.frames is None or max(m.frames, 1) % m.patch_t == 0, "model.patch_t",
          f"must divide the latent frames (model.frames={m.frames}; an image is one frame)")
     need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")

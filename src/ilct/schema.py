@@ -65,6 +65,7 @@ class ModelConfig:
     mlp_act: str = "gelu"  # the DiT MLP's activation: gelu (tanh approximation) | relu
     qkv_bias: bool = True  # a bias in the DiT attention's q/k/v projection
     norm_eps: float = 1e-6  # eps of every LayerNorm of the DiT
+    depth: int = 0  # DiT only: the number of blocks; 0 = the arch's own (DiT-T: 6, S and B: 12, ...), to scan the depth
     # DiT only, for clips (an image is a clip of one frame): space-time patches and attention (ilct.nets.dit)
     patch_t: int = 1  # latent frames per space-time patch (model.frames must be a multiple)
     attention: str = "full"  # full: all space-time tokens | factorized: within each frame, then across frames (extra weights)
@@ -217,6 +218,7 @@ RENAMED = {"method.diffusion_weight": "lambda_diff"}
 
 MAX_STEPS = 999_999_999  # checkpoint folders are step_XXXXXXXXX
 MAX_FRAMES = 1024  # data.frames and data.frame_stride
+MAX_DEPTH = 256  # DiT blocks (DiT-XL has 28)
 MAX_TEXT_TOKENS = 256  # the sentence encoder's own limit (all-MiniLM-L6-v2: max_seq_length 256)
 # Bounds far beyond any use, so that a typo (or a hostile value) is refused here rather than exhausting memory later.
 MAX_RESOLUTION = 4096  # data.resolution, model.input_size (sides in pixels / latents)
@@ -257,6 +259,7 @@ BACKBONE_OPTIONS: dict[str, str] = {
     "model.norm_eps": "norm_eps",
     "model.patch_t": "patch_t",
     "model.attention": "attention",
+    "model.depth": "depth",
     "train.bf16_residual": "low_precision_residual",
 }
 

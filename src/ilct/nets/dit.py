@@ -339,8 +339,12 @@ class DiT(nn.Module):
         frames: int = 0,
         patch_t: int = 1,
         attention: str = "full",
+        depth: int = 0,
     ):
         super().__init__()
+        if depth < 0:
+            raise ValueError(f"depth must be >= 0 (0: the size's own, {size.depth}), got {depth}")
+        depth = depth or size.depth
         if mlp_act not in MLP_ACTIVATIONS:
             raise ValueError(f"mlp_act must be one of {', '.join(MLP_ACTIVATIONS)}, not {mlp_act!r}")
         self.low_precision_residual = low_precision_residual
@@ -380,12 +384,12 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(
             DiTBlock(D, size.num_heads, size.mlp_ratio, nsln, dropout, mlp_act, qkv_bias, norm_eps,
                      cross_attn=text_tokens > 0)
-            for _ in range(size.depth)
+            for _ in range(depth)
         )
         self.final_layer = FinalLayer(D, p, in_channels * patch_t, fp32=fp32_final_layer, eps=norm_eps)
         # created only when factorized, so a full-attention DiT's weights, init draws and state dict are the image DiT's
         self.temporal = nn.ModuleList(
-            TemporalAttention(D, size.num_heads, nsln, dropout, qkv_bias, norm_eps) for _ in range(size.depth)
+            TemporalAttention(D, size.num_heads, nsln, dropout, qkv_bias, norm_eps) for _ in range(depth)
         ) if attention == "factorized" else None
         self.initialize_weights()
 
