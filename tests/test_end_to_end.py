@@ -208,6 +208,35 @@ def test_console_entry_point_exit_code(tmp_path):
     assert help_.returncode == 0 and "--resume" in help_.stdout
 
 
+@pytest.mark.parametrize("world, code, left", [("2", 0, "os._exit 0"), ("2", 2, "exit 2"), ("1", 0, "exit 0"),
+                                               (None, 0, "exit 0"), ("x", 0, "exit 0"), ("4", 130, "exit 130")])
+def test_a_clean_torchrun_rank_leaves_without_interpreter_teardown(monkeypatch, world, code, left):
+    """ilct.cli.leave (both entry points end there): only a rank of a multi-rank job that returned 0 skips the
+    teardown (os._exit), every other outcome is an ordinary exit with its status."""
+    import ilct.cli as cli
+
+    def fake_exit(status):
+        raise RuntimeError(f"os._exit {status}")
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    if world is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", world)
+    with pytest.raises((RuntimeError, SystemExit)) as e:
+        cli.leave(code)
+    got = str(e.value) if isinstance(e.value, RuntimeError) else f"exit {e.value.code}"
+    assert got == left
+
+
+def test_console_script_is_cli_console():
+    """The installed `ilct` script goes through leave(), as `python -m ilct` does."""
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "ilct"]
+    assert script.value == "ilct.cli:console"
+
+
 def test_sigterm_checkpoints_and_exits_zero(trained_run, tmp_path):
     """Preemption: SIGTERM finishes the current step, writes a checkpoint at that step and exits 0."""
     import signal

@@ -8,15 +8,17 @@ modules load, dispatches, and turns every user error into one line `ilct: error:
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+from typing import NoReturn
 
 from ilct.cli.parser import build_parser
 from ilct.errors import IlctError
 from ilct.training.preempt import RECEIVED, Interrupted, interrupt, lost_interrupts, record
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "console", "leave", "build_parser"]
 
 
 def _one_line(text: str) -> str:
@@ -102,3 +104,24 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         signals.restore()
+
+
+def leave(code: int) -> NoReturn:
+    """Exit the process with `code`. A rank of a torchrun job (WORLD_SIZE > 1) that finished cleanly (its
+    checkpoint written, the ranks past their last barrier and out of the process group) leaves without the
+    interpreter's teardown: on the CPU, FSDP2 ranks now and then aborted there ("terminate called without an
+    active exception", exit -6) after every file was written. Both entry points (`ilct`, `python -m ilct`) end here."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:  # not a torchrun rank; ilct.training.distributed reports the bad value in one line
+        world = 1
+    if code == 0 and world > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    sys.exit(code)
+
+
+def console() -> NoReturn:
+    """The `ilct` console script."""
+    leave(main())
