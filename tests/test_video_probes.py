@@ -109,3 +109,53 @@ def test_a_probe_name_given_twice_is_refused(probes, tmp_path, capsys):
     out = tmp_path / "probes.json"
     assert probes.main(["--probe", f"a={path}", "--probe", f"a={path}", "--out", str(out)]) == 2
     assert "given twice" in capsys.readouterr().err and not out.exists()
+
+
+def seeds_file(tmp_path: Path, *, finger: str = "clip-cls-x", nfe: int = 1, name: str = "seeds.json") -> Path:
+    """A video_seeds.py file (the pooled headline's shape): two seeds' strict counts per split at `nfe`, w = 1."""
+    def row(split):
+        return {"split": split, "nfe": nfe, "guidance": 1.0,
+                "seeds": {"seed0": {"class": rate(4), "motion": rate(10), "garment": rate(50)},
+                          "seed1": {"class": rate(6), "motion": rate(20), "garment": rate(70)}}}
+    data = {"sources": {"seed0": {}, "seed1": {}}, "data": "moving_fmnist-32x8s1", "per_prompt": 8, "seed": 0,
+            "strict_reference": {"clips": 10, "k": 2}, "clip_classifier": {"fingerprint": finger},
+            "rows": [row("seen"), row("heldout")]}
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_file_of_pooled_seeds_is_one_more_pool_and_comes_last_in_the_differences(probes, tmp_path):
+    rc, out = run(probes, tmp_path, {"a0": report(0.9)}, "--pool", "A=a0", "--seeds", f"H={seeds_file(tmp_path)}")
+    assert rc == 0
+    head = json.loads(out.read_text())
+    h = head["pools"]["H"]
+    assert h["seeds"] == ["seed0", "seed1"] and h["probes"] == [] and h["seeds_file"].endswith("seeds.json")
+    seen = h["rows"][0]
+    assert seen["split"] == "seen" and (seen["motion"]["k"], seen["motion"]["n"]) == (30, 200)
+    assert (seen["class"]["k"], seen["garment"]["k"]) == (10, 120)
+    diff = [d for d in head["differences"] if d["split"] == "seen" and d["measure"] == "motion"]
+    assert len(diff) == 1 and (diff[0]["a"], diff[0]["b"]) == ("A", "H")
+    assert diff[0]["difference"] == pytest.approx(0.45 - 0.15) and diff[0]["ci95"][0] > 0
+
+
+@pytest.mark.parametrize("kind, extra, message", [
+    ("finger", (), "different clip classifiers"),
+    ("nfe", (), "has no seen row at 1 NFE"),
+    ("garbage", (), "is not a JSON file of pooled seeds"),
+    ("report", (), "is not a file of pooled seeds"),
+    ("ok", ("--pool", "H=a"), "--seeds H is also a --pool name"),
+])
+def test_a_bad_file_of_pooled_seeds_is_refused_in_one_line(probes, tmp_path, capsys, kind, extra, message):
+    if kind == "garbage":
+        path = tmp_path / "seeds.json"
+        path.write_text("{nope")
+    elif kind == "report":
+        path = tmp_path / "seeds.json"
+        path.write_text(json.dumps(report(0.3)))
+    else:
+        path = seeds_file(tmp_path, finger="other" if kind == "finger" else "clip-cls-x", nfe=2 if kind == "nfe" else 1)
+    rc, out = run(probes, tmp_path, {"a": report(0.3)}, "--seeds", f"H={path}", *extra)
+    assert rc == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -17,12 +17,18 @@ in one line (exit 2) and nothing is written.
 class, motion and presence pooled with a Wilson interval, and between every two pools (in the order given) the
 difference of each pooled measure with its 95 % interval (Newcombe's hybrid score interval), so that "A above B"
 can be read off the file.
+
+`--seeds NAME=PATH` adds a pool from a file of pooled seeds (benchmarks/quality/video_seeds.py's output, such as
+docs/results/video.json): its seeds' strict counts at the same rows, for comparing probes with a headline whose
+reports are not at hand. It must have been scored like the probes (the same data, clip counts, noise and clip
+classifier), and it comes after the `--pool` pools in the differences (a probe pool minus it).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -61,14 +67,33 @@ def parse_pools(pairs: list[str], probes: dict[str, str]) -> dict[str, list[str]
     return pools
 
 
-def pool_rows(pools: dict[str, list[str]], table: list[dict]) -> tuple[dict, list[dict]]:
-    """Each pool's strict measures per split (its probes' clips counted together), and every pair's differences."""
+def seeds_pool(path: str, nfe: int, guidance: float) -> tuple[dict, dict]:
+    """A video_seeds.py file as a pool (its seeds' strict counts at the rows), and the file itself."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadInput(f"--seeds {path} is not a JSON file of pooled seeds ({type(e).__name__})")
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or not isinstance(data.get("sources"), dict):
+        raise BadInput(f"--seeds {path} is not a file of pooled seeds (benchmarks/quality/video_seeds.py: rows, sources)")
+    rows = []
+    for split in SPLITS:
+        seeds = find_row(data, split, nfe, guidance, path).get("seeds") or {}
+        if not seeds:
+            raise BadInput(f"--seeds {path} has no seeds in its {split} row")
+        rows.append({"split": split, **{m: pooled([s[m] for s in seeds.values()]) for m in MEASURES}})
+    return {"probes": [], "seeds_file": path, "seeds": sorted(data["sources"]), "rows": rows}, data
+
+
+def pool_rows(pools: dict[str, list[str]], table: list[dict], extra: dict[str, dict] | None = None) -> tuple[dict, list[dict]]:
+    """Each pool's strict measures per split (its probes' clips counted together), then the `extra` pools
+    (seeds_pool), and every pair's differences."""
     rows = {p["probe"]: {r["split"]: r for r in p["rows"]} for p in table}
     out = {name: {"probes": names, "rows": [{"split": split, **{m: pooled([rows[n][split][m] for n in names])
                                                                 for m in MEASURES}} for split in SPLITS]}
            for name, names in pools.items()}
+    out.update(extra or {})
     diffs = []
-    order = list(pools)
+    order = list(out)
     for i, a in enumerate(order):
         for b in order[i + 1:]:
             for ra, rb in zip(out[a]["rows"], out[b]["rows"]):
@@ -89,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-command", default="", help="how the probes were trained")
     p.add_argument("--prereg", action="append", default=[], help="a text file of what was predicted (kept whole)")
     p.add_argument("--pool", action="append", default=[], help="NAME=PROBE,PROBE,...: probes counted together")
+    p.add_argument("--seeds", action="append", default=[],
+                   help="NAME=PATH: a video_seeds.py file (e.g. docs/results/video.json) as one more pool")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:
@@ -101,11 +128,18 @@ def main(argv: list[str] | None = None) -> int:
             raise BadInput(f"--switches names no probe: {', '.join(unknown)}")
         reports = {name: load_report(path) for name, path in paths.items()}
         pools = parse_pools(args.pool, paths)
-        check_comparable(reports)
+        seeds_paths = labelled(args.seeds, "--seeds")
+        taken = sorted(set(seeds_paths) & set(pools))
+        if taken:
+            raise BadInput(f"--seeds {taken[0]} is also a --pool name")
+        extra, seeds_files = {}, {}
+        for name, path in seeds_paths.items():
+            extra[name], seeds_files[name] = seeds_pool(path, args.nfe, args.guidance)
+        check_comparable({**reports, **seeds_files})
         table = [{"probe": name, "switches": switches.get(name, ""),
                   "rows": [summary_row(reports[name], split, args.nfe, args.guidance, paths[name])
                            for split in SPLITS]} for name in paths]
-        pooled_rows, differences = pool_rows(pools, table)
+        pooled_rows, differences = pool_rows(pools, table, extra)
         prereg = {}
         for path in args.prereg:
             try:
