@@ -113,7 +113,7 @@ def leave(code: int) -> NoReturn:
     active exception", exit -6) after every file was written. Both entry points (`ilct`, `python -m ilct`) end here."""
     try:
         world = int(os.environ.get("WORLD_SIZE") or 1)
-    except ValueError:  # not a torchrun rank; ilct.training.distributed reports the bad value in one line
+    except ValueError:  # not a torchrun launch: an ordinary exit with the command's status
         world = 1
     if code == 0 and world > 1:
         sys.stdout.flush()
