@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -259,3 +261,43 @@ def test_train_leaves_the_group_cleanly_only_when_it_finished(tmp_path, tiny_aut
     assert seen == [True]
     assert main(base + ["--set", "train.total_steps=2"]) == 2  # the folder holds a run: refused, not finished
     assert seen == [True, False]
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0' must be >= 1"),
+    ({"WORLD_SIZE": "2"}, "RANK is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "x"}, "RANK='x' is not an integer"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 must be below WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "-1"}, "LOCAL_RANK='-1' must be >= 0"),
+])
+def test_bad_torchrun_variables_are_one_clear_error(monkeypatch, env, says):
+    from ilct.errors import IlctError
+    from ilct.training import distributed
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(IlctError, match=re.escape(says)):
+        distributed.init(torch.device("cpu"))
+
+
+def test_train_with_a_bad_world_size_exits_2_and_keeps_the_run(tmp_path, tiny_autoencoder, fake_fmnist, monkeypatch,
+                                                                capsys):
+    cfg = config(tmp_path)
+    out = tmp_path / "run"
+    base = args(cfg, tiny_autoencoder, fake_fmnist, out, tmp_path / "cache") + ["--set", "train.total_steps=3"]
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "WORLD_SIZE='abc' is not an integer" in err[0], err
+    assert not out.exists()
+    monkeypatch.delenv("WORLD_SIZE")
+    assert main(base) == 0
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    capsys.readouterr()
+    assert main(base[:-2] + ["--set", "train.total_steps=6", "--resume"]) == 2
+    assert "WORLD_SIZE='abc'" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before

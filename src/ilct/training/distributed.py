@@ -42,17 +42,35 @@ class Dist:
         return self.world > 1
 
 
+def _env_int(name: str, default: str, low: int) -> int:
+    """The torchrun variable `name` as an integer >= `low`; IlctError (one line) for anything else."""
+    text = os.environ.get(name, default)
+    try:
+        value = int(text)
+    except ValueError:
+        raise IlctError(f"{name}={text!r} is not an integer (torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; "
+                        f"unset them to run one process)") from None
+    if value < low:
+        raise IlctError(f"{name}={text!r} must be >= {low}")
+    return value
+
+
 def init(device: torch.device, group: bool = False) -> tuple[Dist, torch.device]:
     """Join the torchrun job if there is one; returns the rank layout and this rank's device. With `group`, one
-    process without torchrun gets a process group of its own too (a sharded run's collectives need one)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    process without torchrun gets a process group of its own too (a sharded run's collectives need one).
+    Raises IlctError for a WORLD_SIZE, RANK or LOCAL_RANK that is not a whole number in range."""
+    world = _env_int("WORLD_SIZE", "1", 1)
     if world <= 1:
         if group and not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0,
                                     world_size=1)
             return Dist(grouped=True), device
         return Dist(), device
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if "RANK" not in os.environ:
+        raise IlctError(f"WORLD_SIZE={world} but RANK is not set (start several processes with torchrun)")
+    rank, local = _env_int("RANK", "0", 0), _env_int("LOCAL_RANK", "0", 0)
+    if rank >= world:
+        raise IlctError(f"RANK={rank} must be below WORLD_SIZE={world}")
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
