@@ -42,9 +42,12 @@ class Dist:
         return self.world > 1
 
 
-def _env_int(name: str, default: str, low: int) -> int:
-    """The torchrun variable `name` as an integer >= `low`; IlctError (one line) for anything else."""
+def _env_int(name: str, default: str | None, low: int) -> int:
+    """The torchrun variable `name` as an integer >= `low` (`default` when unset; None: it must be set); IlctError
+    (one line) for anything else."""
     text = os.environ.get(name, default)
+    if text is None:
+        raise IlctError(f"{name} is not set (torchrun sets RANK, LOCAL_RANK and WORLD_SIZE for every process)")
     try:
         value = int(text)
     except ValueError:
@@ -66,9 +69,7 @@ def init(device: torch.device, group: bool = False) -> tuple[Dist, torch.device]
                                     world_size=1)
             return Dist(grouped=True), device
         return Dist(), device
-    if "RANK" not in os.environ:
-        raise IlctError(f"WORLD_SIZE={world} but RANK is not set (start several processes with torchrun)")
-    rank, local = _env_int("RANK", "0", 0), _env_int("LOCAL_RANK", "0", 0)
+    rank, local = _env_int("RANK", None, 0), _env_int("LOCAL_RANK", "0", 0)
     if rank >= world:
         raise IlctError(f"RANK={rank} must be below WORLD_SIZE={world}")
     if device.type == "cuda":
