@@ -36,6 +36,21 @@ def make_fake_fmnist(root: Path, n_train: int = 256, n_test: int = 64, seed: int
     return root
 
 
+def module_dir(request, factory, name: str) -> Path:
+    """A module-scoped fixture's folder, removed when the module's tests are done unless one of them failed (then
+    it is kept to read, as pytest keeps a failed test's tmp_path under the "failed" retention policy that
+    pyproject.toml sets). Without this, every full run left its trained runs behind: about 23 GB a run."""
+    path = factory.mktemp(name)
+    failed = request.session.testsfailed
+
+    def remove() -> None:
+        if request.session.testsfailed == failed:
+            shutil.rmtree(path, ignore_errors=True)
+
+    request.addfinalizer(remove)
+    return path
+
+
 @pytest.fixture(scope="session")
 def fake_fmnist(tmp_path_factory) -> Path:
     return make_fake_fmnist(tmp_path_factory.mktemp("fmnist"))

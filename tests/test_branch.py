@@ -17,15 +17,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import crashed_copy, second_autoencoder
+from conftest import crashed_copy, module_dir, second_autoencoder
 from ilct.runs.checkpoint import list_checkpoints, read_tensors
 from ilct.cli import main
 from ilct.latents import LatentStats
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory, tiny_autoencoder, fake_fmnist):
-    tmp = tmp_path_factory.mktemp("branch")
+def source(request, tmp_path_factory, tiny_autoencoder, fake_fmnist):
+    tmp = module_dir(request, tmp_path_factory, "branch")
     cfg = tmp / "tiny.yaml"
     cfg.write_text(yaml.safe_dump({
         "base": "fmnist-ilct",

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import module_dir
 from ilct.data.moving_fmnist import load_moving_fmnist
 from ilct.metrics import clips as mc
 from ilct.metrics.features import load_fashion_features
@@ -18,8 +19,8 @@ DATA = mc.ClipData(32, 4, 1)  # 4 frames: the tests' classifier trains in second
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+def cache(request, tmp_path_factory):
+    return module_dir(request, tmp_path_factory, "cache")
 
 
 TRAIN = {"steps": 60, "batch_size": 32, "eval_clips": 64}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import module_dir
 from ilct.data.clips import DIRECTIONS
 from ilct.data.moving_fmnist import load_moving_fmnist
 from ilct.metrics import clip_verdicts as cv
@@ -20,8 +21,8 @@ TRAIN = {"steps": 60, "batch_size": 32, "eval_clips": 64}
 
 
 @pytest.fixture(scope="module")
-def scorer(tmp_path_factory, fake_fmnist):
-    return mc.load_clip_classifier(tmp_path_factory.mktemp("cache"), str(fake_fmnist), DATA, progress=False, **TRAIN)
+def scorer(request, tmp_path_factory, fake_fmnist):
+    return mc.load_clip_classifier(module_dir(request, tmp_path_factory, "cache"), str(fake_fmnist), DATA, progress=False, **TRAIN)
 
 
 def real(fake_fmnist, split="test", n=48):

@@ -16,6 +16,7 @@ import yaml
 
 from ilct.runs.checkpoint import list_checkpoints
 from ilct.cli import main
+from conftest import module_dir
 from reliability_report import record
 from test_hostile import CKPT, World, first_float, run_table, tensors, touch, user_folder
 
@@ -31,8 +32,8 @@ def write_figures():
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_autoencoder, fake_fmnist):
-    return World(tmp_path_factory.mktemp("closed"), tiny_autoencoder, fake_fmnist)
+def world(request, tmp_path_factory, tiny_autoencoder, fake_fmnist):
+    return World(module_dir(request, tmp_path_factory, "closed"), tiny_autoencoder, fake_fmnist)
 
 
 # --------------------------------------------------------------------------- damaging edits

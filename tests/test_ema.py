@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import crashed_copy
+from conftest import crashed_copy, module_dir
 from ilct.cli import main
 from ilct.errors import IlctError
 from ilct.io.files import read_tensors
@@ -254,8 +254,8 @@ def power_train_args(tmp: Path, ae: Path, data: Path, out: Path, *extra: str) ->
 
 
 @pytest.fixture(scope="module")
-def power_run(tmp_path_factory, tiny_autoencoder, fake_fmnist):
-    tmp = tmp_path_factory.mktemp("power")
+def power_run(request, tmp_path_factory, tiny_autoencoder, fake_fmnist):
+    tmp = module_dir(request, tmp_path_factory, "power")
     out = tmp / "run"
     assert main(power_train_args(tmp, tiny_autoencoder, fake_fmnist, out)) == 0
     return {"tmp": tmp, "out": out, "ae": tiny_autoencoder, "data": fake_fmnist}

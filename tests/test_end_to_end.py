@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import crashed_copy
+from conftest import crashed_copy, module_dir
 from ilct.runs.checkpoint import latest_checkpoint, list_checkpoints, read_tensors
 from ilct.cli import main
 
@@ -36,8 +36,8 @@ def train_args(cfg: Path, ae: Path, data: Path, out: Path, cache: Path, *extra: 
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_autoencoder, fake_fmnist):
-    tmp = tmp_path_factory.mktemp("run")
+def trained_run(request, tmp_path_factory, tiny_autoencoder, fake_fmnist):
+    tmp = module_dir(request, tmp_path_factory, "run")
     cfg = tiny_config(tmp)
     out = tmp / "run"
     assert main(train_args(cfg, tiny_autoencoder, fake_fmnist, out, tmp / "cache")) == 0

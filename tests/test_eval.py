@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import module_dir
 from ilct.cli import main
 from test_end_to_end import tiny_config, train_args
 
@@ -23,8 +24,8 @@ class PoolDetector(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def run_and_detector(tmp_path_factory, tiny_autoencoder, fake_fmnist):
-    tmp = tmp_path_factory.mktemp("eval")
+def run_and_detector(request, tmp_path_factory, tiny_autoencoder, fake_fmnist):
+    tmp = module_dir(request, tmp_path_factory, "eval")
     out = tmp / "run"
     assert main(train_args(tiny_config(tmp), tiny_autoencoder, fake_fmnist, out, tmp / "cache")) == 0
     detector = tmp / "inception-2015-12-05.pt"

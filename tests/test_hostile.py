@@ -21,7 +21,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from conftest import crashed_copy, encode_fake, second_autoencoder
+from conftest import crashed_copy, encode_fake, module_dir, second_autoencoder
 from ilct.runs.checkpoint import latest_checkpoint, list_checkpoints, read_json
 from ilct.cli import main
 from reliability_report import record
@@ -87,8 +87,19 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_autoencoder, fake_fmnist):
-    return World(tmp_path_factory.mktemp("hostile"), tiny_autoencoder, fake_fmnist)
+def world(request, tmp_path_factory, tiny_autoencoder, fake_fmnist):
+    return World(module_dir(request, tmp_path_factory, "hostile"), tiny_autoencoder, fake_fmnist)
+
+
+@pytest.fixture(autouse=True)
+def _clear_cases(request, world):
+    """Each test's copies of the run (about 190 MB each) are removed after it, unless it failed; no test reads
+    another's."""
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for p in list(world.cases.iterdir()):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def file_digests(*roots: Path) -> dict[str, str]:

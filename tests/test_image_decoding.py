@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import module_dir
 from ilct.cli import main
 from ilct.data.folder import MAX_PIXELS, load_image_folder, read_image, to_rgb
 from ilct.data.images import to_float
@@ -70,14 +71,14 @@ def write_good(folder: Path, n: int = 3) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def rgb_autoencoder(tmp_path_factory) -> Path:
+def rgb_autoencoder(request, tmp_path_factory) -> Path:
     """A built-in KL autoencoder for RGB images (random weights, seeded): 16x16 images -> 4x4x4 latents."""
     from ilct.training.accel import flush_denormals
     from ilct.autoencoders.kl import KLAutoencoder, KLAutoencoderConfig
 
     flush_denormals()  # before this process's first torch work, as `ilct` does (else a later train warns)
     torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("rgb_ae") / "ae"
+    out = module_dir(request, tmp_path_factory, "rgb_ae") / "ae"
     KLAutoencoder(KLAutoencoderConfig(image_channels=3)).save(out)
     return out
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import module_dir
 from ilct.autoencoders import load_autoencoder
 from ilct.autoencoders.kl import KLAutoencoder
 from ilct.runs.checkpoint import read_state
@@ -130,8 +131,8 @@ def test_num_classes_minus_one_still_means_from_the_data():
 
 
 @pytest.fixture(scope="module")
-def ae_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("loaders") / "ae"
+def ae_dir(request, tmp_path_factory) -> Path:
+    out = module_dir(request, tmp_path_factory, "loaders") / "ae"
     KLAutoencoder().save(out, extra={"metrics": {"psnr": 20.0}})
     return out
 

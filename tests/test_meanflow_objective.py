@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import conditioned_dit, crashed_copy
+from conftest import conditioned_dit, crashed_copy, module_dir
 from ilct.training.batches import Batch
 from ilct.training.build import make_batch_maker
 from ilct.runs.checkpoint import latest_checkpoint, read_tensors
@@ -41,8 +41,8 @@ def log_of(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def mf_run(tmp_path_factory, tiny_autoencoder, fake_fmnist):
-    tmp = tmp_path_factory.mktemp("mf")
+def mf_run(request, tmp_path_factory, tiny_autoencoder, fake_fmnist):
+    tmp = module_dir(request, tmp_path_factory, "mf")
     cfg = tiny_meanflow(tmp)
     out = tmp / "run"
     assert main(train_args(cfg, tiny_autoencoder, fake_fmnist, out, tmp / "cache")) == 0

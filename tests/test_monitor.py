@@ -9,14 +9,15 @@ import pytest
 import torch
 
 import ilct.metrics.monitor as monitor
+from conftest import module_dir
 from ilct.cli import main
 from test_end_to_end import tiny_config, train_args
 from test_eval import PoolDetector
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory):
-    path = tmp_path_factory.mktemp("det") / "inception-2015-12-05.pt"
+def detector(request, tmp_path_factory):
+    path = module_dir(request, tmp_path_factory, "det") / "inception-2015-12-05.pt"
     torch.jit.script(PoolDetector()).save(str(path))
     return path
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import crashed_copy
+from conftest import crashed_copy, module_dir
 from ilct.cli import main
 from ilct.runs.checkpoint import latest_checkpoint, read_json, read_tensors
 from ilct.schema import CHOICES
@@ -46,13 +46,13 @@ def assert_same_weights(a: Path, b: Path, names=("model", "ema"), **tol) -> None
 
 
 @pytest.fixture(scope="module")
-def ilct_runs(tmp_path_factory, tiny_autoencoder, fake_fmnist):
+def ilct_runs(request, tmp_path_factory, tiny_autoencoder, fake_fmnist):
     """fmnist-ilct for 4 steps: one unsharded process drawing its batch in 2 groups as 2 ranks do, and 2 sharded
     gloo ranks. Two of its techniques are per rank by nature and off here, as in tests/test_distributed.py: the OT
     coupling (solved per rank) and the diffusion loss (a mean over each rank's samples at the high levels, so
     W ranks differ from one process whenever their counts differ; at 4 ranks DDP and FSDP both move 2.7e-4 away
     from one process with it on, and agree with each other to 1.5e-9)."""
-    tmp = tmp_path_factory.mktemp("shard")
+    tmp = module_dir(request, tmp_path_factory, "shard")
     cfg = config(tmp, "fmnist-ilct")
     args = lambda out, *extra: train_args(cfg, tiny_autoencoder, fake_fmnist, out, tmp / "cache",  # noqa: E731
                                           "--set", "method.ot_coupling=false", "--set", "method.diffusion_loss=false",

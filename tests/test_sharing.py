@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import module_dir
 from ilct.cli import main
 from ilct.runs.checkpoint import latest_checkpoint, read_tensors
 from test_end_to_end import expect_error
@@ -30,8 +31,8 @@ def train(tmp: Path, ae: Path, data: Path, out: Path, preset: str = "fmnist-ilct
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory, tiny_autoencoder, fake_fmnist):
-    tmp = tmp_path_factory.mktemp("share")
+def shared(request, tmp_path_factory, tiny_autoencoder, fake_fmnist):
+    tmp = module_dir(request, tmp_path_factory, "share")
     run = train(tmp, tiny_autoencoder, fake_fmnist, tmp / "run")
     assert main(["export", "--run", str(run), "--out", str(tmp / "model")]) == 0
     return {"tmp": tmp, "run": run, "model": tmp / "model", "ae": tiny_autoencoder, "data": fake_fmnist}

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import crashed_copy, encode_fake
+from conftest import crashed_copy, encode_fake, module_dir
 from ilct.cli import main
 from ilct.errors import IlctError
 from ilct.latents import LatentDir, LatentShards
@@ -24,8 +24,8 @@ N, SHARD = 64, 10  # 64 latents in 7 shards: six of 10 and one of 4
 
 
 @pytest.fixture(scope="module")
-def latents(tmp_path_factory, tiny_autoencoder, fake_fmnist) -> Path:
-    out = tmp_path_factory.mktemp("stream") / "lat"
+def latents(request, tmp_path_factory, tiny_autoencoder, fake_fmnist) -> Path:
+    out = module_dir(request, tmp_path_factory, "stream") / "lat"
     return encode_fake(out, tiny_autoencoder, fake_fmnist, "--limit", str(N), "--shard-size", str(SHARD))
 
 

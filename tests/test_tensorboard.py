@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import crashed_copy
+from conftest import crashed_copy, module_dir
 from ilct.cli import main
 from ilct.training.tensorboard import GRID_TAG, scalars
 
@@ -36,9 +36,9 @@ def read_events(folder: Path):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_autoencoder, fake_fmnist):
+def run(request, tmp_path_factory, tiny_autoencoder, fake_fmnist):
     pytest.importorskip("tensorboard")
-    tmp = tmp_path_factory.mktemp("tb")
+    tmp = module_dir(request, tmp_path_factory, "tb")
     assert main(train_args(tmp, tiny_autoencoder, fake_fmnist, tmp / "run")) == 0
     return {"tmp": tmp, "out": tmp / "run", "ae": tiny_autoencoder, "data": fake_fmnist}
 

@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import crashed_copy
+from conftest import crashed_copy, module_dir
 from ilct.runs.checkpoint import read_tensors
 from ilct.cli import main
 
@@ -50,13 +50,13 @@ def train_args(cfg: Path, ae: Path, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def clip_latents(tmp_path_factory, tiny_autoencoder, fake_fmnist) -> Path:
-    return encode_clips(tmp_path_factory.mktemp("clips") / "lat", tiny_autoencoder, fake_fmnist)
+def clip_latents(request, tmp_path_factory, tiny_autoencoder, fake_fmnist) -> Path:
+    return encode_clips(module_dir(request, tmp_path_factory, "clips") / "lat", tiny_autoencoder, fake_fmnist)
 
 
 @pytest.fixture(scope="module")
-def clip_run(tmp_path_factory, tiny_autoencoder, clip_latents) -> dict:
-    tmp = tmp_path_factory.mktemp("cliprun")
+def clip_run(request, tmp_path_factory, tiny_autoencoder, clip_latents) -> dict:
+    tmp = module_dir(request, tmp_path_factory, "cliprun")
     cfg = clip_config(tmp, data={"latents": str(clip_latents)})
     out = tmp / "run"
     assert main(train_args(cfg, tiny_autoencoder, out)) == 0

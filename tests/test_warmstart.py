@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import crashed_copy
+from conftest import crashed_copy, module_dir
 from ilct.training.build import build_student
 from ilct.runs.checkpoint import latest_checkpoint, read_tensors
 from ilct.cli import main
@@ -18,8 +18,8 @@ from test_end_to_end import expect_error, tiny_config, train_args
 
 
 @pytest.fixture(scope="module")
-def edm_run(tmp_path_factory, tiny_autoencoder, fake_fmnist):
-    tmp = tmp_path_factory.mktemp("edm")
+def edm_run(request, tmp_path_factory, tiny_autoencoder, fake_fmnist):
+    tmp = module_dir(request, tmp_path_factory, "edm")
     out = tmp / "edm"
     cfg = tiny_config(tmp, total_steps=2, sample_every=0, ckpt_every=2)
     assert main(train_args(cfg, tiny_autoencoder, fake_fmnist, out, tmp / "cache", "--set", "train.objective=edm")) == 0
