@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -42,9 +43,17 @@ def args(cfg, ae, data, out, cache):
 
 
 def torchrun(argv: list[str], ranks: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-                           "-m", "ilct", *argv], env=env, capture_output=True, text=True, timeout=300)
+    with launcher_tmp() as tmp:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": tmp}
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               f"--nproc_per_node={ranks}", "-m", "ilct", *argv],
+                              env=env, capture_output=True, text=True, timeout=300)
+
+
+def launcher_tmp() -> tempfile.TemporaryDirectory:
+    """The launcher's temporary folder, removed afterwards: torchrun leaves a torchelastic_* log folder in TMPDIR
+    on every launch (a full run of the tests left 32 in /tmp)."""
+    return tempfile.TemporaryDirectory(prefix="ilct-torchrun-")
 
 
 def test_two_gloo_ranks_match_one_process_and_resume(tmp_path, tiny_autoencoder, fake_fmnist, capsys):
@@ -105,7 +114,13 @@ def free_port() -> int:
 def two_nodes(argv: list[str], cwd: list[Path] | None = None) -> list[subprocess.CompletedProcess]:
     """Two torchrun launchers, one process each, as two nodes of one job (the README's multi-node command with
     --nnodes=2 --nproc-per-node=1), meeting at a c10d rendezvous on 127.0.0.1."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    with launcher_tmp() as tmp:
+        return _two_nodes(argv, cwd, tmp)
+
+
+def _two_nodes(argv: list[str], cwd: list[Path] | None, tmp: str) -> list[subprocess.CompletedProcess]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+           "TMPDIR": tmp}
     port = free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
                                f"--node-rank={node}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
