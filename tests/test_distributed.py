@@ -52,7 +52,7 @@ def torchrun(argv: list[str], ranks: int = 2) -> subprocess.CompletedProcess:
 
 def launcher_tmp() -> tempfile.TemporaryDirectory:
     """The launcher's temporary folder, removed afterwards: torchrun leaves a torchelastic_* log folder in TMPDIR
-    on every launch (a full run of the tests left 32 in /tmp)."""
+    on every launch (a full run of the tests left 18 in /tmp)."""
     return tempfile.TemporaryDirectory(prefix="ilct-torchrun-")
 
 
