@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,26 @@ def make_fake_fmnist(root: Path, n_train: int = 256, n_test: int = 64, seed: int
         write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+# A full run's temporary files peaked at 2.1 GB here (du every 15 s, 2026-12-07); below this much free space the
+# run would end in hundreds of ENOSPC errors (as stop 55's CI did), so it stops first with one line.
+MIN_FREE_TMP = 4 << 30
+
+
+def scratch_space_problem(folder: str, free: int) -> str | None:
+    """The one line that stops the suite when `folder` has too little free space for it, else None."""
+    if free >= MIN_FREE_TMP:
+        return None
+    return (f"the tests need about {MIN_FREE_TMP >> 30} GB free in {folder} for their tiny runs; {free / 2**30:.1f} GB is "
+            f"free (old pytest-of-* folders there can be removed, or set TMPDIR to a roomier folder)")
+
+
+def pytest_sessionstart(session) -> None:
+    folder = tempfile.gettempdir()
+    problem = scratch_space_problem(folder, shutil.disk_usage(folder).free)
+    if problem:
+        pytest.exit(problem, returncode=2)
 
 
 def module_dir(request, factory, name: str) -> Path:

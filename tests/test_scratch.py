@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
-from conftest import module_dir
+from conftest import MIN_FREE_TMP, module_dir, scratch_space_problem
 
 TESTS = Path(__file__).resolve().parent
 
@@ -41,3 +41,9 @@ def test_module_dir_is_removed_after_passing_tests_and_kept_after_a_failure(tmp_
         for f in request.finalizers:
             f()
         assert path.exists() is kept
+
+
+def test_too_little_free_space_stops_the_suite_with_one_line():
+    assert scratch_space_problem("/tmp", MIN_FREE_TMP) is None
+    line = scratch_space_problem("/tmp", 1 << 30)
+    assert "\n" not in line and "1.0 GB is free" in line and "/tmp" in line
