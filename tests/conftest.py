@@ -6,6 +6,7 @@ import gzip
 import shutil
 import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,9 @@ def scratch_space_problem(folder: str, free: int) -> str | None:
     """The one line that stops the suite when `folder` has too little free space for it, else None."""
     if free >= MIN_FREE_TMP:
         return None
-    return (f"the tests need about {MIN_FREE_TMP >> 30} GB free in {folder} for their tiny runs; {free / 2**30:.1f} GB is "
-            f"free (old pytest-of-* folders there can be removed, or set TMPDIR to a roomier folder)")
+    return (f"the tests need about {MIN_FREE_TMP >> 30} GB free in {folder} for their tiny runs; "
+            f"{free / 2**30:.1f} GB is free (old pytest-of-* folders there can be removed, or set TMPDIR to a roomier "
+            "folder)")
 
 
 def pytest_sessionstart(session) -> None:
@@ -57,15 +59,22 @@ def pytest_sessionstart(session) -> None:
         pytest.exit(problem, returncode=2)
 
 
-def module_dir(request, factory, name: str) -> Path:
-    """A module-scoped fixture's folder, removed when the module's tests are done unless one of them failed (then
-    it is kept to read, as pytest keeps a failed test's tmp_path under the "failed" retention policy that
-    pyproject.toml sets). Without this, every full run left its trained runs behind: about 23 GB a run."""
-    path = factory.mktemp(name)
+def no_failure_since(request) -> Callable[[], bool]:
+    """A check that no test has failed since this call: what is written for passing tests is removed, and a
+    failure's is kept to read (as pytest keeps a failed test's tmp_path under the "failed" retention policy that
+    pyproject.toml sets)."""
     failed = request.session.testsfailed
+    return lambda: request.session.testsfailed == failed
+
+
+def module_dir(request, factory, name: str) -> Path:
+    """A module-scoped fixture's folder, removed when the module's tests are done unless one of them failed.
+    Without this, every full run left its trained runs behind: about 23 GB a run."""
+    path = factory.mktemp(name)
+    passed = no_failure_since(request)
 
     def remove() -> None:
-        if request.session.testsfailed == failed:
+        if passed():
             shutil.rmtree(path, ignore_errors=True)
 
     request.addfinalizer(remove)

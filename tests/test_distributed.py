@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,17 +45,18 @@ def args(cfg, ae, data, out, cache):
 
 
 def torchrun(argv: list[str], ranks: int = 2) -> subprocess.CompletedProcess:
-    with launcher_tmp() as tmp:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": tmp}
+    with launcher_env() as env:
         return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                f"--nproc_per_node={ranks}", "-m", "ilct", *argv],
                               env=env, capture_output=True, text=True, timeout=300)
 
 
-def launcher_tmp() -> tempfile.TemporaryDirectory:
-    """The launcher's temporary folder, removed afterwards: torchrun leaves a torchelastic_* log folder in TMPDIR
-    on every launch (a full run of the tests left 18 in /tmp)."""
-    return tempfile.TemporaryDirectory(prefix="ilct-torchrun-")
+@contextmanager
+def launcher_env(**extra: str) -> Iterator[dict[str, str]]:
+    """The launchers' environment: one thread a rank, and a TMPDIR removed afterwards (torchrun leaves a
+    torchelastic_* log folder in TMPDIR on every launch: a full run of the tests left 18 in /tmp)."""
+    with tempfile.TemporaryDirectory(prefix="ilct-torchrun-") as tmp:
+        yield {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": tmp, **extra}
 
 
 def test_two_gloo_ranks_match_one_process_and_resume(tmp_path, tiny_autoencoder, fake_fmnist, capsys):
@@ -114,24 +117,18 @@ def free_port() -> int:
 def two_nodes(argv: list[str], cwd: list[Path] | None = None) -> list[subprocess.CompletedProcess]:
     """Two torchrun launchers, one process each, as two nodes of one job (the README's multi-node command with
     --nnodes=2 --nproc-per-node=1), meeting at a c10d rendezvous on 127.0.0.1."""
-    with launcher_tmp() as tmp:
-        return _two_nodes(argv, cwd, tmp)
-
-
-def _two_nodes(argv: list[str], cwd: list[Path] | None, tmp: str) -> list[subprocess.CompletedProcess]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
-           "TMPDIR": tmp}
-    port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
-                               f"--node-rank={node}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
-                               "--rdzv-id=ilct-test", "-m", "ilct", *argv], env=env, text=True,
-                              cwd=cwd[node] if cwd else None, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for node in range(2)]
-    done = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
-    return done
+    with launcher_env(PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src")) as env:
+        port = free_port()
+        procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+                                   f"--node-rank={node}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                                   "--rdzv-id=ilct-test", "-m", "ilct", *argv], env=env, text=True,
+                                  cwd=cwd[node] if cwd else None, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for node in range(2)]
+        done = []
+        for p in procs:
+            out, err = p.communicate(timeout=300)
+            done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+        return done
 
 
 def test_two_nodes_match_one_process_and_resume_bit_for_bit(tmp_path, tiny_autoencoder, fake_fmnist):

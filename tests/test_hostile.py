@@ -21,7 +21,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from conftest import crashed_copy, encode_fake, module_dir, second_autoencoder
+from conftest import crashed_copy, encode_fake, module_dir, no_failure_since, second_autoencoder
 from ilct.runs.checkpoint import latest_checkpoint, list_checkpoints, read_json
 from ilct.cli import main
 from reliability_report import record
@@ -95,11 +95,11 @@ def world(request, tmp_path_factory, tiny_autoencoder, fake_fmnist):
 def _clear_cases(request, world):
     """Each test's copies of the run (about 190 MB each) are removed after it, unless it failed; no test reads
     another's."""
-    failed = request.session.testsfailed
+    passed = no_failure_since(request)
     yield
-    if request.session.testsfailed == failed:
-        for p in list(world.cases.iterdir()):
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    if passed():
+        shutil.rmtree(world.cases)
+        world.cases.mkdir()
 
 
 def file_digests(*roots: Path) -> dict[str, str]:
